@@ -1,0 +1,51 @@
+"""Exceptions raised by the stores.
+
+``YDocNotFound`` means one thing only: nothing is stored for the document. Every other
+failure (corruption, locking, permissions, an unknown format version) is a ``YStoreError``
+carrying the path of the store and a hint of what to do, so that a caller never mistakes a
+broken store for an empty document and rebuilds it from disk.
+"""
+
+from __future__ import annotations
+
+
+class YDocNotFound(Exception):
+    """Nothing is stored for this document (a new document, not an error of the store)."""
+
+
+class YStoreError(Exception):
+    """A store could not do what was asked; the data it holds is left untouched."""
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None):
+        self.path = path
+        self.hint = hint
+        text = message
+        if path:
+            text = f"{text} [{path}]"
+        if hint:
+            text = f"{text}. {hint}"
+        super().__init__(text)
+
+
+class YStoreCorruptError(YStoreError):
+    """Stored bytes cannot be decoded (a damaged file or database)."""
+
+
+class YStoreLockedError(YStoreError):
+    """Another process holds the store locked for longer than we are willing to wait."""
+
+
+class YStorePermissionError(YStoreError):
+    """The operating system refused access to the store's file or folder."""
+
+
+class YStoreVersionError(YStoreError):
+    """The store was written in a format version this code does not know."""
+
+
+class YStoreInvalidPath(YStoreError, ValueError):
+    """A document path would leave the store's folder or is not a valid name."""
+
+
+class YStoreConnectionError(YStoreError):
+    """A database server could not be reached."""

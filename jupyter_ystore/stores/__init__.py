@@ -1,0 +1,1 @@
+"""Store backends. Import from ``jupyter_ystore`` rather than from here."""

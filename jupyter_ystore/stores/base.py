@@ -1,0 +1,220 @@
+"""BaseYStore: the lifecycle and document helpers every backend shares.
+
+A store holds the durable log of one document's Yjs updates. Backends implement four
+coroutines (``_open``, ``_close``, ``write``, ``read``) and may override ``_load`` to read a
+snapshot plus the updates after it instead of the whole history. Everything else (the
+``async with`` / ``start`` / ``stop`` lifecycle of ypy-websocket's API, metadata, applying to
+a ``pycrdt.Doc`` or a ``y_py.YDoc``) lives here once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from contextlib import AsyncExitStack
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Union
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from traitlets.config import LoggingConfigurable
+
+from .. import ydoc as _ydoc
+from ..errors import YDocNotFound
+
+MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
+
+
+class _Stopping:
+    """What ``stop()`` returns: stopping has begun; awaiting it waits until the store is closed.
+
+    ypy-websocket's ``stop()`` is synchronous and pycrdt-store's is a coroutine; this object
+    serves both (calling without awaiting still stops the store, with no warning).
+    """
+
+    def __init__(self, store: BaseYStore):
+        self._store = store
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._store._wait_closed().__await__()
+
+
+class BaseYStore(LoggingConfigurable):
+    """The durable log of one document's updates.
+
+    ``path`` names the document inside the store (a file name for file stores, a key for
+    database stores). ``metadata_callback`` returns bytes (or an awaitable of bytes) stored
+    with every update. Configuration comes from traitlets: pass ``parent=`` or ``config=``.
+    """
+
+    version = 2
+
+    def __init__(
+        self,
+        path: str,
+        metadata_callback: MetadataCallback | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if log is not None:
+            kwargs["log"] = log
+        super().__init__(**kwargs)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"a store path must be a non-empty string, got {path!r}")
+        self.path = path
+        self.metadata_callback = metadata_callback
+        self._started: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        self._starting = False
+        self._running = False
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._exit_stack: AsyncExitStack | None = None
+        self._task_group: TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def started(self) -> anyio.Event:
+        """Set once the store is open and running."""
+        if self._started is None:
+            self._started = anyio.Event()
+        return self._started
+
+    async def __aenter__(self) -> BaseYStore:
+        if self._starting or self._task_group is not None:
+            raise RuntimeError("YStore already running")
+        async with AsyncExitStack() as exit_stack:
+            tg = anyio.create_task_group()
+            self._task_group = await exit_stack.enter_async_context(tg)
+            await tg.start(self.start)
+            self._exit_stack = exit_stack.pop_all()
+        return self
+
+    async def __aexit__(self, exc_type, exc_value, exc_tb) -> bool | None:
+        if self._task_group is None or self._exit_stack is None:
+            raise RuntimeError("YStore not running")
+        await self.stop()
+        exit_stack, self._exit_stack, self._task_group = self._exit_stack, None, None
+        # The start task has ended; leave the task group cleanly so that an exception of the
+        # ``async with`` body propagates as itself, not wrapped in an ExceptionGroup.
+        await exit_stack.__aexit__(None, None, None)
+        return None
+
+    async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the store and run its background work until ``stop()``.
+
+        Use ``await task_group.start(store.start)``; a second call while running is a no-op.
+        """
+        if self._starting:
+            task_status.started()
+            return
+        self._starting = True
+        self._closed = anyio.Event()
+        try:
+            with anyio.CancelScope() as scope:
+                self._cancel_scope = scope
+                await self._open()
+                self._running = True
+                self.started.set()
+                task_status.started()
+                await self._run()
+        finally:
+            self._running = False
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._close()
+            finally:
+                self._starting = False
+                self._cancel_scope = None
+                self._started = None
+                self._closed.set()
+
+    def stop(self) -> _Stopping:
+        """Stop the store: pending writes are flushed, connections and files closed.
+
+        Awaiting the result waits until that is done; calling it bare also works.
+        """
+        if not self._starting and self._task_group is None:
+            raise RuntimeError("YStore not running")
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+        return _Stopping(self)
+
+    async def _wait_closed(self) -> None:
+        if self._closed is not None:
+            await self._closed.wait()
+
+    async def _ensure_running(self) -> None:
+        """Wait for a start in progress; refuse use of a store nobody started."""
+        if self._running:
+            return
+        if self._starting:
+            await self.started.wait()
+            if self._running:
+                return
+        raise RuntimeError(
+            f"YStore not running: use `async with store:` or `await task_group.start(store.start)` "
+            f"before reading or writing ({type(self).__name__} {self.path!r})"
+        )
+
+    # ------------------------------------------------------------------ backend hooks
+
+    async def _open(self) -> None:
+        """Open files or connections. Raise a ``YStoreError`` if the store is unusable."""
+
+    async def _run(self) -> None:
+        """Background work while running (compaction, notifications); cancelled by stop()."""
+        await anyio.sleep_forever()
+
+    async def _close(self) -> None:
+        """Flush what is pending and release files or connections. Runs shielded."""
+
+    async def write(self, data: bytes) -> None:
+        """Append one update; returns once it is durable."""
+        raise NotImplementedError
+
+    async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
+        """Every stored ``(update, metadata, timestamp)``, oldest first.
+
+        Raises ``YDocNotFound`` when nothing is stored for the document.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover  (makes this an async generator)
+
+    async def _load(self) -> list[bytes]:
+        """The updates that restore the document, oldest first (a snapshot and its tail).
+
+        The default reads the whole history; backends with snapshots override it.
+        """
+        return [update async for update, _metadata, _timestamp in self.read()]
+
+    # ------------------------------------------------------------------ shared API
+
+    async def get_metadata(self) -> bytes:
+        """The metadata to store with the next update (``b""`` without a callback)."""
+        if self.metadata_callback is None:
+            return b""
+        metadata = self.metadata_callback()
+        if inspect.isawaitable(metadata):
+            metadata = await metadata
+        if isinstance(metadata, str):
+            metadata = metadata.encode("utf-8")
+        if not isinstance(metadata, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"metadata_callback must return bytes, got {type(metadata).__name__}"
+            )
+        return bytes(metadata)
+
+    async def encode_state_as_update(self, ydoc: Any) -> None:
+        """Store the whole state of ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``) as one update."""
+        await self.write(_ydoc.encode_state_as_update(ydoc))
+
+    async def apply_updates(self, ydoc: Any) -> None:
+        """Apply everything stored to ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``), in one go.
+
+        Raises ``YDocNotFound`` when nothing is stored.
+        """
+        updates = await self._load()
+        if not updates:
+            raise YDocNotFound(self.path)
+        merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
+        _ydoc.apply_update(ydoc, merged)

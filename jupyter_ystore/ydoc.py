@@ -1,0 +1,86 @@
+"""The only module that knows the two document libraries apart.
+
+Stores accept a ``pycrdt.Doc`` (what jupyter-ydoc uses today) or a ``y_py.YDoc`` (the older
+stack). Both speak Yjs update format v1, so stores deal in bytes and call these helpers at the
+edges. ``y_py`` is optional and imported lazily.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import pycrdt
+
+
+def _is_ypy(ydoc: Any) -> bool:
+    y_py = sys.modules.get("y_py")  # never import it just to say no
+    return y_py is not None and isinstance(ydoc, y_py.YDoc)
+
+
+def _check(ydoc: Any) -> None:
+    if isinstance(ydoc, pycrdt.Doc) or _is_ypy(ydoc):
+        return
+    raise TypeError(
+        f"expected a pycrdt.Doc or a y_py.YDoc, got {type(ydoc).__module__}.{type(ydoc).__name__}"
+    )
+
+
+def encode_state_as_update(ydoc: Any) -> bytes:
+    """The whole state of ``ydoc`` as one Yjs v1 update."""
+    _check(ydoc)
+    if isinstance(ydoc, pycrdt.Doc):
+        return ydoc.get_update()
+    import y_py
+
+    return bytes(y_py.encode_state_as_update(ydoc))
+
+
+def encode_state_vector(ydoc: Any) -> bytes:
+    """The state vector of ``ydoc`` (what it has seen), Yjs v1 encoding."""
+    _check(ydoc)
+    if isinstance(ydoc, pycrdt.Doc):
+        return ydoc.get_state()
+    import y_py
+
+    return bytes(y_py.encode_state_vector(ydoc))
+
+
+def apply_update(ydoc: Any, update: bytes) -> None:
+    """Apply one Yjs v1 update to ``ydoc``."""
+    _check(ydoc)
+    if isinstance(ydoc, pycrdt.Doc):
+        ydoc.apply_update(update)
+        return
+    import y_py
+
+    y_py.apply_update(ydoc, update)
+
+
+def merge_updates(updates: Sequence[bytes]) -> bytes:
+    """Merge updates into one without a document (keeps deleted content; cheap)."""
+    if len(updates) == 1:
+        return updates[0]
+    return pycrdt.merge_updates(*updates)
+
+
+def squash(updates: Sequence[bytes]) -> bytes:
+    """Apply ``updates`` to a fresh document and encode its state.
+
+    Unlike ``merge_updates`` this lets the CRDT garbage-collect deleted content, so the result
+    is the smallest update that restores the document; it is what compaction stores. Runs in
+    any thread: the document is created and dropped here.
+    """
+    doc = pycrdt.Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc.get_update()
+
+
+def is_valid_update(update: bytes) -> bool:
+    """Whether ``update`` decodes as a Yjs v1 update."""
+    try:
+        pycrdt.get_state(update)
+    except Exception:
+        return False
+    return True

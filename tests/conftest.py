@@ -1,0 +1,59 @@
+"""Fixtures shared by every test module.
+
+Legacy stores (written by ypy-websocket and pycrdt-store) live in ``tests/data/legacy``; a test
+gets a private copy so that nothing it does can change the originals.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+LEGACY = DATA / "legacy"
+BENCH_STREAM = Path(__file__).parents[1] / "benchmarks" / "data" / "updates-50000.bin"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def legacy_copy(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy one legacy fixture into the test's own folder and return the copy's path."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / "legacy" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(LEGACY / name, target)
+        target.chmod(0o644)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def legacy_expected() -> dict:
+    """What each legacy fixture holds, keyed by file name."""
+    expected: dict = {}
+    for name in ("expected-ypy.json", "expected-pycrdt.json"):
+        expected.update(json.loads((LEGACY / name).read_text(encoding="utf-8")))
+    return expected
+
+
+@pytest.fixture(scope="session")
+def bench_updates() -> list[bytes]:
+    """The first 5,000 updates of the realistic benchmark stream (a notebook being typed)."""
+    from jupyter_ystore.codec import iter_var_bytes
+
+    updates = []
+    for update in iter_var_bytes(BENCH_STREAM.read_bytes()):
+        updates.append(update)
+        if len(updates) == 5000:
+            break
+    return updates
