@@ -10,6 +10,7 @@ a ``pycrdt.Doc`` or a ``y_py.YDoc``) lives here once.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 import logging
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Union
@@ -22,6 +23,18 @@ from .. import ydoc as _ydoc
 from ..errors import YDocNotFound
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """A summary of one stored document, for listings and the `jupyter ystore` command."""
+
+    path: str
+    updates: int  # stored records (a snapshot counts as one)
+    bytes: int  # update bytes stored (metadata excluded)
+    first_timestamp: float | None
+    last_timestamp: float | None
+    snapshots: int = 0
 
 
 class _Stopping:
@@ -186,6 +199,32 @@ class BaseYStore(LoggingConfigurable):
         The default reads the whole history; backends with snapshots override it.
         """
         return [update async for update, _metadata, _timestamp in self.read()]
+
+    # ------------------------------------------------------------------ optional backend API
+    # Administration (the `jupyter ystore` command) and multi-server rooms. A backend that
+    # cannot do one of these keeps the NotImplementedError, which callers report as such.
+
+    #: True when ``watch()`` yields updates written by other processes (e.g. PostgreSQL).
+    supports_live_updates: bool = False
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        """Every document stored beside this one (same folder or database); ``self.path`` is
+        irrelevant. Works on a started store."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its documents")
+
+    async def compact(self) -> None:
+        """Replace this document's history by one snapshot, atomically (content unchanged)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot compact")
+
+    async def delete(self) -> None:
+        """Forget everything stored for this document."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete documents")
+
+    async def watch(self) -> AsyncIterator[bytes]:
+        """Updates to this document committed by OTHER writers (other processes or stores),
+        as they arrive, for as long as the store runs. Only where ``supports_live_updates``."""
+        raise NotImplementedError(f"{type(self).__name__} has no live updates")
+        yield  # pragma: no cover
 
     # ------------------------------------------------------------------ shared API
 
