@@ -95,11 +95,19 @@ class BaseYStore(LoggingConfigurable):
     async def __aenter__(self) -> BaseYStore:
         if self._starting or self._task_group is not None:
             raise RuntimeError("YStore already running")
-        async with AsyncExitStack() as exit_stack:
-            tg = anyio.create_task_group()
-            self._task_group = await exit_stack.enter_async_context(tg)
+        exit_stack = AsyncExitStack()
+        tg = anyio.create_task_group()
+        self._task_group = await exit_stack.enter_async_context(tg)
+        try:
             await tg.start(self.start)
-            self._exit_stack = exit_stack.pop_all()
+        except BaseException:
+            # ``_open`` failed (or we were cancelled): the start task has already ended, so
+            # leave the task group cleanly and raise the store's own error, not an
+            # ExceptionGroup, leaving the store startable again.
+            self._task_group = None
+            await exit_stack.__aexit__(None, None, None)
+            raise
+        self._exit_stack = exit_stack
         return self
 
     async def __aexit__(self, exc_type, exc_value, exc_tb) -> bool | None:
