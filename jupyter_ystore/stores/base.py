@@ -37,6 +37,22 @@ class DocumentInfo:
     snapshots: int = 0
 
 
+def squash_history(updates: list[bytes]) -> bytes:
+    """One update that restores the same document as ``updates`` (for compaction).
+
+    Squashing through a fresh document garbage-collects deleted content, but it would drop
+    updates whose dependencies are missing (they stay pending); then the lossless merge is
+    returned instead, so a compaction never loses content.
+    """
+    import pycrdt
+
+    squashed = _ydoc.squash(updates)
+    merged = _ydoc.merge_updates(updates)
+    if pycrdt.get_state(squashed) != pycrdt.get_state(merged):
+        return merged
+    return squashed
+
+
 class _Stopping:
     """What ``stop()`` returns: stopping has begun; awaiting it waits until the store is closed.
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, ClassVar
 
 from ..errors import YDocNotFound
-from .base import BaseYStore
+from .base import BaseYStore, DocumentInfo, squash_history
+
+Record = tuple[bytes, bytes, float]
 
 
 class MemoryYStore(BaseYStore):
     """Nothing is persisted: every document's history lives as long as the process.
 
-    Stores of the same class and ``path`` share one history, like documents of a database.
+    Stores of the same class and ``path`` share one history, like documents of a database;
+    each subclass gets a database of its own.
     """
 
-    _documents: dict[str, list[tuple[bytes, bytes, float]]] = {}
+    _documents: ClassVar[dict[str, list[Record]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_documents" not in cls.__dict__:
+            cls._documents = {}
 
     async def write(self, data: bytes) -> None:
         await self._ensure_running()
@@ -24,10 +32,37 @@ class MemoryYStore(BaseYStore):
         metadata = await self.get_metadata()
         self._documents.setdefault(self.path, []).append((bytes(data), metadata, time.time()))
 
-    async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
+    async def read(self) -> AsyncIterator[Record]:
         await self._ensure_running()
         records = self._documents.get(self.path)
         if not records:
             raise YDocNotFound(self.path)
         for record in list(records):
             yield record
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        await self._ensure_running()
+        return [
+            DocumentInfo(
+                path=path,
+                updates=len(records),
+                bytes=sum(len(r[0]) for r in records),
+                first_timestamp=records[0][2],
+                last_timestamp=records[-1][2],
+            )
+            for path, records in sorted(self._documents.items())
+            if records
+        ]
+
+    async def compact(self) -> None:
+        await self._ensure_running()
+        records = self._documents.get(self.path)
+        if not records or len(records) == 1:
+            return
+        squashed = squash_history([r[0] for r in records])
+        _update, metadata, timestamp = records[-1]
+        self._documents[self.path] = [(squashed, metadata, timestamp)]
+
+    async def delete(self) -> None:
+        await self._ensure_running()
+        self._documents.pop(self.path, None)

@@ -1,0 +1,674 @@
+"""FileYStore and TempFileYStore: one append-only log file per document.
+
+The format is ypy-websocket's (also pycrdt-store's), so their files open in place::
+
+    VERSION:2\\n
+    then per update: varbytes(update) varbytes(metadata) varbytes(8-byte LE double timestamp)
+
+What we add: each batch of records is ONE ``os.write`` on an ``O_APPEND`` descriptor followed
+by ``fsync`` before ``write()`` returns, with concurrent writers sharing that write and fsync
+(group commit). A crash mid-write can only leave a torn last record: on open we keep the
+intact records, set the torn bytes aside next to the file and truncate it, and say so in the
+log. Damage anywhere else, and version headers we do not know, raise and touch nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import math
+import os
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, ClassVar
+
+import anyio
+from traitlets import Float, TraitError, Unicode, observe, validate
+
+from ..codec import TruncatedError, read_var_bytes, write_var_bytes
+from ..errors import (
+    YDocNotFound,
+    YStoreCorruptError,
+    YStoreError,
+    YStoreInvalidPath,
+    YStorePermissionError,
+    YStoreVersionError,
+)
+from .base import BaseYStore, DocumentInfo, squash_history
+
+Record = tuple[bytes, bytes, float]
+
+HEADER_PREFIX = b"VERSION:"
+VERSION = 2
+HEADER = b"VERSION:%d\n" % VERSION
+_TIMESTAMP = struct.Struct("<d")
+_TORN_MARK = ".torn-"
+_TMP_SUFFIX = ".compact.tmp"
+
+
+# ---------------------------------------------------------------------- format
+
+
+def encode_record(update: bytes, metadata: bytes, timestamp: float) -> bytes:
+    """One log record: the three length-prefixed fields."""
+    return (
+        write_var_bytes(update)
+        + write_var_bytes(metadata)
+        + write_var_bytes(_TIMESTAMP.pack(timestamp))
+    )
+
+
+@dataclass
+class _Scan:
+    """What a log file holds: its intact records and where the intact part ends."""
+
+    records: list[Record] = field(default_factory=list)
+    intact_end: int = 0  # byte offset just after the header / the last intact record
+    size: int = 0
+
+    @property
+    def torn(self) -> bool:
+        return self.intact_end < self.size
+
+
+def _looks_like_record_end(buf: bytes, start: int) -> bool:
+    """Whether ``buf`` ends the way an intact record does (a plausible 8-byte timestamp).
+
+    A crash tears the LAST record, so a torn tail ends at an arbitrary byte. If instead the
+    file still ends in a well-formed timestamp field, intact records follow the place where
+    decoding failed: the damage is in the middle and truncating would throw good data away.
+    """
+    if len(buf) - 9 < start or buf[-9] != 8:
+        return False
+    (timestamp,) = _TIMESTAMP.unpack(buf[-8:])
+    return math.isfinite(timestamp) and 1e8 < timestamp < 1e11
+
+
+def parse_log(buf: bytes, path: str) -> _Scan:
+    """Decode a whole log file. Raise for unknown versions and damage before the tail."""
+    scan = _Scan(size=len(buf))
+    if not buf:
+        return scan
+    newline = buf.find(b"\n", 0, 64)
+    if newline < 0:
+        if HEADER.startswith(buf):  # a crash while the file was being created
+            return scan
+        raise YStoreVersionError(
+            "not a ystore log: no 'VERSION:' header line",
+            path=path,
+            hint="the file was left untouched; move it away if it is not a document store",
+        )
+    header = buf[: newline + 1]
+    if header != HEADER:
+        found = header[len(HEADER_PREFIX) : -1] if header.startswith(HEADER_PREFIX) else None
+        what = (
+            f"format version {found.decode('ascii', 'replace')!r}"
+            if found is not None
+            else "no 'VERSION:' header line"
+        )
+        raise YStoreVersionError(
+            f"cannot read this ystore log: {what}, this code reads version {VERSION}",
+            path=path,
+            hint="the file was left untouched; open it with the software that wrote it, "
+            "or move it away to start this document afresh",
+        )
+    pos = scan.intact_end = len(header)
+    end = len(buf)
+    records = scan.records
+    while pos < end:
+        start = pos
+        try:
+            update, pos = read_var_bytes(buf, pos)
+            metadata, pos = read_var_bytes(buf, pos)
+            stamp, pos = read_var_bytes(buf, pos)
+        except TruncatedError:
+            if _looks_like_record_end(buf, start):
+                raise _corrupt(path, start, len(records)) from None
+            return scan  # a torn last record; the caller sets it aside
+        except ValueError:  # a varuint longer than 64 bits: not something we wrote
+            raise _corrupt(path, start, len(records)) from None
+        if len(stamp) != 8:
+            raise _corrupt(path, start, len(records))
+        records.append((update, metadata, _TIMESTAMP.unpack(stamp)[0]))
+        scan.intact_end = pos
+    return scan
+
+
+def _corrupt(path: str, offset: int, index: int) -> YStoreCorruptError:
+    return YStoreCorruptError(
+        f"damaged ystore log: record {index + 1} at byte {offset} cannot be decoded and "
+        "intact records follow it",
+        path=path,
+        hint="the file was left untouched; restore it from a backup, or move it away to "
+        "rebuild the document from its notebook file (edits not saved to the notebook are "
+        "then lost)",
+    )
+
+
+# ---------------------------------------------------------------------- OS helpers
+
+
+def _os_error(exc: OSError, path: str, doing: str) -> YStoreError:
+    """Our error for an OSError, keeping the OS's words and adding what to do."""
+    if isinstance(exc, PermissionError):
+        return YStorePermissionError(
+            f"permission denied while {doing}: {exc.strerror}",
+            path=path,
+            hint="give the server's user read and write access to the file and its folder",
+        )
+    if exc.errno == errno.ENOSPC:
+        return YStoreError(
+            f"no space left on the device while {doing}",
+            path=path,
+            hint="free some disk space; nothing partial was kept",
+        )
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError, FileExistsError)):
+        return YStoreError(
+            f"cannot use this path while {doing}: {exc.strerror}",
+            path=path,
+            hint="a file stands where a folder is needed (or the reverse); move it away",
+        )
+    return YStoreError(f"{doing} failed: {exc}", path=path)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a create / rename / unlink in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------- one log file
+
+
+@dataclass
+class _Pending:
+    record: bytes
+    timestamp: float
+    done: bool = False
+    error: BaseException | None = None
+
+
+class _LogFile:
+    """One log file, shared by every store of this process that names it.
+
+    Sharing lets concurrent writers of one document join one write+fsync, and keeps the
+    append descriptor right after a compaction swaps the file. The blocking methods run in
+    a worker thread while ``lock`` is held.
+    """
+
+    def __init__(self, path: str, log: Any):
+        self.path = path
+        self.log = log
+        self.lock = anyio.Lock()
+        self.queue: list[_Pending] = []
+        self.users = 0
+        self.fd: int | None = None  # O_APPEND descriptor, opened on the first write
+        self.checked = False  # header verified and torn tail set aside
+        self.last_timestamp: float | None = None
+
+    # -- reading and recovery
+
+    def load(self, *, repair: bool = True) -> list[Record]:
+        """Every intact record; a torn tail is set aside (``repair``) or ignored."""
+        try:
+            fd = os.open(self.path, os.O_RDWR if repair else os.O_RDONLY)
+        except FileNotFoundError:
+            self.checked = True
+            self.last_timestamp = None
+            return []
+        except PermissionError:
+            if not repair:
+                raise
+            return self.load(repair=False)  # a read-only file is still readable
+        except OSError as exc:
+            raise _os_error(exc, self.path, "opening the ystore log") from exc
+        try:
+            buf = _read_all(fd)
+            scan = parse_log(buf, self.path)
+            if scan.torn:
+                if repair:
+                    self._set_aside(fd, buf, scan)
+                else:
+                    self.log.warning(
+                        "ystore log %s ends with a torn record (%d bytes) that cannot be "
+                        "repaired (read-only); reading the %d intact records",
+                        self.path,
+                        scan.size - scan.intact_end,
+                        len(scan.records),
+                    )
+        except OSError as exc:
+            raise _os_error(exc, self.path, "reading the ystore log") from exc
+        finally:
+            os.close(fd)
+        if repair:
+            self.checked = True
+        self.last_timestamp = scan.records[-1][2] if scan.records else None
+        return scan.records
+
+    def _set_aside(self, fd: int, buf: bytes, scan: _Scan) -> None:
+        """Keep the torn bytes in ``<name>.torn-<UTC time>`` and cut the log back to intact."""
+        torn = buf[scan.intact_end :]
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        base = f"{self.path}{_TORN_MARK}{stamp}"
+        aside, n = base, 0
+        while True:
+            try:
+                out = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                n += 1
+                aside = f"{base}-{n}"
+        try:
+            os.write(out, torn)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.ftruncate(fd, scan.intact_end)
+        os.fsync(fd)
+        _fsync_dir(os.path.dirname(self.path))
+        self.log.warning(
+            "ystore log %s ended with a torn record (a crash while writing?): kept its %d "
+            "intact records, moved the %d torn bytes to %s",
+            self.path,
+            len(scan.records),
+            len(torn),
+            aside,
+        )
+
+    # -- appending
+
+    def _open_append(self) -> int:
+        if not self.checked:
+            self.load()  # never append after a torn tail
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.fstat(fd).st_size == 0:
+            try:
+                self._write_all(fd, HEADER, 0)
+                os.fsync(fd)
+                _fsync_dir(folder)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def _write_all(self, fd: int, data: bytes, size_before: int) -> None:
+        """One ``os.write``; if the OS takes less (disk full), undo the partial record."""
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            try:
+                os.ftruncate(fd, size_before)
+            except OSError:
+                pass  # the next open sets a torn tail aside
+            raise
+
+    def append(self, batch: list[_Pending], ttl: float | None) -> None:
+        """Write a batch of records with one write and one fsync (runs in a thread)."""
+        try:
+            now = time.time()
+            if (
+                ttl is not None
+                and self.last_timestamp is not None
+                and now - self.last_timestamp > ttl
+            ):
+                self.compact()
+            if self.fd is None:
+                self.fd = self._open_append()
+            size_before = os.fstat(self.fd).st_size
+            self._write_all(self.fd, b"".join(p.record for p in batch), size_before)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "appending to the ystore log") from exc
+        self.last_timestamp = batch[-1].timestamp
+
+    def close_fd(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    # -- administration
+
+    def compact(self) -> None:
+        """Replace the log by one record holding the squashed state, atomically."""
+        records = self.load()
+        if len(records) <= 1:
+            return
+        updates = [record[0] for record in records]
+        try:
+            squashed = squash_history(updates)
+        except Exception as exc:
+            raise YStoreCorruptError(
+                f"cannot compact: a stored update does not decode ({exc})",
+                path=self.path,
+                hint="the file was left untouched",
+            ) from exc
+        _update, metadata, timestamp = records[-1]
+        data = HEADER + encode_record(squashed, metadata, timestamp)
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self._write_all(fd, data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise _os_error(exc, self.path, "compacting the ystore log") from exc
+        self.close_fd()  # the old descriptor points at the replaced file
+        self.last_timestamp = timestamp
+
+    def delete(self) -> None:
+        self.close_fd()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, self.path, "deleting the ystore log") from exc
+        else:
+            _fsync_dir(os.path.dirname(self.path))
+        self.last_timestamp = None
+        self.checked = True
+
+
+_registry: dict[str, _LogFile] = {}
+_registry_lock = threading.Lock()
+
+
+def _acquire(path: str, log: Any) -> _LogFile:
+    with _registry_lock:
+        logfile = _registry.get(path)
+        if logfile is None:
+            logfile = _registry[path] = _LogFile(path, log)
+        logfile.users += 1
+        return logfile
+
+
+def _release(logfile: _LogFile) -> bool:
+    """Drop one user; True when it was the last (the caller then closes the file)."""
+    with _registry_lock:
+        logfile.users -= 1
+        if logfile.users > 0:
+            return False
+        if _registry.get(logfile.path) is logfile:
+            del _registry[logfile.path]
+        return True
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def _resolve(path: str, root_dir: str | None) -> str:
+    """The absolute file of document ``path``; refuse paths that leave ``root_dir``."""
+    if "\x00" in path:
+        raise YStoreInvalidPath("a document path cannot contain a NUL character", path=repr(path))
+    if root_dir is None:
+        return os.path.abspath(path)
+    root = os.path.realpath(os.path.expanduser(root_dir))
+    if os.path.isabs(path) or path.startswith("~"):
+        raise YStoreInvalidPath(
+            f"a document path must be relative to the store's folder {root}",
+            path=path,
+        )
+    target = os.path.normpath(os.path.join(root, path))
+    real = os.path.realpath(target)  # a symlink inside the root must not lead out of it
+    for candidate in (target, real):
+        if candidate == root or os.path.commonpath([root, candidate]) != root:
+            raise YStoreInvalidPath(
+                f"document path leaves the store's folder {root}", path=path
+            )
+    if path.endswith(("/", os.sep)) or os.path.basename(target) in ("", ".", ".."):
+        raise YStoreInvalidPath("a document path must name a file", path=path)
+    return target
+
+
+# ---------------------------------------------------------------------- stores
+
+
+class FileYStore(BaseYStore):
+    """One document per file, in ypy-websocket's ``VERSION:2`` log format.
+
+    ``path`` is the document's file: as given when ``root_dir`` is unset (the seed's
+    behaviour), else relative to ``root_dir``, which it may not leave.
+    """
+
+    root_dir = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Folder holding the document files. When set, a document path is relative
+        to it and may not leave it ('..', absolute paths). Unset: paths are used as given.""",
+    )
+    document_ttl = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Seconds of idleness after which a document's history is squashed into one
+        update before the next write (None: keep the whole history).""",
+    )
+
+    @validate("root_dir")
+    def _check_root_dir(self, proposal: Any) -> str | None:
+        value = proposal["value"]
+        if value is None:
+            return None
+        if not value or "\x00" in value:
+            raise TraitError(f"root_dir must be a non-empty folder path without NUL, got {value!r}")
+        return value
+
+    @validate("document_ttl")
+    def _check_ttl(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise TraitError(f"document_ttl must be None or a number of seconds >= 0, got {value!r}")
+        return value
+
+    def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
+        super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+        self._file = _resolve(self.path, self._root())
+        self._logfile: _LogFile | None = None
+
+    def _root(self) -> str | None:
+        return self.root_dir
+
+    @observe("root_dir")
+    def _root_changed(self, change: Any) -> None:
+        if hasattr(self, "_file"):
+            if self._logfile is not None:
+                raise YStoreError("cannot change root_dir of a running store", path=self._file)
+            self._file = _resolve(self.path, self._root())
+
+    @property
+    def file_path(self) -> Path:
+        """The document's file on disk."""
+        return Path(self._file)
+
+    # -- lifecycle hooks
+
+    async def _open(self) -> None:
+        logfile = self._logfile = _acquire(self._file, self.log)
+        async with logfile.lock:
+            if not logfile.checked:
+                await anyio.to_thread.run_sync(logfile.load)
+
+    async def _close(self) -> None:
+        logfile, self._logfile = self._logfile, None
+        if logfile is None:
+            return
+        try:
+            if logfile.queue:  # writes whose writers were cancelled while waiting
+                async with logfile.lock:
+                    await self._flush(logfile)
+        finally:
+            if _release(logfile):
+                logfile.close_fd()
+
+    # -- the log
+
+    async def write(self, data: bytes) -> None:
+        await self._ensure_running()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"an update is bytes, got {type(data).__name__}")
+        metadata = await self.get_metadata()
+        logfile = self._logfile
+        assert logfile is not None
+        timestamp = time.time()
+        pending = _Pending(encode_record(bytes(data), metadata, timestamp), timestamp)
+        logfile.queue.append(pending)
+        async with logfile.lock:
+            if not pending.done:
+                await self._flush(logfile)
+        if pending.error is not None:
+            error = copy.copy(pending.error)  # each writer raises its own instance
+            raise error from pending.error.__cause__
+
+    async def _flush(self, logfile: _LogFile) -> None:
+        """Write everything queued as one batch (the caller holds the lock)."""
+        batch, logfile.queue = logfile.queue, []
+        if not batch:
+            return
+        try:
+            await anyio.to_thread.run_sync(logfile.append, batch, self.document_ttl)
+        except Exception as exc:
+            for pending in batch:
+                pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done = True
+
+    async def _records(self) -> list[Record]:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            return await anyio.to_thread.run_sync(logfile.load)
+
+    async def read(self) -> AsyncIterator[Record]:
+        records = await self._records()
+        if not records:
+            raise YDocNotFound(self.path)
+        for record in records:
+            yield record
+
+    # -- administration
+
+    async def compact(self) -> None:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            await anyio.to_thread.run_sync(logfile.compact)
+
+    async def delete(self) -> None:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            await anyio.to_thread.run_sync(logfile.delete)
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        await self._ensure_running()
+        root = self._root()
+        folder = os.path.realpath(root) if root is not None else os.path.dirname(self._file)
+        return await anyio.to_thread.run_sync(_list_folder, folder, self.log)
+
+
+def _list_folder(folder: str, log: Any) -> list[DocumentInfo]:
+    """Every ystore log under ``folder`` (recursively), read without repairing anything."""
+    found: list[DocumentInfo] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if _TORN_MARK in name or name.endswith(_TMP_SUFFIX):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                with open(full, "rb") as f:
+                    if f.read(len(HEADER_PREFIX)) != HEADER_PREFIX:
+                        continue  # not a ystore log
+                    f.seek(0)
+                    buf = f.read()
+                records = parse_log(buf, full).records
+            except (OSError, YStoreError) as exc:
+                log.warning("ystore log %s cannot be listed: %s", full, exc)
+                continue
+            found.append(
+                DocumentInfo(
+                    path=Path(os.path.relpath(full, folder)).as_posix(),
+                    updates=len(records),
+                    bytes=sum(len(r[0]) for r in records),
+                    first_timestamp=records[0][2] if records else None,
+                    last_timestamp=records[-1][2] if records else None,
+                )
+            )
+    return found
+
+
+class TempFileYStore(FileYStore):
+    """A FileYStore in a temporary folder made once per class.
+
+    Set ``prefix_dir`` in a subclass to name the folder (``tempfile.mkdtemp(prefix=...)``), or
+    ``base_dir`` to choose it. ``path`` is relative to ``base_dir`` and may not leave it.
+    """
+
+    prefix_dir: ClassVar[str | None] = None
+    base_dir: ClassVar[str | None] = None
+    _made_base_dirs: ClassVar[set[str]] = set()
+
+    def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
+        self.get_base_dir()
+        super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+
+    def _root(self) -> str | None:
+        return self.get_base_dir()
+
+    @classmethod
+    def get_base_dir(cls) -> str:
+        """The class's folder, made on first use (a subclass gets its own)."""
+        base = cls.base_dir
+        inherited_temp = "base_dir" not in cls.__dict__ and base in cls._made_base_dirs
+        if base is None or inherited_temp:
+            base = cls.make_directory()
+        return base
+
+    @classmethod
+    def make_directory(cls) -> str:
+        cls.base_dir = tempfile.mkdtemp(prefix=cls.prefix_dir)
+        cls._made_base_dirs.add(cls.base_dir)
+        return cls.base_dir
