@@ -1,0 +1,373 @@
+"""PostgresYStore: every document of every server in one PostgreSQL table.
+
+For deployments with several Jupyter servers (replicas behind a proxy, JupyterHub, home
+folders on NFS where SQLite's locks fail). Same semantics as SQLiteYStore:
+
+- ``write`` returns once the update is committed; concurrent writes of a process share one
+  transaction (group commit, ``_pg_commit``).
+- A document is stored as its newest snapshot plus the updates after it; ``_load`` reads
+  exactly that. Compaction runs in the background when the updates after the snapshot reach
+  ``compact_after_updates`` or ``compact_after_bytes``, and on ``compact()``; a write coming
+  more than ``document_ttl`` seconds after the document's last update squashes it first.
+- Several processes may write one document: ids come from the table's identity column, and
+  a per-document advisory lock taken before an id is drawn makes ids follow commit order.
+  Compaction is done by one process at a time and never drops an update committed during it
+  (``_pg_compact``).
+
+Live updates (``watch``) use LISTEN/NOTIFY *and* polling by id. NOTIFY wakes watchers within
+milliseconds of a commit and costs nothing while a document is idle, which polling alone
+cannot offer at once (a short poll interval costs a query per open document and server every
+interval). But a notification is only a hint: it is lost while the listening connection is
+down, and its payload is limited to 8000 bytes. So a notification carries only ``id:path``,
+a watcher always reads the rows with ``id > last seen`` (which, thanks to the commit-ordered
+ids, never skips a row), and a watcher also polls every ``poll_interval`` seconds, so that a
+lost notification delays an update, never loses it.
+
+asyncpg is asyncio only: use this store with anyio's asyncio backend (Jupyter's default).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, AsyncIterator
+
+import anyio
+from traitlets import Float, Int, Unicode, default, validate
+
+from ..errors import YDocNotFound, YStoreConnectionError, YStoreError
+from . import _pg_pool
+from ._pg_commit import GroupCommitter, Pending
+from ._pg_compact import CompactResult, compact_document
+from ._pg_listen import Listener
+from ._pg_names import Names, check_identifier, describe_dsn
+from .base import BaseYStore, DocumentInfo
+
+DSN_ENV = "JUPYTER_YSTORE_DSN"
+
+
+class PostgresYStore(BaseYStore):
+    """Yjs updates of many documents in one PostgreSQL table, shared by many servers."""
+
+    supports_live_updates = True
+
+    dsn = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help=f"""PostgreSQL connection string, e.g. postgresql://user@host:5432/dbname.
+        When not configured, the {DSN_ENV} environment variable is used.""",
+    )
+    schema = Unicode(
+        "jupyter_ystore",
+        config=True,
+        help="PostgreSQL schema holding the table (created on first use).",
+    )
+    table_name = Unicode(
+        "yupdates",
+        config=True,
+        help="Table of the updates; a table <name>_version beside it records its layout version.",
+    )
+    pool_size = Int(
+        10,
+        config=True,
+        help="Most connections the process opens to this database (shared by all documents).",
+    )
+    document_ttl = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""A write coming more than this many seconds after the document's last update
+        first squashes the document's history into one snapshot. None: never.""",
+    )
+    compact_after_updates = Int(
+        1000,
+        config=True,
+        help="Compact a document once this many updates follow its snapshot (0: never).",
+    )
+    compact_after_bytes = Int(
+        4 * 1024 * 1024,
+        config=True,
+        help="Compact a document once the updates after its snapshot weigh this much (0: never).",
+    )
+    poll_interval = Float(
+        2.0,
+        config=True,
+        help="""Seconds between the polls by which watch() catches updates whose
+        notification was lost (normally NOTIFY delivers them at once).""",
+    )
+    connect_timeout = Float(10.0, config=True, help="Seconds to wait for a connection.")
+    command_timeout = Float(
+        60.0, allow_none=True, config=True, help="Seconds a statement may take (None: no limit)."
+    )
+
+    @default("dsn")
+    def _default_dsn(self) -> str | None:
+        return os.environ.get(DSN_ENV) or None
+
+    @validate("schema")
+    def _check_schema(self, proposal: Any) -> str:
+        return check_identifier(proposal["value"], "PostgresYStore.schema")
+
+    @validate("table_name")
+    def _check_table(self, proposal: Any) -> str:
+        return check_identifier(proposal["value"], "PostgresYStore.table_name", 55)
+
+    def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(path, *args, **kwargs)
+        if "\0" in path:
+            raise ValueError(f"a document path cannot contain NUL characters: {path!r}")
+        self._shared: _pg_pool.SharedPool | None = None
+        self._names: Names | None = None
+        # Marks this instance's rows, so that watch() does not hand them back.
+        self._origin = random.getrandbits(62) + 1
+        self._seen_id: int | None = None  # newest id applied by the last _load/read/watch
+        self._last_known_timestamp: float | None = None  # a lower bound of the last update
+        self._tail_updates = 0
+        self._tail_bytes = 0
+        self._compact_wanted = anyio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _open(self) -> None:
+        dsn = self.dsn
+        if not dsn:
+            raise YStoreConnectionError(
+                "no PostgreSQL database configured for PostgresYStore",
+                hint=f"set c.PostgresYStore.dsn or the {DSN_ENV} environment variable "
+                "to postgresql://user@host:port/database",
+            )
+        names = Names(self.schema, self.table_name)
+        shared = await _pg_pool.acquire(
+            dsn,
+            max_size=self.pool_size,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )
+        try:
+            await shared.ensure_table(names)
+            self._shared, self._names = shared, names
+            row = await self._fetchrow(names.select_tail_stats, self.path)
+        except BaseException:
+            self._shared = None
+            with anyio.CancelScope(shield=True):
+                await _pg_pool.release(shared)
+            raise
+        self._tail_updates, self._tail_bytes, self._last_known_timestamp = row[0], row[1], row[2]
+        self._compact_wanted = anyio.Event()
+        self._request_compaction_if_due()
+
+    async def _close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await _pg_pool.release(shared)
+
+    async def _run(self) -> None:
+        """Automatic compaction, off the write path: a write never waits for it."""
+        while True:
+            await self._compact_wanted.wait()
+            self._compact_wanted = anyio.Event()
+            try:
+                result = await self._compact(
+                    min_updates=self.compact_after_updates,
+                    min_bytes=self.compact_after_bytes,
+                    wait=False,
+                )
+            except YStoreError as exc:
+                # The data is intact (the transaction rolled back); the next write retries.
+                self.log.warning("automatic compaction of %r failed: %s", self.path, exc)
+                continue
+            if not result.done and not result.busy:
+                self._tail_updates, self._tail_bytes = result.tail_updates, result.tail_bytes
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _table(self) -> Names:
+        assert self._names is not None
+        return self._names
+
+    def _pool(self) -> Any:
+        if self._shared is None:
+            raise RuntimeError(f"PostgresYStore {self.path!r} is not open")
+        return self._shared.pool
+
+    def _error(self, exc: Exception, doing: str) -> YStoreError:
+        if isinstance(exc, YStoreError):
+            return exc
+        dsn = self.dsn or ""
+        if _pg_pool.is_connection_failure(exc):
+            return _pg_pool.connection_error(dsn, exc, "lost the connection to")
+        return YStoreError(
+            f"could not {doing} {self.path!r} in {self._table.label}, {describe_dsn(dsn)}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    async def _fetch(self, sql: str, *args: Any, doing: str = "read") -> list[Any]:
+        try:
+            return await self._pool().fetch(sql, *args)
+        except Exception as exc:
+            raise self._error(exc, doing) from None
+
+    async def _fetchrow(self, sql: str, *args: Any, doing: str = "read") -> Any:
+        try:
+            return await self._pool().fetchrow(sql, *args)
+        except Exception as exc:
+            raise self._error(exc, doing) from None
+
+    def _committer(self) -> GroupCommitter:
+        shared = self._shared
+        assert shared is not None
+        return shared.helper(
+            "commit", self._table, lambda: GroupCommitter(shared.pool, self._table, shared.dsn)
+        )
+
+    def _listener(self) -> Listener:
+        shared = self._shared
+        assert shared is not None
+        return shared.helper(
+            "listen",
+            self._table,
+            lambda: Listener(shared.dsn, self._table, self.connect_timeout),
+        )
+
+    def _request_compaction_if_due(self) -> None:
+        by_count = 0 < self.compact_after_updates <= self._tail_updates
+        by_bytes = 0 < self.compact_after_bytes <= self._tail_bytes
+        if by_count or by_bytes:
+            self._compact_wanted.set()
+
+    async def _compact(self, *, min_updates: int, min_bytes: int, wait: bool) -> CompactResult:
+        try:
+            result = await compact_document(
+                self._pool(),
+                self._table,
+                self.path,
+                min_updates=min_updates,
+                min_bytes=min_bytes,
+                wait=wait,
+            )
+        except Exception as exc:
+            raise self._error(exc, "compact") from None
+        if result.done:
+            self._tail_updates = self._tail_bytes = 0
+        return result
+
+    # ------------------------------------------------------------------ the store API
+
+    async def write(self, data: bytes) -> None:
+        """Append one update; returns once it is committed."""
+        await self._ensure_running()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"an update is bytes, got {type(data).__name__}")
+        update = bytes(data)
+        metadata = await self.get_metadata()
+        now = time.time()
+        if self.document_ttl is not None:
+            await self._squash_if_idle(now)
+        item = Pending(self.path, update, metadata, now, self._origin)
+        await self._committer().submit(item)
+        self._last_known_timestamp = max(self._last_known_timestamp or now, now)
+        self._tail_updates += 1
+        self._tail_bytes += len(update)
+        self._request_compaction_if_due()
+
+    async def _squash_if_idle(self, now: float) -> None:
+        ttl = self.document_ttl
+        assert ttl is not None
+        known = self._last_known_timestamp
+        if known is not None and now - known <= ttl:
+            return  # this store wrote (or saw) an update recently: the document is not idle
+        last = (await self._fetchrow(self._table.select_last_timestamp, self.path))[0]
+        if last is not None and now - last > ttl:
+            await self._compact(min_updates=0, min_bytes=0, wait=True)
+        self._last_known_timestamp = last
+
+    async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
+        """Every stored record, oldest first; a snapshot comes first, with empty metadata."""
+        await self._ensure_running()
+        rows = await self._fetch(self._table.select_document, self.path)
+        if not rows:
+            raise YDocNotFound(self.path)
+        self._seen_id = rows[-1]["id"]
+        for row in rows:
+            yield bytes(row["yupdate"]), bytes(row["metadata"]), row["timestamp"]
+
+    async def _load(self) -> list[bytes]:
+        """The newest snapshot and the updates after it (one statement, so consistent)."""
+        await self._ensure_running()
+        rows = await self._fetch(self._table.select_updates, self.path)
+        if rows:
+            self._seen_id = rows[-1]["id"]
+        return [bytes(row["yupdate"]) for row in rows]
+
+    # ------------------------------------------------------------------ optional API
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        await self._ensure_running()
+        rows = await self._fetch(self._table.list_documents)
+        return [
+            DocumentInfo(
+                path=row["path"],
+                updates=row["updates"],
+                bytes=row["bytes"],
+                first_timestamp=row["first"],
+                last_timestamp=row["last"],
+                snapshots=row["snapshots"],
+            )
+            for row in rows
+        ]
+
+    async def compact(self) -> None:
+        """Replace the document's history by one snapshot now (waits for a compaction
+        running elsewhere, then merges whatever came after it)."""
+        await self._ensure_running()
+        await self._compact(min_updates=0, min_bytes=0, wait=True)
+
+    async def delete(self) -> None:
+        """Forget the document; waits for a compaction of it to finish first."""
+        await self._ensure_running()
+        names = self._table
+        try:
+            async with self._pool().acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", names.compact_key(self.path))
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", names.write_key(self.path))
+                    await conn.execute(names.delete_document, self.path)
+        except Exception as exc:
+            raise self._error(exc, "delete") from None
+        self._tail_updates = self._tail_bytes = 0
+        self._seen_id = None
+        self._last_known_timestamp = None
+
+    async def watch(self) -> AsyncIterator[bytes]:
+        """Updates committed by other stores (other servers, or other instances here), in
+        commit order, for as long as the store runs.
+
+        Starts after what this store last loaded (``apply_updates``/``read``), so nothing
+        committed between loading and watching is missed; without a load, starts now. This
+        store's own writes are not yielded; a snapshot written by a compaction is (it may
+        hold updates not yet seen, and applying known content again changes nothing).
+        """
+        await self._ensure_running()
+        listener = self._listener()
+        waker = listener.register(self.path)
+        try:
+            if self._seen_id is None:
+                self._seen_id = (await self._fetchrow(self._table.select_max_id, self.path))[0]
+            last = self._seen_id
+            while True:
+                await listener.ensure()
+                waker.reset()
+                rows = await self._fetch(self._table.select_after, self.path, last)
+                for row in rows:
+                    last = row["id"]
+                    if self._seen_id is None or last > self._seen_id:
+                        self._seen_id = last
+                    if row["origin"] == self._origin and not row["snapshot"]:
+                        continue
+                    yield bytes(row["yupdate"])
+                await waker.wait(self.poll_interval)
+        finally:
+            listener.unregister(waker)
