@@ -1,0 +1,322 @@
+"""What every `jupyter ystore` subcommand shares: configuration, the store, errors, output.
+
+Configuration is the server's: the same config files (``jupyter_server_config.*`` and its
+``.d`` folders) and the same trait names, so ``c.YStoreExtension.ystore_class`` and
+``c.SQLiteYStore.db_path`` in ``jupyter_server_config.py`` point the command at the store the
+server uses, and ``--ystore-class=…`` / ``--SQLiteYStore.db_path=…`` override them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sqlite3
+import sys
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
+
+from jupyter_core.application import JupyterApp, base_aliases, base_flags
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, TraitError
+from traitlets.config.loader import ArgumentError
+from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
+from traitlets.utils.importstring import import_item
+
+from .errors import YDocNotFound, YStoreError
+from .stores.base import BaseYStore, DocumentInfo
+
+#: The store class when neither the config nor the command line names one (the server's).
+FALLBACK_STORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
+
+#: A document key used only to open a store for listing (never read or written).
+LISTING_KEY = "jupyter-ystore-cli-listing"
+
+
+class CliError(Exception):
+    """A one-line error for the operator; ``code`` becomes the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def usage_error(message: str) -> CliError:
+    return CliError(message, code=2)
+
+
+aliases: dict[Any, Any] = {
+    **base_aliases,
+    "ystore-class": "YStoreExtension.ystore_class",
+}
+flags: dict[Any, Any] = {
+    **base_flags,
+    "json": ({"StoreCommand": {"json": True}}, "Print machine-readable JSON."),
+    "no-progress": (
+        {"StoreCommand": {"progress": False}},
+        "Never show a progress bar (it is shown only on a terminal anyway).",
+    ),
+}
+
+
+def resolve_store_class(value: Any) -> type[BaseYStore]:
+    """A store class from a class, a dotted import path or a public name (``SQLiteYStore``)."""
+    if isinstance(value, type):
+        cls = value
+    else:
+        name = str(value).strip()
+        try:
+            if "." in name:
+                cls = import_item(name)
+            else:
+                import jupyter_ystore
+
+                cls = getattr(jupyter_ystore, name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise usage_error(f"unknown store class {name!r} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseYStore)):
+        raise usage_error(f"{value!r} is not a store class (a BaseYStore subclass)")
+    return cls
+
+
+class _OneLineParser(_KVArgParser):
+    """argparse prints usage and exits; an operator gets one line and exit status 2."""
+
+    def error(self, message: str) -> Any:
+        raise usage_error(f"{message} (see --help)")
+
+
+class _Loader(KVArgParseConfigLoader):
+    parser_class = _OneLineParser
+
+
+class StoreCommand(JupyterApp):
+    """Base of every subcommand: loads the server's config and opens its store."""
+
+    name = "jupyter-ystore"
+    aliases = aliases
+    flags = flags
+
+    json = Bool(False, config=True, help="Print machine-readable JSON instead of text.")
+    progress = Bool(True, config=True, help="Show progress bars on a terminal.")
+
+    def initialize(self, argv: Any = None) -> None:
+        # JupyterApp's initialize logs bad config as CRITICAL and exits 1; say it in one line.
+        try:
+            JupyterApp.initialize.__wrapped__(self, argv)  # type: ignore[attr-defined]
+        except (TraitError, ArgumentError) as exc:
+            raise usage_error(str(exc)) from None
+
+    def parse_command_line(self, argv: Any = None) -> None:
+        try:
+            JupyterApp.parse_command_line.__wrapped__(self, argv)  # type: ignore[attr-defined]
+        except (TraitError, ArgumentError) as exc:
+            raise usage_error(str(exc)) from None
+
+    def _create_loader(self, argv: Any, aliases: Any, flags: Any, classes: Any) -> _Loader:
+        return _Loader(
+            argv, aliases, flags, classes=classes, log=self.log, subcommands=self.subcommands
+        )
+
+    def _config_file_name_default(self) -> str:
+        # The server's config files, so the command sees the store the server uses.
+        return "jupyter_server_config"
+
+    # ------------------------------------------------------------------ the store
+
+    @property
+    def store_class(self) -> type[BaseYStore]:
+        section = self.config.get("YStoreExtension", {})
+        if "ystore_class" in section:
+            return resolve_store_class(section["ystore_class"])
+        return resolve_store_class(default_store_class())
+
+    def make_store(self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
+        """A store of the configured class for document ``key`` (not started)."""
+        cls = cls or self.store_class
+        try:
+            return cls(key, config=self.config, log=self.log, **kwargs)
+        except (YStoreError, ValueError) as exc:
+            raise CliError(f"cannot open {cls.__name__} for {key!r}: {exc}") from None
+
+    @asynccontextmanager
+    async def open_store(
+        self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any
+    ) -> AsyncIterator[BaseYStore]:
+        store = self.make_store(key, cls, **kwargs)
+        async with store:
+            yield store
+
+    async def list_documents(self, cls: type[BaseYStore] | None = None) -> list[DocumentInfo]:
+        async with self.open_store(LISTING_KEY, cls) as store:
+            try:
+                infos = await store.list_documents()
+            except NotImplementedError as exc:
+                raise CliError(str(exc)) from None
+        return sorted(infos, key=lambda info: info.path)
+
+    async def find_document(self, doc: str) -> DocumentInfo:
+        """The stored document named ``doc``: its key, or the file path its id maps to, or a
+        unique part of its key (a file id). One-line error when none or several match."""
+        infos = await self.list_documents()
+        for info in infos:
+            if info.path == doc:
+                return info
+        mapper = FileIdMapper(self.config)
+        by_path = [info for info in infos if mapper.path_of(info.path) in (doc, doc.lstrip("/"))]
+        candidates = by_path or [info for info in infos if doc and doc in info.path]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise CliError(f"unknown document {doc!r}: not in the store (see `jupyter ystore list`)")
+        names = ", ".join(info.path for info in candidates[:5])
+        raise CliError(f"{doc!r} matches {len(candidates)} documents ({names}…): give the full key")
+
+    def one_doc(self) -> str:
+        """The single DOC argument of a subcommand."""
+        if len(self.extra_args) != 1:
+            raise usage_error(
+                f"{self.name.split('-')[-1]} takes exactly one document (got {len(self.extra_args)})"
+            )
+        return self.extra_args[0]
+
+    # ------------------------------------------------------------------ output
+
+    def progress_bar(self, iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        """A tqdm bar on stderr when it is a terminal, else a silent pass-through."""
+        from tqdm import tqdm
+
+        enabled = self.progress and sys.stderr.isatty() and not self.json
+        return tqdm(iterable, disable=not enabled, file=sys.stderr, leave=False, **kwargs)
+
+    def emit_json(self, value: Any) -> None:
+        print(json.dumps(value, indent=2, ensure_ascii=False))
+
+    def note(self, message: str) -> None:
+        """A human message on stderr (keeps stdout clean for data)."""
+        print(message, file=sys.stderr)
+
+    def confirm(self, question: str) -> bool:
+        if self.answer_yes:
+            return True
+        print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:
+            raise CliError("no answer on standard input: nothing done (use --yes to skip asking)")
+        return answer.strip().lower() in ("y", "yes")
+
+    def start(self) -> None:
+        import anyio
+
+        code = anyio.run(self.run)
+        if code:
+            raise SystemExit(code)
+
+    async def run(self) -> int:
+        """The subcommand's work; returns the exit status."""
+        raise NotImplementedError
+
+
+def default_store_class() -> Any:
+    """The server extension's default ``ystore_class`` (one source of truth)."""
+    try:
+        from .app import YStoreExtension
+    except ImportError:
+        return FALLBACK_STORE_CLASS
+    trait = YStoreExtension.class_traits().get("ystore_class")
+    if trait is None:
+        return FALLBACK_STORE_CLASS
+    default = trait.default()
+    return default if default is not None else FALLBACK_STORE_CLASS
+
+
+# ---------------------------------------------------------------------- file ids
+
+
+class FileIdMapper:
+    """Document key → file path, read from jupyter-server-fileid's database.
+
+    The database is opened read-only (the command must not create or index it); ``None``
+    when there is no database, no table, or no row.
+    """
+
+    def __init__(self, config: Any):
+        self.db_path = self._db_path(config)
+        self._con: sqlite3.Connection | None = None
+        self._opened = False
+        self._cache: dict[str, str | None] = {}
+
+    @staticmethod
+    def _db_path(config: Any) -> str:
+        for section in ("LocalFileIdManager", "ArbitraryFileIdManager", "BaseFileIdManager"):
+            value = config.get(section, {}).get("db_path")
+            if value:
+                return str(value)
+        return os.path.join(jupyter_data_dir(), "file_id_manager.db")
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if not self._opened:
+            self._opened = True
+            if self.db_path != ":memory:" and os.path.exists(self.db_path):
+                try:
+                    self._con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+                except sqlite3.Error:
+                    self._con = None
+        return self._con
+
+    def path_of(self, key: str) -> str | None:
+        from .cli_content import file_id
+
+        if key in self._cache:
+            return self._cache[key]
+        ident = file_id(key)
+        path = None
+        con = self._connect() if ident else None
+        if con is not None:
+            try:
+                row = con.execute("SELECT path FROM Files WHERE id = ?", (ident,)).fetchone()
+            except sqlite3.Error:
+                row = None
+            if row:
+                path = str(row[0])
+                if path.startswith("/") and not os.path.isabs(path.lstrip("/")) and not os.path.exists(path):
+                    path = path.lstrip("/")  # ArbitraryFileIdManager stores API paths as "/a/b"
+        self._cache[key] = path
+        return path
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment
+        return ""
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def table(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> Iterator[str]:
+    """Rows as aligned text columns (``right``: indexes of right-aligned columns)."""
+    if not rows:
+        return iter(())
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return (line(row) for row in rows)
+
+
+Reporter = Callable[[str], None]
+__all__ = ["CliError", "StoreCommand", "FileIdMapper", "resolve_store_class", "YDocNotFound"]
