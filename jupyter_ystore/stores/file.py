@@ -487,6 +487,13 @@ class FileYStore(BaseYStore):
             return None
         if not value or "\x00" in value:
             raise TraitError(f"root_dir must be a non-empty folder path without NUL, got {value!r}")
+        ancestor = os.path.abspath(os.path.expanduser(value))
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise TraitError(
+                f"root_dir {value!r} cannot be used as a folder: {ancestor} is a file"
+            )
         return value
 
     @validate("document_ttl")
