@@ -1,0 +1,83 @@
+"""Hand results from the database thread back to whichever event loop is waiting.
+
+The database thread outlives event loops (each anyio test runs its own), so it holds no
+loop-bound object of its own: every job carries a ``Waiter`` made in the waiting task's loop.
+On asyncio a waiter is a future resolved with ``call_soon_threadsafe`` (one call per loop per
+batch, which is what makes group commit cheap); elsewhere (trio) it is a ``threading.Event``
+waited on in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from typing import Any, Iterable
+
+import anyio
+
+
+class Waiter:
+    """The completion of one job: a result or an exception."""
+
+    __slots__ = ("_loop", "_future", "_event", "_outcome")
+
+    def __init__(self) -> None:
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        if self._loop is not None:
+            self._future: asyncio.Future[Any] | None = self._loop.create_future()
+            self._event: threading.Event | None = None
+        else:
+            self._future = None
+            self._event = threading.Event()
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
+
+    async def wait(self) -> Any:
+        """The job's result; its exception is raised here."""
+        if self._future is not None:
+            return await self._future
+        assert self._event is not None
+        await anyio.to_thread.run_sync(self._event.wait)
+        result, error = self._outcome
+        if error is not None:
+            raise error
+        return result
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in items:
+        if future.done():  # the waiting task was cancelled
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def deliver(outcomes: Iterable[tuple[Waiter, Any, BaseException | None]]) -> None:
+    """Complete waiters from the database thread (each exception is copied per waiter)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    first_error: set[int] = set()
+    for waiter, result, error in outcomes:
+        if error is not None:
+            # One failed commit fails every write of its batch: give each its own instance
+            # so tracebacks do not pile onto one shared object.
+            if id(error) in first_error:
+                error = copy.copy(error)
+            else:
+                first_error.add(id(error))
+        if waiter._loop is None:
+            waiter._outcome = (result, error)
+            assert waiter._event is not None
+            waiter._event.set()
+        else:
+            assert waiter._future is not None
+            by_loop.setdefault(waiter._loop, []).append((waiter._future, result, error))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass

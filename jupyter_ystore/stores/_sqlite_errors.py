@@ -1,0 +1,62 @@
+"""Turn sqlite3 exceptions into the YStoreError family, with the path and what to do.
+
+The originals turned every exception into ``YDocNotFound`` (a broken database looked like an
+empty document) or logged and dropped failed writes; here each failure keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+from ..errors import (
+    YStoreCorruptError,
+    YStoreError,
+    YStoreLockedError,
+    YStorePermissionError,
+)
+
+_LOCKED = ("database is locked", "database table is locked", "database is busy")
+_PERMISSION = ("readonly", "read-only", "unable to open database", "access permission denied")
+_CORRUPT = ("not a database", "malformed", "corrupt", "file is encrypted")
+
+
+def map_error(exc: BaseException, db_path: str, action: str, busy_timeout: float) -> BaseException:
+    """The YStoreError to raise for ``exc`` (other exceptions are returned unchanged)."""
+    if isinstance(exc, YStoreError):
+        return exc
+    if isinstance(exc, PermissionError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    ):
+        return YStorePermissionError(
+            f"permission denied while {action}: {exc}",
+            path=db_path,
+            hint="give this process read and write access to the database file, its -wal and "
+            "-shm files and its folder, or set SQLiteYStore.db_path elsewhere",
+        )
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    text = str(exc).lower()
+    if any(marker in text for marker in _LOCKED):
+        return YStoreLockedError(
+            f"the database stayed locked by another connection for more than "
+            f"{busy_timeout:g} s while {action}",
+            path=db_path,
+            hint="nothing was written; retry, find the process holding the database, or raise "
+            "SQLiteYStore.busy_timeout",
+        )
+    if any(marker in text for marker in _PERMISSION):
+        return YStorePermissionError(
+            f"cannot write the database while {action}: {exc}",
+            path=db_path,
+            hint="give this process read and write access to the database file, its -wal and "
+            "-shm files and its folder, or set SQLiteYStore.db_path elsewhere",
+        )
+    if any(marker in text for marker in _CORRUPT):
+        return YStoreCorruptError(
+            f"the database file is damaged or not an SQLite database ({exc}) while {action}",
+            path=db_path,
+            hint="stop the server, restore the file from a backup or move it aside yourself "
+            "(jupyter_ystore never moves it), then start again",
+        )
+    return YStoreError(f"SQLite error while {action}: {exc}", path=db_path)

@@ -1,0 +1,271 @@
+"""SQLiteYStore: every document of a server in one SQLite database file.
+
+Storage layout (and why)
+------------------------
+We keep ypy-websocket's table unchanged: ``yupdates(path, yupdate, metadata, timestamp)``,
+its index, ``user_version = 2``. A document's stored form is its newest **snapshot** (the
+squashed state, ``jupyter_ystore.ydoc.squash``) as an ordinary ``yupdates`` row, followed by
+the updates written after it. Compaction deletes the rows a snapshot covers and gives the
+snapshot the rowid of the newest of them, so insertion (rowid) order is still oldest first
+and the snapshot comes first. Which row is a snapshot is recorded in a side table,
+``ystore_snapshots(path, row, timestamp, covered)``, used only for listings and counters.
+
+Chosen so that ypy-websocket 0.12.4 and pycrdt-store 0.1.5 can still open, read and even
+write a database we wrote (a user can downgrade without losing documents): both read every
+``yupdates`` row of a path and apply them all, which restores the same document. New files
+also get an empty ``ycheckpoints`` table because pycrdt-store refuses a database without one.
+Databases written by those libraries are opened in place (see ``compat``), never renamed.
+
+Durability
+----------
+WAL journal. ``synchronous = NORMAL`` (the default): ``await write()`` returns after COMMIT;
+the update survives a crash of the process, but a power loss or OS crash may roll back the
+last commits (the file stays consistent). ``synchronous = FULL``: every commit is fsynced
+before ``write()`` returns, so it also survives power loss; group commit shares that fsync
+among concurrent writers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, AsyncIterator
+
+import anyio
+from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, validate
+
+from .. import ydoc as _ydoc
+from ..errors import YDocNotFound, YStoreCorruptError
+from . import _sqlite_db
+from .base import BaseYStore, DocumentInfo
+
+
+class SQLiteYStore(BaseYStore):
+    """Stores the updates of every document in one SQLite database (``db_path``).
+
+    Configure with traitlets (``c.SQLiteYStore.db_path = "…"``) or, as in ypy-websocket,
+    with a subclass that sets ``db_path = "…"``.
+    """
+
+    db_path = Unicode(
+        "ystore.db",
+        config=True,
+        help="The SQLite database file holding every document's updates. Its folder is "
+        "created if needed. Databases written by ypy-websocket 0.12.4, pycrdt-store 0.1.5 "
+        "and jupyter-collaboration (.jupyter_ystore.db) are opened in place.",
+    )
+    document_ttl = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Seconds. A write more than this long after a document's last update first "
+        "squashes its history into one snapshot (the seed's meaning). None: never.",
+    )
+    compact_after_updates = Int(
+        500,
+        allow_none=True,
+        config=True,
+        help="Compact a document (snapshot replaces history) once this many updates were "
+        "written after its last snapshot, so that loading costs the document's size, not "
+        "its history. None or 0: never by count.",
+    )
+    compact_after_bytes = Int(
+        1024 * 1024,
+        allow_none=True,
+        config=True,
+        help="Compact a document once the updates written after its last snapshot hold this "
+        "many bytes. None or 0: never by size.",
+    )
+    synchronous = CaselessStrEnum(
+        ["NORMAL", "FULL"],
+        "NORMAL",
+        config=True,
+        help="SQLite synchronous mode (WAL journal). NORMAL: a committed update survives a "
+        "crash of the process, the last commits may be lost on power loss. FULL: every commit "
+        "is on disk before write() returns.",
+    )
+    busy_timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds to wait for another process holding the database's write lock before "
+        "a write fails with YStoreLockedError.",
+    )
+
+    @validate("document_ttl")
+    def _check_ttl(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(
+                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {value}"
+            )
+        return value
+
+    @validate("compact_after_updates", "compact_after_bytes", "busy_timeout")
+    def _check_non_negative(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            name = proposal["trait"].name
+            raise TraitError(f"SQLiteYStore.{name} must be >= 0, got {value}")
+        return value
+
+    @validate("db_path")
+    def _check_db_path(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        problem = _db_path_problem(value)
+        if problem:
+            raise TraitError(f"SQLiteYStore.db_path {value!r}: {problem}")
+        return value
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._db: _sqlite_db.SharedDatabase | None = None
+        self._compaction_wanted: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _settings(self) -> tuple[str, _sqlite_db.Options, _sqlite_db.Policy]:
+        """Values of the traits, checked again: a subclass may set plain class attributes."""
+        db_path = self.db_path
+        problem = _db_path_problem(db_path)
+        if problem:
+            raise TraitError(f"SQLiteYStore.db_path {db_path!r}: {problem}")
+        ttl = self.document_ttl
+        if ttl is not None and ttl < 0:
+            raise TraitError(
+                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {ttl}"
+            )
+        options = _sqlite_db.Options(
+            busy_timeout=float(self.busy_timeout), synchronous=str(self.synchronous).upper()
+        )
+        policy = _sqlite_db.Policy(
+            ttl=None if ttl is None else float(ttl),
+            max_updates=self.compact_after_updates or None,
+            max_bytes=self.compact_after_bytes or None,
+        )
+        return db_path, options, policy
+
+    async def _open(self) -> None:
+        db_path, options, self._policy = self._settings()
+        db = _sqlite_db.acquire(db_path, options)
+        try:
+            await db.call(lambda conn: None, "opening the database")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _sqlite_db.release(db)
+            raise
+        self._db = db
+        self._compaction_wanted = anyio.Event()
+
+    async def _run(self) -> None:
+        """Compact in the background when a write passed a threshold."""
+        while True:
+            assert self._compaction_wanted is not None
+            await self._compaction_wanted.wait()
+            self._compaction_wanted = anyio.Event()
+            try:
+                await self._require_db().compact(self.path, automatic=True)
+            except Exception as exc:  # the updates are intact; the next threshold retries
+                self.log.error("automatic compaction of %r failed: %s", self.path, exc)
+
+    async def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await _sqlite_db.release(db)
+
+    def _require_db(self) -> _sqlite_db.SharedDatabase:
+        if self._db is None:
+            raise RuntimeError(f"YStore not running ({type(self).__name__} {self.path!r})")
+        return self._db
+
+    # ------------------------------------------------------------------ the seed's API
+
+    async def write(self, data: bytes) -> None:
+        """Append one update; returns once it is committed (see the module's Durability)."""
+        await self._ensure_running()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"an update is bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not _ydoc.is_valid_update(data):
+            raise ValueError(
+                f"refusing to store bytes that are not a Yjs v1 update in {self.path!r}"
+            )
+        metadata = await self.get_metadata()
+        db = self._require_db()
+        wanted = await db.write(self.path, data, metadata, time.time(), self._policy)
+        if wanted and self._compaction_wanted is not None:
+            self._compaction_wanted.set()
+
+    async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
+        """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""
+        await self._ensure_running()
+        path = self.path
+        records = await self._require_db().call(
+            lambda conn: self._require_db().read_rows(conn, path), f"reading {path!r}"
+        )
+        if not records:
+            raise YDocNotFound(path)
+        for record in records:
+            yield record
+
+    async def _load(self) -> list[bytes]:
+        return [update async for update, _metadata, _timestamp in self.read()]
+
+    async def apply_updates(self, ydoc: Any) -> None:
+        """Apply the snapshot and the updates after it to ``ydoc`` in one go."""
+        updates = await self._load()
+        try:
+            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
+        except Exception as exc:
+            raise YStoreCorruptError(
+                f"document {self.path!r} holds an update that is not valid Yjs ({exc})",
+                path=self._require_db().db_path,
+                hint="the rows were left as they are; export or delete the document",
+            ) from exc
+        _ydoc.apply_update(ydoc, merged)
+
+    # ------------------------------------------------------------------ admin API
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        """Every document in the database with its record count, bytes, time span and
+        snapshots (a pycrdt-store checkpoint counts as a record and a snapshot)."""
+        await self._ensure_running()
+        db = self._require_db()
+        return await db.call(db.list_documents, "listing documents")
+
+    async def compact(self) -> None:
+        """Replace this document's history by one snapshot, in one transaction."""
+        await self._ensure_running()
+        done = await self._require_db().compact(self.path, automatic=False)
+        if not done:
+            raise YDocNotFound(self.path)
+
+    async def delete(self) -> None:
+        """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
+        await self._ensure_running()
+        db = self._require_db()
+        path = self.path
+        await db.call(lambda conn: db.delete(path, conn), f"deleting {path!r}")
+
+
+def _db_path_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a database path (None when it can), without touching disk."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty file path"
+    if value == ":memory:":
+        return None
+    if "\0" in value:
+        return "contains a NUL character"
+    path = os.path.abspath(os.path.expanduser(value))
+    if os.path.isdir(path):
+        return "is a folder; name a database file inside it"
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    if not os.path.isdir(folder):
+        return f"its folder cannot be created: {folder!r} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder cannot be created or written: no write access to {folder!r}"
+    return None
