@@ -9,6 +9,7 @@ connection and whether the table's layout was checked, since those are shared to
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from typing import Any, Callable
 
@@ -32,6 +33,9 @@ def connection_error(dsn: str, exc: BaseException, doing: str = "cannot connect 
     reason = str(exc).strip() or type(exc).__name__
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and reason == type(exc).__name__:
         reason = "timed out"
+    elif isinstance(exc, OSError) and exc.errno:
+        # asyncio says "Connect call failed"; the errno says why (refused, unreachable...).
+        reason = f"{os.strerror(exc.errno)} ({reason})"
     return YStoreConnectionError(
         f"{doing} {describe_dsn(dsn)}: {reason}",
         hint="Check that the server runs and accepts connections, and the DSN set in "

@@ -288,9 +288,9 @@ class PostgresYStore(BaseYStore):
         """Every stored record, oldest first; a snapshot comes first, with empty metadata."""
         await self._ensure_running()
         rows = await self._fetch(self._table.select_document, self.path)
+        self._seen_id = rows[-1]["id"] if rows else 0
         if not rows:
             raise YDocNotFound(self.path)
-        self._seen_id = rows[-1]["id"]
         for row in rows:
             yield bytes(row["yupdate"]), bytes(row["metadata"]), row["timestamp"]
 
@@ -298,8 +298,7 @@ class PostgresYStore(BaseYStore):
         """The newest snapshot and the updates after it (one statement, so consistent)."""
         await self._ensure_running()
         rows = await self._fetch(self._table.select_updates, self.path)
-        if rows:
-            self._seen_id = rows[-1]["id"]
+        self._seen_id = rows[-1]["id"] if rows else 0
         return [bytes(row["yupdate"]) for row in rows]
 
     # ------------------------------------------------------------------ optional API
