@@ -1,0 +1,242 @@
+"""YStoreExtension: the Jupyter Server extension, every setting of it in one place.
+
+It serves the two endpoints the official JupyterLab collaboration front end calls
+(``jupyter-docprovider``), keeps one room per open document and persists every change in a
+store (``ystore_class``). Configure it in ``jupyter_server_config.py``::
+
+    c.YStoreExtension.document_save_delay = 1.0
+    c.SQLiteYStore.db_path = "/var/lib/jupyter/ystore.db"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any
+
+import anyio
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, TraitError, Type, validate
+
+from .handlers import RoomHandler, SessionHandler
+from .loaders import DocumentFile
+from .rooms import RoomManager, RoomSettings
+from .stores.base import BaseYStore
+
+#: Where jupyter-collaboration keeps its SQLite store by default (relative to the server root):
+#: using the same file finds its users' existing histories.
+DEFAULT_DB_NAME = ".jupyter_ystore.db"
+#: Folder for file-per-document stores, relative to the server root.
+DEFAULT_STORE_DIR = ".jupyter_ystore"
+DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
+
+
+def store_key(file_type: str, file_id: str) -> str:
+    """The document key jupyter-collaboration uses for a room (``.notebook:<file id>.y``)."""
+    return f".{file_type}:{file_id}.y"
+
+
+class YStoreExtension(ExtensionApp):
+    """Real-time collaboration for JupyterLab that keeps every edit in a durable store."""
+
+    name = "jupyter_ystore"
+    app_name = "jupyter_ystore"
+    description = "Persistent real-time collaboration: Yjs update stores for Jupyter Server"
+    load_other_extensions = True
+
+    ystore_class = Type(
+        default_value=DEFAULT_YSTORE_CLASS,
+        klass=BaseYStore,
+        config=True,
+        help="""The store class that keeps each document's history of updates: any subclass of
+        jupyter_ystore.BaseYStore, by class or dotted name (e.g.
+        'jupyter_ystore.stores.sqlite.SQLiteYStore', 'jupyter_ystore.FileYStore',
+        'jupyter_ystore.PostgresYStore', 'jupyter_ystore.MemoryYStore' to keep nothing).
+        Its own settings go on the class, e.g. c.SQLiteYStore.db_path (default
+        '<server root>/.jupyter_ystore.db', the file jupyter-collaboration uses) and
+        c.SQLiteYStore.document_ttl.""",
+    )
+    document_save_delay = Float(
+        1.0,
+        allow_none=True,
+        config=True,
+        help="""Seconds without a change before a document is saved to its file (debounce).
+        None saves only when a client asks (Ctrl+S) and when the room closes. Every change is in
+        the store immediately either way.""",
+    )
+    document_cleanup_delay = Float(
+        60.0,
+        allow_none=True,
+        config=True,
+        help="""Seconds a document stays open after its last client left, so that a reconnect
+        is instant. Then it is saved, its store flushed and stopped. None keeps it open until
+        the server stops.""",
+    )
+    file_poll_interval = Float(
+        1.0,
+        config=True,
+        help="""Seconds between checks of an open document's file for changes made on disk by
+        other programs (and renames). Such a change enters the shared document as a normal
+        update. 0 checks only when saving.""",
+    )
+    disable_rtc = Bool(
+        False,
+        config=True,
+        help="""Tell the JupyterLab front end not to use real-time collaboration (documents
+        open without a shared model; nothing is stored).""",
+    )
+    max_message_size = Int(
+        256 * 1024 * 1024,
+        config=True,
+        help="""Largest websocket message accepted from a client, in bytes. A larger one
+        closes that client's connection (code 1009); the room and the other clients go on.""",
+    )
+
+    @validate("document_save_delay", "document_cleanup_delay")
+    def _non_negative_or_none(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(
+                f"{type(self).__name__}.{proposal['trait'].name} must be >= 0 or None, got {value}"
+            )
+        return value
+
+    @validate("file_poll_interval")
+    def _non_negative(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is None or value < 0:
+            raise TraitError(f"{type(self).__name__}.file_poll_interval must be >= 0, got {value}")
+        return value
+
+    @validate("max_message_size")
+    def _positive(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value <= 0:
+            raise TraitError(f"{type(self).__name__}.max_message_size must be > 0, got {value}")
+        return value
+
+    # ------------------------------------------------------------------ start-up
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        """A wrong setting stops the server here, with the trait named (jupyter_server would
+        otherwise log a warning and run without collaboration)."""
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+            self.ystore_class  # noqa: B018  (imports a dotted name now, not on first use)
+        except TraitError as exc:
+            message = f"jupyter_ystore: invalid configuration: {exc}"
+            serverapp.log.critical(message)
+            raise SystemExit(message) from None
+
+    def initialize_settings(self) -> None:
+        self.session_id = str(uuid.uuid4())
+        self.refused_sessions: set[str] = set()
+        self.connections: set[Any] = set()
+        self.yielded_to_server_ydoc = self._server_ydoc_enabled()
+        self.manager = RoomManager(
+            make_store=self.create_store,
+            make_file=self._make_file,
+            settings=RoomSettings(
+                save_delay=self.document_save_delay,
+                cleanup_delay=self.document_cleanup_delay,
+                poll_interval=self.file_poll_interval,
+            ),
+            log=self.log,
+        )
+        self._manager_task: asyncio.Task[None] | None = None
+        self._manager_started: asyncio.Event | None = None
+
+    def initialize_handlers(self) -> None:
+        if self.yielded_to_server_ydoc:
+            self.log.warning(
+                "jupyter_ystore: jupyter_server_ydoc (jupyter-collaboration) is enabled and serves "
+                "/api/collaboration; jupyter_ystore registers no endpoint (its stores can be that "
+                "extension's YDocExtension.ystore_class)"
+            )
+            return
+        page_config = self.serverapp.web_app.settings.setdefault("page_config_data", {})
+        page_config.setdefault("disableRTC", self.disable_rtc)
+        self.handlers.extend(
+            [
+                (r"/api/collaboration/session/(.*)", SessionHandler, {"extension": self}),
+                (r"/api/collaboration/room/(.*)", RoomHandler, {"extension": self}),
+            ]
+        )
+
+    def _server_ydoc_enabled(self) -> bool:
+        manager = getattr(self.serverapp, "extension_manager", None)
+        extension = manager.extensions.get("jupyter_server_ydoc") if manager else None
+        return bool(extension is not None and extension.enabled)
+
+    # ------------------------------------------------------------------ stores and files
+
+    def create_store(self, file_type: str, file_id: str) -> BaseYStore:
+        """A store for one document; configuration reaches it through ``parent=self``."""
+        cls = self.ystore_class
+        traits = cls.class_traits()
+        root = os.path.abspath(os.path.expanduser(self.serverapp.root_dir))
+        kwargs: dict[str, Any] = {}
+        if "db_path" in traits and not self._configured(cls, "db_path"):
+            kwargs["db_path"] = os.path.join(root, DEFAULT_DB_NAME)
+        if "root_dir" in traits and not self._configured(cls, "root_dir"):
+            kwargs["root_dir"] = os.path.join(root, DEFAULT_STORE_DIR)
+        return cls(path=store_key(file_type, file_id), log=self.log, parent=self, **kwargs)
+
+    def _configured(self, cls: type, trait: str) -> bool:
+        config = self.config
+        return any(
+            klass.__name__ in config and trait in config[klass.__name__] for klass in cls.mro()
+        )
+
+    def _make_file(self, file_format: str, file_type: str, file_id: str) -> DocumentFile:
+        return DocumentFile(
+            file_id,
+            file_format,
+            file_type,
+            file_id_manager=self.file_id_manager,
+            contents_manager=self.serverapp.contents_manager,
+        )
+
+    @property
+    def file_id_manager(self) -> Any:
+        manager = self.serverapp.web_app.settings.get("file_id_manager")
+        if manager is None:
+            raise RuntimeError(
+                "jupyter_server_fileid is not enabled; enable it with "
+                "`jupyter server extension enable jupyter_server_fileid`"
+            )
+        return manager
+
+    # ------------------------------------------------------------------ the room manager
+
+    async def rooms(self) -> RoomManager:
+        """The running room manager (started on first use, in the server's event loop)."""
+        if self._manager_started is None:
+            self._manager_started = asyncio.Event()
+            self._manager_task = asyncio.ensure_future(self._run_manager())
+        await self._manager_started.wait()
+        return self.manager
+
+    async def _run_manager(self) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.manager.run)
+            assert self._manager_started is not None
+            self._manager_started.set()
+
+    async def stop_extension(self) -> None:
+        """Server shutdown: close every socket, save and flush every room, stop every store."""
+        for connection in list(getattr(self, "connections", ())):
+            connection.close(1001, "server shutting down")
+        if getattr(self, "_manager_task", None) is None:
+            return
+        await self.manager.close_all(timeout=10)
+        task = self._manager_task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._manager_task = None
+        self._manager_started = None

@@ -1,0 +1,112 @@
+"""Reading and writing a room's file through the server's contents manager.
+
+The room never touches the disk itself: going through the contents manager keeps checkpoints,
+hooks, permissions and non-filesystem contents managers working. The file is named by its
+file id, so a rename while the room is open is followed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_server.utils import ensure_async
+from tornado.web import HTTPError
+
+#: Room types the contents manager knows; anything else is read and written as a plain file.
+_CONTENTS_TYPES = {"notebook", "file"}
+
+
+class FileGone(Exception):
+    """The room's file no longer exists (deleted, or its id is unknown)."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What we know of the file on disk at one moment."""
+
+    last_modified: datetime.datetime | None
+    hash: str | None
+    content: Any = None
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str):
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
+
+
+class DocumentFile:
+    """One file of the server, named by file id, read and written with a contents manager."""
+
+    def __init__(
+        self,
+        file_id: str,
+        file_format: str,
+        file_type: str,
+        *,
+        file_id_manager: Any,
+        contents_manager: Any,
+    ) -> None:
+        self.file_id = file_id
+        self.file_format = file_format
+        self.file_type = file_type
+        self._file_id_manager = file_id_manager
+        self._contents_manager = contents_manager
+
+    @property
+    def contents_type(self) -> str:
+        return self.file_type if self.file_type in _CONTENTS_TYPES else "file"
+
+    @property
+    def path(self) -> str:
+        path = self._file_id_manager.get_path(self.file_id)
+        if path is None:
+            raise FileGone(f"no file has id {self.file_id}")
+        return path
+
+    async def load(self) -> FileState:
+        """The file's content, modification time and hash."""
+        path = self.path
+        try:
+            model = await ensure_async(
+                self._contents_manager.get(
+                    path,
+                    content=True,
+                    format=self.file_format,
+                    type=self.contents_type,
+                    require_hash=True,
+                )
+            )
+        except HTTPError as exc:
+            if exc.status_code == 404:
+                raise FileGone(f"{path} does not exist") from None
+            raise
+        content = model["content"]
+        if self.contents_type == "file" and isinstance(content, str) and "\r\n" in content:
+            content = content.replace("\r\n", "\n")
+        return FileState(_timestamp(model.get("last_modified")), model.get("hash"), content)
+
+    async def stat(self) -> FileState:
+        """Modification time and hash, without the content."""
+        path = self.path
+        try:
+            model = await ensure_async(
+                self._contents_manager.get(path, content=False, require_hash=True)
+            )
+        except HTTPError as exc:
+            if exc.status_code == 404:
+                raise FileGone(f"{path} does not exist") from None
+            raise
+        return FileState(_timestamp(model.get("last_modified")), model.get("hash"))
+
+    async def save(self, content: Any) -> FileState:
+        """Write ``content``; return the new modification time and hash."""
+        path = self.path
+        model = {"type": self.contents_type, "format": self.file_format, "content": content}
+        saved = await ensure_async(self._contents_manager.save(model, path))
+        state = await self.stat()
+        return FileState(_timestamp(saved.get("last_modified")) or state.last_modified, state.hash)
