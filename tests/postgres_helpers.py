@@ -6,7 +6,8 @@ say how to point them at one, except under ``CI=true``, where a missing server i
 CI must never pass by skipping them. Every test gets a schema of its own, dropped afterwards,
 so tests never see each other's rows and leave nothing behind.
 
-Import the fixtures into a test module: ``from postgres_helpers import pg_dsn, pg_schema``.
+Import the fixtures into a test module (``from postgres_helpers import pg_config``), or
+call ``fresh_config(request)`` from a fixture or factory of another module.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import concurrent.futures
 import os
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,15 @@ def run_sql(*statements: str) -> Any:
         return executor.submit(asyncio.run, go()).result()
 
 
+def fresh_config(request: Any) -> dict[str, Any]:
+    """PostgresYStore keyword arguments on a schema of this test's own, dropped when the
+    test ends (``request`` is the test's; usable from any fixture or backend factory)."""
+    require_server()
+    name = "ystore_test_" + uuid.uuid4().hex[:12]
+    request.addfinalizer(lambda: run_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    return {"dsn": DSN, "schema": name}
+
+
 @pytest.fixture
 def pg_dsn() -> str:
     """The DSN of a reachable test server."""
@@ -92,16 +102,12 @@ def pg_dsn() -> str:
 
 
 @pytest.fixture
-def pg_schema(pg_dsn: str) -> Iterator[str]:
-    """A fresh schema name for this test; the schema is dropped afterwards."""
-    name = "ystore_test_" + uuid.uuid4().hex[:12]
-    try:
-        yield name
-    finally:
-        run_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def pg_config(request: Any) -> dict[str, Any]:
+    """Keyword arguments for a PostgresYStore on this test's own schema."""
+    return fresh_config(request)
 
 
 @pytest.fixture
-def pg_config(pg_dsn: str, pg_schema: str) -> dict[str, Any]:
-    """Keyword arguments for a PostgresYStore on this test's schema."""
-    return {"dsn": pg_dsn, "schema": pg_schema}
+def pg_schema(pg_config: dict[str, Any]) -> str:
+    """The name of this test's schema (dropped afterwards)."""
+    return pg_config["schema"]

@@ -51,6 +51,15 @@ def _sqlite(tmp_path: Path, request: Any) -> Make:
     return type("SQLiteYStoreForTest", (SQLiteYStore,), {"db_path": str(tmp_path / "y.db")})
 
 
+def _postgres(tmp_path: Path, request: Any) -> Make:
+    from postgres_helpers import fresh_config  # a schema of the test's own; skips without a server
+
+    from jupyter_ystore import PostgresYStore
+
+    config = fresh_config(request)
+    return lambda path, **kwargs: PostgresYStore(path, **config, **kwargs)
+
+
 @dataclass(frozen=True)
 class Backend:
     id: str
@@ -62,8 +71,7 @@ BACKENDS = [
     Backend("file", _file),
     Backend("tempfile", _temp_file),
     Backend("sqlite", _sqlite),
-    # PostgresYStore: add Backend("postgres", _postgres) here; its factory can take the
-    # server fixtures with request.getfixturevalue(...) (see tests/postgres_helpers.py).
+    Backend("postgres", _postgres),
 ]
 
 

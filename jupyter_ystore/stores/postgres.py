@@ -34,7 +34,7 @@ import time
 from typing import Any, AsyncIterator
 
 import anyio
-from traitlets import Float, Int, Unicode, default, validate
+from traitlets import Float, Int, TraitError, Unicode, default, validate
 
 from ..errors import YDocNotFound, YStoreConnectionError, YStoreError
 from . import _pg_pool
@@ -82,14 +82,20 @@ class PostgresYStore(BaseYStore):
         first squashes the document's history into one snapshot. None: never.""",
     )
     compact_after_updates = Int(
-        1000,
+        500,
+        allow_none=True,
         config=True,
-        help="Compact a document once this many updates follow its snapshot (0: never).",
+        help="""Compact a document (a snapshot replaces its history) once this many updates
+        follow its last snapshot, so that loading costs the document's size, not its history.
+        None or 0: never by count. Counted per process: with several servers writing one
+        document, each counts its own writes.""",
     )
     compact_after_bytes = Int(
-        4 * 1024 * 1024,
+        1024 * 1024,
+        allow_none=True,
         config=True,
-        help="Compact a document once the updates after its snapshot weigh this much (0: never).",
+        help="""Compact a document once the updates after its last snapshot hold this many
+        bytes. None or 0: never by size.""",
     )
     poll_interval = Float(
         2.0,
@@ -105,6 +111,19 @@ class PostgresYStore(BaseYStore):
     @default("dsn")
     def _default_dsn(self) -> str | None:
         return os.environ.get(DSN_ENV) or None
+
+    @validate("document_ttl", "compact_after_updates", "compact_after_bytes", "poll_interval")
+    def _check_non_negative(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(f"PostgresYStore.{proposal['trait'].name} must be >= 0, got {value}")
+        return value
+
+    @validate("pool_size")
+    def _check_pool_size(self, proposal: Any) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(f"PostgresYStore.pool_size must be >= 1, got {proposal['value']}")
+        return proposal["value"]
 
     @validate("schema")
     def _check_schema(self, proposal: Any) -> str:
@@ -170,8 +189,8 @@ class PostgresYStore(BaseYStore):
             self._compact_wanted = anyio.Event()
             try:
                 result = await self._compact(
-                    min_updates=self.compact_after_updates,
-                    min_bytes=self.compact_after_bytes,
+                    min_updates=self.compact_after_updates or 0,
+                    min_bytes=self.compact_after_bytes or 0,
                     wait=False,
                 )
             except YStoreError as exc:
@@ -233,8 +252,8 @@ class PostgresYStore(BaseYStore):
         )
 
     def _request_compaction_if_due(self) -> None:
-        by_count = 0 < self.compact_after_updates <= self._tail_updates
-        by_bytes = 0 < self.compact_after_bytes <= self._tail_bytes
+        by_count = 0 < (self.compact_after_updates or 0) <= self._tail_updates
+        by_bytes = 0 < (self.compact_after_bytes or 0) <= self._tail_bytes
         if by_count or by_bytes:
             self._compact_wanted.set()
 
