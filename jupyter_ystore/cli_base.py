@@ -28,6 +28,9 @@ from .stores.base import BaseYStore, DocumentInfo
 
 #: The store class when neither the config nor the command line names one (the server's).
 FALLBACK_STORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
+#: Store locations relative to the server root when unconfigured (as in ``app.py``).
+DEFAULT_DB_NAME = ".jupyter_ystore.db"
+DEFAULT_STORE_DIR = ".jupyter_ystore"
 
 #: A document key used only to open a store for listing (never read or written).
 LISTING_KEY = "jupyter-ystore-cli-listing"
@@ -48,6 +51,7 @@ def usage_error(message: str) -> CliError:
 aliases: dict[Any, Any] = {
     **base_aliases,
     "ystore-class": "YStoreExtension.ystore_class",
+    "root-dir": "ServerApp.root_dir",
 }
 flags: dict[Any, Any] = {
     **base_flags,
@@ -132,12 +136,33 @@ class StoreCommand(JupyterApp):
         return resolve_store_class(default_store_class())
 
     def make_store(self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
-        """A store of the configured class for document ``key`` (not started)."""
+        """A store of the configured class for document ``key`` (not started).
+
+        Unconfigured locations default as in the server (``YStoreExtension.create_store``):
+        ``<server root>/.jupyter_ystore.db`` and ``<server root>/.jupyter_ystore/``.
+        """
         cls = cls or self.store_class
+        traits = cls.class_traits()
+        if "db_path" in traits and not self._configured(cls, "db_path"):
+            kwargs.setdefault("db_path", os.path.join(self.server_root, DEFAULT_DB_NAME))
+        if "root_dir" in traits and not self._configured(cls, "root_dir"):
+            kwargs.setdefault("root_dir", os.path.join(self.server_root, DEFAULT_STORE_DIR))
         try:
             return cls(key, config=self.config, log=self.log, **kwargs)
-        except (YStoreError, ValueError) as exc:
+        except (YStoreError, ValueError, TraitError) as exc:
             raise CliError(f"cannot open {cls.__name__} for {key!r}: {exc}") from None
+
+    @property
+    def server_root(self) -> str:
+        """The server's root folder (``ServerApp.root_dir``, default the current folder)."""
+        root = self.config.get("ServerApp", {}).get("root_dir") or os.getcwd()
+        return os.path.abspath(os.path.expanduser(str(root)))
+
+    def _configured(self, cls: type, trait: str) -> bool:
+        return any(
+            klass.__name__ in self.config and trait in self.config[klass.__name__]
+            for klass in cls.mro()
+        )
 
     @asynccontextmanager
     async def open_store(
@@ -218,16 +243,9 @@ class StoreCommand(JupyterApp):
 
 
 def default_store_class() -> Any:
-    """The server extension's default ``ystore_class`` (one source of truth)."""
-    try:
-        from .app import YStoreExtension
-    except ImportError:
-        return FALLBACK_STORE_CLASS
-    trait = YStoreExtension.class_traits().get("ystore_class")
-    if trait is None:
-        return FALLBACK_STORE_CLASS
-    default = trait.default()
-    return default if default is not None else FALLBACK_STORE_CLASS
+    """The server extension's default ``ystore_class`` (kept equal to app.py's by a test;
+    not imported from there so that the command does not load the whole server)."""
+    return FALLBACK_STORE_CLASS
 
 
 # ---------------------------------------------------------------------- file ids
