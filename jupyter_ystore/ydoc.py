@@ -57,11 +57,22 @@ def apply_update(ydoc: Any, update: bytes) -> None:
     y_py.apply_update(ydoc, update)
 
 
+_MERGE_GROUP = 64
+
+
 def merge_updates(updates: Sequence[bytes]) -> bytes:
     """Merge updates into one without a document (keeps deleted content; cheap)."""
     if len(updates) == 1:
         return updates[0]
-    return pycrdt.merge_updates(*updates)
+    # yrs merges n updates at a cost that grows much faster than n (50,000 updates: ~17 s);
+    # merging small groups, then the groups, gives the same document in ~0.1 s.
+    level = list(updates)
+    while len(level) > _MERGE_GROUP:
+        level = [
+            pycrdt.merge_updates(*level[i : i + _MERGE_GROUP])
+            for i in range(0, len(level), _MERGE_GROUP)
+        ]
+    return pycrdt.merge_updates(*level)
 
 
 def squash(updates: Sequence[bytes]) -> bytes:

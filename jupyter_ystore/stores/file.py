@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
@@ -225,12 +226,29 @@ class _LogFile:
         self.users = 0
         self.fd: int | None = None  # O_APPEND descriptor, opened on the first write
         self.checked = False  # header verified and torn tail set aside
+        # What the check at open parsed, handed to the first read if the file is unchanged
+        # (a room reads right after it opens: this saves parsing the file twice).
+        self._kept: tuple[tuple[int, int, int], list[Record]] | None = None
         self.last_timestamp: float | None = None
 
     # -- reading and recovery
 
-    def load(self, *, repair: bool = True) -> list[Record]:
+    def load_kept(self) -> list[Record]:
+        """``load()``, reusing what the open check parsed when the file has not changed."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                pass
+            else:
+                if (st.st_ino, st.st_size, st.st_mtime_ns) == kept[0]:
+                    return kept[1]
+        return self.load()
+
+    def load(self, *, repair: bool = True, keep: bool = False) -> list[Record]:
         """Every intact record; a torn tail is set aside (``repair``) or ignored."""
+        self._kept = None
         try:
             fd = os.open(self.path, os.O_RDWR if repair else os.O_RDONLY)
         except FileNotFoundError:
@@ -244,6 +262,7 @@ class _LogFile:
         except OSError as exc:
             raise _os_error(exc, self.path, "opening the ystore log") from exc
         try:
+            st = os.fstat(fd)
             buf = _read_all(fd)
             scan = parse_log(buf, self.path)
             if scan.torn:
@@ -264,6 +283,8 @@ class _LogFile:
         if repair:
             self.checked = True
         self.last_timestamp = scan.records[-1][2] if scan.records else None
+        if keep and not scan.torn and len(buf) == st.st_size:
+            self._kept = ((st.st_ino, st.st_size, st.st_mtime_ns), scan.records)
         return scan.records
 
     def _set_aside(self, fd: int, buf: bytes, scan: _Scan) -> None:
@@ -330,6 +351,7 @@ class _LogFile:
 
     def append(self, batch: list[_Pending], ttl: float | None) -> None:
         """Write a batch of records with one write and one fsync (runs in a thread)."""
+        self._kept = None
         try:
             now = time.time()
             if (
@@ -348,6 +370,7 @@ class _LogFile:
         self.last_timestamp = batch[-1].timestamp
 
     def close_fd(self) -> None:
+        self._kept = None
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
@@ -391,6 +414,7 @@ class _LogFile:
         self.last_timestamp = timestamp
 
     def delete(self) -> None:
+        self._kept = None
         self.close_fd()
         try:
             os.unlink(self.path)
@@ -529,7 +553,7 @@ class FileYStore(BaseYStore):
         logfile = self._logfile = _acquire(self._file, self.log)
         async with logfile.lock:
             if not logfile.checked:
-                await anyio.to_thread.run_sync(logfile.load)
+                await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
 
     async def _close(self) -> None:
         logfile, self._logfile = self._logfile, None
@@ -582,7 +606,7 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            return await anyio.to_thread.run_sync(logfile.load)
+            return await anyio.to_thread.run_sync(logfile.load_kept)
 
     async def read(self) -> AsyncIterator[Record]:
         records = await self._records()
