@@ -630,7 +630,8 @@ class SharedDatabase:
                 return
             (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
             if mode == 2:
-                conn.execute("PRAGMA incremental_vacuum").fetchall()
+                # executescript steps the pragma to the end; execute() would free one page.
+                conn.executescript("PRAGMA incremental_vacuum;")
             elif mode == 0:
                 (pages,) = conn.execute("PRAGMA page_count").fetchone()
                 if free * 4 < pages:
