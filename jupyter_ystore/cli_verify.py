@@ -51,11 +51,13 @@ class Report:
         return data
 
 
-def check_rows(report: Report, rows: Iterable[Row]) -> None:
+def check_rows(report: Report, rows: Iterable[Row], snapshots: int = 0) -> None:
     """Check each record (update decodes, timestamp plausible) and the document as a whole
-    (every update applies: none depends on a missing one)."""
+    (every update applies: none depends on a missing one). The first ``snapshots`` records
+    are snapshots, whose time may be newer than the rows after them (legacy checkpoints)."""
     usable: list[bytes] = []
     previous = -math.inf
+    older = 0
     doc = pycrdt.Doc()
     for index, (update, _metadata, timestamp) in enumerate(rows):
         report.records += 1
@@ -69,11 +71,10 @@ def check_rows(report: Report, rows: Iterable[Row]) -> None:
                 {"index": index, "timestamp": timestamp if isinstance(timestamp, float) else None, "problem": problem}
             )
             continue
-        if timestamp < previous:
-            report.warnings.append(
-                f"record #{index} is older than the record before it (clock moved back)"
-            )
-        previous = max(previous, timestamp)
+        if index >= snapshots:
+            if timestamp < previous:
+                older += 1
+            previous = max(previous, timestamp)
         try:
             doc.apply_update(update)
         except Exception as exc:  # decodes, yet the document refuses it
@@ -82,6 +83,10 @@ def check_rows(report: Report, rows: Iterable[Row]) -> None:
         usable.append(update)
         report.usable += 1
         report.usable_until = timestamp if report.usable_until is None else max(report.usable_until, timestamp)
+    if older:
+        report.warnings.append(
+            f"{older} records are older than a record stored before them (a clock moved back)"
+        )
     if usable and _has_pending(usable, doc):
         report.problems.append(
             "some updates depend on updates that are not stored: their edits cannot be shown"
@@ -180,6 +185,7 @@ class VerifyApp(StoreCommand):
     async def run(self) -> int:
         if self.all == bool(self.extra_args):
             raise usage_error("verify takes one document, or --all")
+        self._snapshots: dict[str, int] = {}
         if self.all:
             keys = await self._all_keys()
         else:
@@ -201,10 +207,14 @@ class VerifyApp(StoreCommand):
         path = getattr(store, "file_path", None)
         if path is not None and Path(path).is_file():
             return doc  # a file store document, even one too damaged to be listed
-        return (await self.find_document(doc)).path
+        info = await self.find_document(doc)
+        self._snapshots[info.path] = info.snapshots
+        return info.path
 
     async def _all_keys(self) -> list[str]:
-        keys = [info.path for info in await self.list_documents()]
+        infos = await self.list_documents()
+        self._snapshots.update((info.path, info.snapshots) for info in infos)
+        keys = [info.path for info in infos]
         folder = self._log_folder()
         if folder is not None:
             # Listing skips logs it cannot decode; those are exactly the ones to report.
@@ -239,7 +249,7 @@ class VerifyApp(StoreCommand):
                         raise
                 except YStoreError as exc:
                     report.problems.append(f"reading stopped after {len(rows)} records: {exc}")
-                check_rows(report, rows)
+                check_rows(report, rows, self._snapshots.get(key, 0))
         except YDocNotFound:
             raise CliError(f"unknown document {key!r}: nothing is stored for it") from None
         except YStoreError as exc:

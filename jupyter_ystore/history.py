@@ -60,46 +60,43 @@ class History:
             )
         return cls(path, updates, records)
 
-    @property
-    def first_time(self) -> float | None:
-        return self.records[0].timestamp if self.records else None
-
-    @property
-    def last_time(self) -> float | None:
-        return self.records[-1].timestamp if self.records else None
-
     def count_at(self, at: float | None) -> int:
-        """How many leading records were written at or before ``at`` (all when ``at`` is None).
-
-        Timestamps are not trusted to be sorted (clocks move back); the history is cut at the
-        last record not newer than ``at`` among the leading run, so a later record with an
-        older clock never sneaks into an earlier state.
-        """
+        """How many records were written at or before ``at`` (all when ``at`` is None)."""
         if at is None:
             return len(self.records)
-        count = 0
-        for record in self.records:
-            if record.timestamp > at:
-                break
-            count += 1
-        return count
+        return sum(1 for record in self.records if record.timestamp <= at)
 
     def state_at(self, at: float | None = None) -> bytes:
         """The document as it was at ``at`` (epoch seconds), as one merged Yjs update.
 
-        Raises ``HistoryError`` when ``at`` is before the first stored record (before the
-        document existed, or before the snapshot that replaced the older history).
+        Every record written at or before ``at`` counts, wherever it is stored: a
+        pycrdt-store checkpoint comes first yet is newer than the rows it covers, which stay
+        stored and so still give the states before it. Raises ``HistoryError`` when no record
+        is that old (before the document existed, or before the snapshot that replaced the
+        older history).
         """
-        count = self.count_at(at)
-        if count == 0:
-            first = self.records[0] if self.records else None
-            if first is None:
-                raise HistoryError(f"{self.path}: nothing is stored")
-            what = "its snapshot (older history was compacted)" if first.snapshot else "it was first written"
-            raise HistoryError(
-                f"{self.path}: {format_time(at)} is before {what} at {format_time(first.timestamp)}"
+        if not self.records:
+            raise HistoryError(f"{self.path}: nothing is stored")
+        if at is None:
+            return _ydoc.merge_updates(self.updates)
+        selected = [
+            update for update, record in zip(self.updates, self.records) if record.timestamp <= at
+        ]
+        if not selected:
+            oldest = min(self.records, key=lambda record: record.timestamp)
+            what = (
+                "its snapshot (older history was compacted)"
+                if oldest.snapshot
+                else "it was first written"
             )
-        return _ydoc.merge_updates(self.updates[:count])
+            raise HistoryError(
+                f"{self.path}: {format_time(at)} is before {what} at {format_time(oldest.timestamp)}"
+            )
+        return _ydoc.merge_updates(selected)
+
+    @property
+    def oldest_time(self) -> float | None:
+        return min((r.timestamp for r in self.records), default=None)
 
 
 async def read_history(store: BaseYStore, snapshots: int = 0) -> History:
@@ -172,7 +169,8 @@ def _group(records: Sequence[Record], width: float) -> list[HistoryPoint]:
     points: list[HistoryPoint] = []
     current: HistoryPoint | None = None
     current_bucket: float | None = None
-    for record in records:
+    # Chronological (a legacy checkpoint is stored first but is newer than the rows after it).
+    for record in sorted(records, key=lambda r: (r.timestamp, r.index)):
         bucket = _bucket(record.timestamp, width)
         if record.snapshot or current is None or current.snapshot or bucket != current_bucket or width == 0:
             current = HistoryPoint(
