@@ -1,0 +1,169 @@
+// Real-browser driver for tests/test_browser.py.
+//
+// Why a long-lived process with a line protocol: the pytest side must kill and
+// restart the Jupyter server *between* browser steps, at a moment the browser
+// decides (right after page B has seen page A's edit). So the driver reads one
+// JSON command per line on stdin and answers one JSON event per line on stdout:
+//
+//   start  (automatic)     -> {"event":"edited", ...}   pages A and B open, text typed in A seen in B
+//   {"cmd":"close_pages"}  -> {"event":"closed"}        A and B closed (server is dead by now)
+//   {"cmd":"reopen"}       -> {"event":"reopened", ...} fresh page C on the restarted server
+//   {"cmd":"screenshot","tag":t} -> {"event":"screenshot"}  PNGs of open pages
+//   {"cmd":"quit"}         -> {"event":"bye"}
+//   any failure            -> {"event":"error","message":...} plus screenshots, exit code 1
+//
+// Configuration comes as one JSON object in argv[2]:
+//   {baseUrl, token, notebook, marker, screenshotDir, timeoutMs, chromium}
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const cfg = JSON.parse(process.argv[2] ?? '{}');
+const timeout = cfg.timeoutMs ?? 30000;
+const CODE_EDITOR = '.jp-Notebook .jp-CodeCell .cm-content';
+
+const t0 = Date.now();
+function emit(event, extra = {}) {
+  process.stdout.write(JSON.stringify({ event, ms: Date.now() - t0, ...extra }) + '\n');
+}
+function log(msg) {
+  process.stderr.write(`[driver +${Date.now() - t0}ms] ${msg}\n`);
+}
+
+// stdin commands, consumed one at a time.
+const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function nextCommand() {
+  const { value, done } = await lines.next();
+  if (done) throw new Error('stdin closed before the next command');
+  return JSON.parse(value);
+}
+
+const pages = new Map(); // name -> page, for screenshots on failure
+
+async function screenshotAll(tag) {
+  if (!cfg.screenshotDir) return;
+  fs.mkdirSync(cfg.screenshotDir, { recursive: true });
+  for (const [name, page] of pages) {
+    if (page.isClosed()) continue;
+    const file = path.join(cfg.screenshotDir, `${tag}-page-${name}.png`);
+    try {
+      await page.screenshot({ path: file, timeout: 5000 });
+      log(`screenshot ${file}`);
+    } catch (err) {
+      log(`screenshot of ${name} failed: ${err.message}`);
+    }
+  }
+}
+
+// Open the notebook in its own JupyterLab workspace (so the pages do not share
+// layout state), answer the kernel dialog with "No Kernel" (the test runs no
+// code), and wait until the code cell's CodeMirror editor shows content.
+async function openNotebook(browser, name) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  pages.set(name, page);
+  page.setDefaultTimeout(timeout);
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') log(`${name} console.${m.type()}: ${m.text().slice(0, 300)}`);
+  });
+  page.on('pageerror', (err) => log(`${name} pageerror: ${err.message}`));
+  page.on('websocket', (ws) => {
+    if (!ws.url().includes('/api/collaboration/')) return;
+    log(`${name} ws open ${ws.url().replace(/token=[^&]*/, 'token=…')}`);
+    ws.on('close', () => log(`${name} ws closed ${ws.url().split('?')[0]}`));
+  });
+  const url = `${cfg.baseUrl}/lab/workspaces/e2e-${name}/tree/${encodeURI(cfg.notebook)}?reset&token=${cfg.token}`;
+  await page.goto(url, { waitUntil: 'domcontentloaded' });
+  const editor = page.locator(CODE_EDITOR).first();
+  await editor.waitFor({ state: 'visible' });
+  await dismissKernelDialog(page, name);
+  return page;
+}
+
+async function dismissKernelDialog(page, name) {
+  const button = page.locator('.jp-Dialog button', { hasText: 'No Kernel' });
+  try {
+    await button.first().waitFor({ state: 'visible', timeout: 15000 });
+  } catch {
+    log(`${name}: no kernel dialog appeared`);
+    return;
+  }
+  await button.first().click();
+  await page.locator('.jp-Dialog').waitFor({ state: 'detached' });
+}
+
+async function editorTexts(page) {
+  return page.locator(CODE_EDITOR).allInnerTexts();
+}
+
+async function waitForMarker(page, name) {
+  const editors = page.locator(CODE_EDITOR, { hasText: cfg.marker });
+  try {
+    await editors.first().waitFor({ state: 'visible' });
+  } catch (err) {
+    throw new Error(`page ${name} never showed ${JSON.stringify(cfg.marker)} within ${timeout} ms; ` +
+      `its code cells show ${JSON.stringify(await editorTexts(page))}`);
+  }
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: cfg.chromium ?? '/usr/bin/chromium',
+    headless: true,
+    // Playwright gives every launch a new empty --user-data-dir of its own.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const a = await openNotebook(browser, 'A');
+    const b = await openNotebook(browser, 'B');
+    const before = await editorTexts(b);
+    log(`A and B open; code cells ${JSON.stringify(before)}`);
+
+    // Type at the end of the first code cell in A.
+    const editorA = a.locator(CODE_EDITOR).first();
+    await editorA.click();
+    await a.keyboard.press('Control+End');
+    await a.keyboard.type(`  ${cfg.marker}`, { delay: 20 });
+    await waitForMarker(a, 'A');
+    await waitForMarker(b, 'B');
+    emit('edited', { cellsA: await a.locator('.jp-Cell').count(), cellsB: await b.locator('.jp-Cell').count(),
+      codeB: await editorTexts(b) });
+
+    for (;;) {
+      const cmd = await nextCommand();
+      if (cmd.cmd === 'quit') break;
+      if (cmd.cmd === 'close_pages') {
+        for (const name of ['A', 'B']) {
+          await pages.get(name)?.context().close();
+          pages.delete(name);
+        }
+        emit('closed');
+      } else if (cmd.cmd === 'reopen') {
+        const c = await openNotebook(browser, 'C');
+        await waitForMarker(c, 'C');
+        emit('reopened', { cells: await c.locator('.jp-Cell').count(), code: await editorTexts(c) });
+      } else if (cmd.cmd === 'screenshot') {
+        await screenshotAll(cmd.tag ?? 'requested');
+        emit('screenshot');
+      } else {
+        throw new Error(`unknown command ${JSON.stringify(cmd)}`);
+      }
+    }
+    emit('bye');
+  } catch (err) {
+    await screenshotAll('failure');
+    throw err;
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    emit('error', { message: String(err?.message ?? err) });
+    process.exit(1);
+  },
+);
