@@ -19,6 +19,7 @@ from jupyter_ystore import (
     YStoreCorruptError,
     YStoreError,
     YStoreInvalidPath,
+    YStorePermissionError,
     YStoreVersionError,
 )
 from jupyter_ystore.codec import read_var_bytes, write_var_bytes
@@ -464,3 +465,65 @@ async def test_list_documents_and_delete(tmp_path: Path) -> None:
         assert [i.path for i in await store.list_documents()] == ["sub/b.y", "sub/deep/c"]
         await store.write(b"\x00\x00")  # a deleted document can start again
         assert len(await read_all(store)) == 1
+
+
+async def test_list_documents_without_root_dir_stays_in_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "deeper").mkdir()
+    for name in ("a.y", "deeper/b.y"):
+        async with FileYStore(str(tmp_path / name)) as store:
+            await store.write(b"\x00\x00")
+    async with FileYStore(str(tmp_path / "a.y")) as store:
+        [info] = await store.list_documents()
+        assert info.path == str(tmp_path / "a.y")  # opens the document again as given
+        async with FileYStore(info.path) as again:
+            assert len(await read_all(again)) == 1
+
+
+# ---------------------------------------------------------------------- permissions
+
+
+@pytest.fixture
+def read_only_files(monkeypatch: pytest.MonkeyPatch):
+    """Make opening ``*.y`` files for writing fail as for a read-only file (tests run as
+    root, where chmod does not stop anything)."""
+    real_open = os.open
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if str(path).endswith(".y") and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+
+
+async def test_read_only_file_reads_but_refuses_writes(
+    tmp_path: Path, read_only_files, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = sample_records(4)
+    target = tmp_path / "doc.y"
+    data = write_log(target, records)
+    target.write_bytes(data[:-4])  # and a torn tail it cannot repair
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        async with FileYStore(str(target), log=LOG) as store:
+            assert await read_all(store) == records[:-1]
+            assert "read-only" in caplog.text
+            with pytest.raises(YStorePermissionError) as info:
+                await store.write(b"\x00\x00")
+            assert str(target) in str(info.value) and info.value.hint
+    assert target.read_bytes() == data[:-4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.y"]
+
+
+async def test_torn_tail_appearing_while_open_is_repaired_on_read(tmp_path: Path) -> None:
+    records = sample_records(3)
+    target = tmp_path / "doc.y"
+    async with FileYStore(str(target), log=LOG) as store:
+        for update, _, _ in records[:2]:
+            await store.write(update)
+        good = target.read_bytes()
+        with open(target, "ab") as f:  # another writer died mid-record
+            f.write(encode_record(*records[2])[:7])
+        assert [r[0] for r in await read_all(store)] == [r[0] for r in records[:2]]
+        assert target.read_bytes() == good
+        await store.write(records[2][0])
+        assert [r[0] for r in await read_all(store)] == [r[0] for r in records]

@@ -179,6 +179,8 @@ def _os_error(exc: OSError, path: str, doing: str) -> YStoreError:
 
 def _fsync_dir(folder: str) -> None:
     """Make a create / rename / unlink in ``folder`` durable."""
+    if os.name == "nt":  # Windows cannot open a folder; NTFS journals the entry itself
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -188,14 +190,14 @@ def _fsync_dir(folder: str) -> None:
 
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
+    os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
-    offset = 0
     while True:
-        chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
+        chunk = os.read(fd, max(size, 1 << 16))
         if not chunk:
             break
         chunks.append(chunk)
-        offset += len(chunk)
+        size -= len(chunk)
     return b"".join(chunks)
 
 
@@ -636,14 +638,23 @@ class FileYStore(BaseYStore):
     async def list_documents(self) -> list[DocumentInfo]:
         await self._ensure_running()
         root = self._root()
-        folder = os.path.realpath(root) if root is not None else os.path.dirname(self._file)
-        return await anyio.to_thread.run_sync(_list_folder, folder, self.log)
+        if root is None:
+            # paths used as given: list this file's folder only (it may be a user's home),
+            # naming each document by its absolute path, which opens it again
+            folder = os.path.dirname(self._file)
+            return await anyio.to_thread.run_sync(_list_folder, folder, self.log, False)
+        return await anyio.to_thread.run_sync(_list_folder, os.path.realpath(root), self.log, True)
 
 
-def _list_folder(folder: str, log: Any) -> list[DocumentInfo]:
-    """Every ystore log under ``folder`` (recursively), read without repairing anything."""
+def _list_folder(folder: str, log: Any, recursive: bool) -> list[DocumentInfo]:
+    """Every ystore log in ``folder``, read without repairing anything.
+
+    Paths are relative to ``folder`` when ``recursive`` (a store root), else absolute.
+    """
     found: list[DocumentInfo] = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        if not recursive:
+            dirnames.clear()
         dirnames.sort()
         for name in sorted(filenames):
             if _TORN_MARK in name or name.endswith(_TMP_SUFFIX):
@@ -661,7 +672,7 @@ def _list_folder(folder: str, log: Any) -> list[DocumentInfo]:
                 continue
             found.append(
                 DocumentInfo(
-                    path=Path(os.path.relpath(full, folder)).as_posix(),
+                    path=Path(os.path.relpath(full, folder)).as_posix() if recursive else full,
                     updates=len(records),
                     bytes=sum(len(r[0]) for r in records),
                     first_timestamp=records[0][2] if records else None,
