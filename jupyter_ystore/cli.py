@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from jupyter_core.application import JupyterApp, NoStart
+from jupyter_core.application import NoStart
 
 from . import __version__
 from .cli_base import CliError, StoreCommand, aliases, flags
@@ -70,8 +70,13 @@ class YStoreApp(StoreCommand):
 def main(argv: Any = None) -> None:
     """Console entry point: one-line errors on stderr, never a traceback for expected ones."""
     code = 0
+    app: YStoreApp | None = None
     try:
-        YStoreApp.launch_instance(argv)
+        app = YStoreApp.instance()
+        app.initialize(argv)
+        app.start()
+    except NoStart:
+        pass
     except CliError as exc:
         _error(str(exc))
         code = exc.code
@@ -85,6 +90,9 @@ def main(argv: Any = None) -> None:
         _error("interrupted")
         code = 130
     finally:
+        # Singletons: a second call in the same process (tests) must start afresh.
+        if app is not None and app.subapp is not None:
+            type(app.subapp).clear_instance()
         YStoreApp.clear_instance()
     if code:
         sys.exit(code)

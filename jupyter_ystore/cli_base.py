@@ -187,8 +187,9 @@ class StoreCommand(JupyterApp):
         for info in infos:
             if info.path == doc:
                 return info
-        mapper = FileIdMapper(self.config)
-        by_path = [info for info in infos if mapper.path_of(info.path) in (doc, doc.lstrip("/"))]
+        mapper = self.file_ids()
+        wanted = {doc, mapper._relative(os.path.abspath(doc))}
+        by_path = [info for info in infos if mapper.path_of(info.path) in wanted]
         candidates = by_path or [info for info in infos if doc and doc in info.path]
         if len(candidates) == 1:
             return candidates[0]
@@ -196,6 +197,9 @@ class StoreCommand(JupyterApp):
             raise CliError(f"unknown document {doc!r}: not in the store (see `jupyter ystore list`)")
         names = ", ".join(info.path for info in candidates[:5])
         raise CliError(f"{doc!r} matches {len(candidates)} documents ({names}…): give the full key")
+
+    def file_ids(self) -> FileIdMapper:
+        return FileIdMapper(self.config, self.server_root)
 
     def one_doc(self) -> str:
         """The single DOC argument of a subcommand."""
@@ -258,7 +262,8 @@ class FileIdMapper:
     when there is no database, no table, or no row.
     """
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, root: str | None = None):
+        self.root = root
         self.db_path = self._db_path(config)
         self._con: sqlite3.Connection | None = None
         self._opened = False
@@ -282,6 +287,16 @@ class FileIdMapper:
                     self._con = None
         return self._con
 
+    def _relative(self, path: str) -> str:
+        """File-id managers store absolute paths; show them relative to the server root."""
+        if self.root and os.path.isabs(path):
+            try:
+                if os.path.commonpath([self.root, path]) == self.root:
+                    return os.path.relpath(path, self.root).replace(os.sep, "/")
+            except ValueError:  # different drives
+                pass
+        return path
+
     def path_of(self, key: str) -> str | None:
         from .cli_content import file_id
 
@@ -296,9 +311,7 @@ class FileIdMapper:
             except sqlite3.Error:
                 row = None
             if row:
-                path = str(row[0])
-                if path.startswith("/") and not os.path.isabs(path.lstrip("/")) and not os.path.exists(path):
-                    path = path.lstrip("/")  # ArbitraryFileIdManager stores API paths as "/a/b"
+                path = self._relative(str(row[0]))
         self._cache[key] = path
         return path
 

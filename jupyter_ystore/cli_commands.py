@@ -18,7 +18,6 @@ from traitlets import Bool, Float, Integer, Unicode
 from . import cli_content
 from .cli_base import (
     CliError,
-    FileIdMapper,
     StoreCommand,
     aliases,
     flags,
@@ -94,7 +93,7 @@ class ListApp(StoreCommand):
 
     async def run(self) -> int:
         infos = await self.list_documents()
-        mapper = FileIdMapper(self.config)
+        mapper = self.file_ids()
         rows = [info_json(info, mapper.path_of(info.path)) for info in self.progress_bar(infos, unit="doc")]
         if self.json:
             self.emit_json(rows)
@@ -129,7 +128,7 @@ class InfoApp(DocCommand):
 
     async def run(self) -> int:
         info, history = await self.load(self.one_doc())
-        path = FileIdMapper(self.config).path_of(info.path)
+        path = self.file_ids().path_of(info.path)
         summary = info_json(info, path)
         summary["kind"] = cli_content.detect_kind(info.path, history.state_at(None))
         summary["snapshot_records"] = [
