@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import anyio
 from traitlets import Float, Int, TraitError, Unicode, default, validate
@@ -45,6 +45,7 @@ from ._pg_names import Names, check_identifier, describe_dsn
 from .base import BaseYStore, DocumentInfo
 
 DSN_ENV = "JUPYTER_YSTORE_DSN"
+_IMPORT_CHUNK = 10_000  # rows per INSERT statement of import_records
 
 
 class PostgresYStore(BaseYStore):
@@ -358,6 +359,32 @@ class PostgresYStore(BaseYStore):
         self._tail_updates = self._tail_bytes = 0
         self._seen_id = None
         self._last_known_timestamp = None
+
+    async def import_records(self, records: Sequence[tuple[bytes, bytes, float]]) -> None:
+        """Append stored records as they are, metadata and timestamps kept, in ONE
+        transaction: all or nothing (used by ``jupyter_ystore.migrate``)."""
+        await self._ensure_running()
+        names = self._table
+        try:
+            async with self._pool().acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(names.lock_many, [names.write_key(self.path)])
+                    for start in range(0, len(records), _IMPORT_CHUNK):
+                        chunk = records[start : start + _IMPORT_CHUNK]
+                        await conn.execute(
+                            names.insert_batch,
+                            [self.path] * len(chunk),
+                            [bytes(record[0]) for record in chunk],
+                            [bytes(record[1]) for record in chunk],
+                            [float(record[2]) for record in chunk],
+                            [self._origin] * len(chunk),
+                            names.channel,
+                        )
+        except Exception as exc:
+            raise self._error(exc, "import into") from None
+        self._tail_updates += len(records)
+        self._tail_bytes += sum(len(record[0]) for record in records)
+        self._request_compaction_if_due()
 
     async def watch(self) -> AsyncIterator[bytes]:
         """Updates committed by other stores (other servers, or other instances here), in
