@@ -50,6 +50,11 @@ def write_notebook(path: Path, sources: list[str]) -> dict:
     return nb
 
 
+def append(text: Any, suffix: str) -> None:
+    """Type at the end of a shared text (``cell["source"] += s`` would replace the Text)."""
+    text.insert(len(text), suffix)
+
+
 def read_sources(path: Path) -> list[str]:
     nb = nbformat.read(str(path), as_version=4)
     return [cell.source for cell in nb.cells]
@@ -179,7 +184,7 @@ async def yclient(
         async with anyio.create_task_group() as tg:
             client._tg = tg
             tg.start_soon(client._receive)
-            await ws.send(sync.sync_step1(client.ydoc))
+            await client.send(sync.sync_step1(client.ydoc))
             try:
                 yield client
             finally:

@@ -1,0 +1,268 @@
+"""Two real y-websocket clients (pycrdt documents) in a room of a pytest-jupyter server.
+
+Sync both ways, awareness (echo, relay, removal), the save request and the ``state`` map,
+the session check, and a server restart that finds the content in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nbformat
+import pytest
+import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
+from pycrdt import Doc
+from traitlets.config import Config
+
+from _server_helpers import append, read_sources, wait_until, write_notebook, yclient
+from jupyter_ystore.app import DEFAULT_DB_NAME, store_key
+from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path) -> Config:
+    return Config(
+        {
+            "ServerApp": {
+                "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_fileid": True}
+            },
+            "YStoreExtension": {
+                "ystore_class": "jupyter_ystore.stores.sqlite.SQLiteYStore",
+                "document_save_delay": 0.2,
+                "document_cleanup_delay": 0.2,
+                "file_poll_interval": 0.2,
+            },
+            "BaseFileIdManager": {"db_path": str(tmp_path / "file_ids.db")},
+        }
+    )
+
+
+def _ext(app: Any) -> Any:
+    return next(iter(app.extension_manager.extension_apps["jupyter_ystore"]))
+
+
+async def open_session(jp_fetch: Any, path: str) -> tuple[int, dict]:
+    response = await jp_fetch(
+        "api",
+        "collaboration",
+        "session",
+        path,
+        method="PUT",
+        body=json.dumps({"format": "json", "type": "notebook"}),
+    )
+    return response.code, json.loads(response.body)
+
+
+def room_url(port: int, base_url: str, session: dict, token: str, session_id: str | None = None) -> str:
+    room = f"{session['format']}:{session['type']}:{session['fileId']}"
+    query = urllib.parse.urlencode({"sessionId": session_id or session["sessionId"], "token": token})
+    return f"ws://127.0.0.1:{port}{base_url}api/collaboration/room/{room}?{query}"
+
+
+def test_session_endpoint(jp_asyncio_loop, jp_fetch, jp_root_dir) -> None:
+    write_notebook(jp_root_dir / "dir" / "nb.ipynb", ["a = 1"])
+
+    async def scenario() -> None:
+        code, first = await open_session(jp_fetch, "dir/nb.ipynb")
+        assert code == 201
+        assert first["format"] == "json" and first["type"] == "notebook"
+        assert first["fileId"] and first["sessionId"]
+        code, second = await open_session(jp_fetch, "dir/nb.ipynb")
+        assert code == 200
+        assert second == first
+        for missing in ("dir/missing.ipynb", "../outside.ipynb"):
+            with pytest.raises(tornado.httpclient.HTTPClientError) as err:
+                await open_session(jp_fetch, missing)
+            assert err.value.code == 404
+        with pytest.raises(tornado.httpclient.HTTPClientError) as err:
+            await jp_fetch(
+                "api", "collaboration", "session", "dir/nb.ipynb", method="PUT", body="not json"
+            )
+        assert err.value.code == 400
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_two_clients_sync_awareness_and_save(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    nb_path = jp_root_dir / "two.ipynb"
+    write_notebook(nb_path, ["x = 1", "y = 2"])
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        _, session = await open_session(jp_fetch, "two.ipynb")
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        async with yclient(url) as c1, yclient(url) as c2:
+            with anyio.fail_after(10):
+                await c1.synced.wait()
+                await c2.synced.wait()
+            assert c1.sources() == c2.sources() == ["x = 1", "y = 2"]
+
+            # sync both ways
+            append(c1.document.ycells[0]["source"], "  # from c1")
+            await wait_until(lambda: c2.sources()[0] == "x = 1  # from c1")
+            append(c2.document.ycells[1]["source"], "  # from c2")
+            await wait_until(lambda: c1.sources()[1] == "y = 2  # from c2")
+
+            # awareness: echoed to the sender, relayed to the other
+            before = c1.awareness_frames
+            await c1.send_awareness({"user": {"name": "one"}})
+            await wait_until(lambda: c1.awareness_frames > before)
+            await wait_until(lambda: c2.awareness.states.get(c1.ydoc.client_id) == {"user": {"name": "one"}})
+
+            # save request: answered, file written, state map updated
+            assert await c1.save() == "success"
+            assert read_sources(nb_path) == ["x = 1  # from c1", "y = 2  # from c2"]
+            ext = _ext(jp_serverapp)
+            manager = await ext.rooms()
+            room = manager.rooms[f"json:notebook:{session['fileId']}"]
+            model = await jp_serverapp.contents_manager.get("two.ipynb", content=False, require_hash=True)
+            await wait_until(lambda: c2.document.ystate.get("hash") == model["hash"])
+            assert c2.document.ystate.get("dirty") is False
+            assert room.document.get() == c1.document.get()
+
+            # awareness removal is broadcast when a socket closes
+            await c2.send_awareness({"user": {"name": "two"}})
+            await wait_until(lambda: c2.ydoc.client_id in c1.awareness.states)
+        # (both closed) -- reopen one and check the query-awareness path answers
+        async with yclient(url) as c3:
+            await c3.synced.wait()
+            assert c3.sources() == ["x = 1  # from c1", "y = 2  # from c2"]
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_awareness_removal_on_close(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    write_notebook(jp_root_dir / "aw.ipynb", ["pass"])
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        _, session = await open_session(jp_fetch, "aw.ipynb")
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        global_url = (
+            f"ws://127.0.0.1:{jp_http_port}{jp_base_url}api/collaboration/room/"
+            f"JupyterLab:globalAwareness?token={token}"
+        )
+        async with yclient(url) as c1:
+            async with yclient(url) as c2:
+                await c2.synced.wait()
+                await c2.send_awareness({"user": {"name": "two"}})
+                await wait_until(lambda: c2.ydoc.client_id in c1.awareness.states)
+            # c2 closed: its state is removed for c1
+            await wait_until(lambda: c2.ydoc.client_id not in c1.awareness.states)
+        async with yclient(global_url, "file") as g1, yclient(global_url, "file") as g2:
+            await g1.synced.wait()
+            await g1.send_awareness({"user": {"name": "g1"}, "current": "aw.ipynb"})
+            await wait_until(lambda: g2.awareness.states.get(g1.ydoc.client_id, {}).get("current") == "aw.ipynb")
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_stale_session_closed_once_then_refused(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    write_notebook(jp_root_dir / "s.ipynb", ["pass"])
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        _, session = await open_session(jp_fetch, "s.ipynb")
+        stale = room_url(jp_http_port, jp_base_url, session, token, session_id="old-session")
+        async with yclient(stale) as client:
+            await wait_until(lambda: client.closed.is_set())
+        assert client.close_code == 1003
+        reason = json.loads(client.close_reason)
+        assert reason["reason"] == "session_expired" and reason["reloadable"] is True
+        assert reason["sessionId"] == "old-session"
+        assert not client.synced.is_set()
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus) as err:
+            async with yclient(stale):
+                pass
+        assert err.value.response.status_code == 409
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_restart_finds_content_in_store_and_file(
+    jp_asyncio_loop,
+    jp_serverapp,
+    jp_configurable_serverapp,
+    jp_fetch,
+    jp_root_dir,
+    jp_http_port,
+    jp_base_url,
+    jp_server_config,
+) -> None:
+    nb_path = jp_root_dir / "restart.ipynb"
+    write_notebook(nb_path, ["a = 1"])
+    token = jp_serverapp.identity_provider.token
+
+    async def first_run() -> dict:
+        _, session = await open_session(jp_fetch, "restart.ipynb")
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        async with yclient(url) as c1, yclient(url) as c2:
+            await c1.synced.wait()
+            await c2.synced.wait()
+            append(c1.document.ycells[0]["source"], "\nb = 2")
+            await c1.acknowledged()
+            await wait_until(lambda: c2.sources() == ["a = 1\nb = 2"])
+        # shut the server's collaboration down as a SIGTERM would
+        await _ext(jp_serverapp).stop_extension()
+        return session
+
+    session = jp_asyncio_loop.run_until_complete(first_run())
+    # the store is in the server root under jupyter-collaboration's name and key
+    db_path = jp_root_dir / DEFAULT_DB_NAME
+    assert db_path.exists()
+    assert read_sources(nb_path) == ["a = 1\nb = 2"]  # saved when the room closed
+
+    # a second server app on the same root, store and file ids
+    from jupyter_server.serverapp import ServerApp
+
+    ServerApp.clear_instance()
+    app2 = jp_configurable_serverapp(config=jp_server_config)
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app2.web_app)
+    server.add_sockets([sock])
+
+    async def second_run() -> None:
+        from jupyter_ystore.stores.sqlite import SQLiteYStore
+
+        # a browser that outlived the restart is asked to reload
+        stale_url = room_url(port, jp_base_url, session, app2.identity_provider.token)
+        async with yclient(stale_url) as old:
+            await wait_until(lambda: old.closed.is_set())
+        assert old.close_code == 1003
+        session2 = dict(session, sessionId=_ext(app2).session_id)
+        url = room_url(port, jp_base_url, session2, app2.identity_provider.token)
+        async with yclient(url) as c3:
+            await c3.synced.wait()
+            assert c3.sources() == ["a = 1\nb = 2"]
+            seen = c3.document.get()
+        await _ext(app2).stop_extension()
+        # the stored history replayed into a fresh document is what clients saw
+        store = SQLiteYStore(path=store_key("notebook", session["fileId"]), db_path=str(db_path))
+        async with store:
+            replay = Doc()
+            await store.apply_updates(replay)
+        from jupyter_ydoc import YNotebook
+
+        assert YNotebook(replay).get() == seen
+
+    try:
+        jp_asyncio_loop.run_until_complete(second_run())
+    finally:
+        server.stop()
+        jp_asyncio_loop.run_until_complete(app2._cleanup())
