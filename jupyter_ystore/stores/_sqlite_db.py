@@ -122,6 +122,59 @@ class _Close:
         self.waiter = waiter
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file from a thread (and connection) of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses the threshold, with
+    two fsyncs even at ``synchronous = NORMAL``; here commits only count, and every
+    ``every`` commits this thread runs a PASSIVE checkpoint, which never blocks writers.
+    """
+
+    def __init__(self, db_path: str, busy_timeout: float, every: int = 500):
+        self._db_path = db_path
+        self._busy_timeout = busy_timeout
+        self._every = every
+        self._commits = 0
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._main, name="ystore-sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self, count: int = 1) -> None:
+        self._commits += count
+        if self._commits >= self._every:
+            self._commits = 0
+            self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                self._db_path, timeout=self._busy_timeout, isolation_level=None
+            )
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the WAL only grows until the next try
+                    log.debug("checkpoint of %s: %s", self._db_path, exc)
+        except sqlite3.Error as exc:
+            log.warning("no background checkpoints for %s: %s", self._db_path, exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
 class SharedDatabase:
     """The connection, thread and per-document counters of one database file."""
 
@@ -133,6 +186,7 @@ class SharedDatabase:
         self.closing = False
         self.failed: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._layout: compat.DatabaseLayout | None = None
         self._has_snapshots = False
         self._stats: dict[str, _Stats] = {}
@@ -213,6 +267,9 @@ class SharedDatabase:
     def _main(self) -> None:
         try:
             self._conn = self._connect()
+            if self.db_path != ":memory:":
+                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._checkpointer = _Checkpointer(self.db_path, self.options.busy_timeout)
         except BaseException as exc:  # reported to every job
             self.failed = map_error(
                 exc, self.db_path, "opening the database", self.options.busy_timeout
@@ -267,6 +324,9 @@ class SharedDatabase:
                 pass
 
     def _shutdown(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()  # first: closing the last connection checkpoints
+            self._checkpointer = None
         if self._conn is not None:
             self._rollback()
             try:
@@ -395,6 +455,8 @@ class SharedDatabase:
             if rows:
                 conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
         except Exception as exc:
             self._rollback()
             for job in batch:
