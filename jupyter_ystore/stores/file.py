@@ -71,6 +71,7 @@ class _Scan:
     records: list[Record] = field(default_factory=list)
     intact_end: int = 0  # byte offset just after the header / the last intact record
     size: int = 0
+    tail: bytes = b""  # the torn bytes after intact_end, if any
 
     @property
     def torn(self) -> bool:
@@ -90,9 +91,15 @@ def _looks_like_record_end(buf: bytes, start: int) -> bool:
     return math.isfinite(timestamp) and 1e8 < timestamp < 1e11
 
 
-def parse_log(buf: bytes, path: str) -> _Scan:
-    """Decode a whole log file. Raise for unknown versions and damage before the tail."""
-    scan = _Scan(size=len(buf))
+def parse_log(buf: bytes, path: str, base: int = 0) -> _Scan:
+    """Decode a log file. Raise for unknown versions and damage before the tail.
+
+    ``buf`` is the file's content from byte ``base`` on: the whole file (``base`` 0) or the
+    part after records already checked (``base`` then falls on a record boundary).
+    """
+    scan = _Scan(size=base + len(buf), intact_end=base)
+    if base:
+        return _parse_records(buf, 0, base, scan, path)
     if not buf:
         return scan
     newline = buf.find(b"\n", 0, 64)
@@ -118,9 +125,14 @@ def parse_log(buf: bytes, path: str) -> _Scan:
             hint="the file was left untouched; open it with the software that wrote it, "
             "or move it away to start this document afresh",
         )
-    pos = scan.intact_end = len(header)
+    scan.intact_end = len(header)
+    return _parse_records(buf, len(header), 0, scan, path)
+
+
+def _parse_records(buf: bytes, pos: int, base: int, scan: _Scan, path: str) -> _Scan:
     end = len(buf)
     records = scan.records
+    unpack = _TIMESTAMP.unpack
     while pos < end:
         start = pos
         try:
@@ -129,21 +141,21 @@ def parse_log(buf: bytes, path: str) -> _Scan:
             stamp, pos = read_var_bytes(buf, pos)
         except TruncatedError:
             if _looks_like_record_end(buf, start):
-                raise _corrupt(path, start, len(records)) from None
+                raise _corrupt(path, base + start) from None
             return scan  # a torn last record; the caller sets it aside
         except ValueError:  # a varuint longer than 64 bits: not something we wrote
-            raise _corrupt(path, start, len(records)) from None
+            raise _corrupt(path, base + start) from None
         if len(stamp) != 8:
-            raise _corrupt(path, start, len(records))
-        records.append((update, metadata, _TIMESTAMP.unpack(stamp)[0]))
-        scan.intact_end = pos
+            raise _corrupt(path, base + start)
+        records.append((update, metadata, unpack(stamp)[0]))
+        scan.intact_end = base + pos
     return scan
 
 
-def _corrupt(path: str, offset: int, index: int) -> YStoreCorruptError:
+def _corrupt(path: str, offset: int) -> YStoreCorruptError:
     return YStoreCorruptError(
-        f"damaged ystore log: record {index + 1} at byte {offset} cannot be decoded and "
-        "intact records follow it",
+        f"damaged ystore log: the record at byte {offset} cannot be decoded and intact "
+        "records follow it",
         path=path,
         hint="the file was left untouched; restore it from a backup, or move it away to "
         "rebuild the document from its notebook file (edits not saved to the notebook are "
@@ -177,6 +189,22 @@ def _os_error(exc: OSError, path: str, doing: str) -> YStoreError:
     return YStoreError(f"{doing} failed: {exc}", path=path)
 
 
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process coordination; one server per folder
+    fcntl = None  # type: ignore[assignment]
+
+_SHARED, _EXCLUSIVE, _UNLOCK = (
+    (fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_UN) if fcntl is not None else (0, 0, 0)
+)
+
+
+def _flock(fd: int, how: int) -> None:
+    """Coordinate with other processes using the same file (blocks: call in a thread)."""
+    if fcntl is not None:
+        fcntl.flock(fd, how)
+
+
 def _fsync_dir(folder: str) -> None:
     """Make a create / rename / unlink in ``folder`` durable."""
     if os.name == "nt":  # Windows cannot open a folder; NTFS journals the entry itself
@@ -188,9 +216,9 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    os.lseek(fd, 0, os.SEEK_SET)
+def _read_all(fd: int, offset: int = 0) -> bytes:
+    size = os.fstat(fd).st_size - offset
+    os.lseek(fd, offset, os.SEEK_SET)
     chunks = []
     while True:
         chunk = os.read(fd, max(size, 1 << 16))
@@ -218,6 +246,13 @@ class _LogFile:
     Sharing lets concurrent writers of one document join one write+fsync, and keeps the
     append descriptor right after a compaction swaps the file. The blocking methods run in
     a worker thread while ``lock`` is held.
+
+    Other processes (a second server, ``jupyter ystore compact``) are coordinated with
+    ``flock``: appends, repairs, compaction and deletion hold the file exclusively, reads
+    hold it shared. Before appending, a writer checks that the path still names its open
+    file and that the file has not changed since its last write; if it has, it reopens
+    and checks what was added (a torn tail left by a process that crashed is set aside
+    before anything is appended after it).
     """
 
     def __init__(self, path: str, log: Any):
@@ -227,7 +262,9 @@ class _LogFile:
         self.queue: list[_Pending] = []
         self.users = 0
         self.fd: int | None = None  # O_APPEND descriptor, opened on the first write
-        self.checked = False  # header verified and torn tail set aside
+        # (device, inode, size) of the file as last checked or written by us: a file that
+        # still matches needs no check before the next append.
+        self.verified: tuple[int, int, int] | None = None
         # What the check at open parsed, handed to the first read if the file is unchanged
         # (a room reads right after it opens: this saves parsing the file twice).
         self._kept: tuple[tuple[int, int, int], list[Record]] | None = None
@@ -244,54 +281,65 @@ class _LogFile:
             except OSError:
                 pass
             else:
-                if (st.st_ino, st.st_size, st.st_mtime_ns) == kept[0]:
+                if (st.st_dev, st.st_ino, st.st_size) == kept[0]:
                     return kept[1]
         return self.load()
 
-    def load(self, *, repair: bool = True, keep: bool = False) -> list[Record]:
-        """Every intact record; a torn tail is set aside (``repair``) or ignored."""
+    def load(self, *, keep: bool = False) -> list[Record]:
+        """Every intact record; a torn tail is set aside (or, read-only, skipped)."""
         self._kept = None
+        writable = True
         try:
-            fd = os.open(self.path, os.O_RDWR if repair else os.O_RDONLY)
+            try:
+                fd = os.open(self.path, os.O_RDWR)
+            except PermissionError:
+                writable = False  # a read-only file is still readable
+                fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            self.checked = True
             self.last_timestamp = None
             return []
-        except PermissionError:
-            if not repair:
-                raise
-            return self.load(repair=False)  # a read-only file is still readable
         except OSError as exc:
             raise _os_error(exc, self.path, "opening the ystore log") from exc
         try:
-            st = os.fstat(fd)
-            buf = _read_all(fd)
-            scan = parse_log(buf, self.path)
-            if scan.torn:
-                if repair:
-                    self._set_aside(fd, buf, scan)
-                else:
-                    self.log.warning(
-                        "ystore log %s ends with a torn record (%d bytes) that cannot be "
-                        "repaired (read-only); reading the %d intact records",
-                        self.path,
-                        scan.size - scan.intact_end,
-                        len(scan.records),
-                    )
+            _flock(fd, _SHARED)  # writers of other processes hold it exclusively
+            scan, key = self._scan(fd, 0)
+            if scan.torn and writable:
+                _flock(fd, _EXCLUSIVE)
+                scan, key = self._scan(fd, 0)  # as it is now that we hold it alone
+                if scan.torn:
+                    key = self._set_aside(fd, scan)
+            elif scan.torn:
+                self.log.warning(
+                    "ystore log %s ends with a torn record (%d bytes) that cannot be "
+                    "repaired (read-only); reading the %d intact records",
+                    self.path,
+                    scan.size - scan.intact_end,
+                    len(scan.records),
+                )
         except OSError as exc:
             raise _os_error(exc, self.path, "reading the ystore log") from exc
         finally:
-            os.close(fd)
-        if repair:
-            self.checked = True
+            os.close(fd)  # releases the lock
+        if not scan.torn or writable:
+            self.verified = key
         self.last_timestamp = scan.records[-1][2] if scan.records else None
-        if keep and not scan.torn and len(buf) == st.st_size:
-            self._kept = ((st.st_ino, st.st_size, st.st_mtime_ns), scan.records)
+        if keep and not scan.torn:
+            self._kept = (key, scan.records)
         return scan.records
 
-    def _set_aside(self, fd: int, buf: bytes, scan: _Scan) -> None:
-        """Keep the torn bytes in ``<name>.torn-<UTC time>`` and cut the log back to intact."""
-        torn = buf[scan.intact_end :]
+    def _scan(self, fd: int, offset: int) -> tuple[_Scan, tuple[int, int, int]]:
+        """Parse the file from ``offset`` (0, or a checked record boundary)."""
+        buf = _read_all(fd, offset)
+        st = os.fstat(fd)
+        scan = parse_log(buf, self.path, offset)
+        scan.tail = buf[scan.intact_end - offset :]
+        return scan, (st.st_dev, st.st_ino, offset + len(buf))
+
+    def _set_aside(self, fd: int, scan: _Scan) -> tuple[int, int, int]:
+        """Keep the torn bytes in ``<name>.torn-<UTC time>`` and cut the log back to intact.
+
+        The caller holds the file exclusively. Returns the file's new identity and size.
+        """
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         base = f"{self.path}{_TORN_MARK}{stamp}"
         aside, n = base, 0
@@ -303,7 +351,7 @@ class _LogFile:
                 n += 1
                 aside = f"{base}-{n}"
         try:
-            os.write(out, torn)
+            os.write(out, scan.tail)
             os.fsync(out)
         finally:
             os.close(out)
@@ -315,28 +363,56 @@ class _LogFile:
             "intact records, moved the %d torn bytes to %s",
             self.path,
             len(scan.records),
-            len(torn),
+            len(scan.tail),
             aside,
         )
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino, st.st_size)
 
     # -- appending
 
-    def _open_append(self) -> int:
-        if not self.checked:
-            self.load()  # never append after a torn tail
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(fd).st_size == 0:
-            try:
-                self._write_all(fd, HEADER, 0)
-                os.fsync(fd)
-                _fsync_dir(folder)
-            except BaseException:
-                os.close(fd)
-                raise
-        return fd
+    def _is_current(self, fd: int) -> bool:
+        """Whether the path still names the file open as ``fd`` (not replaced or removed)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _open_locked(self) -> int:
+        """The append descriptor, held exclusively, naming the current file."""
+        while True:
+            if self.fd is None:
+                folder = os.path.dirname(self.path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            _flock(self.fd, _EXCLUSIVE)
+            if self._is_current(self.fd):
+                return self.fd
+            self.close_fd()  # replaced by another process's compaction, or deleted
+
+    def _check_before_append(self, fd: int) -> None:
+        """Make sure what we append follows intact records (the caller holds the file)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size)
+        if key == self.verified and st.st_size:
+            return
+        if st.st_size == 0:  # a new (or emptied) file: its header first
+            self._write_all(fd, HEADER, 0)
+            os.fsync(fd)
+            _fsync_dir(os.path.dirname(self.path))
+            self.verified = (st.st_dev, st.st_ino, len(HEADER))
+            return
+        known = self.verified
+        offset = known[2] if known and known[:2] == key[:2] and known[2] <= key[2] else 0
+        scan, key = self._scan(fd, offset)  # only what others added, when we can
+        if scan.torn:
+            key = self._set_aside(fd, scan)
+        if scan.records:
+            self.last_timestamp = scan.records[-1][2]
+        self.verified = key
 
     def _write_all(self, fd: int, data: bytes, size_before: int) -> None:
         """One ``os.write``; if the OS takes less (disk full), undo the partial record."""
@@ -354,19 +430,27 @@ class _LogFile:
     def append(self, batch: list[_Pending], ttl: float | None) -> None:
         """Write a batch of records with one write and one fsync (runs in a thread)."""
         self._kept = None
+        data = b"".join(p.record for p in batch)
         try:
-            now = time.time()
-            if (
-                ttl is not None
-                and self.last_timestamp is not None
-                and now - self.last_timestamp > ttl
-            ):
-                self.compact()
-            if self.fd is None:
-                self.fd = self._open_append()
-            size_before = os.fstat(self.fd).st_size
-            self._write_all(self.fd, b"".join(p.record for p in batch), size_before)
-            os.fsync(self.fd)
+            fd = self._open_locked()
+            try:
+                self._check_before_append(fd)
+                if (
+                    ttl is not None
+                    and self.last_timestamp is not None
+                    and time.time() - self.last_timestamp > ttl
+                ):
+                    self._compact_locked(fd)
+                    fd = self._open_locked()
+                    self._check_before_append(fd)
+                size_before = os.fstat(fd).st_size
+                self._write_all(fd, data, size_before)
+                os.fsync(fd)
+                st = os.fstat(fd)
+                self.verified = (st.st_dev, st.st_ino, size_before + len(data))
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
         except OSError as exc:
             raise _os_error(exc, self.path, "appending to the ystore log") from exc
         self.last_timestamp = batch[-1].timestamp
@@ -381,10 +465,26 @@ class _LogFile:
 
     def compact(self) -> None:
         """Replace the log by one record holding the squashed state, atomically."""
-        records = self.load()
-        if len(records) <= 1:
+        self._kept = None
+        if not os.path.exists(self.path):
             return
-        updates = [record[0] for record in records]
+        try:
+            fd = self._open_locked()
+            try:
+                self._check_before_append(fd)
+                self._compact_locked(fd)
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "compacting the ystore log") from exc
+
+    def _compact_locked(self, fd: int) -> None:
+        """Compact the checked file held exclusively as ``fd``; closes ``fd`` after."""
+        scan, _key = self._scan(fd, 0)
+        if len(scan.records) <= 1:
+            return
+        updates = [record[0] for record in scan.records]
         try:
             squashed = squash_history(updates)
         except Exception as exc:
@@ -393,41 +493,43 @@ class _LogFile:
                 path=self.path,
                 hint="the file was left untouched",
             ) from exc
-        _update, metadata, timestamp = records[-1]
+        _update, metadata, timestamp = scan.records[-1]
         data = HEADER + encode_record(squashed, metadata, timestamp)
         folder, name = os.path.split(self.path)
         tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                self._write_all(fd, data, 0)
-                os.fsync(fd)
+                self._write_all(out, data, 0)
+                os.fsync(out)
+                st = os.fstat(out)
             finally:
-                os.close(fd)
+                os.close(out)
             os.replace(tmp, self.path)
             _fsync_dir(folder)
-        except OSError as exc:
+        except BaseException:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise _os_error(exc, self.path, "compacting the ystore log") from exc
-        self.close_fd()  # the old descriptor points at the replaced file
+            raise
+        self.close_fd()  # points at the replaced file; writers waiting on it will reopen
+        self.verified = (st.st_dev, st.st_ino, len(data))
         self.last_timestamp = timestamp
 
     def delete(self) -> None:
         self._kept = None
-        self.close_fd()
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            if os.path.exists(self.path):
+                self._open_locked()
+                os.unlink(self.path)
+                self.close_fd()  # releases the lock: waiting writers find the file gone
+                _fsync_dir(os.path.dirname(self.path))
         except OSError as exc:
+            self.close_fd()
             raise _os_error(exc, self.path, "deleting the ystore log") from exc
-        else:
-            _fsync_dir(os.path.dirname(self.path))
+        self.verified = None
         self.last_timestamp = None
-        self.checked = True
 
 
 _registry: dict[str, _LogFile] = {}
@@ -552,9 +654,9 @@ class FileYStore(BaseYStore):
     # -- lifecycle hooks
 
     async def _open(self) -> None:
-        logfile = self._logfile = _acquire(self._file, self.log)
+        logfile = self._logfile = _acquire(os.path.realpath(self._file), self.log)
         async with logfile.lock:
-            if not logfile.checked:
+            if logfile.verified is None:  # check the header, set a torn tail aside
                 await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
 
     async def _close(self) -> None:
