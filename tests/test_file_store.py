@@ -23,7 +23,7 @@ from jupyter_ystore import (
     YStorePermissionError,
     YStoreVersionError,
 )
-from jupyter_ystore.codec import read_var_bytes, write_var_bytes
+from jupyter_ystore.codec import read_var_bytes
 from jupyter_ystore.stores.file import HEADER, encode_record
 
 pytestmark = pytest.mark.anyio
@@ -424,9 +424,7 @@ async def test_compact_keeps_updates_with_missing_dependencies(tmp_path: Path) -
         doc = pycrdt.Doc()
         await store.apply_updates(doc)
         doc.apply_update(updates[1])  # the missing one arrives: everything integrates
-        assert str(doc.get("source", type=pycrdt.Text)) == "".join(
-            f"line {i}\n" for i in range(4)
-        )
+        assert str(doc.get("source", type=pycrdt.Text)) == "".join(f"line {i}\n" for i in range(4))
 
 
 async def test_document_ttl_squashes_an_idle_history(tmp_path: Path) -> None:

@@ -194,12 +194,17 @@ async def test_reopening_finds_what_was_written(make: Make) -> None:
         assert len(await read_all(store)) == 11
 
 
-@pytest.mark.parametrize("writer,reader", [("pycrdt", "y_py"), ("y_py", "pycrdt"), ("pycrdt", "pycrdt"), ("y_py", "y_py")])
+@pytest.mark.parametrize(
+    "writer,reader",
+    [("pycrdt", "y_py"), ("y_py", "pycrdt"), ("pycrdt", "pycrdt"), ("y_py", "y_py")],
+)
 async def test_both_document_libraries(make: Make, writer: str, reader: str) -> None:
     import y_py
 
     async with make("doc") as store:
-        await store.encode_state_as_update(pycrdt_notebook() if writer == "pycrdt" else ypy_notebook())
+        await store.encode_state_as_update(
+            pycrdt_notebook() if writer == "pycrdt" else ypy_notebook()
+        )
         target = pycrdt.Doc() if reader == "pycrdt" else y_py.YDoc()
         await store.apply_updates(target)
         assert content(target) == EXPECTED
@@ -383,9 +388,10 @@ async def test_metadata_callbacks_sync_and_async(make: Make) -> None:
         await anyio.sleep(0)
         return b"async-user"
 
-    async with make("sync", metadata_callback=lambda: b"sync-user") as a, make(
-        "async", metadata_callback=async_meta
-    ) as b:
+    async with (
+        make("sync", metadata_callback=lambda: b"sync-user") as a,
+        make("async", metadata_callback=async_meta) as b,
+    ):
         assert await a.get_metadata() == b"sync-user"
         assert await b.get_metadata() == b"async-user"
         await a.write(b"\x00\x00")

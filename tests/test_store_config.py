@@ -32,7 +32,9 @@ def load_config_file(folder: Path, text: str) -> ConfigApp:
 def sqlite_rows(db: Path) -> int:
     """Rows stored for all documents, counted by reading the database file ourselves."""
     with sqlite3.connect(db) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
         assert "yupdates" in tables
         return conn.execute("SELECT count(*) FROM yupdates").fetchone()[0]
 

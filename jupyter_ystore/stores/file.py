@@ -575,9 +575,7 @@ def _resolve(path: str, root_dir: str | None) -> str:
     real = os.path.realpath(target)  # a symlink inside the root must not lead out of it
     for candidate in (target, real):
         if candidate == root or os.path.commonpath([root, candidate]) != root:
-            raise YStoreInvalidPath(
-                f"document path leaves the store's folder {root}", path=path
-            )
+            raise YStoreInvalidPath(f"document path leaves the store's folder {root}", path=path)
     if path.endswith(("/", os.sep)) or os.path.basename(target) in ("", ".", ".."):
         raise YStoreInvalidPath("a document path must name a file", path=path)
     return target
@@ -619,16 +617,16 @@ class FileYStore(BaseYStore):
         while not os.path.exists(ancestor):
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor):
-            raise TraitError(
-                f"root_dir {value!r} cannot be used as a folder: {ancestor} is a file"
-            )
+            raise TraitError(f"root_dir {value!r} cannot be used as a folder: {ancestor} is a file")
         return value
 
     @validate("document_ttl")
     def _check_ttl(self, proposal: Any) -> float | None:
         value = proposal["value"]
         if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise TraitError(f"document_ttl must be None or a number of seconds >= 0, got {value!r}")
+            raise TraitError(
+                f"document_ttl must be None or a number of seconds >= 0, got {value!r}"
+            )
         return value
 
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
