@@ -55,8 +55,12 @@ def append(text: Any, suffix: str) -> None:
     text.insert(len(text), suffix)
 
 
-def read_sources(path: Path) -> list[str]:
-    nb = nbformat.read(str(path), as_version=4)
+def read_sources(path: Path) -> list[str] | None:
+    """The cells' sources of a notebook file (None while it is being rewritten)."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except (OSError, ValueError, nbformat.reader.NotJSONError):
+        return None
     return [cell.source for cell in nb.cells]
 
 

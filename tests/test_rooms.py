@@ -1,0 +1,378 @@
+"""The room manager without a web server: a real contents manager on a temporary folder, a
+dictionary for file ids, in-memory stores (one private database per test) and fake clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+import nbformat
+import pytest
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+from jupyter_ydoc import YNotebook
+from pycrdt import Doc
+
+from _server_helpers import append, read_sources, wait_until, write_notebook
+from jupyter_ystore import MemoryYStore, YStoreCorruptError, sync
+from jupyter_ystore.loaders import DocumentFile
+from jupyter_ystore.rooms import RoomError, RoomManager, RoomSettings
+
+pytestmark = pytest.mark.anyio
+
+LOG = logging.getLogger("test_rooms")
+ROOM = "json:notebook:id-1"
+
+
+class FileIds:
+    def __init__(self, paths: dict[str, str]):
+        self.paths = paths
+
+    def get_path(self, file_id: str) -> str | None:
+        return self.paths.get(file_id)
+
+
+class FakeClient:
+    def __init__(self, username: str = "alice", can_write: bool = True):
+        self.username = username
+        self.can_write = can_write
+        self.frames: list[Any] = []
+        self.doc = Doc()
+
+    def send(self, frame: bytes) -> None:
+        message = sync.parse_message(frame)
+        self.frames.append(message)
+        if isinstance(message, (sync.SyncStep2, sync.SyncUpdate)):
+            self.doc.apply_update(message.update)
+
+    def raw(self) -> list[dict]:
+        return [json.loads(m.text) for m in self.frames if isinstance(m, sync.RawMessage)]
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, store_class: type[MemoryYStore], **settings: Any):
+        self.root = tmp_path
+        self.nb = tmp_path / "nb.ipynb"
+        self.contents = AsyncLargeFileManager(root_dir=str(tmp_path))
+        self.ids = FileIds({"id-1": "nb.ipynb"})
+        self.store_class = store_class
+        self.stores: list[MemoryYStore] = []
+        self.settings = RoomSettings(
+            **{"save_delay": 0.05, "cleanup_delay": None, "poll_interval": 0, **settings}
+        )
+
+    def make_store(self, file_type: str, file_id: str) -> MemoryYStore:
+        store = self.store_class(path=f".{file_type}:{file_id}.y", log=LOG)
+        self.stores.append(store)
+        return store
+
+    def make_file(self, fmt: str, file_type: str, file_id: str) -> DocumentFile:
+        return DocumentFile(
+            file_id, fmt, file_type, file_id_manager=self.ids, contents_manager=self.contents
+        )
+
+    def manager(self) -> RoomManager:
+        return RoomManager(self.make_store, self.make_file, self.settings, LOG)
+
+    def records(self) -> list[tuple[bytes, bytes, float]]:
+        return list(self.store_class._documents.get(".notebook:id-1.y", []))
+
+    def replay(self) -> dict:
+        doc = Doc()
+        for update, _meta, _ts in self.records():
+            doc.apply_update(update)
+        return YNotebook(doc).get()
+
+
+def fresh_store_class() -> type[MemoryYStore]:
+    return type("PrivateMemoryYStore", (MemoryYStore,), {})
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    s = Setup(tmp_path, fresh_store_class())
+    write_notebook(s.nb, ["a = 1", "b = 2"])
+    return s
+
+
+async def run_manager(manager: RoomManager, tg: Any) -> None:
+    await tg.start(manager.run)
+
+
+def client_update(room: Any, edit: Any) -> bytes:
+    """An update made by a client from the room's current state."""
+    doc = Doc()
+    doc.apply_update(room.ydoc.get_update())
+    nb = YNotebook(doc)
+    before = doc.get_state()
+    edit(nb)
+    return doc.get_update(before)
+
+
+async def test_loading_goes_through_the_store(setup: Setup) -> None:
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        records = setup.records()
+        assert records, "the server's own loading change must be stored"
+        assert json.loads(records[0][1]) == {"origin": "server", "reason": "load"}
+        assert setup.replay() == room.document.get()
+        assert [c["source"] for c in room.document.get()["cells"]] == ["a = 1", "b = 2"]
+        model = await setup.contents.get("nb.ipynb", content=False, require_hash=True)
+        assert room.document.hash == model["hash"]
+        await manager.close_all()
+
+
+async def test_client_changes_are_stored_with_their_author_before_the_save(setup: Setup) -> None:
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # alice"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await room.handle(alice, sync.SaveRequest(7))
+        await wait_until(lambda: any(r.get("responseTo") == 7 for r in alice.raw()))
+        assert {"type": "save", "responseTo": 7, "status": "success"} in alice.raw()
+        assert read_sources(setup.nb) == ["a = 1  # alice", "b = 2"]
+        metas = [json.loads(meta) for _u, meta, _t in setup.records()]
+        assert {"origin": "client", "user": "alice"} in metas
+        assert {"origin": "server", "reason": "save"} in metas  # hash and dirty after the save
+        assert setup.replay() == room.document.get()
+        assert room.document.ystate.get("dirty") is False
+        await manager.close_all()
+
+
+async def test_a_users_metadata_callback_keeps_working(tmp_path: Path) -> None:
+    class Signed(MemoryYStore):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.metadata_callback = lambda: b"signed"
+
+    setup = Setup(tmp_path, type("SignedPrivate", (Signed,), {}))
+    write_notebook(setup.nb, ["x"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        await manager.get_room(ROOM)
+        assert {meta for _u, meta, _t in setup.records()} == {b"signed"}
+        await manager.close_all()
+
+
+async def test_store_newer_than_file_wins_after_a_crash(setup: Setup) -> None:
+    setup.settings.save_delay = None  # nothing reaches the file before the "crash"
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        update = client_update(room, lambda nb: append(nb.ycells[1]["source"], "\nc = 3"))
+        await room.handle(client, sync.SyncUpdate(update))
+        await room.flush()
+        tg.cancel_scope.cancel()  # a crash: no save, no close
+    assert read_sources(setup.nb) == ["a = 1", "b = 2"]
+    stored = len(setup.records())
+
+    setup.settings.save_delay = 0.05
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        assert [c["source"] for c in room.document.get()["cells"]] == ["a = 1", "b = 2\nc = 3"]
+        await wait_until(lambda: read_sources(setup.nb) == ["a = 1", "b = 2\nc = 3"])
+        await manager.close_all()
+    assert setup.replay()["cells"][1]["source"] == "b = 2\nc = 3"
+    assert len(setup.records()) > stored  # the save's hash went in; nothing was reset
+
+
+async def test_file_changed_on_disk_later_goes_in_as_an_update(setup: Setup) -> None:
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        await manager.get_room(ROOM)
+        await manager.close_all()
+    stored = len(setup.records())
+    nb = nbformat.read(str(setup.nb), as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("edited elsewhere"))
+    nbformat.write(nb, str(setup.nb))
+    future = time.time() + 5
+    os.utime(setup.nb, (future, future))
+
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        cells = room.document.get()["cells"]
+        assert [c["source"] for c in cells] == ["a = 1", "b = 2", "edited elsewhere"]
+        await room.flush()
+        records = setup.records()
+        assert len(records) > stored  # appended, the history before it kept
+        assert json.loads(records[stored][1]) == {"origin": "server", "reason": "file-changed"}
+        assert setup.replay() == room.document.get()
+        await manager.close_all()
+
+
+async def test_a_broken_store_fails_the_room_and_leaves_the_file(tmp_path: Path) -> None:
+    class Broken(MemoryYStore):
+        async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
+            raise YStoreCorruptError("cannot decode record 3", path=self.path, hint="restore a backup")
+            yield  # pragma: no cover
+
+    setup = Setup(tmp_path, type("BrokenPrivate", (Broken,), {}))
+    write_notebook(setup.nb, ["keep me"])
+    before = setup.nb.read_bytes()
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        with pytest.raises(RoomError) as err:
+            await manager.get_room(ROOM)
+        assert err.value.code == 4500
+        assert "cannot decode record 3" in str(err.value)
+        assert ROOM not in manager.rooms
+        assert not setup.stores[0]._running  # stopped, not left open
+        assert setup.records() == []  # never treated as empty and rebuilt from the file
+        await manager.close_all()
+    assert setup.nb.read_bytes() == before
+
+
+async def test_unknown_rooms_are_refused(setup: Setup) -> None:
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        for room_id, code in [
+            ("nonsense", 4400),
+            ("json:spreadsheet:id-1", 4400),
+            ("json:notebook:no-such-id", 4404),
+        ]:
+            with pytest.raises(RoomError) as err:
+                await manager.get_room(room_id)
+            assert err.value.code == code, room_id
+        await manager.close_all()
+
+
+async def test_failed_writes_are_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    class Flaky(MemoryYStore):
+        failures = 0
+
+        async def write(self, data: bytes) -> None:
+            if type(self).failures > 0:
+                type(self).failures -= 1
+                raise OSError("disk full")
+            await super().write(data)
+
+    store_class = type("FlakyPrivate", (Flaky,), {})
+    setup = Setup(tmp_path, store_class, store_retry_delay=0.01, save_delay=None)
+    write_notebook(setup.nb, ["a"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        store_class.failures = 3
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "b"))
+        await room.handle(client, sync.SyncUpdate(update))
+        with pytest.raises(OSError):
+            await room.flush()  # a save would not be acknowledged now
+        await wait_until(lambda: store_class.failures == 0)
+        await room.flush()
+        assert setup.replay()["cells"][0]["source"] == "ab"
+        await manager.close_all()
+
+
+async def test_live_updates_are_applied_and_not_written_back(tmp_path: Path) -> None:
+    send, receive = anyio.create_memory_object_stream[bytes](10)
+
+    class Live(MemoryYStore):
+        supports_live_updates = True
+
+        async def watch(self) -> AsyncIterator[bytes]:
+            async for update in receive:
+                yield update
+
+    setup = Setup(tmp_path, type("LivePrivate", (Live,), {}))
+    write_notebook(setup.nb, ["a"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        await room.flush()
+        stored = len(setup.records())
+        other_server = client_update(room, lambda nb: append(nb.ycells[0]["source"], " # remote"))
+        await send.send(other_server)
+        await wait_until(lambda: room.document.get()["cells"][0]["source"] == "a # remote")
+        assert any(isinstance(m, sync.SyncUpdate) for m in client.frames)  # broadcast
+        await room.flush()
+        assert len(setup.records()) == stored  # not written back
+        send.close()
+        await manager.close_all()
+
+
+async def test_last_client_gone_closes_the_room_after_the_delay(setup: Setup) -> None:
+    setup.settings.cleanup_delay = 0.05
+    setup.settings.save_delay = None  # only the close saves
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        await room.handle(client, sync.SyncUpdate(update))
+        room.leave(client)
+        with anyio.fail_after(10):
+            await room.closed.wait()
+        assert ROOM not in manager.rooms
+        assert not setup.stores[0]._running
+        assert read_sources(setup.nb) == ["a = 1!", "b = 2"]
+        # a new client reopens it from the store
+        room2 = await manager.get_room(ROOM)
+        assert room2 is not room
+        assert room2.document.get()["cells"][0]["source"] == "a = 1!"
+        await manager.close_all()
+
+
+async def test_poller_applies_out_of_band_edits(setup: Setup) -> None:
+    setup.settings.poll_interval = 0.05
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
+        future = time.time() + 5
+        os.utime(setup.nb, (future, future))
+        await wait_until(lambda: len(room.document.get()["cells"]) == 3)
+        await room.flush()
+        assert setup.replay() == room.document.get()
+        await manager.close_all()
+
+
+async def test_shutdown_saves_every_room(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=None)
+    write_notebook(tmp_path / "one.ipynb", ["1"])
+    write_notebook(tmp_path / "two.ipynb", ["2"])
+    setup.ids.paths = {"one": "one.ipynb", "two": "two.ipynb"}
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        for file_id in ("one", "two"):
+            room = await manager.get_room(f"json:notebook:{file_id}")
+            client = FakeClient()
+            room.join(client)
+            update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "+"))
+            await room.handle(client, sync.SyncUpdate(update))
+        await manager.close_all()
+    assert read_sources(tmp_path / "one.ipynb") == ["1+"]
+    assert read_sources(tmp_path / "two.ipynb") == ["2+"]
+    assert all(not store._running for store in setup.stores)
