@@ -282,6 +282,17 @@ async def test_torn_last_record_is_set_aside(
     assert [r[0] for r in decode_file(target)] == [r[0] for r in records]
 
 
+async def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path: Path) -> None:
+    records = sample_records(3)
+    target = tmp_path / "doc.y"
+    data = write_log(target, records)
+    target.write_bytes(data + b"\x00" * 37)  # a power loss left the file longer than written
+    async with FileYStore(str(target), log=LOG) as store:
+        assert await read_all(store) == records
+    assert target.read_bytes() == data
+    assert [p.read_bytes() for p in tmp_path.glob("doc.y.torn-*")] == [b"\x00" * 37]
+
+
 async def test_torn_header_of_a_new_file(tmp_path: Path) -> None:
     target = tmp_path / "doc.y"
     target.write_bytes(HEADER[:4])

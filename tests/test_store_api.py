@@ -22,6 +22,7 @@ from jupyter_ystore import (
     MemoryYStore,
     TempFileYStore,
     YDocNotFound,
+    YStoreCorruptError,
     YStoreError,
 )
 
@@ -240,6 +241,18 @@ async def test_admin_api_compact_list_delete(make: Make) -> None:
     async with make("doc") as store:  # the compacted, deleted document stays deleted
         with pytest.raises(YDocNotFound):
             await read_all(store)
+
+
+async def test_undecodable_update_is_an_error_never_an_empty_document(make: Make) -> None:
+    async with make("doc") as store:
+        await store.write(typed_updates(1)[0][0])
+        try:
+            await store.write(b"\xff\xff\xff")
+        except (ValueError, YStoreError):
+            return  # a backend may refuse it at the door; then nothing bad is stored
+        for doc in (pycrdt.Doc(), __import__("y_py").YDoc()):
+            with pytest.raises(YStoreCorruptError, match="not a valid Yjs update"):
+                await store.apply_updates(doc)
 
 
 # ---------------------------------------------------------------------- failing writes

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from traitlets.config import LoggingConfigurable
 
 from .. import ydoc as _ydoc
-from ..errors import YDocNotFound
+from ..errors import YDocNotFound, YStoreCorruptError
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
 
@@ -282,5 +282,23 @@ class BaseYStore(LoggingConfigurable):
         updates = await self._load()
         if not updates:
             raise YDocNotFound(self.path)
-        merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
-        _ydoc.apply_update(ydoc, merged)
+        try:
+            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
+        except ValueError as exc:
+            raise self._undecodable(exc) from exc
+        try:
+            _ydoc.apply_update(ydoc, merged)
+        except TypeError:
+            raise
+        except Exception as exc:
+            if _ydoc.is_valid_update(merged):
+                raise  # the document refused it, not a fault of the stored bytes
+            raise self._undecodable(exc) from exc
+
+    def _undecodable(self, exc: Exception) -> YStoreCorruptError:
+        return YStoreCorruptError(
+            f"a stored update of document {self.path!r} is not a valid Yjs update ({exc})",
+            path=self.path,
+            hint="the store was left untouched; restore it from a backup, or delete this "
+            "document's history to rebuild it from its file",
+        )

@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, ClassVar
 import anyio
 from traitlets import Float, TraitError, Unicode, observe, validate
 
-from ..codec import TruncatedError, read_var_bytes, write_var_bytes
+from ..codec import read_var_bytes, write_var_bytes
 from ..errors import (
     YDocNotFound,
     YStoreCorruptError,
@@ -139,14 +139,14 @@ def _parse_records(buf: bytes, pos: int, base: int, scan: _Scan, path: str) -> _
             update, pos = read_var_bytes(buf, pos)
             metadata, pos = read_var_bytes(buf, pos)
             stamp, pos = read_var_bytes(buf, pos)
-        except TruncatedError:
+            if len(stamp) != 8:
+                raise ValueError("a timestamp field is not 8 bytes")
+        except ValueError:  # cut short (TruncatedError), or bytes we never wrote
             if _looks_like_record_end(buf, start):
                 raise _corrupt(path, base + start) from None
-            return scan  # a torn last record; the caller sets it aside
-        except ValueError:  # a varuint longer than 64 bits: not something we wrote
-            raise _corrupt(path, base + start) from None
-        if len(stamp) != 8:
-            raise _corrupt(path, base + start)
+            # The last record is torn (a crash mid-write; zeros the file system added
+            # after a power loss): the caller sets it aside.
+            return scan
         records.append((update, metadata, unpack(stamp)[0]))
         scan.intact_end = base + pos
     return scan
