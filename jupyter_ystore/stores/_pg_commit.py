@@ -6,10 +6,11 @@ commits everything queued (its own update and the others') in one transaction, a
 again until its own update is in; then it hands the lead to the next queued writer. No
 background task is needed, so the committer outlives no store and needs no task group.
 
-Inside the transaction the per-document advisory locks are taken (sorted, so two processes
-never deadlock) before any id is drawn from the table's identity: for one document, ids are
-then handed out in commit order, which is what lets a reader fetch "id > last seen" without
-ever missing a row that commits late.
+Each batch is one statement, hence its own transaction: it takes the per-document advisory
+locks (sorted, so two processes never deadlock) before any id is drawn from the table's
+identity, and holds them until its commit is visible. For one document, ids are thus handed
+out in commit order, which is what lets a reader fetch "id > last seen" without ever missing
+a row that commits late.
 """
 
 from __future__ import annotations
@@ -109,17 +110,17 @@ class GroupCommitter:
         names = self._names
         keys = sorted({names.write_key(item.path) for item in batch})
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute(names.lock_many, keys)
-                await conn.execute(
-                    names.insert_batch,
-                    [item.path for item in batch],
-                    [item.update for item in batch],
-                    [item.metadata for item in batch],
-                    [item.timestamp for item in batch],
-                    [item.origin for item in batch],
-                    names.channel,
-                )
+            # One statement, no BEGIN/COMMIT: locks, inserts and notifies (see insert_batch).
+            await conn.execute(
+                names.insert_batch,
+                [item.path for item in batch],
+                [item.update for item in batch],
+                [item.metadata for item in batch],
+                [item.timestamp for item in batch],
+                [item.origin for item in batch],
+                names.channel,
+                keys,
+            )
 
     def _translate(self, exc: Exception) -> BaseException:
         if isinstance(exc, YStoreError):

@@ -103,16 +103,25 @@ class Names:
 
     @property
     def insert_batch(self) -> str:
-        """Append a batch and notify listeners once per document, in ONE statement.
+        """Lock, append a batch and notify listeners, in ONE statement (one round trip; run
+        outside a transaction it is its own transaction, committed when it returns).
 
-        The notification carries ``<highest id>:<path>``; a path too long for NOTIFY's
-        8000-byte payload is sent as ``<id>:`` and listeners treat it as "any document".
+        ``$7`` are the per-document write-lock keys, sorted: the insert reads a column of
+        the ``locks`` row, so no row (and no id) is produced before every lock is held.
+        Transaction-level advisory locks are released after the commit is flushed and
+        visible. The notification carries ``<highest id>:<path>``; a path too long for
+        NOTIFY's 8000-byte payload is sent as ``<id>:`` and listeners treat it as "any".
         """
         return f"""
-            WITH ins AS (
+            WITH locks AS MATERIALIZED (
+                SELECT count(pg_advisory_xact_lock(k)) AS held FROM unnest($7::int8[]) AS k
+            ),
+            ins AS (
                 INSERT INTO {self.qualified} (path, yupdate, metadata, timestamp, origin)
-                SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[],
-                                     $4::float8[], $5::int8[])
+                SELECT u.path, u.yupdate, u.metadata, u.ts, u.origin
+                FROM locks, unnest($1::text[], $2::bytea[], $3::bytea[], $4::float8[],
+                                   $5::int8[]) AS u(path, yupdate, metadata, ts, origin)
+                WHERE locks.held >= 0
                 RETURNING id, path
             )
             SELECT pg_notify($6, CASE WHEN octet_length(path) > 7900
@@ -120,11 +129,6 @@ class Names:
                                       ELSE max(id)::text || ':' || path END)
             FROM ins GROUP BY path
         """
-
-    @property
-    def lock_many(self) -> str:
-        # unnest keeps the (sorted) array order, so every writer locks in the same order.
-        return "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k"
 
     @property
     def select_document(self) -> str:

@@ -252,6 +252,10 @@ class PostgresYStore(BaseYStore):
             lambda: Listener(shared.dsn, self._table, self.connect_timeout),
         )
 
+    def _shield_limit(self) -> float:
+        """How long a shielded transaction may hold up stop() before it is abandoned."""
+        return 2 * (self.command_timeout or 60.0)
+
     def _request_compaction_if_due(self) -> None:
         by_count = 0 < (self.compact_after_updates or 0) <= self._tail_updates
         by_bytes = 0 < (self.compact_after_bytes or 0) <= self._tail_bytes
@@ -260,14 +264,16 @@ class PostgresYStore(BaseYStore):
 
     async def _compact(self, *, min_updates: int, min_bytes: int, wait: bool) -> CompactResult:
         try:
-            result = await compact_document(
-                self._pool(),
-                self._table,
-                self.path,
-                min_updates=min_updates,
-                min_bytes=min_bytes,
-                wait=wait,
-            )
+            # Shielded: a transaction cut by cancellation (stop()) could not even roll back.
+            with anyio.fail_after(self._shield_limit(), shield=True):
+                result = await compact_document(
+                    self._pool(),
+                    self._table,
+                    self.path,
+                    min_updates=min_updates,
+                    min_bytes=min_bytes,
+                    wait=wait,
+                )
         except Exception as exc:
             raise self._error(exc, "compact") from None
         if result.done:
@@ -347,18 +353,22 @@ class PostgresYStore(BaseYStore):
     async def delete(self) -> None:
         """Forget the document; waits for a compaction of it to finish first."""
         await self._ensure_running()
-        names = self._table
         try:
-            async with self._pool().acquire() as conn:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", names.compact_key(self.path))
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", names.write_key(self.path))
-                    await conn.execute(names.delete_document, self.path)
+            with anyio.fail_after(self._shield_limit(), shield=True):
+                await self._delete_rows()
         except Exception as exc:
             raise self._error(exc, "delete") from None
         self._tail_updates = self._tail_bytes = 0
         self._seen_id = None
         self._last_known_timestamp = None
+
+    async def _delete_rows(self) -> None:
+        names = self._table
+        async with self._pool().acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", names.compact_key(self.path))
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", names.write_key(self.path))
+                await conn.execute(names.delete_document, self.path)
 
     async def import_records(self, records: Sequence[tuple[bytes, bytes, float]]) -> None:
         """Append stored records as they are, metadata and timestamps kept, in ONE
@@ -366,9 +376,8 @@ class PostgresYStore(BaseYStore):
         await self._ensure_running()
         names = self._table
         try:
-            async with self._pool().acquire() as conn:
-                async with conn.transaction():
-                    await conn.execute(names.lock_many, [names.write_key(self.path)])
+            with anyio.fail_after(self._shield_limit(), shield=True):
+                async with self._pool().acquire() as conn, conn.transaction():
                     for start in range(0, len(records), _IMPORT_CHUNK):
                         chunk = records[start : start + _IMPORT_CHUNK]
                         await conn.execute(
@@ -379,6 +388,7 @@ class PostgresYStore(BaseYStore):
                             [float(record[2]) for record in chunk],
                             [self._origin] * len(chunk),
                             names.channel,
+                            [names.write_key(self.path)],
                         )
         except Exception as exc:
             raise self._error(exc, "import into") from None
