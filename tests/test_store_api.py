@@ -415,3 +415,71 @@ async def test_metadata_callbacks_sync_and_async(make: Make) -> None:
 
 def test_version_is_two(make: Make) -> None:
     assert make("doc").version == 2
+
+
+# ---------------------------------------------------------------------- the hook contract
+
+
+class HookedStore(MemoryYStore):
+    """Records the backend hooks BaseYStore calls; ``_open`` fails while ``fail_open``."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.calls: list[str] = []
+        self.fail_open = False
+
+    async def _open(self) -> None:
+        self.calls.append("open")
+        if self.fail_open:
+            raise YStoreError("cannot open", path=self.path, hint="fix it")
+
+    async def _run(self) -> None:
+        self.calls.append("run")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.calls.append("run cancelled")
+
+    async def _close(self) -> None:
+        await anyio.sleep(0)  # shielded: a stop does not cut the close short
+        self.calls.append("close")
+
+
+async def test_hooks_run_in_order_once() -> None:
+    store = HookedStore("doc")
+    async with store:
+        assert store.calls == ["open", "run"]
+    assert store.calls == ["open", "run", "run cancelled", "close"]
+
+
+async def test_failing_open_raises_its_own_error_and_allows_a_retry() -> None:
+    store = HookedStore("doc")
+    store.fail_open = True
+    with pytest.raises(YStoreError, match="cannot open"):  # not an ExceptionGroup
+        async with store:
+            pass  # pragma: no cover
+    assert store.calls == ["open", "close"] and not store.started.is_set()
+    with pytest.raises(RuntimeError, match="not running"):
+        await store.write(b"\x00\x00")
+    store.fail_open = False
+    async with store:  # not stuck in "already running"
+        await store.write(b"\x00\x00")
+    async with anyio.create_task_group() as tg:
+        store.fail_open = True
+        with pytest.raises(YStoreError, match="cannot open"):
+            await tg.start(store.start)
+
+
+async def test_memory_store_has_one_database_per_class() -> None:
+    class A(MemoryYStore):
+        pass
+
+    class B(MemoryYStore):
+        pass
+
+    async with A("doc") as a:
+        await a.write(b"\x00\x00")
+    async with A("doc") as a_again, B("doc") as b:
+        assert len(await read_all(a_again)) == 1
+        with pytest.raises(YDocNotFound):
+            await read_all(b)
