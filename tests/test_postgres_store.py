@@ -275,6 +275,14 @@ async def test_unreachable_server_is_one_clear_error():
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+async def test_password_never_in_messages():
+    dsn = "postgresql://someone:s3cret-pw@127.0.0.1:1/db"
+    with pytest.raises(YStoreConnectionError) as info:
+        async with PostgresYStore("doc", dsn=dsn):
+            pass
+    assert "s3cret-pw" not in str(info.value) and "'someone'" in str(info.value)
+
+
 async def test_missing_database_names_it(pg_dsn):
     dsn = pg_dsn.rsplit("/", 1)[0] + "/no_such_database_ystore"
     with pytest.raises(YStoreConnectionError, match="no_such_database_ystore"):
@@ -452,3 +460,35 @@ async def test_watch_long_path(pg_config, pg_dsn):
                 for update in updates:
                     await writer.write(update)
         assert seen == updates
+
+
+async def test_watch_survives_dropped_connections(pg_config, pg_dsn):
+    """The server kills the watcher's connections (restart, failover): it carries on."""
+    updates, expected = text_updates(3)
+    app = "ystore_victim_" + pg_config["schema"][-12:]
+    other = dict(pg_config, dsn=f"{pg_dsn}?application_name={app}")
+    async with PostgresYStore("doc", **pg_config) as writer, \
+            PostgresYStore("doc", poll_interval=0.2, **other) as watcher:
+        with pytest.raises(YDocNotFound):
+            await watcher.apply_updates(pycrdt.Doc())
+        send, receive = anyio.create_memory_object_stream[bytes](10)
+
+        async def forward() -> None:
+            async for update in watcher.watch():
+                await send.send(update)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(forward)
+                await writer.write(updates[0])
+                assert await receive.receive() == updates[0]
+                killed = await writer._fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = $1",
+                    app,
+                )
+                assert killed  # the pool's and the listener's connections
+                for update in updates[1:]:
+                    await writer.write(update)
+                assert [await receive.receive() for _ in updates[1:]] == updates[1:]
+                tg.cancel_scope.cancel()

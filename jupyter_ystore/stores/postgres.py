@@ -403,7 +403,8 @@ class PostgresYStore(BaseYStore):
         Starts after what this store last loaded (``apply_updates``/``read``), so nothing
         committed between loading and watching is missed; without a load, starts now. This
         store's own writes are not yielded; a snapshot written by a compaction is (it may
-        hold updates not yet seen, and applying known content again changes nothing).
+        hold updates not yet seen, and applying known content again changes nothing). While
+        the server is unreachable it logs once and retries every ``poll_interval``.
         """
         await self._ensure_running()
         listener = self._listener()
@@ -412,10 +413,23 @@ class PostgresYStore(BaseYStore):
             if self._seen_id is None:
                 self._seen_id = (await self._fetchrow(self._table.select_max_id, self.path))[0]
             last = self._seen_id
+            outage: YStoreConnectionError | None = None
             while True:
                 await listener.ensure()
                 waker.reset()
-                rows = await self._fetch(self._table.select_after, self.path, last)
+                try:
+                    rows = await self._fetch(self._table.select_after, self.path, last)
+                except YStoreConnectionError as exc:
+                    # The server is away (restart, failover): keep trying at the poll rate;
+                    # "id > last" resumes exactly where we were once it is back.
+                    if outage is None:
+                        self.log.warning("live updates of %r paused: %s", self.path, exc)
+                    outage = exc
+                    await waker.wait(self.poll_interval)
+                    continue
+                if outage is not None:
+                    self.log.info("live updates of %r resumed", self.path)
+                    outage = None
                 for row in rows:
                     last = row["id"]
                     if self._seen_id is None or last > self._seen_id:
