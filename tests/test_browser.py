@@ -3,7 +3,9 @@
 Two pages edit one notebook through a real ``jupyter lab`` subprocess; the server
 is SIGKILLed right after page B has seen page A's edit, restarted on the same
 root and database, and a fresh page must still show the edit (and, after the
-save delay, the ``.ipynb`` on disk must hold it). This is the test that proves
+save delay, the ``.ipynb`` on disk must hold it). Then Ctrl+S in that page must
+report "Saving completed" with the file written, and SIGTERM must end the
+server promptly while the page is still connected. This is the test that proves
 the front end and our endpoints actually talk, and that a crash loses nothing.
 
 Needs Debian's ``chromium``, Node.js and ``tests/browser/node_modules``
@@ -302,8 +304,14 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
     _write_notebook(notebook)
     marker = f"# ystore-e2e-{uuid.uuid4().hex[:10]}"
     driver: Driver | None = None
+    t0 = time.monotonic()
+
+    def step(name: str) -> None:  # timings, shown with -s or on failure
+        print(f"[{time.monotonic() - t0:6.2f}s] {name}")
+
     try:
         server.start()
+        step("server started")
         first_session = server.open_session(NOTEBOOK)
         driver = Driver(
             tools["node"],
@@ -319,11 +327,13 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
             tmp_path / "driver.log",
         )
         edited = driver.expect("edited", timeout=STEP_TIMEOUT * 2)
+        step("A and B open, edit seen in B")
         assert edited["cellsA"] == edited["cellsB"] == 2, edited
 
         if kill_after == "file":
             _wait_for("the edit in the .ipynb before the kill", lambda: marker in "".join(_cell_sources(notebook)), 30)
         server.kill()
+        step("server SIGKILLed")
         saved_before_kill = marker in "".join(_cell_sources(notebook))
         if kill_after == "relay":
             assert not saved_before_kill, (
@@ -334,6 +344,7 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         driver.expect("closed")
 
         server.start()
+        step("server restarted")
         second_session = server.open_session(NOTEBOOK)
         assert second_session["fileId"] == first_session["fileId"], (first_session, second_session)
         assert second_session["sessionId"] != first_session["sessionId"], (
@@ -343,6 +354,7 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
 
         driver.send("reopen")
         reopened = driver.expect("reopened")
+        step("page C shows the edit")
         assert reopened["cells"] == 2, f"expected the notebook's 2 cells after restart, page shows {reopened}"
         assert sum(text.count(marker) for text in reopened["code"]) == 1, reopened
 
@@ -351,8 +363,22 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
             lambda: (s := _cell_sources(notebook)) and marker in "".join(s) and s,
             SAVE_DELAY + 30,
         )
+        step(".ipynb rewritten from the store")
         assert len(sources) == 2 and sources[1].count(marker) == 1, sources
         assert sources[1].startswith("x = 1"), sources
+
+        # An explicit save (Ctrl+S) answered "success" means the file holds the text now.
+        marker2 = f"# saved-{uuid.uuid4().hex[:10]}"
+        driver.send("save", text=marker2)
+        saved = driver.expect("saved")
+        step(f"Ctrl+S: {saved}")
+        assert saved["dialogs"] == [], f"Ctrl+S raised a dialog: {saved}"
+        assert saved["saving"] == "Saving completed", f"Ctrl+S status: {saved}"
+        assert saved["dirty"] == 0, f"the tab stays dirty after a successful save: {saved}"
+        sources = _cell_sources(notebook)
+        assert len(sources) == 2 and marker in sources[1] and marker2 in sources[1], (
+            f"'Saving completed' was shown but the .ipynb lacks the saved text: {sources}"
+        )
 
         # Shutdown with a collaborating page still connected must be prompt.
         took = server.terminate(timeout=15)

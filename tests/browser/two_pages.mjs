@@ -8,6 +8,7 @@
 //   start  (automatic)     -> {"event":"edited", ...}   pages A and B open, text typed in A seen in B
 //   {"cmd":"close_pages"}  -> {"event":"closed"}        A and B closed (server is dead by now)
 //   {"cmd":"reopen"}       -> {"event":"reopened", ...} fresh page C on the restarted server
+//   {"cmd":"save","text":t}  -> {"event":"saved", saving, dialogs, dirty}  t typed in C, then Ctrl+S
 //   {"cmd":"screenshot","tag":t} -> {"event":"screenshot"}  PNGs of open pages
 //   {"cmd":"quit"}         -> {"event":"bye"}
 //   any failure            -> {"event":"error","message":...} plus screenshots, exit code 1
@@ -107,6 +108,31 @@ async function waitForMarker(page, name) {
   }
 }
 
+// Type into the first code cell, then Ctrl+S: the front end sends the save
+// request over the room's websocket and shows "Saving completed" only when the
+// server answers "success"; a stale hash would raise the "File Changed" dialog.
+async function typeAndSave(page, text) {
+  await page.locator(CODE_EDITOR).first().click();
+  await page.keyboard.press('Control+End');
+  await page.keyboard.type(`  ${text}`, { delay: 20 });
+  await page.locator(CODE_EDITOR, { hasText: text }).first().waitFor({ state: 'visible' });
+  await page.keyboard.press('Control+s');
+  const status = page.locator('.jp-StatusBar-Widget', { hasText: /Saving (completed|failed)/ });
+  const dialog = page.locator('.jp-Dialog');
+  await status.or(dialog).first().waitFor({ state: 'visible' });
+  const dialogs = await dialog.allInnerTexts();
+  const saving = (await status.allInnerTexts()).join(' ').match(/Saving (completed|failed)/)?.[0] ?? null;
+  // The tab loses its dirty mark once the server sets state.dirty = false.
+  let dirty = await page.locator('.lm-TabBar-tab.jp-mod-dirty').count();
+  if (dirty && !dialogs.length) {
+    try {
+      await page.locator('.lm-TabBar-tab.jp-mod-dirty').first().waitFor({ state: 'detached', timeout: 10000 });
+      dirty = 0;
+    } catch { /* reported below */ }
+  }
+  return { saving, dialogs, dirty };
+}
+
 async function main() {
   const browser = await chromium.launch({
     executablePath: cfg.chromium ?? '/usr/bin/chromium',
@@ -116,8 +142,8 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   try {
-    const a = await openNotebook(browser, 'A');
-    const b = await openNotebook(browser, 'B');
+    // Both at once: two clients join the room while it is still loading.
+    const [a, b] = await Promise.all([openNotebook(browser, 'A'), openNotebook(browser, 'B')]);
     const before = await editorTexts(b);
     log(`A and B open; code cells ${JSON.stringify(before)}`);
 
@@ -144,6 +170,8 @@ async function main() {
         const c = await openNotebook(browser, 'C');
         await waitForMarker(c, 'C');
         emit('reopened', { cells: await c.locator('.jp-Cell').count(), code: await editorTexts(c) });
+      } else if (cmd.cmd === 'save') {
+        emit('saved', await typeAndSave(pages.get('C'), cmd.text));
       } else if (cmd.cmd === 'screenshot') {
         await screenshotAll(cmd.tag ?? 'requested');
         emit('screenshot');
