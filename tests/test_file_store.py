@@ -20,6 +20,7 @@ from jupyter_ystore import (
     YStoreCorruptError,
     YStoreError,
     YStoreInvalidPath,
+    YStoreLockedError,
     YStorePermissionError,
     YStoreVersionError,
 )
@@ -603,3 +604,24 @@ async def test_torn_tail_left_by_another_process_is_set_aside_before_appending(
     assert [r[0] for r in decode_file(target)] == [r[0] for r in records]
     [aside] = tmp_path.glob("doc.y.torn-*")
     assert aside.read_bytes() == encode_record(*records[2])[:6]
+
+
+async def test_a_file_held_by_a_stuck_process_raises_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from jupyter_ystore.stores import file as file_module
+
+    monkeypatch.setattr(file_module, "LOCK_TIMEOUT", 0.05)
+    target = tmp_path / "doc.y"
+    async with FileYStore(str(target)) as store:
+        await store.write(b"\x00\x00")
+        with open(target, "rb") as other:  # flock: another open file conflicts like a process
+            fcntl.flock(other, fcntl.LOCK_EX)
+            with pytest.raises(YStoreLockedError) as info:
+                await store.write(b"\x00\x00")
+            assert str(target) in str(info.value) and info.value.hint
+            fcntl.flock(other, fcntl.LOCK_UN)
+        await store.write(b"\x00\x00")
+        assert len(await read_all(store)) == 2

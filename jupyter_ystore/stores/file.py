@@ -37,6 +37,7 @@ from ..errors import (
     YStoreCorruptError,
     YStoreError,
     YStoreInvalidPath,
+    YStoreLockedError,
     YStorePermissionError,
     YStoreVersionError,
 )
@@ -199,10 +200,37 @@ _SHARED, _EXCLUSIVE, _UNLOCK = (
 )
 
 
-def _flock(fd: int, how: int) -> None:
-    """Coordinate with other processes using the same file (blocks: call in a thread)."""
-    if fcntl is not None:
+#: Seconds to wait for another process to release a log file before giving up.
+LOCK_TIMEOUT = 30.0
+
+
+def _flock(fd: int, how: int, path: str = "") -> None:
+    """Coordinate with other processes using the same file (blocks: call in a thread).
+
+    Locks are held only for one append, repair or compaction, so a wait is short; a file
+    held longer than ``LOCK_TIMEOUT`` (a process stuck with it) raises YStoreLockedError.
+    """
+    if fcntl is None:
+        return
+    if how == _UNLOCK:
         fcntl.flock(fd, how)
+        return
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise YStoreLockedError(
+                    f"another process has held the ystore log for over {LOCK_TIMEOUT:g} s",
+                    path=path,
+                    hint="find the process using the file (e.g. `fuser` or `lsof`), "
+                    "and retry once it is done",
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -301,10 +329,10 @@ class _LogFile:
         except OSError as exc:
             raise _os_error(exc, self.path, "opening the ystore log") from exc
         try:
-            _flock(fd, _SHARED)  # writers of other processes hold it exclusively
+            _flock(fd, _SHARED, self.path)  # writers of other processes hold it exclusively
             scan, key = self._scan(fd, 0)
             if scan.torn and writable:
-                _flock(fd, _EXCLUSIVE)
+                _flock(fd, _EXCLUSIVE, self.path)
                 scan, key = self._scan(fd, 0)  # as it is now that we hold it alone
                 if scan.torn:
                     key = self._set_aside(fd, scan)
@@ -388,7 +416,7 @@ class _LogFile:
                 if not os.path.isdir(folder):
                     os.makedirs(folder, exist_ok=True)
                 self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            _flock(self.fd, _EXCLUSIVE)
+            _flock(self.fd, _EXCLUSIVE, self.path)
             if self._is_current(self.fd):
                 return self.fd
             self.close_fd()  # replaced by another process's compaction, or deleted
