@@ -10,6 +10,10 @@ by ``fsync`` before ``write()`` returns, with concurrent writers sharing that wr
 (group commit). A crash mid-write can only leave a torn last record: on open we keep the
 intact records, set the torn bytes aside next to the file and truncate it, and say so in the
 log. Damage anywhere else, and version headers we do not know, raise and touch nothing.
+
+Other processes using the same files (a second server, ``jupyter ystore compact``) are
+coordinated with ``flock`` (see ``_LogFile``). ``compact()`` and ``document_ttl`` rewrite a
+log atomically (temporary file, fsync, ``os.replace``, fsync of the folder).
 """
 
 from __future__ import annotations
