@@ -149,7 +149,7 @@ class YStoreExtension(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         if self.yielded_to_server_ydoc:
-            self.log.warning(
+            self.serverapp.log.warning(
                 "jupyter_ystore: jupyter_server_ydoc (jupyter-collaboration) is enabled and serves "
                 "/api/collaboration; jupyter_ystore registers no endpoint (its stores can be that "
                 "extension's YDocExtension.ystore_class)"

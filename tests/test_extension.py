@@ -1,0 +1,209 @@
+"""The extension as users meet it: listed and enabled, configured by traits, stopped by
+SIGTERM promptly, standing aside when jupyter-collaboration's extension is enabled."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from traitlets.config import Config
+
+from _server_helpers import JupyterServerProcess, append, read_sources, write_notebook, yclient
+from jupyter_ystore import BaseYStore, FileYStore, MemoryYStore, SQLiteYStore
+from jupyter_ystore.app import YStoreExtension
+from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
+
+REPO = Path(__file__).parents[1]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path) -> Config:
+    return Config(
+        {
+            "ServerApp": {
+                "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_fileid": True}
+            },
+            "BaseFileIdManager": {"db_path": str(tmp_path / "file_ids.db")},
+        }
+    )
+
+
+def _ext(app: Any) -> YStoreExtension:
+    return next(iter(app.extension_manager.extension_apps["jupyter_ystore"]))
+
+
+def test_listed_and_enabled_by_the_shipped_config(tmp_path: Path) -> None:
+    """The config file this repository installs as data files enables the extension."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"jupyter-config/jupyter_server_config.d" = "etc/jupyter/jupyter_server_config.d"' in pyproject
+    config_dir = tmp_path / "config"
+    (config_dir / "jupyter_server_config.d").mkdir(parents=True)
+    shipped = REPO / "jupyter-config" / "jupyter_server_config.d" / "jupyter_ystore.json"
+    shutil.copy(shipped, config_dir / "jupyter_server_config.d" / shipped.name)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_PLATFORM_DIRS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter_server", "extension", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    ours = text.split(str(config_dir), 1)[1].split("Config dir:", 1)[0]
+    assert "jupyter_ystore enabled" in ours, text
+    assert re.search(r"jupyter_ystore [0-9.]+ OK", ours), text
+
+
+def test_every_trait_has_help_and_sqlite_is_the_default() -> None:
+    traits = YStoreExtension.class_own_traits(config=True)
+    for name in (
+        "ystore_class",
+        "document_save_delay",
+        "document_cleanup_delay",
+        "file_poll_interval",
+        "disable_rtc",
+    ):
+        assert name in traits
+        assert len(traits[name].help) > 30, name
+    assert YStoreExtension().ystore_class is SQLiteYStore
+
+
+def test_stores_get_the_default_places_and_the_configured_values(
+    jp_configurable_serverapp, jp_root_dir, tmp_path
+) -> None:
+    app = jp_configurable_serverapp(
+        config=Config(
+            {
+                "ServerApp": {"jpserver_extensions": {"jupyter_ystore": True}},
+                "SQLiteYStore": {"document_ttl": 3600.0},
+            }
+        )
+    )
+    ext = _ext(app)
+    store = ext.create_store("notebook", "abc")
+    assert isinstance(store, SQLiteYStore)
+    assert store.path == ".notebook:abc.y"  # jupyter-collaboration's key
+    assert Path(store.db_path) == Path(app.root_dir) / ".jupyter_ystore.db"
+    assert store.document_ttl == 3600.0
+
+    ext.config.SQLiteYStore.db_path = str(tmp_path / "elsewhere.db")
+    assert ext.create_store("file", "x").db_path == str(tmp_path / "elsewhere.db")
+
+    ext.ystore_class = FileYStore
+    file_store = ext.create_store("notebook", "abc")
+    assert Path(file_store.root_dir) == Path(app.root_dir) / ".jupyter_ystore"
+
+
+@pytest.mark.parametrize(
+    "section,value,trait",
+    [
+        ("ystore_class", "no.such.module.Store", "ystore_class"),
+        ("ystore_class", "jupyter_ystore.loaders.DocumentFile", "ystore_class"),
+        ("document_save_delay", -1.0, "document_save_delay"),
+        ("file_poll_interval", -5.0, "file_poll_interval"),
+    ],
+)
+def test_a_wrong_setting_stops_start_up_naming_the_trait(
+    section, value, trait, jp_configurable_serverapp
+) -> None:
+    config = Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_ystore": True}},
+            "YStoreExtension": {section: value},
+        }
+    )
+    with pytest.raises(SystemExit) as err:
+        jp_configurable_serverapp(config=config)
+    assert trait in str(err.value.code)
+
+
+def test_disable_rtc_reaches_the_page_config(jp_configurable_serverapp) -> None:
+    app = jp_configurable_serverapp(
+        config=Config(
+            {
+                "ServerApp": {"jpserver_extensions": {"jupyter_ystore": True}},
+                "YStoreExtension": {"disable_rtc": True},
+            }
+        )
+    )
+    assert app.web_app.settings["page_config_data"]["disableRTC"] is True
+
+
+def test_stands_aside_when_jupyter_server_ydoc_is_enabled(
+    jp_configurable_serverapp, tmp_path, monkeypatch, capfd
+) -> None:
+    """A stand-in named jupyter_server_ydoc (the real one is tested in its own venv by
+    test_coexist_server_ydoc.py): our endpoints are not registered and one line says why."""
+    package = tmp_path / "fake_ext" / "jupyter_server_ydoc"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            def _jupyter_server_extension_points():
+                return [{"module": "jupyter_server_ydoc"}]
+
+            def _load_jupyter_server_extension(serverapp):
+                serverapp.web_app.settings["fake_server_ydoc_loaded"] = True
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "fake_ext"))
+    app = jp_configurable_serverapp(
+        config=Config(
+            {
+                "ServerApp": {
+                    "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_ydoc": True}
+                }
+            }
+        )
+    )
+    assert app.web_app.settings.get("fake_server_ydoc_loaded")
+    patterns = [rule.matcher.regex.pattern for rule in app.web_app.default_router.rules[0].target.rules]
+    assert not any("api/collaboration" in p for p in patterns)
+    assert _ext(app).yielded_to_server_ydoc
+    # logged while the server initializes (its log is not propagated then): read stderr
+    err = capfd.readouterr().err
+    assert err.count("registers no endpoint") == 1, err
+
+
+@pytest.mark.anyio
+async def test_sigterm_with_open_sockets_saves_and_exits(tmp_path: Path) -> None:
+    root, home = tmp_path / "root", tmp_path / "home"
+    write_notebook(root / "open.ipynb", ["a"])
+    server = JupyterServerProcess(
+        root,
+        home,
+        config={
+            "YStoreExtension": {
+                "ystore_class": "jupyter_ystore.stores.sqlite.SQLiteYStore",
+                "document_save_delay": None,  # only the shutdown saves
+            }
+        },
+    )
+    server.start()
+    try:
+        session = server.session("open.ipynb")
+        async with yclient(server.room_url(session)) as client:
+            with anyio.fail_after(20):
+                await client.synced.wait()
+            append(client.document.ycells[0]["source"], "b")
+            await client.acknowledged()
+            took = await anyio.to_thread.run_sync(server.terminate)
+            with anyio.fail_after(10):
+                await client.closed.wait()
+        assert client.close_code == 1001
+    finally:
+        server.kill()
+    assert took < 10, server.log()
+    assert server.proc is not None and server.proc.returncode == 0, server.log()
+    assert read_sources(root / "open.ipynb") == ["ab"]
