@@ -20,7 +20,7 @@ from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, TraitError
 from traitlets.config.loader import ArgumentError
-from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
+from traitlets.config.loader import DeferredConfigList, KVArgParseConfigLoader, _KVArgParser
 from traitlets.utils.importstring import import_item
 
 from .errors import YDocNotFound, YStoreError
@@ -93,6 +93,10 @@ class _OneLineParser(_KVArgParser):
 class _Loader(KVArgParseConfigLoader):
     parser_class = _OneLineParser
 
+    def _handle_unrecognized_alias(self, arg: str) -> None:
+        # traitlets only warns; an operator's mistyped option must not be silently ignored.
+        raise usage_error(f"unrecognized option --{arg} (see --help)")
+
 
 class StoreCommand(JupyterApp):
     """Base of every subcommand: loads the server's config and opens its store."""
@@ -132,7 +136,10 @@ class StoreCommand(JupyterApp):
     def store_class(self) -> type[BaseYStore]:
         section = self.config.get("YStoreExtension", {})
         if "ystore_class" in section:
-            return resolve_store_class(section["ystore_class"])
+            value = section["ystore_class"]
+            if isinstance(value, DeferredConfigList):  # given more than once: the last wins
+                value = value[-1]
+            return resolve_store_class(value)
         return resolve_store_class(default_store_class())
 
     def make_store(self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
@@ -216,6 +223,10 @@ class StoreCommand(JupyterApp):
         from tqdm import tqdm
 
         enabled = self.progress and sys.stderr.isatty() and not self.json
+        if enabled and _terminal_width() <= 0:
+            # A terminal that reports no size (some containers, ptys): tqdm would draw nothing.
+            kwargs.setdefault("ncols", 80)
+            kwargs.setdefault("nrows", 24)
         return tqdm(iterable, disable=not enabled, file=sys.stderr, leave=False, **kwargs)
 
     def emit_json(self, value: Any) -> None:
@@ -314,6 +325,13 @@ class FileIdMapper:
                 path = self._relative(str(row[0]))
         self._cache[key] = path
         return path
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
 
 
 def os_user() -> str:

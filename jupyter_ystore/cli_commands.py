@@ -268,7 +268,12 @@ class ExportApp(DocCommand):
             raise CliError(f"{self.output} exists: nothing written (use --force to overwrite)")
         info, history = await self.load(doc)
         state = self.state_at(history, at)
-        kind = self.format if self.format != "auto" else cli_content.detect_kind(info.path, state)
+        # The kind comes from the whole document, so every --at exports the same format.
+        kind = (
+            self.format
+            if self.format != "auto"
+            else cli_content.detect_kind(info.path, history.state_at(None))
+        )
         try:
             data = await anyio.to_thread.run_sync(cli_content.export, state, kind)
         except cli_content.ContentError as exc:

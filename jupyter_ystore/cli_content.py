@@ -62,9 +62,14 @@ def typed_roots(doc: Doc, types: dict[str, type]) -> dict[str, SharedType]:
 
 
 def to_py(update: bytes) -> dict[str, Any]:
-    """Every non-empty root as plain Python (the form compared by tests and ``--format json``)."""
+    """Every non-empty root as plain Python (the form compared by tests and ``--format json``).
+
+    An empty root and a missing one are the same content (Yjs roots exist once named), so
+    empty roots are left out.
+    """
     doc = doc_from_update(update)
-    return {name: root.to_py() for name, root in typed_roots(doc, root_types(update)).items()}
+    roots = typed_roots(doc, root_types(update))
+    return {name: value for name, root in roots.items() if (value := root.to_py()) not in ("", [], {}, None)}
 
 
 # ---------------------------------------------------------------------------- export
@@ -100,7 +105,10 @@ def _looks_like_notebook(doc: Doc, types: dict[str, type]) -> bool:
     if types.get("cells") is not Array:
         return False
     cells = doc.get("cells", type=Array)
-    return all(isinstance(cell, Map) for cell in cells)
+    if not all(isinstance(cell, Map) for cell in cells):
+        return False
+    # An empty cell list is a notebook only when the notebook metadata says so.
+    return len(cells) > 0 or (types.get("meta") is Map and "nbformat" in doc.get("meta", type=Map))
 
 
 def detect_kind(key: str, update: bytes) -> str:
