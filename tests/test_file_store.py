@@ -25,7 +25,7 @@ from jupyter_ystore import (
     YStoreVersionError,
 )
 from jupyter_ystore.codec import read_var_bytes
-from jupyter_ystore.stores.file import HEADER, encode_record
+from jupyter_ystore.stores.file import HEADER, encode_record, parse_log
 
 pytestmark = pytest.mark.anyio
 
@@ -625,3 +625,23 @@ async def test_a_file_held_by_a_stuck_process_raises_locked(
             fcntl.flock(other, fcntl.LOCK_UN)
         await store.write(b"\x00\x00")
         assert len(await read_all(store)) == 2
+
+
+async def test_every_cut_inside_the_last_record_is_recovered(tmp_path: Path) -> None:
+    records = sample_records(4)
+    records[-1] = (records[-1][0], b"x" * 200, records[-1][2])  # a 2-byte metadata length
+    data = HEADER + b"".join(encode_record(*r) for r in records)
+    intact = len(data) - len(encode_record(*records[-1]))
+    cuts = range(intact + 1, len(data))
+    for cut in cuts:  # the decoder, at every byte
+        scan = parse_log(data[:cut], "doc.y")
+        assert (scan.records, scan.intact_end) == (records[:-1], intact), cut
+    for cut in cuts[:: len(cuts) // 6]:  # the store, at a few
+        folder = tmp_path / f"cut-{cut}"
+        folder.mkdir()
+        (folder / "doc.y").write_bytes(data[:cut])
+        async with FileYStore(str(folder / "doc.y"), log=LOG) as store:
+            assert await read_all(store) == records[:-1], cut
+        assert (folder / "doc.y").read_bytes() == data[:intact]
+        [aside] = folder.glob("doc.y.torn-*")
+        assert aside.read_bytes() == data[intact:cut]

@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator, ClassVar
 import anyio
 from traitlets import Float, TraitError, Unicode, observe, validate
 
-from ..codec import read_var_bytes, write_var_bytes
+from ..codec import TruncatedError, read_var_uint, write_var_bytes
 from ..errors import (
     YDocNotFound,
     YStoreCorruptError,
@@ -135,24 +135,43 @@ def parse_log(buf: bytes, path: str, base: int = 0) -> _Scan:
 
 
 def _parse_records(buf: bytes, pos: int, base: int, scan: _Scan, path: str) -> _Scan:
+    """Decode records from ``pos`` on (inlined: loading is bound by this loop)."""
     end = len(buf)
     records = scan.records
-    unpack = _TIMESTAMP.unpack
+    append = records.append
+    unpack_from = _TIMESTAMP.unpack_from
     while pos < end:
         start = pos
         try:
-            update, pos = read_var_bytes(buf, pos)
-            metadata, pos = read_var_bytes(buf, pos)
-            stamp, pos = read_var_bytes(buf, pos)
-            if len(stamp) != 8:
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = read_var_uint(buf, pos)
+            update = buf[pos : pos + size]
+            pos += size
+            if pos >= end:
+                raise TruncatedError("no metadata field")
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = read_var_uint(buf, pos)
+            metadata = buf[pos : pos + size]
+            pos += size
+            if pos + 9 > end:
+                raise TruncatedError("no complete timestamp field")
+            if buf[pos] != 8:
                 raise ValueError("a timestamp field is not 8 bytes")
+            timestamp = unpack_from(buf, pos + 1)[0]
+            pos += 9
         except ValueError:  # cut short (TruncatedError), or bytes we never wrote
             if _looks_like_record_end(buf, start):
                 raise _corrupt(path, base + start) from None
             # The last record is torn (a crash mid-write; zeros the file system added
             # after a power loss): the caller sets it aside.
             return scan
-        records.append((update, metadata, unpack(stamp)[0]))
+        append((update, metadata, timestamp))
         scan.intact_end = base + pos
     return scan
 
