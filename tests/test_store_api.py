@@ -182,6 +182,38 @@ async def test_concurrent_writes_are_all_kept(make: Make) -> None:
         assert str(doc.get("source", type=pycrdt.Text)) == final
 
 
+async def test_stop_during_writes_keeps_every_acknowledged_write(make: Make) -> None:
+    updates, _ = typed_updates(40)
+    store = make("doc")
+    acknowledged: list[bytes] = []
+    refused: list[BaseException] = []
+
+    async def writer(update: bytes) -> None:
+        try:
+            await store.write(update)
+        except (RuntimeError, YStoreError) as exc:  # "not running": said so, not dropped
+            refused.append(exc)
+        else:
+            acknowledged.append(update)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.start)
+        for update in updates[:20]:
+            tg.start_soon(writer, update)
+        await anyio.sleep(0)  # some writes are under way
+        stopping = store.stop()
+        for update in updates[20:]:
+            tg.start_soon(writer, update)
+        await stopping
+    assert len(acknowledged) + len(refused) == 40  # every write answered
+    async with make("doc") as again:
+        try:
+            stored = [r[0] for r in await read_all(again)]
+        except YDocNotFound:
+            stored = []
+    assert set(acknowledged) <= set(stored)
+
+
 async def test_reopening_finds_what_was_written(make: Make) -> None:
     updates, final = typed_updates(10)
     async with make("doc", metadata_callback=lambda: b"who") as store:
