@@ -236,6 +236,12 @@ class Report:
         return "\n".join(lines)
 
 
+def failure(exc: BaseException) -> str:
+    while len(getattr(exc, "exceptions", ())) == 1:  # an exception group of one
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return f"{type(exc).__name__}: {str(exc)[:80]}"
+
+
 def rate(x: float) -> str:
     return f"{x:,.0f}/s"
 
@@ -268,10 +274,14 @@ async def main(args: argparse.Namespace) -> None:
         seq: dict[str, float] = {}
         for c in everyone:
             n = len(sample) if c.sampled else len(updates)
-            if c.name == "ours SQLite (NORMAL)":
-                seq[c.name] = await sequential(c, updates, path="big")  # also the load test's doc
-            else:
-                seq[c.name] = await sequential(c, updates[:n])
+            try:
+                if c.name == "ours SQLite (NORMAL)":  # also the load test's document
+                    seq[c.name] = await sequential(c, updates, path="big")
+                else:
+                    seq[c.name] = await sequential(c, updates[:n])
+            except Exception as exc:  # a reference store failing is a result too
+                report.add(f"sequential writes, {c.name}", "failed", failure(exc))
+                continue
             report.add(f"sequential writes, {c.name}", rate(seq[c.name]), f"{n:,} updates")
         for ref in ("pycrdt-store 0.1.5 SQLite", "ypy-websocket 0.12.4 SQLite"):
             if ref in seq:
@@ -289,7 +299,11 @@ async def main(args: argparse.Namespace) -> None:
                 if c.sampled
                 else len(updates) // CONCURRENT_DOCS
             )
-            conc[c.name] = await concurrent(c, updates[:per_doc], CONCURRENT_DOCS)
+            try:
+                conc[c.name] = await concurrent(c, updates[:per_doc], CONCURRENT_DOCS)
+            except Exception as exc:
+                report.add(f"{CONCURRENT_DOCS} docs concurrently, {c.name}", "failed", failure(exc))
+                continue
             report.add(
                 f"{CONCURRENT_DOCS} docs concurrently, {c.name}",
                 rate(conc[c.name]),

@@ -211,17 +211,27 @@ class SQLiteYStore(BaseYStore):
         return [update async for update, _metadata, _timestamp in self.read()]
 
     async def apply_updates(self, ydoc: Any) -> None:
-        """Apply the snapshot and the updates after it to ``ydoc`` in one go."""
-        updates = await self._load()
+        """Apply the snapshot, then the updates after it merged into one (in a worker thread).
+
+        Merging the tail alone is cheap; merging it INTO the snapshot would decode and
+        re-encode the whole document, costing more than applying the snapshot as it is.
+        """
+        updates = await self._load()  # YDocNotFound when nothing is stored
+        head, tail = updates[0], updates[1:]
         try:
-            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
+            for single in (head, *tail[:1]) if len(tail) <= 1 else (head,):
+                if not _ydoc.is_valid_update(single):  # merging checks the others
+                    raise ValueError("a stored record does not decode")
+            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, tail) if tail else None
         except Exception as exc:
             raise YStoreCorruptError(
                 f"document {self.path!r} holds an update that is not valid Yjs ({exc})",
                 path=self._require_db().db_path,
                 hint="the rows were left as they are; export or delete the document",
             ) from exc
-        _ydoc.apply_update(ydoc, merged)
+        _ydoc.apply_update(ydoc, head)
+        if merged is not None:
+            _ydoc.apply_update(ydoc, merged)
 
     # ------------------------------------------------------------------ admin API
 
