@@ -352,7 +352,7 @@ async def test_unknown_version_is_refused_and_never_moved(tmp_path: Path, conten
 
 @pytest.mark.parametrize(
     "path",
-    ["../x.y", "a/../../x.y", "/etc/passwd", "a\x00b", "./", "a/", "..", "~/x.y", "a/./../.."],
+    ["../x.y", "a/../../x.y", "/etc/passwd", "a\x00b", "./", "a/", "..", "a/./../.."],
 )
 def test_paths_leaving_root_dir_are_refused(tmp_path: Path, path: str) -> None:
     with pytest.raises(YStoreInvalidPath):
@@ -367,7 +367,9 @@ def test_symlink_out_of_root_dir_is_refused(tmp_path: Path) -> None:
         FileYStore("out/x.y", root_dir=str(root))
 
 
-@pytest.mark.parametrize("path", ["x.y", "a/b/x.y", "a/../x.y", "a//x.y", "json:notebook:1234"])
+@pytest.mark.parametrize(
+    "path", ["x.y", "a/b/x.y", "a/../x.y", "a//x.y", "json:notebook:1234", "~/x.y"]
+)
 async def test_paths_inside_root_dir_work(tmp_path: Path, path: str) -> None:
     root = tmp_path / "root"
     async with FileYStore(path, root_dir=str(root)) as store:

@@ -617,7 +617,7 @@ def _resolve(path: str, root_dir: str | None) -> str:
     if root_dir is None:
         return os.path.abspath(path)
     root = os.path.realpath(os.path.expanduser(root_dir))
-    if os.path.isabs(path) or path.startswith("~"):
+    if os.path.isabs(path):  # ("~" is not expanded: "~/x" is a folder named "~")
         raise YStoreInvalidPath(
             f"a document path must be relative to the store's folder {root}",
             path=path,
