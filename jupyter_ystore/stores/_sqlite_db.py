@@ -227,12 +227,14 @@ class SharedDatabase:
         self._queue.put(_Close(waiter))
         await waiter.wait()
 
-    async def compact(self, path: str, *, automatic: bool) -> bool:
+    async def compact(self, path: str, *, policy: Policy | None = None) -> bool:
         """Replace ``path``'s history by one snapshot. Returns False if there was nothing to do.
 
-        ``automatic`` compactions are skipped while another one of the same document runs
-        in this process; explicit ones always run (both are safe together).
+        With a ``policy`` (automatic compaction) it is skipped unless the document still
+        passes its thresholds and no other compaction of it runs in this process; explicit
+        ones always run (both are safe together).
         """
+        automatic = policy is not None
         if automatic:
             with self._compacting_lock:
                 if path in self._compacting:
@@ -241,7 +243,7 @@ class SharedDatabase:
         try:
             for _attempt in range(5):
                 data = await self.call(
-                    lambda conn: self._read_for_compaction(conn, path),
+                    lambda conn: self._read_for_compaction(conn, path, policy),
                     f"reading {path!r} to compact it",
                 )
                 if data is None or (automatic and not data.worth_it):
@@ -584,9 +586,11 @@ class SharedDatabase:
             ) from exc
 
     def _read_for_compaction(
-        self, conn: sqlite3.Connection, path: str
+        self, conn: sqlite3.Connection, path: str, policy: Policy | None = None
     ) -> CompactionInput | None:
         assert self._layout is not None
+        if policy is not None and not self._wants_compaction(path, policy):
+            return None  # a compaction that finished meanwhile already did it
         updates: list[bytes] = []
         timestamp = 0.0
         checkpoint = compat.read_checkpoint(conn, self._layout, path)
@@ -726,6 +730,13 @@ def acquire(db_path: str, options: Options) -> SharedDatabase:
         if db is None or db.failed is not None or db.closing:
             db = SharedDatabase(key, key, options)
             _REGISTRY[key] = db
+        elif db.options != options:
+            log.warning(
+                "%s is already open with %s; a store asking for %s shares that connection",
+                key,
+                db.options,
+                options,
+            )
         db.refs += 1
     return db
 

@@ -163,7 +163,7 @@ class SQLiteYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                await self._require_db().compact(self.path, automatic=True)
+                await self._require_db().compact(self.path, policy=self._policy)
             except Exception as exc:  # the updates are intact; the next threshold retries
                 self.log.error("automatic compaction of %r failed: %s", self.path, exc)
 
@@ -245,7 +245,7 @@ class SQLiteYStore(BaseYStore):
     async def compact(self) -> None:
         """Replace this document's history by one snapshot, in one transaction."""
         await self._ensure_running()
-        done = await self._require_db().compact(self.path, automatic=False)
+        done = await self._require_db().compact(self.path)
         if not done:
             raise YDocNotFound(self.path)
 
