@@ -18,9 +18,11 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
-from traitlets import Bool, TraitError
+from traitlets import Any as AnyTrait
+from traitlets import Bool, List, TraitError, Unicode, default
+from traitlets.config import Configurable
 from traitlets.config.loader import ArgumentError
-from traitlets.config.loader import DeferredConfigList, KVArgParseConfigLoader, _KVArgParser
+from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
 from traitlets.utils.importstring import import_item
 
 from .errors import YDocNotFound, YStoreError
@@ -51,10 +53,11 @@ def usage_error(message: str) -> CliError:
 aliases: dict[Any, Any] = {
     **base_aliases,
     "ystore-class": "YStoreExtension.ystore_class",
-    "root-dir": "ServerApp.root_dir",
+    "root-dir": "StoreCommand.root_dir",
 }
 flags: dict[Any, Any] = {
-    **base_flags,
+    # Not --generate-config / --show-config: they would write or show the SERVER's config.
+    **{name: base_flags[name] for name in ("debug", "y")},
     "json": ({"StoreCommand": {"json": True}}, "Print machine-readable JSON."),
     "no-progress": (
         {"StoreCommand": {"progress": False}},
@@ -98,12 +101,56 @@ class _Loader(KVArgParseConfigLoader):
         raise usage_error(f"unrecognized option --{arg} (see --help)")
 
 
+class YStoreExtension(Configurable):
+    """The server extension's settings that this command reads (``c.YStoreExtension.*``).
+
+    A stand-in for ``jupyter_ystore.app.YStoreExtension`` under the same config section name,
+    so that the command does not import the whole server to read one setting (a test keeps
+    the default equal to the server's).
+    """
+
+    ystore_class = AnyTrait(
+        FALLBACK_STORE_CLASS,
+        config=True,
+        help="""The store class the server uses: a class, a dotted name
+        ('jupyter_ystore.stores.sqlite.SQLiteYStore') or, here only, a public name of
+        jupyter_ystore ('SQLiteYStore', 'FileYStore', 'PostgresYStore').""",
+    )
+
+
+def _store_classes() -> list[type]:
+    """Backends whose settings are listed by --help-all (those that import)."""
+    classes: list[type] = []
+    for module, name in (
+        ("jupyter_ystore.stores.sqlite", "SQLiteYStore"),
+        ("jupyter_ystore.stores.file", "FileYStore"),
+        ("jupyter_ystore.stores.postgres", "PostgresYStore"),
+    ):
+        try:
+            classes.append(getattr(__import__(module, fromlist=[name]), name))
+        except ImportError:  # an optional driver is missing
+            continue
+    return classes
+
+
 class StoreCommand(JupyterApp):
     """Base of every subcommand: loads the server's config and opens its store."""
 
     name = "jupyter-ystore"
     aliases = aliases
     flags = flags
+
+    root_dir = Unicode(
+        "",
+        config=True,
+        help="""The server's root folder, where unconfigured stores live (default:
+        c.ServerApp.root_dir, else the current folder).""",
+    )
+    classes = List()
+
+    @default("classes")
+    def _classes_default(self) -> list[type]:
+        return [type(self), YStoreExtension, *_store_classes()]
 
     json = Bool(False, config=True, help="Print machine-readable JSON instead of text.")
     progress = Bool(True, config=True, help="Show progress bars on a terminal.")
@@ -134,13 +181,7 @@ class StoreCommand(JupyterApp):
 
     @property
     def store_class(self) -> type[BaseYStore]:
-        section = self.config.get("YStoreExtension", {})
-        if "ystore_class" in section:
-            value = section["ystore_class"]
-            if isinstance(value, DeferredConfigList):  # given more than once: the last wins
-                value = value[-1]
-            return resolve_store_class(value)
-        return resolve_store_class(default_store_class())
+        return resolve_store_class(YStoreExtension(config=self.config).ystore_class)
 
     def make_store(self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
         """A store of the configured class for document ``key`` (not started).
@@ -162,7 +203,7 @@ class StoreCommand(JupyterApp):
     @property
     def server_root(self) -> str:
         """The server's root folder (``ServerApp.root_dir``, default the current folder)."""
-        root = self.config.get("ServerApp", {}).get("root_dir") or os.getcwd()
+        root = self.root_dir or self.config.get("ServerApp", {}).get("root_dir") or os.getcwd()
         return os.path.abspath(os.path.expanduser(str(root)))
 
     def _configured(self, cls: type, trait: str) -> bool:
@@ -255,12 +296,6 @@ class StoreCommand(JupyterApp):
     async def run(self) -> int:
         """The subcommand's work; returns the exit status."""
         raise NotImplementedError
-
-
-def default_store_class() -> Any:
-    """The server extension's default ``ystore_class`` (kept equal to app.py's by a test;
-    not imported from there so that the command does not load the whole server)."""
-    return FALLBACK_STORE_CLASS
 
 
 # ---------------------------------------------------------------------- file ids
