@@ -30,6 +30,7 @@ from jupyter_ystore import FileYStore, SQLiteYStore
 from jupyter_ystore.cli import main
 from jupyter_ystore.cli_content import to_py
 from jupyter_ystore.codec import read_var_bytes
+from postgres_helpers import pg_config  # noqa: F401  (fixture)
 
 NB_KEY = "json:notebook:0aaa-nb"
 TEXT_KEY = "text:file:0bbb-txt"
@@ -113,8 +114,18 @@ def nb_content(cells: list[str]) -> dict:
     }
 
 
+#: PostgresYStore settings of the running test (its own schema), set by the pg fixture.
+PG: dict[str, Any] = {}
+
+
 def make_store(kind: str, key: str, where: Path, **kwargs: Any):
     config = Config()
+    if kind == "postgres":
+        config.PostgresYStore.dsn = PG["dsn"]
+        config.PostgresYStore.schema = PG["schema"]
+        from jupyter_ystore import PostgresYStore
+
+        return PostgresYStore(key, config=config, **kwargs)
     if kind == "sqlite":
         config.SQLiteYStore.db_path = str(where / "ystore.db")
         return SQLiteYStore(key, config=config, **kwargs)
@@ -123,6 +134,12 @@ def make_store(kind: str, key: str, where: Path, **kwargs: Any):
 
 
 def store_args(kind: str, where: Path) -> list[str]:
+    if kind == "postgres":
+        return [
+            "--ystore-class=PostgresYStore",
+            f"--PostgresYStore.dsn={PG['dsn']}",
+            f"--PostgresYStore.schema={PG['schema']}",
+        ]
     if kind == "sqlite":
         return ["--ystore-class=SQLiteYStore", f"--SQLiteYStore.db_path={where / 'ystore.db'}"]
     return ["--ystore-class=FileYStore", f"--FileYStore.root_dir={where / 'files'}"]
@@ -661,3 +678,49 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, env: dict[str, str]) ->
     terminal = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0
     assert "verifying" in terminal
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def pg(pg_config: dict[str, Any]):
+    PG.clear()
+    PG.update(pg_config)
+    yield pg_config
+    PG.clear()
+
+
+def test_postgres_store_and_migration_keeping_times(tmp_path: Path, env: Any, capsys: Any, pg: Any) -> None:
+    recorded = write_phases("sqlite", tmp_path)
+    sqlite_args = store_args("sqlite", tmp_path)
+    pg_args = store_args("postgres", tmp_path)
+    code, out, err = cli(
+        capsys, "migrate", *sqlite_args, "--to", "PostgresYStore",
+        f"--PostgresYStore.dsn={pg['dsn']}", f"--PostgresYStore.schema={pg['schema']}", "--json",
+    )
+    assert code == 0, err
+    assert sorted(json.loads(out)["copied"]) == sorted([NB_KEY, TEXT_KEY])
+    code, out, err = cli(capsys, "list", "--json", *pg_args)
+    assert {d["key"]: d["updates"] for d in json.loads(out)} == {NB_KEY: 6, TEXT_KEY: 4}
+    # PostgreSQL imports records with their times: the history survives the migration.
+    for at, content in recorded[TEXT_KEY]:
+        code, out, err = cli(capsys, "export", TEXT_KEY, "--at", repr(at), *pg_args)
+        assert code == 0, err
+        assert out == content
+    t1, nb1 = recorded[NB_KEY][0]
+    code, out, err = cli(capsys, "restore", NB_KEY, "--at", repr(t1), *pg_args)
+    assert code == 0, err
+    out_file = tmp_path / "pg.ipynb"
+    assert read_notebook(export_to(capsys, pg_args, NB_KEY, out_file)) == comparable(nb1)
+    code, out, err = cli(capsys, "compact", "--all", *pg_args)
+    assert code == 0, err
+    code, out, err = cli(capsys, "info", NB_KEY, "--json", *pg_args)
+    assert json.loads(out)["snapshots"] == 1
+    assert read_notebook(export_to(capsys, pg_args, NB_KEY, out_file)) == comparable(nb1)
+    code, out, err = cli(capsys, "verify", "--all", *pg_args)
+    assert code == 0, out + err
+    code, out, err = cli(capsys, "delete", TEXT_KEY, "--yes", *pg_args)
+    assert code == 0, err
+    code, out, err = cli(capsys, "list", "--json", *pg_args)
+    assert [d["key"] for d in json.loads(out)] == [NB_KEY]
