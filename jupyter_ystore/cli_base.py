@@ -133,6 +133,27 @@ def _store_classes() -> list[type]:
     return classes
 
 
+def _join_dashed_values(argv: list[str], aliases: dict[Any, Any]) -> list[str]:
+    """``--at -10m`` → ``--at=-10m``: argparse takes a value starting with a dash (a relative
+    time) for an option of its own."""
+    takes_value = {
+        ("-" if len(name) == 1 else "--") + name
+        for key in aliases
+        for name in (key if isinstance(key, tuple) else (key,))
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in takes_value and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 class StoreCommand(JupyterApp):
     """Base of every subcommand: loads the server's config and opens its store."""
 
@@ -163,6 +184,7 @@ class StoreCommand(JupyterApp):
             raise usage_error(str(exc)) from None
 
     def parse_command_line(self, argv: Any = None) -> None:
+        argv = _join_dashed_values(list(sys.argv[1:] if argv is None else argv), self.aliases)
         try:
             JupyterApp.parse_command_line.__wrapped__(self, argv)  # type: ignore[attr-defined]
         except (TraitError, ArgumentError) as exc:

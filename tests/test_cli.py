@@ -296,6 +296,8 @@ def test_export_and_restore_at_recorded_times(tmp_path: Path, env: Any, capsys: 
         assert export_to(capsys, args, TEXT_KEY, out, "--at", format_time(at)).decode() == content
 
     (t1, nb1), (t2, nb2), (t3, nb3) = recorded[NB_KEY]
+    # A relative time ("-0s": now) after --at, without '=' (a value that starts with a dash).
+    assert read_notebook(export_to(capsys, args, NB_KEY, out, "--at", "-0s")) == comparable(nb3)
     code, before, err = cli(capsys, "list", "--json", *args)
     count = {d["key"]: d["updates"] for d in json.loads(before)}[NB_KEY]
 
@@ -531,6 +533,7 @@ def test_bad_arguments_give_one_line_and_non_zero_status(tmp_path: Path, env: An
         (["info", "no-such-doc"], 1, "unknown document"),
         (["export", NB_KEY, "--at", "yesterday"], 2, "cannot read the time"),
         (["export", NB_KEY, "--at", "1000"], 1, "before it was first written"),
+        (["export", NB_KEY, "--at", "-1w"], 1, "before it was first written"),
         (["export", NB_KEY, "--format", "pdf"], 2, "--format"),
         (["export", TEXT_KEY, "-o", str(existing)], 1, "exists"),
         (["restore", NB_KEY], 2, "--at"),
