@@ -62,7 +62,7 @@ class SQLiteYStore(BaseYStore):
         "squashes its history into one snapshot (the seed's meaning). None: never.",
     )
     compact_after_updates = Int(
-        500,
+        1000,
         allow_none=True,
         config=True,
         help="Compact a document (snapshot replaces history) once this many updates were "
@@ -184,12 +184,13 @@ class SQLiteYStore(BaseYStore):
         await self._ensure_running()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"an update is bytes, got {type(data).__name__}")
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         if not _ydoc.is_valid_update(data):
             raise ValueError(
                 f"refusing to store bytes that are not a Yjs v1 update in {self.path!r}"
             )
-        metadata = await self.get_metadata()
+        metadata = b"" if self.metadata_callback is None else await self.get_metadata()
         db = self._require_db()
         wanted = await db.write(self.path, data, metadata, time.time(), self._policy)
         if wanted and self._compaction_wanted is not None:
