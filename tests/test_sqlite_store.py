@@ -203,9 +203,11 @@ def test_connection_shared_by_two_event_loops(tmp_path: Path) -> None:
     db = tmp_path / "y.db"
     ready, done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
+    theirs: dict[str, Any] = {}
 
     async def other_loop() -> None:
         async with store(db, "left") as st:
+            theirs["db"] = st._db
             doc = pycrdt.Doc()
             for i in range(50):
                 await st.write(text_update(doc, str(i)))
@@ -227,7 +229,7 @@ def test_connection_shared_by_two_event_loops(tmp_path: Path) -> None:
     async def this_loop() -> None:
         await anyio.to_thread.run_sync(ready.wait)
         async with store(db, "right") as st:
-            assert _sqlite_db.open_connections() >= 1
+            assert st._db is theirs["db"]  # one connection, used from two loops
             doc = pycrdt.Doc()
             for i in range(50):
                 await st.write(text_update(doc, str(i)))
@@ -391,7 +393,8 @@ async def test_compaction_keeps_updates_written_meanwhile(
         await st.compact()
         st._db._squash = squash  # type: ignore[method-assign]
         records = [r async for r in st.read()]
-        assert records[-1][0] == late  # after the snapshot, though its timestamp is older
+        assert len(records) == 2  # the snapshot first, then the row written meanwhile
+        assert records[-1][0] == late  # though its timestamp is older than the snapshot's
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_all)
             tg.start_soon(compact_often)

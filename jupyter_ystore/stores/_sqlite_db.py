@@ -10,6 +10,9 @@ file's real path); its thread owns the connection and works through a queue:
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``_sqlite_bridge``).
+* **Checkpoints off the commit path.** Every read and write goes through that one
+  connection; a second, private connection in its own thread only copies the WAL back into
+  the database file (``_Checkpointer``), so no commit pays for SQLite's periodic checkpoint.
 * **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
   makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
   and nothing is half-written.
