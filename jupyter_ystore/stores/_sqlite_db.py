@@ -718,6 +718,17 @@ _REGISTRY: dict[str, SharedDatabase] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child has none of the parent's threads: it opens its own connections."""
+    global _REGISTRY_LOCK
+    _REGISTRY.clear()
+    _REGISTRY_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def resolve_path(db_path: str) -> str:
     """The key of a database file: its real absolute path (``:memory:`` stays itself)."""
     if db_path == ":memory:":
