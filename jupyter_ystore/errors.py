@@ -9,7 +9,21 @@ broken store for an empty document and rebuilds it from disk.
 from __future__ import annotations
 
 
-class YDocNotFound(Exception):
+def _other_not_found_errors() -> tuple[type[Exception], ...]:
+    """pycrdt-store's "nothing stored" exception, where installed: jupyter-collaboration's rooms
+    catch that one, and must catch ours when our stores serve as its ``ystore_class``."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("pycrdt.store") is None:
+            return (Exception,)
+        from pycrdt.store import YDocNotFound as PycrdtYDocNotFound
+    except ImportError:
+        return (Exception,)
+    return (PycrdtYDocNotFound,)
+
+
+class YDocNotFound(*_other_not_found_errors()):  # type: ignore[misc]
     """Nothing is stored for this document (a new document, not an error of the store)."""
 
 

@@ -105,6 +105,15 @@ class BaseYStore(LoggingConfigurable):
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def start_lock(self) -> anyio.Lock:
+        """A lock callers hold while checking ``started`` and starting the store (pycrdt-store's
+        API, used by jupyter-collaboration's rooms)."""
+        lock = self.__dict__.get("_start_lock_")
+        if lock is None:
+            lock = self.__dict__["_start_lock_"] = anyio.Lock()
+        return lock
+
+    @property
     def started(self) -> anyio.Event:
         """Set once the store is open and running."""
         if self._started is None:
@@ -302,3 +311,20 @@ class BaseYStore(LoggingConfigurable):
             hint="the store was left untouched; restore it from a backup, or delete this "
             "document's history to rebuild it from its file",
         )
+
+
+def _register_with_pycrdt_store() -> None:
+    """Make our stores pass as pycrdt-store's (``issubclass``), so that jupyter-collaboration
+    accepts them as ``YDocExtension.ystore_class``; only where pycrdt-store is installed."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("pycrdt.store") is None:
+            return
+        from pycrdt.store import BaseYStore as PycrdtBaseYStore
+    except ImportError:
+        return
+    PycrdtBaseYStore.register(BaseYStore)
+
+
+_register_with_pycrdt_store()

@@ -1,0 +1,136 @@
+"""Living beside jupyter-collaboration's server extension (jupyter_server_ydoc).
+
+This module needs jupyter-server-ydoc installed, which the main test environment must not
+have (it would serve /api/collaboration itself). CI runs it in a second virtualenv::
+
+    python -m venv /tmp/venv-coexist
+    /tmp/venv-coexist/bin/pip install "jupyter-server-ydoc==3.0.4" -e ".[test]"
+    JUPYTER_YSTORE_COEXIST=1 /tmp/venv-coexist/bin/python -m pytest tests/test_coexist_server_ydoc.py
+
+With ``JUPYTER_YSTORE_COEXIST=1`` a missing jupyter_server_ydoc is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+if os.environ.get("JUPYTER_YSTORE_COEXIST") == "1":
+    import jupyter_server_ydoc  # noqa: F401  (must be there: fail loudly)
+else:
+    pytest.importorskip(
+        "jupyter_server_ydoc",
+        reason="needs jupyter-server-ydoc; .ci/run runs this module in its own virtualenv",
+    )
+
+from jupyter_ydoc import YNotebook  # noqa: E402
+from pycrdt import Doc  # noqa: E402
+
+from _server_helpers import (  # noqa: E402
+    JupyterServerProcess,
+    append,
+    read_sources,
+    wait_until,
+    write_notebook,
+    yclient,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
+
+BOTH = {
+    "ServerApp": {
+        "jpserver_extensions": {
+            "jupyter_ystore": True,
+            "jupyter_server_ydoc": True,
+            "jupyter_server_fileid": True,
+        }
+    }
+}
+
+
+def test_our_stores_pass_its_ystore_class_trait() -> None:
+    from jupyter_server_ydoc.app import YDocExtension
+
+    from jupyter_ystore import FileYStore, MemoryYStore, SQLiteYStore
+
+    for cls in (SQLiteYStore, FileYStore, MemoryYStore):
+        ext = YDocExtension()
+        ext.ystore_class = f"{cls.__module__}.{cls.__name__}"
+        assert ext.ystore_class is cls
+
+
+def _config(store: str, store_config: dict, **extra: dict) -> dict:
+    config = {section: dict(values) for section, values in BOTH.items()}
+    config["YDocExtension"] = {
+        "ystore_class": store,
+        "document_save_delay": 0.2,
+        "document_cleanup_delay": 0.5,
+        "file_poll_interval": 0.5,
+    }
+    config.update(store_config)
+    config.update(extra)
+    return config
+
+
+@pytest.mark.parametrize(
+    "store,section,setting",
+    [
+        ("jupyter_ystore.stores.sqlite.SQLiteYStore", "SQLiteYStore", "db_path"),
+        ("jupyter_ystore.FileYStore", "FileYStore", "root_dir"),
+    ],
+)
+async def test_its_rooms_persist_in_our_store(tmp_path: Path, store: str, section: str, setting: str) -> None:
+    root, home = tmp_path / "root", tmp_path / "home"
+    nb_path = root / "shared.ipynb"
+    write_notebook(nb_path, ["a = 1"])
+    location = tmp_path / ("store.db" if setting == "db_path" else "store-dir")
+    server = JupyterServerProcess(
+        root, home, config=_config(store, {section: {setting: str(location)}})
+    )
+    server.start()
+    try:
+        # jupyter_server_ydoc serves the endpoints; ours stood aside and said so once
+        assert server.log().count("registers no endpoint") == 1, server.log()
+        session = server.session("shared.ipynb")
+        async with yclient(server.room_url(session)) as c1, yclient(server.room_url(session)) as c2:
+            with anyio.fail_after(20):
+                await c1.synced.wait()
+                await c2.synced.wait()
+            append(c1.document.ycells[0]["source"], "\nb = 2  # via jupyter_server_ydoc")
+            await wait_until(lambda: c2.sources() == ["a = 1\nb = 2  # via jupyter_server_ydoc"])
+            await wait_until(lambda: read_sources(nb_path) == c1.sources(), timeout=30)
+            seen = c1.document.get()
+        await anyio.sleep(1.0)  # its room writes to the store in background tasks
+        server.terminate()
+    finally:
+        server.kill()
+    assert "Traceback" not in server.log(), server.log()
+
+    # what its room wrote is in our store, under jupyter-collaboration's key
+    from jupyter_ystore import FileYStore
+    from jupyter_ystore.stores.sqlite import SQLiteYStore
+
+    key = f".notebook:{session['fileId']}.y"
+    if section == "SQLiteYStore":
+        ours = SQLiteYStore(path=key, db_path=str(location))
+    else:
+        ours = FileYStore(path=key, root_dir=str(location))
+    async with ours:
+        doc = Doc()
+        await ours.apply_updates(doc)
+    assert YNotebook(doc).get()["cells"][0]["source"] == seen["cells"][0]["source"]
+
+    # and its next start reads the document back from our store
+    server.start()
+    try:
+        session = server.session("shared.ipynb")
+        async with yclient(server.room_url(session)) as c3:
+            with anyio.fail_after(20):
+                await c3.synced.wait()
+            assert c3.sources() == ["a = 1\nb = 2  # via jupyter_server_ydoc"]
+        server.terminate()
+    finally:
+        server.kill()
