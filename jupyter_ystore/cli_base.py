@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
@@ -25,7 +25,7 @@ from traitlets.config.loader import ArgumentError
 from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
 from traitlets.utils.importstring import import_item
 
-from .errors import YDocNotFound, YStoreError
+from .errors import YStoreError
 from .stores.base import BaseYStore, DocumentInfo
 
 #: The store class when neither the config nor the command line names one (the server's).
@@ -424,5 +424,4 @@ def table(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> Iterator[
     return (line(row) for row in rows)
 
 
-Reporter = Callable[[str], None]
-__all__ = ["CliError", "StoreCommand", "FileIdMapper", "resolve_store_class", "YDocNotFound"]
+__all__ = ["CliError", "FileIdMapper", "StoreCommand", "resolve_store_class"]

@@ -35,7 +35,7 @@ from .history import (
     parse_time,
     read_history,
 )
-from .stores.base import BaseYStore, DocumentInfo
+from .stores.base import DocumentInfo
 
 
 def info_json(info: DocumentInfo, path: str | None) -> dict[str, Any]:
@@ -315,11 +315,19 @@ class RestoreApp(DocCommand):
                 update = await anyio.to_thread.run_sync(cli_content.reset_update, current, target)
             except cli_content.ContentError as exc:
                 raise CliError(f"{info.path}: {exc}") from None
+            live = bool(getattr(store, "supports_live_updates", False))
             if update is None:
                 result = {"key": info.path, "at": at, "written": False, "bytes": 0}
             else:
                 await store.write(update)
                 result = {"key": info.path, "at": at, "written": True, "bytes": len(update)}
+        result["live"] = live
+        if update is not None and not live:
+            # A running server keeps an open document in memory and would not see this write.
+            self.note(
+                f"note: {self.store_class.__name__} has no live updates: if a server has this "
+                "document open, close it there first (or restore again once it is closed)"
+            )
         if self.json:
             self.emit_json(result)
         elif update is None:

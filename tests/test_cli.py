@@ -304,6 +304,7 @@ def test_export_and_restore_at_recorded_times(tmp_path: Path, env: Any, capsys: 
     code, out_text, err = cli(capsys, "restore", NB_KEY, "--at", repr(t1), "--json", *args)
     assert code == 0, err
     assert json.loads(out_text)["written"] is True
+    assert json.loads(out_text)["live"] is False and "close it there first" in err
     assert read_notebook(export_to(capsys, args, NB_KEY, out)) == comparable(nb1)
     # History is kept: one more record, and the states before the restore are still there.
     code, after, err = cli(capsys, "list", "--json", *args)
@@ -712,8 +713,10 @@ def test_postgres_store_and_migration_keeping_times(tmp_path: Path, env: Any, ca
         assert code == 0, err
         assert out == content
     t1, nb1 = recorded[NB_KEY][0]
-    code, out, err = cli(capsys, "restore", NB_KEY, "--at", repr(t1), *pg_args)
+    code, out, err = cli(capsys, "restore", NB_KEY, "--at", repr(t1), "--json", *pg_args)
     assert code == 0, err
+    assert json.loads(out)["live"] is True  # open rooms receive it through watch()
+    assert "close it there first" not in err
     out_file = tmp_path / "pg.ipynb"
     assert read_notebook(export_to(capsys, pg_args, NB_KEY, out_file)) == comparable(nb1)
     code, out, err = cli(capsys, "compact", "--all", *pg_args)
