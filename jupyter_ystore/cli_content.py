@@ -148,8 +148,12 @@ def export(update: bytes, kind: str) -> bytes:
     if kind == "notebook":
         if not _looks_like_notebook(doc, root_types(update)):
             raise ContentError("the document is not a notebook (no 'cells' array of cell maps)")
-        # deduplicate=False: reading must not write new cell ids into the document.
-        notebook = YNotebook(doc).get(deduplicate=False)
+        ynotebook = YNotebook(doc)
+        try:
+            # deduplicate=False: reading must not write new cell ids into the document.
+            notebook = ynotebook.get(deduplicate=False)
+        except TypeError:  # jupyter-ydoc before 4.x has no such option (and does not write)
+            notebook = ynotebook.get()
         return (json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode()
     if kind == "text":
         return YUnicode(doc).get().encode("utf-8")

@@ -276,8 +276,8 @@ def test_reset_update_on_a_notebook_keeps_cell_identity():
     nb.ycells.append(nb.create_ycell({"cell_type": "markdown", "source": "# hi", "metadata": {}, "id": "c3"}))
     current = nb.ydoc.get_update()
     update = check_reset(current, old)
-    restored = YNotebook(apply_all(current, update)).get(deduplicate=False)
-    assert restored == YNotebook(apply_all(old)).get(deduplicate=False)
+    restored = YNotebook(apply_all(current, update)).get()
+    assert restored == YNotebook(apply_all(old)).get()
     assert [c["source"] for c in restored["cells"]] == ["a = 1", "b = 2"]
 
 
