@@ -175,21 +175,40 @@ async def test_automatic_compaction_keeps_content(pg_config, trigger):
         assert await restored_text(store) == expected
 
 
-async def test_document_ttl_squashes_an_idle_document(pg_config):
+class FakeClock:
+    """``time.time`` for the store module: idleness without sleeping (no timing flakes)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_document_ttl_squashes_an_idle_document(pg_config, monkeypatch):
+    from jupyter_ystore.stores import postgres
+
+    clock = FakeClock()
+    monkeypatch.setattr(postgres, "time", clock)
     updates, expected = text_updates(30)
-    async with PostgresYStore("doc", document_ttl=0.05, compact_after_updates=0, **pg_config) as store:
+    async with PostgresYStore("doc", document_ttl=60, compact_after_updates=0, **pg_config) as store:
         for update in updates[:-1]:
-            await store.write(update)  # a busy document: no squash between these
+            clock.now += 59  # a busy document: never 60 s without an update
+            await store.write(update)
         assert not any(r["snapshot"] for r in await rows(store))
-        await anyio.sleep(0.2)
+        clock.now += 61
         await store.write(updates[-1])
         assert [r["snapshot"] for r in await rows(store)] == [True, False]
         assert await restored_text(store) == expected
     # A store that never wrote asks the database for the last update's time.
-    async with PostgresYStore("doc", document_ttl=3600, **pg_config) as store:
+    async with PostgresYStore("doc", document_ttl=60, **pg_config) as store:
+        clock.now += 30
         extra, _ = text_updates(1, name="u")
         await store.write(extra[0])
         assert [r["snapshot"] for r in await rows(store)] == [True, False, False]
+        clock.now += 61
+        await store.write(extra[0])
+        assert [r["snapshot"] for r in await rows(store)] == [True, False]
 
 
 async def test_updates_during_compaction_are_kept(pg_config, pg_dsn, monkeypatch):
