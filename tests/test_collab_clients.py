@@ -17,7 +17,7 @@ import pytest
 import tornado.httpclient
 import tornado.httpserver
 import tornado.testing
-from pycrdt import Doc
+from pycrdt import Doc, Text
 from traitlets.config import Config
 
 from _server_helpers import append, read_sources, wait_until, write_notebook, yclient
@@ -266,3 +266,32 @@ def test_restart_finds_content_in_store_and_file(
     finally:
         server.stop()
         jp_asyncio_loop.run_until_complete(app2._cleanup())
+
+
+def test_text_file_room(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    (jp_root_dir / "script.py").write_text("print('hello')\r\n", encoding="utf-8")
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        response = await jp_fetch(
+            "api", "collaboration", "session", "script.py",
+            method="PUT", body=json.dumps({"format": "text", "type": "file"}),
+        )
+        session = json.loads(response.body)
+        assert response.code == 201 and session["type"] == "file"
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        async with yclient(url, "file") as c1, yclient(url, "file") as c2:
+            with anyio.fail_after(10):
+                await c1.synced.wait()
+                await c2.synced.wait()
+            assert c1.document.get() == "print('hello')\n"  # line endings normalised
+            text = c1.ydoc.get("source", type=Text)
+            append(text, "print('world')\n")
+            await wait_until(lambda: c2.document.get() == "print('hello')\nprint('world')\n")
+            assert await c2.save() == "success"
+            assert (jp_root_dir / "script.py").read_text() == "print('hello')\nprint('world')\n"
+            assert await c2.save() == "success"  # nothing new: still answered
+
+    jp_asyncio_loop.run_until_complete(scenario())
