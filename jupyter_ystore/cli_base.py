@@ -250,9 +250,10 @@ class StoreCommand(JupyterApp):
                 raise CliError(str(exc)) from None
         return sorted(infos, key=lambda info: info.path)
 
-    async def find_document(self, doc: str) -> DocumentInfo:
-        """The stored document named ``doc``: its key, or the file path its id maps to, or a
-        unique part of its key (a file id). One-line error when none or several match."""
+    async def find_document(self, doc: str, *, partial: bool = True) -> DocumentInfo:
+        """The stored document named ``doc``: its key, or the file path its id maps to, or
+        (``partial``) a unique part of its key such as a file id. One-line error when none or
+        several match. Commands that destroy history take only full keys and paths."""
         infos = await self.list_documents()
         for info in infos:
             if info.path == doc:
@@ -260,7 +261,7 @@ class StoreCommand(JupyterApp):
         mapper = self.file_ids()
         wanted = {doc, mapper._relative(os.path.abspath(doc))}
         by_path = [info for info in infos if mapper.path_of(info.path) in wanted]
-        candidates = by_path or [info for info in infos if doc and doc in info.path]
+        candidates = by_path or [info for info in infos if partial and doc and doc in info.path]
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:

@@ -351,7 +351,10 @@ class CompactApp(StoreCommand):
     async def run(self) -> int:
         if self.all == bool(self.extra_args):
             raise usage_error("compact takes one document, or --all")
-        infos = await self.list_documents() if self.all else [await self.find_document(self.extra_args[0])]
+        if self.all:
+            infos = await self.list_documents()
+        else:
+            infos = [await self.find_document(self.extra_args[0], partial=False)]
         results = []
         for info in self.progress_bar(infos, unit="doc", desc="compacting"):
             async with self.open_store(info.path) as store:
@@ -396,7 +399,7 @@ class DeleteApp(StoreCommand):
     }
 
     async def run(self) -> int:
-        info = await self.find_document(self.one_doc())
+        info = await self.find_document(self.one_doc(), partial=False)
         question = (
             f"Delete {info.path} ({info.updates} updates, {human_bytes(info.bytes)}, last "
             f"changed {format_time(info.last_timestamp)})? Its whole history is lost."

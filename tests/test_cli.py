@@ -577,6 +577,11 @@ def test_delete_asks_first(tmp_path: Path, env: Any, capsys: Any, monkeypatch: A
     args = store_args("sqlite", tmp_path)
     import io
 
+    # Destroying history needs the full key: a part of it that happens to be unique is refused.
+    code, out, err = cli(capsys, "delete", "0aaa", "--yes", *args)
+    assert code == 1 and "unknown document" in one_line_error(err)
+    code, out, err = cli(capsys, "compact", "0aaa", *args)
+    assert code == 1 and "unknown document" in one_line_error(err)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # nobody to answer
     code, out, err = cli(capsys, "delete", NB_KEY, *args)
     assert code == 1 and "--yes" in err
