@@ -142,3 +142,43 @@ def test_text_frames_unknown_rooms_and_unknown_types(
         assert client.close_code == 1002 and "text frames" in client.close_reason
 
     jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_a_broken_store_is_an_error_for_the_client_not_an_empty_document(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    from jupyter_ystore import MemoryYStore, YStoreCorruptError
+
+    class BrokenStore(MemoryYStore):
+        async def read(self):  # type: ignore[override]
+            raise YStoreCorruptError("record 12 does not decode", path=self.path)
+            yield  # pragma: no cover
+
+    _ext(jp_serverapp).ystore_class = BrokenStore
+    nb_path = jp_root_dir / "kept.ipynb"
+    write_notebook(nb_path, ["keep = True"])
+    before = nb_path.read_bytes()
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        import json
+
+        response = await jp_fetch(
+            "api", "collaboration", "session", "kept.ipynb",
+            method="PUT", body=json.dumps({"format": "json", "type": "notebook"}),
+        )
+        session = json.loads(response.body)
+        query = urllib.parse.urlencode({"sessionId": session["sessionId"], "token": token})
+        url = (
+            f"ws://127.0.0.1:{jp_http_port}{jp_base_url}api/collaboration/room/"
+            f"json:notebook:{session['fileId']}?{query}"
+        )
+        async with yclient(url) as client:
+            await wait_until(lambda: client.closed.is_set())
+        assert client.close_code == 4500
+        assert "record 12 does not decode" in client.close_reason
+        assert not client.synced.is_set()
+        assert BrokenStore._documents == {}  # nothing rebuilt from the file into the store
+
+    jp_asyncio_loop.run_until_complete(scenario())
+    assert nb_path.read_bytes() == before
