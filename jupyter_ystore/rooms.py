@@ -210,7 +210,6 @@ class DocumentRoom:
         self._save_lock = anyio.Lock()
         self._save_wakeup = anyio.Event()
         self._last_change = 0.0
-        self._unsaved = False
         self._saved_content: Any = None
         self._file_mtime: Any = None
         self._cleanup_scope: anyio.CancelScope | None = None
@@ -386,7 +385,6 @@ class DocumentRoom:
         self._queued += 1
         self._wakeup.set()
         if origin is not SERVER_SAVE and origin is not SERVER_LOAD:
-            self._unsaved = True
             self._schedule_save()
 
     async def _writer(self) -> None:
@@ -563,7 +561,6 @@ class DocumentRoom:
                 hash_ = disk.hash
             with self._changes_by(SERVER_SAVE):
                 self._set_state(hash=hash_, dirty=False)
-            self._unsaved = False
             await self.flush()
             return written
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import nbformat
 import pytest
 import tornado.httpclient
 import tornado.httpserver

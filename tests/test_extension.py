@@ -17,7 +17,7 @@ import pytest
 from traitlets.config import Config
 
 from _server_helpers import JupyterServerProcess, append, read_sources, write_notebook, yclient
-from jupyter_ystore import BaseYStore, FileYStore, MemoryYStore, SQLiteYStore
+from jupyter_ystore import FileYStore, SQLiteYStore
 from jupyter_ystore.app import YStoreExtension
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
