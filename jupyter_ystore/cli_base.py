@@ -238,7 +238,15 @@ class StoreCommand(JupyterApp):
     async def open_store(
         self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any
     ) -> AsyncIterator[BaseYStore]:
+        """A started store. Its database or folder must exist: looking at a mistyped path
+        must not create an empty store there (only the migrate target is created)."""
         store = self.make_store(key, cls, **kwargs)
+        missing = missing_location(store)
+        if missing is not None:
+            raise CliError(
+                f"no {type(store).__name__} at {missing} (check the store settings, e.g. "
+                f"--{type(store).__name__}.{'db_path' if hasattr(store, 'db_path') else 'root_dir'}=…)"
+            )
         async with store:
             yield store
 
@@ -383,6 +391,19 @@ class FileIdMapper:
                 path = self._relative(str(row[0]))
         self._cache[key] = path
         return path
+
+
+def missing_location(store: BaseYStore) -> str | None:
+    """The database file or folder a store would create on opening, if it does not exist."""
+    db_path = getattr(store, "db_path", None)
+    if isinstance(db_path, str) and db_path and db_path != ":memory:":
+        return None if os.path.exists(os.path.expanduser(db_path)) else db_path
+    if hasattr(type(store), "get_base_dir"):  # TempFileYStore: its own temporary folder
+        return None
+    root_dir = getattr(store, "root_dir", None)
+    if isinstance(root_dir, str) and root_dir:
+        return None if os.path.isdir(os.path.expanduser(root_dir)) else root_dir
+    return None
 
 
 def _terminal_width() -> int:

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from traitlets import Bool, Unicode
 
-from .cli_base import CliError, StoreCommand, aliases, flags, resolve_store_class, usage_error
+from .cli_base import (
+    LISTING_KEY,
+    CliError,
+    StoreCommand,
+    aliases,
+    flags,
+    missing_location,
+    resolve_store_class,
+    usage_error,
+)
 from .errors import YStoreError
 from .migrate import copy_documents
 from .stores.base import BaseYStore
@@ -48,7 +57,8 @@ class MigrateApp(StoreCommand):
             raise usage_error("--skip-existing and --overwrite exclude each other")
         keys = [info.path for info in await self.list_documents(source_cls)]
         existing: set[str] = set()
-        if self.skip_existing:
+        target_missing = missing_location(self.make_store(LISTING_KEY, target_cls)) is not None
+        if self.skip_existing and not target_missing:
             existing = {info.path for info in await self.list_documents(target_cls)} & set(keys)
 
         def source(path: str) -> BaseYStore:

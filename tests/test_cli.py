@@ -465,9 +465,21 @@ def test_migrate_legacy_sqlite_to_files(legacy_copy: Any, legacy_expected: dict,
     assert code == 0, err
     for key, doc in legacy_expected["ypy_sqlite_v2.db"]["docs"].items():
         assert json.loads(export_to(capsys, target_args, key, tmp_path / "x.json")) == doc["content"]
+    code, out, err = cli(
+        capsys, "migrate", f"--SQLiteYStore.db_path={copy}", "--to", "FileYStore",
+        f"--FileYStore.root_dir={tmp_path / 'fresh'}", "--skip-existing", "--json",
+    )
+    assert code == 0, err
+    assert len(json.loads(out)["copied"]) == 2 and json.loads(out)["skipped"] == []
     # A second run refuses rather than doubling every document.
     code, out, err = cli(capsys, "migrate", f"--SQLiteYStore.db_path={copy}", "--to", "FileYStore", f"--FileYStore.root_dir={target}")
     assert code == 1 and "already holds 2" in one_line_error(err)
+    code, out, err = cli(
+        capsys, "migrate", f"--SQLiteYStore.db_path={copy}", "--to", "FileYStore",
+        f"--FileYStore.root_dir={target}", "--skip-existing", "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["copied"] == [] and len(json.loads(out)["skipped"]) == 2
 
 
 # ---------------------------------------------------------------------------- verify finds damage
@@ -546,16 +558,19 @@ def test_bad_arguments_give_one_line_and_non_zero_status(tmp_path: Path, env: An
         (["list", "--ystore-class=traitlets.HasTraits"], 2, "not a store class"),
         (["list", "--log-level=LOUD"], 2, "log_level"),
         (["migrate"], 2, "--to"),
+        (["list", f"--SQLiteYStore.db_path={tmp_path / 'typo.db'}"], 1, "no SQLiteYStore at"),
+        (["list", "--ystore-class=FileYStore", f"--FileYStore.root_dir={tmp_path / 'nope'}"], 1, "no FileYStore at"),
         (["frobnicate"], 2, "unknown subcommand"),
         ([], 2, "subcommand"),
     ]
     for argv, status, words in cases:
-        own_store = any("ystore-class" in arg for arg in argv)
+        own_store = any("ystore-class" in arg or "YStore." in arg for arg in argv)
         full = [*argv, *args] if argv and argv[0] != "frobnicate" and not own_store else argv
         code, out, err = cli(capsys, *full)
         assert code == status, (argv, err)
         assert words in one_line_error(err), (argv, err)
     assert existing.read_text() == "keep me"
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "nope").exists()  # not created
     code, out, err = cli(capsys, "list", "--json", "--ystore-class=FileYStore", *args)
     assert code == 2 and "one value" in one_line_error(err)  # given twice
     code, out, err = cli(capsys, "--help")
