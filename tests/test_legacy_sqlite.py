@@ -164,3 +164,23 @@ def test_jupyter_collaboration_keys() -> None:
     assert compat.parse_document_key(".notebook:11111111-aaaa.y") == ("notebook", "11111111-aaaa")
     assert compat.parse_document_key("notebook:doc-a") is None
     assert compat.parse_document_key(".file:.y") is None
+
+
+async def test_loading_a_long_legacy_history_compacts_it(
+    legacy_copy: Any, legacy_expected: dict
+) -> None:
+    """Load cost is bounded after the first open: a long history gets its snapshot."""
+    import anyio
+
+    db = legacy_copy("ypy_sqlite_v2.db")
+    key = "notebook:doc-a"
+    async with SQLiteYStore(key, db_path=str(db), compact_after_updates=10) as st:
+        await st.apply_updates(pycrdt.Doc())
+        for _ in range(500):
+            if len([r async for r in st.read()]) == 1:
+                break
+            await anyio.sleep(0.01)
+        assert len([r async for r in st.read()]) == 1
+        doc = y_py.YDoc()
+        await st.apply_updates(doc)
+    assert content(doc) == legacy_expected["ypy_sqlite_v2.db"]["docs"][key]["content"]

@@ -495,9 +495,9 @@ class SharedDatabase:
         return None
 
     def _wants_compaction(self, path: str, policy: Policy) -> bool:
-        stats = self._stats.get(path)
-        if stats is None:
+        if not (policy.max_updates or policy.max_bytes):
             return False
+        stats = self._stats_for(path)
         if policy.max_updates and stats.count >= policy.max_updates:
             return True
         return bool(policy.max_bytes and stats.nbytes >= policy.max_bytes)

@@ -218,6 +218,9 @@ class SQLiteYStore(BaseYStore):
         re-encode the whole document, costing more than applying the snapshot as it is.
         """
         updates = await self._load()  # YDocNotFound when nothing is stored
+        limit = self._policy.max_updates
+        if limit and len(updates) > limit and self._compaction_wanted is not None:
+            self._compaction_wanted.set()  # e.g. a legacy database's long history
         head, tail = updates[0], updates[1:]
         try:
             for single in (head, *tail[:1]) if len(tail) <= 1 else (head,):
