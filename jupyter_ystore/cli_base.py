@@ -314,6 +314,7 @@ class StoreCommand(JupyterApp):
         print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline()
         if not answer:
+            print(file=sys.stderr)
             raise CliError("no answer on standard input: nothing done (use --yes to skip asking)")
         return answer.strip().lower() in ("y", "yes")
 

@@ -84,13 +84,10 @@ class History:
         ]
         if not selected:
             oldest = min(self.records, key=lambda record: record.timestamp)
-            what = (
-                "its snapshot (older history was compacted)"
-                if oldest.snapshot
-                else "it was first written"
-            )
+            why = ", a snapshot: older history was compacted" if oldest.snapshot else ""
             raise HistoryError(
-                f"{self.path}: {format_time(at)} is before {what} at {format_time(oldest.timestamp)}"
+                f"{self.path}: {format_time(at)} is before the oldest stored record "
+                f"({format_time(oldest.timestamp)}{why})"
             )
         return _ydoc.merge_updates(selected)
 
