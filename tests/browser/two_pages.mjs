@@ -7,6 +7,7 @@
 //
 //   start  (automatic)     -> {"event":"edited", ...}   pages A and B open, text typed in A seen in B
 //   {"cmd":"close_pages"}  -> {"event":"closed"}        A and B closed (server is dead by now)
+//   {"cmd":"stale","name":"A"} -> {"event":"stale", text, buttons, roomSockets}  A's session dialog
 //   {"cmd":"reopen"}       -> {"event":"reopened", ...} fresh page C on the restarted server
 //   {"cmd":"save","text":t}  -> {"event":"saved", saving, dialogs, dirty}  t typed in C, then Ctrl+S
 //   {"cmd":"screenshot","tag":t} -> {"event":"screenshot"}  PNGs of open pages
@@ -41,6 +42,7 @@ async function nextCommand() {
 }
 
 const pages = new Map(); // name -> page, for screenshots on failure
+const roomSockets = new Map(); // page name -> document-room websockets it opened
 
 async function screenshotAll(tag) {
   if (!cfg.screenshotDir) return;
@@ -71,6 +73,7 @@ async function openNotebook(browser, name) {
   page.on('pageerror', (err) => log(`${name} pageerror: ${err.message}`));
   page.on('websocket', (ws) => {
     if (!ws.url().includes('/api/collaboration/')) return;
+    if (!ws.url().includes('globalAwareness')) roomSockets.set(name, (roomSockets.get(name) ?? 0) + 1);
     log(`${name} ws open ${ws.url().replace(/token=[^&]*/, 'token=…')}`);
     ws.on('close', () => log(`${name} ws closed ${ws.url().split('?')[0]}`));
   });
@@ -92,6 +95,35 @@ async function dismissKernelDialog(page, name) {
   }
   await button.first().click();
   await page.locator('.jp-Dialog').waitFor({ state: 'detached' });
+}
+
+// A page that outlived a server restart holds a session id the new server does not
+// know: the front end must offer a reload (the server closed the room with a
+// reloadable reason) instead of merging its stale history. Other dialogs that the
+// outage itself raises ("Server Connection Error") are dismissed on the way.
+async function staleDialog(page, name) {
+  const deadline = Date.now() + timeout;
+  const dismissed = [];
+  for (;;) {
+    const dialog = page.locator('.jp-Dialog').first();
+    const left = deadline - Date.now();
+    try {
+      if (left <= 0) throw new Error('deadline');
+      await dialog.waitFor({ state: 'visible', timeout: left });
+    } catch {
+      throw new Error(`page ${name} showed no dialog offering a reload within ${timeout} ms ` +
+        `(dismissed on the way: ${JSON.stringify(dismissed)}); it opened ${roomSockets.get(name) ?? 0} room sockets`);
+    }
+    const handle = await dialog.elementHandle();
+    const text = await dialog.innerText();
+    const buttons = await dialog.locator('button').allInnerTexts();
+    if (buttons.some((b) => /reload/i.test(b))) {
+      return { text, buttons, dismissed, roomSockets: roomSockets.get(name) ?? 0, code: await editorTexts(page) };
+    }
+    dismissed.push(text.split('\n')[0]);
+    await page.keyboard.press('Escape');
+    await page.waitForFunction((el) => !el.isConnected, handle);
+  }
 }
 
 async function editorTexts(page) {
@@ -161,11 +193,13 @@ async function main() {
       const cmd = await nextCommand();
       if (cmd.cmd === 'quit') break;
       if (cmd.cmd === 'close_pages') {
-        for (const name of ['A', 'B']) {
+        for (const name of cmd.names ?? ['A', 'B']) {
           await pages.get(name)?.context().close();
           pages.delete(name);
         }
         emit('closed');
+      } else if (cmd.cmd === 'stale') {
+        emit('stale', await staleDialog(pages.get(cmd.name ?? 'A'), cmd.name ?? 'A'));
       } else if (cmd.cmd === 'reopen') {
         const c = await openNotebook(browser, 'C');
         await waitForMarker(c, 'C');
