@@ -13,7 +13,9 @@ from jupyter_core.application import NoStart
 
 from . import __version__
 from .cli_base import CliError, StoreCommand, aliases, flags
+from .cli_content import ContentError
 from .errors import YDocNotFound, YStoreError
+from .history import HistoryError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("jupyter_ystore.cli_commands.ListApp", "Every document: key, path, updates, bytes, times."),
@@ -80,6 +82,9 @@ def main(argv: Any = None) -> None:
     except CliError as exc:
         _error(str(exc))
         code = exc.code
+    except (HistoryError, ContentError) as exc:
+        _error(str(exc))
+        code = 1
     except YDocNotFound as exc:
         _error(f"unknown document {str(exc) or '?'}: nothing is stored for it")
         code = 1

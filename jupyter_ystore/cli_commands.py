@@ -268,12 +268,15 @@ class ExportApp(DocCommand):
             raise CliError(f"{self.output} exists: nothing written (use --force to overwrite)")
         info, history = await self.load(doc)
         state = self.state_at(history, at)
-        # The kind comes from the whole document, so every --at exports the same format.
-        kind = (
-            self.format
-            if self.format != "auto"
-            else cli_content.detect_kind(info.path, history.state_at(None))
-        )
+        kind = self.format
+        if kind == "auto":
+            # From the whole document, so that every --at exports the same format (from the
+            # state at --at when a damaged newer record makes the whole unreadable).
+            try:
+                whole = history.state_at(None)
+            except HistoryError:
+                whole = state
+            kind = cli_content.detect_kind(info.path, whole)
         try:
             data = await anyio.to_thread.run_sync(cli_content.export, state, kind)
         except cli_content.ContentError as exc:

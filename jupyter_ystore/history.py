@@ -77,10 +77,10 @@ class History:
         """
         if not self.records:
             raise HistoryError(f"{self.path}: nothing is stored")
-        if at is None:
-            return _ydoc.merge_updates(self.updates)
         selected = [
-            update for update, record in zip(self.updates, self.records) if record.timestamp <= at
+            (update, record)
+            for update, record in zip(self.updates, self.records)
+            if at is None or record.timestamp <= at
         ]
         if not selected:
             oldest = min(self.records, key=lambda record: record.timestamp)
@@ -89,7 +89,18 @@ class History:
                 f"{self.path}: {format_time(at)} is before the oldest stored record "
                 f"({format_time(oldest.timestamp)}{why})"
             )
-        return _ydoc.merge_updates(selected)
+        return self._merge(selected)
+
+    def _merge(self, selected: list[tuple[bytes, Record]]) -> bytes:
+        try:
+            return _ydoc.merge_updates([update for update, _record in selected])
+        except Exception:  # pycrdt raises ValueError (or worse) for bytes that are not Yjs
+            bad = [record.index for update, record in selected if not _ydoc.is_valid_update(update)]
+            which = f"record #{bad[0]}" if bad else "a record"
+            raise HistoryError(
+                f"{self.path}: {which} does not decode as a Yjs update "
+                "(see `jupyter ystore verify` for what is recoverable)"
+            ) from None
 
     @property
     def oldest_time(self) -> float | None:

@@ -516,7 +516,7 @@ def test_verify_reports_damaged_file_logs_without_touching_them(tmp_path: Path, 
 
 
 def test_verify_reports_a_bad_row_in_sqlite(tmp_path: Path, env: Any, capsys: Any) -> None:
-    write_phases("sqlite", tmp_path)
+    recorded = write_phases("sqlite", tmp_path)
     args = store_args("sqlite", tmp_path)
     con = sqlite3.connect(tmp_path / "ystore.db")
     with con:
@@ -532,6 +532,11 @@ def test_verify_reports_a_bad_row_in_sqlite(tmp_path: Path, env: Any, capsys: An
     assert report["usable"] == 4 and report["records"] == 5
     code, out, err = cli(capsys, "verify", NB_KEY, *args)
     assert code == 0, out + err
+    # The damaged document cannot be exported as it is now, but as it was before the bad row.
+    code, out, err = cli(capsys, "export", TEXT_KEY, *args)
+    assert code == 1 and "record #4 does not decode" in one_line_error(err)
+    code, out, err = cli(capsys, "export", TEXT_KEY, "--at", repr(recorded[TEXT_KEY][-1][0]), *args)
+    assert code == 0 and out == recorded[TEXT_KEY][-1][1]
 
 
 # ---------------------------------------------------------------------------- errors
