@@ -196,7 +196,7 @@ class DocumentRoom:
         self.closed = anyio.Event()
         self.closing = False
         self._close_requested = anyio.Event()
-        self._tg: TaskGroup | None = None
+        self._work: TaskGroup | None = None
         # change queue → writer
         self._origin: Origin | None = None
         self._pending: list[tuple[bytes, Origin]] = []
@@ -224,10 +224,14 @@ class DocumentRoom:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open the room, report it started, serve until closed, then save and stop."""
+        """Open the room, report it started, serve until closed, then save and stop.
+
+        Two task groups: ``tg`` holds the store and the writer, which outlive everything
+        else; ``self._work`` holds what uses them (saver, poller, live updates, save
+        replies), cancelled once the final save is done and before the store stops.
+        """
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            self._tg = tg
             try:
                 await tg.start(self.store.start)
                 tg.start_soon(self._writer)
@@ -235,18 +239,17 @@ class DocumentRoom:
             except Exception as exc:
                 failure = exc
             if failure is None:
-                tg.start_soon(self._saver)
-                if self.settings.poll_interval:
-                    tg.start_soon(self._poller)
-                if getattr(self.store, "supports_live_updates", False):
-                    tg.start_soon(self._watch_store)
+                work_done = anyio.Event()
+                await tg.start(self._run_work, work_done)
                 task_status.started()
                 await self._close_requested.wait()
                 await self._finish()
-            else:
-                if self._subscription is not None:
-                    self.ydoc.unobserve(self._subscription)
-                    self._subscription = None
+                if self._work is not None:
+                    self._work.cancel_scope.cancel()
+                await work_done.wait()
+            elif self._subscription is not None:
+                self.ydoc.unobserve(self._subscription)
+                self._subscription = None
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.stop()
@@ -256,6 +259,21 @@ class DocumentRoom:
         self.closed.set()
         if failure is not None:
             raise failure
+
+    async def _run_work(self, done: anyio.Event, *, task_status: TaskStatus[None]) -> None:
+        try:
+            async with anyio.create_task_group() as work:
+                self._work = work
+                work.start_soon(anyio.sleep_forever)  # open until cancelled, even if idle
+                work.start_soon(self._saver)
+                if self.settings.poll_interval:
+                    work.start_soon(self._poller)
+                if getattr(self.store, "supports_live_updates", False):
+                    work.start_soon(self._watch_store)
+                task_status.started()
+        finally:
+            self._work = None
+            done.set()
 
     async def close(self) -> None:
         """Save, flush and stop; returns when the store is stopped."""
@@ -436,15 +454,24 @@ class DocumentRoom:
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""
-        try:
-            async for update in self.store.watch():
-                try:
-                    with self._changes_by(REMOTE):
-                        self.ydoc.apply_update(update)
-                except Exception as exc:
-                    self.log.error("Room %s: a live update did not apply: %s", self.room_id, exc)
-        except NotImplementedError:
-            return
+        failures = 0
+        while True:
+            try:
+                async for update in self.store.watch():
+                    failures = 0
+                    try:
+                        with self._changes_by(REMOTE):
+                            self.ydoc.apply_update(update)
+                    except Exception as exc:
+                        self.log.error("Room %s: a live update did not apply: %s", self.room_id, exc)
+                return
+            except NotImplementedError:
+                return
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    self.log.error("Room %s: live updates stopped, retrying: %s", self.room_id, exc)
+                await anyio.sleep(self.settings.store_retry_delay)
 
     # ------------------------------------------------------------------ clients
 
@@ -457,9 +484,9 @@ class DocumentRoom:
 
     def leave(self, client: Any) -> None:
         self.relay.remove(client)
-        if not self.clients and not self.closing and self._tg is not None:
+        if not self.clients and not self.closing and self._work is not None:
             if self.settings.cleanup_delay is not None:
-                self._tg.start_soon(self._cleanup_later)
+                self._work.start_soon(self._cleanup_later)
 
     async def _cleanup_later(self) -> None:
         with anyio.CancelScope() as scope:
@@ -497,8 +524,10 @@ class DocumentRoom:
         elif isinstance(message, sync.QueryAwareness):
             self.relay.query(client)
         elif isinstance(message, sync.SaveRequest):
-            assert self._tg is not None
-            self._tg.start_soon(self._answer_save, client, message.request_id)
+            if self._work is None:  # closing: the final save is on its way
+                client.send(sync.save_reply(message.request_id, "skipped"))
+            else:
+                self._work.start_soon(self._answer_save, client, message.request_id)
 
     async def _answer_save(self, client: Any, request_id: int) -> None:
         if not client.can_write:

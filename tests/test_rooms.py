@@ -18,6 +18,7 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Doc
 
 from _server_helpers import append, read_sources, wait_until, write_notebook
+from postgres_helpers import pg_config  # noqa: F401  (fixture)
 from jupyter_ystore import MemoryYStore, YStoreCorruptError, sync
 from jupyter_ystore.loaders import DocumentFile
 from jupyter_ystore.rooms import RoomError, RoomManager, RoomSettings
@@ -376,3 +377,47 @@ async def test_shutdown_saves_every_room(tmp_path: Path) -> None:
     assert read_sources(tmp_path / "one.ipynb") == ["1+"]
     assert read_sources(tmp_path / "two.ipynb") == ["2+"]
     assert all(not store._running for store in setup.stores)
+
+
+async def test_two_servers_share_a_document_through_postgres(tmp_path: Path, pg_config: dict) -> None:
+    """The live-update hook with the real backend: two managers (two servers) on one
+    PostgreSQL store see each other's edits, and neither writes the other's back."""
+    from jupyter_ystore import PostgresYStore
+
+    write_notebook(tmp_path / "nb.ipynb", ["shared"])
+    base = Setup(tmp_path, fresh_store_class(), save_delay=None)
+    stores: list[PostgresYStore] = []
+
+    def make_store(file_type: str, file_id: str) -> PostgresYStore:
+        store = PostgresYStore(path=f".{file_type}:{file_id}.y", log=LOG, **pg_config)
+        stores.append(store)
+        return store
+
+    server_a = RoomManager(make_store, base.make_file, base.settings, LOG)
+    server_b = RoomManager(make_store, base.make_file, base.settings, LOG)
+    async with anyio.create_task_group() as tg:
+        await run_manager(server_a, tg)
+        await run_manager(server_b, tg)
+        room_a = await server_a.get_room(ROOM)
+        room_b = await server_b.get_room(ROOM)
+        alice, bob = FakeClient("alice"), FakeClient("bob")
+        room_a.join(alice)
+        room_b.join(bob)
+
+        async def count() -> int:
+            return len([r async for r in stores[0].read()])
+
+        stored = await count()
+        update = client_update(room_a, lambda nb: append(nb.ycells[0]["source"], " by alice"))
+        await room_a.handle(alice, sync.SyncUpdate(update))
+        await room_a.flush()
+        await wait_until(lambda: room_b.document.get()["cells"][0]["source"] == "shared by alice")
+        update = client_update(room_b, lambda nb: append(nb.ycells[0]["source"], ", bob"))
+        await room_b.handle(bob, sync.SyncUpdate(update))
+        await room_b.flush()
+        await wait_until(lambda: room_a.document.get()["cells"][0]["source"] == "shared by alice, bob")
+        await room_a.flush()
+        await room_b.flush()
+        assert await count() == stored + 2  # each edit stored once, by the server that got it
+        await server_a.close_all()
+        await server_b.close_all()
