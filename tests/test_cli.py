@@ -639,7 +639,16 @@ def test_server_defaults_and_options_before_the_subcommand(tmp_path: Path, env: 
     assert code == 0, err
     assert [d["key"] for d in json.loads(out)] == [".notebook:abc.y"]
     monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "list")
+    assert code == 1 and "no SQLiteYStore at" in one_line_error(err)
     code, out, err = cli(capsys, "--root-dir", str(tmp_path / "root"), "--json", "list")
+    assert code == 0, err
+    assert [d["key"] for d in json.loads(out)] == [".notebook:abc.y"]
+    # The server's root folder from its config file.
+    (tmp_path / "config" / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"root_dir": str(tmp_path / "root")}})
+    )
+    code, out, err = cli(capsys, "list", "--json")
     assert code == 0, err
     assert [d["key"] for d in json.loads(out)] == [".notebook:abc.y"]
 
