@@ -3,8 +3,9 @@
 For deployments with several Jupyter servers (replicas behind a proxy, JupyterHub, home
 folders on NFS where SQLite's locks fail). Same semantics as SQLiteYStore:
 
-- ``write`` returns once the update is committed; concurrent writes of a process share one
-  transaction (group commit, ``_pg_commit``).
+- ``write`` returns once the update is committed (durable as the server's
+  ``synchronous_commit`` says: with its default, flushed to the WAL); concurrent writes of a
+  process share one transaction (group commit, ``_pg_commit``).
 - A document is stored as its newest snapshot plus the updates after it; ``_load`` reads
   exactly that. Compaction runs in the background when the updates after the snapshot reach
   ``compact_after_updates`` or ``compact_after_bytes``, and on ``compact()``; a write coming
@@ -12,7 +13,10 @@ folders on NFS where SQLite's locks fail). Same semantics as SQLiteYStore:
 - Several processes may write one document: ids come from the table's identity column, and
   a per-document advisory lock taken before an id is drawn makes ids follow commit order.
   Compaction is done by one process at a time and never drops an update committed during it
-  (``_pg_compact``).
+  (``_pg_compact``). Each process counts its own writes toward the compaction thresholds.
+- Layout: ``<schema>.<table>(id, path, yupdate, metadata, timestamp, snapshot, origin)``
+  and ``<table>_version`` holding the layout version; created on first use, checked after.
+  One asyncpg pool per (DSN, event loop) serves every document of the process.
 
 Live updates (``watch``) use LISTEN/NOTIFY *and* polling by id. NOTIFY wakes watchers within
 milliseconds of a commit and costs nothing while a document is idle, which polling alone
