@@ -68,6 +68,7 @@ def room_url(port: int, base_url: str, session: dict, token: str, session_id: st
 
 def test_session_endpoint(jp_asyncio_loop, jp_fetch, jp_root_dir) -> None:
     write_notebook(jp_root_dir / "dir" / "nb.ipynb", ["a = 1"])
+    write_notebook(jp_root_dir / "my dir" / "ünï côdé.ipynb", ["b = 2"])
 
     async def scenario() -> None:
         code, first = await open_session(jp_fetch, "dir/nb.ipynb")
@@ -86,6 +87,9 @@ def test_session_endpoint(jp_asyncio_loop, jp_fetch, jp_root_dir) -> None:
                 "api", "collaboration", "session", "dir/nb.ipynb", method="PUT", body="not json"
             )
         assert err.value.code == 400
+        # spaces and non-ASCII names arrive URL-encoded
+        code, other = await open_session(jp_fetch, "my dir/ünï côdé.ipynb")
+        assert code == 201 and other["fileId"] != first["fileId"]
 
     jp_asyncio_loop.run_until_complete(scenario())
 

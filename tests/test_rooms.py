@@ -421,3 +421,22 @@ async def test_two_servers_share_a_document_through_postgres(tmp_path: Path, pg_
         assert await count() == stored + 2  # each edit stored once, by the server that got it
         await server_a.close_all()
         await server_b.close_all()
+
+
+async def test_a_rename_reaches_the_state_map(setup: Setup) -> None:
+    setup.settings.poll_interval = 0.05
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        assert room.document.path == "nb.ipynb"
+        await setup.contents.rename("nb.ipynb", "renamed.ipynb")
+        setup.ids.paths["id-1"] = "renamed.ipynb"  # what jupyter-server-fileid does on a move
+        await wait_until(lambda: room.document.path == "renamed.ipynb")
+        client = FakeClient()
+        room.join(client)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        await room.handle(client, sync.SyncUpdate(update))
+        await wait_until(lambda: read_sources(setup.root / "renamed.ipynb") == ["a = 1!", "b = 2"])
+        assert not setup.nb.exists()
+        await manager.close_all()
