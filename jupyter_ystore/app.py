@@ -123,9 +123,17 @@ class YStoreExtension(ExtensionApp):
         otherwise log a warning and run without collaboration)."""
         try:
             super()._link_jupyter_server_extension(serverapp)
-            self.ystore_class  # noqa: B018  (imports a dotted name now, not on first use)
+            cls = self.ystore_class  # imports a dotted name now, not on first use
         except TraitError as exc:
             message = f"jupyter_ystore: invalid configuration: {exc}"
+            serverapp.log.critical(message)
+            raise SystemExit(message) from None
+        try:
+            # The store's own settings (c.SQLiteYStore.db_path, document_ttl...) are checked
+            # now too, by creating one store (creating opens nothing).
+            self.create_store("notebook", "configuration-check")
+        except (TraitError, ValueError, TypeError) as exc:
+            message = f"jupyter_ystore: invalid configuration of {cls.__name__}: {exc}"
             serverapp.log.critical(message)
             raise SystemExit(message) from None
 

@@ -127,6 +127,24 @@ def test_a_wrong_setting_stops_start_up_naming_the_trait(
     assert trait in str(err.value.code)
 
 
+@pytest.mark.parametrize(
+    "section,setting,value",
+    [("SQLiteYStore", "document_ttl", -5.0), ("SQLiteYStore", "busy_timeout", -1.0)],
+)
+def test_a_wrong_store_setting_stops_start_up_naming_it(
+    section, setting, value, jp_configurable_serverapp
+) -> None:
+    config = Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_ystore": True}},
+            section: {setting: value},
+        }
+    )
+    with pytest.raises(SystemExit) as err:
+        jp_configurable_serverapp(config=config)
+    assert setting in str(err.value.code)
+
+
 def test_disable_rtc_reaches_the_page_config(jp_configurable_serverapp) -> None:
     app = jp_configurable_serverapp(
         config=Config(
