@@ -93,8 +93,10 @@ async function dismissKernelDialog(page, name) {
     log(`${name}: no kernel dialog appeared`);
     return;
   }
+  const dialog = await page.locator('.jp-Dialog', { has: page.locator('button', { hasText: 'No Kernel' }) })
+    .first().elementHandle();
   await button.first().click();
-  await page.locator('.jp-Dialog').waitFor({ state: 'detached' });
+  await page.waitForFunction((el) => !el.isConnected, dialog);
 }
 
 // A page that outlived a server restart holds a session id the new server does not
