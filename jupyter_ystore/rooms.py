@@ -703,7 +703,14 @@ class RoomManager:
         if file_type not in YDOCS:
             raise RoomError(f"unknown document type {file_type!r}", code=4400)
         file = self.make_file(file_format, file_type, file_id)
-        store = self.make_store(file_type, file_id)
+        try:
+            file.path  # noqa: B018  (an unknown file id never reaches the store)
+        except FileGone as exc:
+            raise RoomError(f"unknown room {room_id!r}: {exc}", code=4404) from None
+        try:
+            store = self.make_store(file_type, file_id)
+        except ValueError as exc:
+            raise RoomError(f"room {room_id!r} has no valid store name: {exc}", code=4400) from None
         return DocumentRoom(room_id, file, store, self.settings, self.log)
 
     async def _serve(self, room: Any, *, task_status: TaskStatus[None]) -> None:

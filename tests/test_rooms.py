@@ -251,10 +251,12 @@ async def test_unknown_rooms_are_refused(setup: Setup) -> None:
             ("nonsense", 4400),
             ("json:spreadsheet:id-1", 4400),
             ("json:notebook:no-such-id", 4404),
+            ("json:notebook:../../../etc/passwd", 4404),
         ]:
             with pytest.raises(RoomError) as err:
                 await manager.get_room(room_id)
             assert err.value.code == code, room_id
+        assert setup.stores == []  # no store was even created
         await manager.close_all()
 
 
