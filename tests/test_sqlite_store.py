@@ -29,7 +29,7 @@ from jupyter_ystore import (
     YStorePermissionError,
 )
 from jupyter_ystore import ydoc as _ydoc
-from jupyter_ystore.stores import _sqlite_db
+from jupyter_ystore.stores import _sqlite_compact, _sqlite_db
 from jupyter_ystore.stores._sqlite_errors import map_error
 
 pytestmark = pytest.mark.anyio
@@ -248,7 +248,7 @@ async def test_group_commit_shares_commits(tmp_path: Path) -> None:
     async with store(db) as st:
         # count COMMIT statements run by the database thread
         await st._db.call(
-            lambda conn: conn.set_trace_callback(
+            lambda conn, schema: conn.set_trace_callback(
                 lambda sql: commits.append(1) if sql == "COMMIT" else None
             ),
             "tracing",
@@ -263,7 +263,7 @@ async def test_group_commit_shares_commits(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             for batch in sent:
                 tg.start_soon(writer, batch)
-        await st._db.call(lambda conn: conn.set_trace_callback(None), "tracing")
+        await st._db.call(lambda conn, schema: conn.set_trace_callback(None), "tracing")
     assert rows(db, "doc") == 400
     assert 0 < len(commits) < 400  # concurrent writers shared commits
 
@@ -358,13 +358,13 @@ async def test_explicit_compact_restores_and_the_file_shrinks(
 
 
 async def test_compaction_keeps_updates_written_meanwhile(
-    tmp_path: Path, updates: list[bytes]
+    tmp_path: Path, updates: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes racing with compaction (ours and another connection's) are never lost."""
     db = tmp_path / "y.db"
     extra = pycrdt.Doc()
     late = text_update(extra, "written by another process during the squash")
-    squash = _sqlite_db.SharedDatabase._squash
+    squash = _sqlite_compact.squash
     calls = []
 
     def squash_with_a_concurrent_write(path: str, batch: list[bytes]) -> bytes:
@@ -389,9 +389,9 @@ async def test_compaction_keeps_updates_written_meanwhile(
                 await anyio.sleep(0)
 
         await st.write(updates[0])
-        st._db._squash = squash_with_a_concurrent_write  # type: ignore[method-assign]
+        monkeypatch.setattr(_sqlite_compact, "squash", squash_with_a_concurrent_write)
         await st.compact()
-        st._db._squash = squash  # type: ignore[method-assign]
+        monkeypatch.setattr(_sqlite_compact, "squash", squash)
         records = [r async for r in st.read()]
         assert len(records) == 2  # the snapshot first, then the row written meanwhile
         assert records[-1][0] == late  # though its timestamp is older than the snapshot's
@@ -402,10 +402,10 @@ async def test_compaction_keeps_updates_written_meanwhile(
 
 
 async def test_compaction_retries_when_another_process_rewrote_the_rows(
-    tmp_path: Path, updates: list[bytes]
+    tmp_path: Path, updates: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "y.db"
-    squash = _sqlite_db.SharedDatabase._squash
+    squash = _sqlite_compact.squash
     calls = []
 
     def squash_racing_a_legacy_ttl_squash(path: str, batch: list[bytes]) -> bytes:
@@ -423,7 +423,7 @@ async def test_compaction_retries_when_another_process_rewrote_the_rows(
     async with store(db) as st:
         for update in updates:
             await st.write(update)
-        st._db._squash = squash_racing_a_legacy_ttl_squash  # type: ignore[method-assign]
+        monkeypatch.setattr(_sqlite_compact, "squash", squash_racing_a_legacy_ttl_squash)
         await st.compact()
         assert len(calls) == 2  # the first result was thrown away, not committed
         assert_same(await restored(st, "y_py"), reference(updates))
@@ -500,7 +500,9 @@ def test_sqlite_errors_map_to_the_ystore_family() -> None:
         assert "/srv/y.db" in str(mapped)
 
 
-async def test_unwritable_database_raises_permission_error_on_write(tmp_path: Path) -> None:
+async def test_unwritable_database_raises_permission_error_on_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A database opened read-only (as a file without write permission would be)."""
     db = tmp_path / "y.db"
     doc = pycrdt.Doc()
@@ -509,20 +511,20 @@ async def test_unwritable_database_raises_permission_error_on_write(tmp_path: Pa
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
-    os.chmod(db, 0o444)
+    os.chmod(db, 0o444)  # root ignores it: the connection is also opened read-only
     real_connect = sqlite3.connect
 
     def read_only(path: str, **kwargs: Any) -> sqlite3.Connection:
         return real_connect(f"file:{path}?mode=ro", uri=True, **kwargs)
 
-    _sqlite_db.sqlite3.connect = read_only  # type: ignore[assignment]
+    monkeypatch.setattr(sqlite3, "connect", read_only)
     try:
         async with store(db) as st:
             assert len([r async for r in st.read()]) == 1
             with pytest.raises(YStorePermissionError, match="permission|access|read"):
                 await st.write(text_update(doc, "b"))
     finally:
-        _sqlite_db.sqlite3.connect = real_connect  # type: ignore[assignment]
+        monkeypatch.undo()
         os.chmod(db, 0o644)
     assert rows(db) == 1
 
@@ -540,7 +542,7 @@ async def test_traits_from_config_and_validation(tmp_path: Path) -> None:
     async with st:
         await st.write(text_update(pycrdt.Doc(), "x"))
         level = await st._db.call(
-            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], "reading"
+            lambda conn, schema: conn.execute("PRAGMA synchronous").fetchone()[0], "reading"
         )
     assert level == 2  # FULL
     assert rows(tmp_path / "sub" / "configured.db") == 1

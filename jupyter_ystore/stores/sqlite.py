@@ -148,7 +148,7 @@ class SQLiteYStore(BaseYStore):
         db_path, options, self._policy = self._settings()
         db = _sqlite_db.acquire(db_path, options)
         try:
-            await db.call(lambda conn: None, "opening the database")
+            await db.call(lambda conn, schema: None, "opening the database")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _sqlite_db.release(db)
@@ -199,12 +199,9 @@ class SQLiteYStore(BaseYStore):
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
         """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""
         await self._ensure_running()
-        path = self.path
-        records = await self._require_db().call(
-            lambda conn: self._require_db().read_rows(conn, path), f"reading {path!r}"
-        )
+        records = await self._require_db().read_rows(self.path)
         if not records:
-            raise YDocNotFound(path)
+            raise YDocNotFound(self.path)
         for record in records:
             yield record
 
@@ -243,8 +240,7 @@ class SQLiteYStore(BaseYStore):
         """Every document in the database with its record count, bytes, time span and
         snapshots (a pycrdt-store checkpoint counts as a record and a snapshot)."""
         await self._ensure_running()
-        db = self._require_db()
-        return await db.call(db.list_documents, "listing documents")
+        return await self._require_db().list_documents()
 
     async def compact(self) -> None:
         """Replace this document's history by one snapshot, in one transaction."""
@@ -256,9 +252,7 @@ class SQLiteYStore(BaseYStore):
     async def delete(self) -> None:
         """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
         await self._ensure_running()
-        db = self._require_db()
-        path = self.path
-        await db.call(lambda conn: db.delete(path, conn), f"deleting {path!r}")
+        await self._require_db().delete(self.path)
 
 
 def _db_path_problem(value: Any) -> str | None:

@@ -1,0 +1,90 @@
+"""Reads and deletions on the shared layout (run in the database thread)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from . import compat
+from ._sqlite_schema import Schema
+from .base import DocumentInfo
+
+INSERT = "INSERT INTO yupdates (path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?)"
+
+
+def read_rows(conn: sqlite3.Connection, schema: Schema, path: str) -> list[tuple[bytes, bytes, float]]:
+    """Everything stored for ``path``, oldest first: a pycrdt-store checkpoint if any, then
+    the rows in insertion (rowid) order, which puts our snapshot first."""
+    records: list[tuple[bytes, bytes, float]] = []
+    checkpoint = compat.read_checkpoint(conn, schema.layout, path)
+    if checkpoint is not None:
+        records.append((checkpoint[0], b"", checkpoint[1]))
+    for update, metadata, timestamp in conn.execute(
+        "SELECT yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid",
+        (path,),
+    ):
+        records.append((bytes(update or b""), bytes(metadata or b""), float(timestamp)))
+    return records
+
+
+def tail_stats(
+    conn: sqlite3.Connection, schema: Schema, path: str
+) -> tuple[int, int, float | None]:
+    """Rows and bytes after ``path``'s snapshot (all rows without one), newest timestamp."""
+    snapshot_row = schema.snapshot_row(conn, path)
+    count, nbytes = conn.execute(
+        "SELECT count(*), coalesce(sum(length(yupdate)), 0) FROM yupdates "
+        "WHERE path = ? AND rowid > ?",
+        (path, -1 if snapshot_row is None else snapshot_row),
+    ).fetchone()
+    (last_ts,) = conn.execute(
+        "SELECT max(timestamp) FROM yupdates WHERE path = ?", (path,)
+    ).fetchone()
+    return count, nbytes, last_ts
+
+
+def list_documents(conn: sqlite3.Connection, schema: Schema) -> list[DocumentInfo]:
+    """Every document of the database; a pycrdt-store checkpoint counts as a record and a
+    snapshot."""
+    found: dict[str, list[Any]] = {}
+    for path, count, nbytes, first, last in conn.execute(
+        "SELECT path, count(*), coalesce(sum(length(yupdate)), 0), min(timestamp), "
+        "max(timestamp) FROM yupdates GROUP BY path"
+    ):
+        found[path] = [count, nbytes, first, last, 0]
+    if schema.has_snapshots:
+        for (path,) in conn.execute(
+            "SELECT s.path FROM ystore_snapshots AS s JOIN yupdates AS u "
+            "ON u.rowid = s.row AND u.path = s.path"
+        ):
+            found[path][4] += 1
+    if schema.has_checkpoints:
+        for path, nbytes, timestamp in conn.execute(
+            "SELECT path, length(checkpoint), timestamp FROM ycheckpoints"
+        ):
+            info = found.setdefault(path, [0, 0, timestamp, timestamp, 0])
+            info[0] += 1
+            info[1] += nbytes or 0
+            info[2] = min(info[2], timestamp)
+            info[3] = max(info[3], timestamp)
+            info[4] += 1
+    return [
+        DocumentInfo(path, count, nbytes, first, last, snapshots)
+        for path, (count, nbytes, first, last, snapshots) in sorted(found.items())
+    ]
+
+
+def delete_document(conn: sqlite3.Connection, schema: Schema, path: str) -> None:
+    """Remove every trace of ``path`` in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM yupdates WHERE path = ?", (path,))
+        if schema.has_checkpoints:
+            conn.execute("DELETE FROM ycheckpoints WHERE path = ?", (path,))
+        if schema.has_snapshots:
+            conn.execute("DELETE FROM ystore_snapshots WHERE path = ?", (path,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
