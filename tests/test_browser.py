@@ -80,7 +80,9 @@ def _browser_tools() -> dict[str, str]:
     if not (BROWSER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
         missing.append(f"playwright-core in {BROWSER_DIR}/node_modules (`npm ci` there)")
     if missing:
-        pytest.fail("The real-browser test needs " + "; ".join(missing) + ". " + INSTALL_HINT, pytrace=False)
+        pytest.fail(
+            "The real-browser test needs " + "; ".join(missing) + ". " + INSTALL_HINT, pytrace=False
+        )
     return {"chromium": chromium, "node": node or "node"}
 
 
@@ -117,7 +119,9 @@ def _cell_sources(path: Path) -> list[str]:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]]
+    return [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]
+    ]
 
 
 class LabServer:
@@ -150,7 +154,9 @@ class LabServer:
         )
         env.pop("JUPYTER_NO_CONFIG", None)
         # No news toast over the notebook, no requests to the internet.
-        settings = self.base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        settings = (
+            self.base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        )
         settings.mkdir(parents=True, exist_ok=True)
         (settings / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False})
@@ -161,7 +167,9 @@ class LabServer:
             "YDocExtension": {"document_save_delay": SAVE_DELAY},
             "SQLiteYStore": {"db_path": str(self.base / "ystore.db")},
         }
-        (self.base / "config" / "jupyter_server_config.json").write_text(json.dumps(config, indent=1))
+        (self.base / "config" / "jupyter_server_config.json").write_text(
+            json.dumps(config, indent=1)
+        )
         return env
 
     def command(self) -> list[str]:
@@ -185,11 +193,15 @@ class LabServer:
             self.proc = subprocess.Popen(
                 self.command(), cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        _wait_for(f"jupyter lab to answer on {self.url} (log: {log})", self._ready, START_TIMEOUT, 0.2)
+        _wait_for(
+            f"jupyter lab to answer on {self.url} (log: {log})", self._ready, START_TIMEOUT, 0.2
+        )
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"jupyter lab exited with code {self.proc.returncode} while starting")
+            raise AssertionError(
+                f"jupyter lab exited with code {self.proc.returncode} while starting"
+            )
         try:
             status, _ = self.request("GET", "/api/status")
         except OSError:
@@ -214,7 +226,9 @@ class LabServer:
         status, reply = self.request(
             "PUT", f"/api/collaboration/session/{quoted}", {"format": "json", "type": "notebook"}
         )
-        assert status in (200, 201), f"PUT /api/collaboration/session/{quoted} -> {status} {reply!r}"
+        assert status in (200, 201), (
+            f"PUT /api/collaboration/session/{quoted} -> {status} {reply!r}"
+        )
         missing = {"format", "type", "fileId", "sessionId"} - set(reply)
         assert not missing, f"session reply lacks {sorted(missing)}: {reply!r}"
         return reply
@@ -239,7 +253,11 @@ class LabServer:
             return None
 
     def log_text(self) -> str:
-        return "\n".join(f"----- {p.name} -----\n{p.read_text(errors='replace')}" for p in self.logs if p.exists())
+        return "\n".join(
+            f"----- {p.name} -----\n{p.read_text(errors='replace')}"
+            for p in self.logs
+            if p.exists()
+        )
 
 
 class Driver:
@@ -275,7 +293,9 @@ class Driver:
         except queue.Empty:
             raise AssertionError(f"browser driver sent no {name!r} within {timeout:.0f}s") from None
         if event is None:
-            raise AssertionError(f"browser driver exited (code {self.proc.wait(5)}) before {name!r}")
+            raise AssertionError(
+                f"browser driver exited (code {self.proc.wait(5)}) before {name!r}"
+            )
         if event.get("event") != name:
             raise AssertionError(f"browser driver: expected {name!r}, got {event}")
         return event
@@ -295,7 +315,9 @@ class Driver:
 def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
     tools = _browser_tools()
     python = os.environ.get("JUPYTER_YSTORE_BROWSER_PYTHON", sys.executable)
-    upstream = "JUPYTER_YSTORE_BROWSER_PYTHON" in os.environ and _has_module(python, "jupyter_server_ydoc")
+    upstream = "JUPYTER_YSTORE_BROWSER_PYTHON" in os.environ and _has_module(
+        python, "jupyter_server_ydoc"
+    )
     kill_after = os.environ.get("JUPYTER_YSTORE_BROWSER_KILL_AFTER", "relay")
     assert kill_after in ("relay", "file"), f"JUPYTER_YSTORE_BROWSER_KILL_AFTER={kill_after!r}"
 
@@ -332,16 +354,23 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         assert edited["cellsA"] == edited["cellsB"] == 2, edited
 
         if kill_after == "file":
-            _wait_for("the edit in the .ipynb before the kill", lambda: marker in "".join(_cell_sources(notebook)), 30)
+            _wait_for(
+                "the edit in the .ipynb before the kill",
+                lambda: marker in "".join(_cell_sources(notebook)),
+                30,
+            )
         server.kill()
         step("server SIGKILLed")
         saved_before_kill = marker in "".join(_cell_sources(notebook))
         if kill_after == "relay":
             assert not saved_before_kill, (
-                f"the .ipynb already held the edit when the server was killed; with document_save_delay="
-                f"{SAVE_DELAY} this test cannot tell whether the store restored it"
+                "the .ipynb already held the edit when the server was killed; with "
+                f"document_save_delay={SAVE_DELAY} this test cannot tell whether the store "
+                "restored it"
             )
-        driver.send("close_pages", names=["B"])  # A stays open across the restart, as a real tab would
+        driver.send(
+            "close_pages", names=["B"]
+        )  # A stays open across the restart, as a real tab would
         driver.expect("closed")
 
         server.start()
@@ -363,7 +392,9 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         driver.send("reopen")
         reopened = driver.expect("reopened")
         step("page C shows the edit")
-        assert reopened["cells"] == 2, f"expected the notebook's 2 cells after restart, page shows {reopened}"
+        assert reopened["cells"] == 2, (
+            f"expected the notebook's 2 cells after restart, page shows {reopened}"
+        )
         assert sum(text.count(marker) for text in reopened["code"]) == 1, reopened
 
         sources = _wait_for(
@@ -401,7 +432,9 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
                 pass
         print(server.log_text())
         if (tmp_path / "driver.log").exists():
-            print("----- driver.log -----\n" + (tmp_path / "driver.log").read_text(errors="replace"))
+            print(
+                "----- driver.log -----\n" + (tmp_path / "driver.log").read_text(errors="replace")
+            )
         print(f"screenshots (if any) in {tmp_path / 'screenshots'}")
         raise
     finally:
@@ -413,3 +446,31 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
 def _has_module(python: str, module: str) -> bool:
     probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+def test_binder_config_sets_real_traits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """binder/jupyter_server_config.py: traitlets ignores a misspelt class or trait silently,
+    so check every setting names a real configurable trait and takes effect."""
+    from jupyter_server.serverapp import ServerApp
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from jupyter_ystore.app import YStoreExtension
+    from jupyter_ystore.stores.sqlite import SQLiteYStore
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = PyFileConfigLoader(
+        "jupyter_server_config.py", path=str(BROWSER_DIR.parent.parent / "binder")
+    ).load_config()
+    classes = {cls.__name__: cls for cls in (ServerApp, YStoreExtension, SQLiteYStore)}
+    for section, values in config.items():
+        assert section in classes, f"binder config sets unknown class {section}"
+        traits = classes[section].class_traits(config=True)
+        unknown = set(values) - set(traits)
+        assert not unknown, f"binder config sets unknown {section} traits {sorted(unknown)}"
+
+    extensions = config.ServerApp.jpserver_extensions.get_value({})
+    assert extensions == {"jupyter_ystore": True, "jupyter_server_ydoc": False}
+    assert YStoreExtension(config=config).ystore_class is SQLiteYStore
+    assert SQLiteYStore("binder-check", config=config).db_path == str(
+        tmp_path / ".jupyter_ystore.db"
+    )
