@@ -368,9 +368,8 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
                 f"document_save_delay={SAVE_DELAY} this test cannot tell whether the store "
                 "restored it"
             )
-        driver.send(
-            "close_pages", names=["B"]
-        )  # A stays open across the restart, as a real tab would
+        # A stays open across the restart, as a forgotten tab would.
+        driver.send("close_pages", names=["B"])
         driver.expect("closed")
 
         server.start()
