@@ -14,6 +14,7 @@ the concurrent test); the output says so on each line. Not a test: nothing here 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sqlite3
@@ -58,11 +59,24 @@ async def run_reference(store: Any) -> AsyncIterator[Any]:
 
 
 class Contender:
-    def __init__(self, name: str, factory: Factory, run: Any, sampled: bool):
+    def __init__(
+        self, name: str, factory: Factory, run: Any, sampled: bool, db: Path | None = None
+    ):
         self.name = name
         self.factory = factory
         self.run = run
         self.sampled = sampled
+        self.db = db  # SQLite file, to count what was really stored
+
+
+def stored_rows(db: Path, prefix: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT count(*) FROM yupdates WHERE path LIKE ?", (prefix + "%",)
+        ).fetchone()[0]
+    finally:
+        conn.close()
 
 
 def contenders(tmp: Path) -> list[Contender]:
@@ -75,9 +89,16 @@ def contenders(tmp: Path) -> list[Contender]:
         ),
         Contender(
             "ours SQLite (FULL)",
-            lambda path: SQLiteYStore(path, db_path=str(tmp / "ours-full.db"), synchronous="FULL"),
+            lambda path: SQLiteYStore(
+                path,
+                db_path=str(tmp / "ours-full.db"),
+                synchronous="FULL",
+                compact_after_updates=0,
+                compact_after_bytes=0,
+            ),
             run_ours,
             True,
+            tmp / "ours-full.db",
         ),
     ]
     try:
@@ -99,7 +120,9 @@ def contenders(tmp: Path) -> list[Contender]:
         class YpySQLite(ypy.SQLiteYStore):
             db_path = str(tmp / "ypy.db")
 
-        found.append(Contender("ypy-websocket 0.12.4 SQLite", YpySQLite, run_reference, True))
+        found.append(
+            Contender("ypy-websocket 0.12.4 SQLite", YpySQLite, run_reference, True, tmp / "ypy.db")
+        )
         found.append(
             Contender(
                 "ypy-websocket 0.12.4 File",
@@ -117,7 +140,9 @@ def contenders(tmp: Path) -> list[Contender]:
         class PSQLite(PycrdtSQLite):
             db_path = str(tmp / "pycrdt.db")
 
-        found.append(Contender("pycrdt-store 0.1.5 SQLite", PSQLite, run_reference, True))
+        found.append(
+            Contender("pycrdt-store 0.1.5 SQLite", PSQLite, run_reference, True, tmp / "pycrdt.db")
+        )
         found.append(
             Contender(
                 "pycrdt-store 0.1.5 File",
@@ -237,9 +262,19 @@ class Report:
 
 
 def failure(exc: BaseException) -> str:
-    while len(getattr(exc, "exceptions", ())) == 1:  # an exception group of one
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return f"{type(exc).__name__}: {str(exc)[:80]}"
+    """The first real error inside (nested) exception groups, and how many there were."""
+    leaves: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        inner = getattr(current, "exceptions", None)
+        if inner:
+            todo.extend(inner)
+        else:
+            leaves.append(current)
+    first = leaves[0]
+    count = f" (and {len(leaves) - 1} more)" if len(leaves) > 1 else ""
+    return f"{type(first).__name__}: {str(first)[:60]}{count}"
 
 
 def rate(x: float) -> str:
@@ -255,6 +290,9 @@ def ratio(x: float) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    # pycrdt-store logs (and drops) "database is locked" writes; we count them instead
+    logging.getLogger("pycrdt.store").setLevel(logging.CRITICAL)
+    logging.getLogger("sqlite_anyio").setLevel(logging.CRITICAL)
     updates = list(iter_var_bytes(STREAM.read_bytes()))
     if args.quick:
         updates = updates[:10_000]
@@ -304,11 +342,11 @@ async def main(args: argparse.Namespace) -> None:
             except Exception as exc:
                 report.add(f"{CONCURRENT_DOCS} docs concurrently, {c.name}", "failed", failure(exc))
                 continue
-            report.add(
-                f"{CONCURRENT_DOCS} docs concurrently, {c.name}",
-                rate(conc[c.name]),
-                f"{CONCURRENT_DOCS} × {per_doc:,} updates, total",
-            )
+            note = f"{CONCURRENT_DOCS} × {per_doc:,} updates, total"
+            if c.db is not None:
+                lost = CONCURRENT_DOCS * per_doc - stored_rows(c.db, "conc-")
+                note += f"; {lost} writes lost" if lost else "; none lost"
+            report.add(f"{CONCURRENT_DOCS} docs concurrently, {c.name}", rate(conc[c.name]), note)
         for ref in ("pycrdt-store 0.1.5 SQLite", "ypy-websocket 0.12.4 SQLite"):
             if ref in conc:
                 report.add(

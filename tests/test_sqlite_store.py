@@ -597,3 +597,30 @@ async def test_list_compact_delete(tmp_path: Path) -> None:
             await st.apply_updates(pycrdt.Doc())
         assert [info.path for info in await st.list_documents()] == ["b"]
     assert rows(db, "b") == 3
+
+
+def test_waiter_outside_asyncio_uses_a_thread_event() -> None:
+    """Where no asyncio loop runs (e.g. trio), results come through a threading.Event."""
+    from jupyter_ystore.stores._sqlite_bridge import Waiter, deliver
+
+    made: dict[str, Waiter] = {}
+    thread = threading.Thread(target=lambda: made.setdefault("waiter", Waiter()))
+    thread.start()
+    thread.join()
+    ok, failing = made["waiter"], Waiter()
+    assert ok._future is None and failing._future is None
+    deliver([(ok, 42, None), (failing, None, YStoreLockedError("locked", path="x.db"))])
+
+    async def outcome() -> Any:
+        with pytest.raises(YStoreLockedError):
+            await failing._wait_event()
+        return await ok._wait_event()
+
+    assert anyio.run(outcome) == 42
+
+
+async def test_apply_updates_refuses_what_is_not_a_document(tmp_path: Path) -> None:
+    async with store(tmp_path / "y.db") as st:
+        await st.write(text_update(pycrdt.Doc(), "a"))
+        with pytest.raises(TypeError):
+            await st.apply_updates(object())

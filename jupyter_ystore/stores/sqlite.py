@@ -145,7 +145,7 @@ class SQLiteYStore(BaseYStore):
         return db_path, options, policy
 
     async def _open(self) -> None:
-        db_path, options, self._policy = self._settings()
+        db_path, options, self._policy = await anyio.to_thread.run_sync(self._settings)
         db = _sqlite_db.acquire(db_path, options)
         try:
             await db.call(lambda conn, schema: None, "opening the database")
@@ -165,7 +165,9 @@ class SQLiteYStore(BaseYStore):
             try:
                 await self._require_db().compact(self.path, policy=self._policy)
             except Exception as exc:  # the updates are intact; the next threshold retries
-                self.log.error("automatic compaction of %r failed: %s", self.path, exc)
+                self.log.error(
+                    "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
+                )
 
     async def _close(self) -> None:
         db, self._db = self._db, None
@@ -181,7 +183,8 @@ class SQLiteYStore(BaseYStore):
 
     async def write(self, data: bytes) -> None:
         """Append one update; returns once it is committed (see the module's Durability)."""
-        await self._ensure_running()
+        if not self._running:
+            await self._ensure_running()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"an update is bytes, got {type(data).__name__}")
         if type(data) is not bytes:
@@ -218,19 +221,17 @@ class SQLiteYStore(BaseYStore):
         limit = self._policy.max_updates
         if limit and len(updates) > limit and self._compaction_wanted is not None:
             self._compaction_wanted.set()  # e.g. a legacy database's long history
+        _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
         head, tail = updates[0], updates[1:]
         try:
-            for single in (head, *tail[:1]) if len(tail) <= 1 else (head,):
-                if not _ydoc.is_valid_update(single):  # merging checks the others
-                    raise ValueError("a stored record does not decode")
-            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, tail) if tail else None
+            merged = await anyio.to_thread.run_sync(_merge_tail, tail) if tail else None
+            _ydoc.apply_update(ydoc, head)  # a record that does not decode changes nothing
         except Exception as exc:
             raise YStoreCorruptError(
                 f"document {self.path!r} holds an update that is not valid Yjs ({exc})",
                 path=self._require_db().db_path,
                 hint="the rows were left as they are; export or delete the document",
             ) from exc
-        _ydoc.apply_update(ydoc, head)
         if merged is not None:
             _ydoc.apply_update(ydoc, merged)
 
@@ -253,6 +254,13 @@ class SQLiteYStore(BaseYStore):
         """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
         await self._ensure_running()
         await self._require_db().delete(self.path)
+
+
+def _merge_tail(tail: list[bytes]) -> bytes:
+    """The updates after the snapshot as one (checked: merging one update checks nothing)."""
+    if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):
+        raise ValueError("a stored record does not decode")
+    return _ydoc.merge_updates(tail)
 
 
 def _db_path_problem(value: Any) -> str | None:
