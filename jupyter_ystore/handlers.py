@@ -104,7 +104,9 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 
     @property
     def max_message_size(self) -> int:  # type: ignore[override]
-        return self.extension.max_message_size
+        # Tornado drops bigger frames silently (1009); up to twice the limit we read them and
+        # say why we refuse them, in the log and in the close reason.
+        return 2 * self.extension.max_message_size
 
     @ws_authenticated
     @authorized("read")
@@ -156,6 +158,18 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
     async def on_message(self, message: str | bytes) -> None:
         room = self.room
         if room is None or self._closed:
+            return
+        limit = self.extension.max_message_size
+        if len(message) > limit:
+            self.log.warning(
+                "Collaboration room %s: bad message from %s, disconnecting it: %d bytes is over "
+                "YStoreExtension.max_message_size (%d)",
+                room.room_id,
+                self.username,
+                len(message),
+                limit,
+            )
+            self.close(1009, f"message too big: over {limit} bytes")
             return
         try:
             await room.handle(self, sync.parse_message(message))  # type: ignore[arg-type]
