@@ -62,24 +62,27 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
 
 
 def deliver(outcomes: Iterable[tuple[Waiter, Any, BaseException | None]]) -> None:
-    """Complete waiters from the database thread (each exception is copied per waiter)."""
+    """Complete waiters from the database thread: one wake-up per event loop per batch."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-    first_error: set[int] = set()
+    errors_seen: set[int] = set()
     for waiter, result, error in outcomes:
         if error is not None:
             # One failed commit fails every write of its batch: give each its own instance
             # so tracebacks do not pile onto one shared object.
-            if id(error) in first_error:
+            if id(error) in errors_seen:
                 error = copy.copy(error)
             else:
-                first_error.add(id(error))
-        if waiter._loop is None:
+                errors_seen.add(id(error))
+        loop = waiter._loop
+        if loop is None:
             waiter._outcome = (result, error)
             assert waiter._event is not None
             waiter._event.set()
-        else:
-            assert waiter._future is not None
-            by_loop.setdefault(waiter._loop, []).append((waiter._future, result, error))
+            continue
+        items = by_loop.get(loop)
+        if items is None:
+            items = by_loop[loop] = []
+        items.append((waiter._future, result, error))
     for loop, items in by_loop.items():
         try:
             loop.call_soon_threadsafe(_resolve, items)

@@ -311,17 +311,20 @@ class SharedDatabase:
     # ------------------------------------------------------------------ writes
 
     def _commit_writes(self, batch: list[_Write]) -> list[Outcome]:
+        """One transaction for the whole batch (the hot path: kept to plain loops)."""
         if self.failed is not None:
             return [(job.waiter, None, self.failed) for job in batch]
         conn = self._conn
         assert conn is not None
+        all_stats = self._stats
         outcomes: list[Outcome] = []
         written: list[_Write] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             rows: list[tuple[str, bytes, bytes, float]] = []
             for job in batch:
-                stats = self._stats_for(job.path)
+                path = job.path
+                stats = all_stats.get(path) or self._stats_for(path)
                 ttl = job.policy.ttl
                 if (
                     ttl is not None
@@ -331,13 +334,13 @@ class SharedDatabase:
                 ):
                     if rows:
                         conn.executemany(queries.INSERT, rows)
-                        rows.clear()
-                    error = self._ttl_squash(job.path)
+                        rows = []
+                    error = self._ttl_squash(path)
                     if error is not None:
                         outcomes.append((job.waiter, None, error))
                         continue
-                    stats = self._stats_for(job.path)
-                rows.append((job.path, job.update, job.metadata, job.timestamp))
+                    stats = self._stats_for(path)
+                rows.append((path, job.update, job.metadata, job.timestamp))
                 stats.count += 1
                 stats.nbytes += len(job.update)
                 if stats.last_ts is None or job.timestamp > stats.last_ts:
@@ -349,7 +352,7 @@ class SharedDatabase:
         except Exception as exc:
             self._rollback()
             for job in batch:
-                self._stats.pop(job.path, None)
+                all_stats.pop(job.path, None)
             error = self._error(exc, "committing updates")
             failed = {id(waiter) for waiter, _, _ in outcomes}
             return outcomes + [
@@ -358,7 +361,13 @@ class SharedDatabase:
         if self._checkpointer is not None:
             self._checkpointer.committed()
         for job in written:
-            outcomes.append((job.waiter, self._wants_compaction(job.path, job.policy), None))
+            stats = all_stats.get(job.path)
+            policy = job.policy
+            wanted = stats is not None and bool(
+                (policy.max_updates and stats.count >= policy.max_updates)
+                or (policy.max_bytes and stats.nbytes >= policy.max_bytes)
+            )
+            outcomes.append((job.waiter, wanted, None))
         return outcomes
 
     def _ttl_squash(self, path: str) -> BaseException | None:
