@@ -2,12 +2,13 @@
 
 Two pages edit one notebook through a real ``jupyter lab`` subprocess; the server
 is SIGKILLed right after page B has seen page A's edit, restarted on the same
-root and database, and a fresh page must still show the edit (and, after the
+root and database, and a fresh page C must still show the edit (and, after the
 save delay, the ``.ipynb`` on disk must hold it), while page A, which outlived
-the crash, is offered a reload instead of merging its stale history. Then Ctrl+S in that page must
-report "Saving completed" with the file written, and SIGTERM must end the
-server promptly while the page is still connected. This is the test that proves
-the front end and our endpoints actually talk, and that a crash loses nothing.
+the crash, is offered a reload instead of merging its stale history. Then Ctrl+S
+in C must report "Saving completed" with the file written, a change made to the
+file by another program must reach C, and SIGTERM must end the server promptly
+while C is still connected. This is the test that proves the front end and our
+endpoints actually talk, and that a crash loses nothing.
 
 Needs Debian's ``chromium``, Node.js and ``tests/browser/node_modules``
 (``tests/browser/install.sh`` installs them). It fails, never skips, when they
@@ -122,6 +123,15 @@ def _cell_sources(path: Path) -> list[str]:
     return [
         "".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"]
     ]
+
+
+def _edit_on_disk(path: Path, code: str) -> None:
+    """Replace the code cell's source the way an editor would: write aside, then rename."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb["cells"][1]["source"] = code
+    aside = path.with_name(path.name + ".tmp")
+    aside.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    os.replace(aside, path)
 
 
 class LabServer:
@@ -300,6 +310,10 @@ class Driver:
             raise AssertionError(f"browser driver: expected {name!r}, got {event}")
         return event
 
+    def expect_after(self, cmd: str, event: str, **extra: Any) -> dict[str, Any]:
+        self.send(cmd, **extra)
+        return self.expect(event)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -417,6 +431,16 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         assert len(sources) == 2 and marker in sources[1] and marker2 in sources[1], (
             f"'Saving completed' was shown but the .ipynb lacks the saved text: {sources}"
         )
+
+        # Another program rewrites the file while page C has it open: the change reaches the
+        # page as a normal update (the file wins because it changed after the store's last
+        # update), with no dialog.
+        marker3 = f"# on-disk-{uuid.uuid4().hex[:10]}"
+        _edit_on_disk(notebook, f"y = 3  {marker3}")
+        seen = driver.expect_after("expect_text", "text_seen", name="C", text=marker3)
+        step("page C shows the on-disk edit")
+        assert seen["code"] == [f"y = 3  {marker3}"], seen
+        assert seen["dialogs"] == [], f"an on-disk edit raised a dialog: {seen}"
 
         # Shutdown with a collaborating page still connected must be prompt.
         took = server.terminate(timeout=15)

@@ -10,6 +10,7 @@
 //   {"cmd":"stale","name":"A"} -> {"event":"stale", text, buttons, roomSockets}  A's session dialog
 //   {"cmd":"reopen"}       -> {"event":"reopened", ...} fresh page C on the restarted server
 //   {"cmd":"save","text":t}  -> {"event":"saved", saving, dialogs, dirty}  t typed in C, then Ctrl+S
+//   {"cmd":"expect_text","name":n,"text":t} -> {"event":"text_seen", code, dialogs}  page n shows t
 //   {"cmd":"screenshot","tag":t} -> {"event":"screenshot"}  PNGs of open pages
 //   {"cmd":"quit"}         -> {"event":"bye"}
 //   any failure            -> {"event":"error","message":...} plus screenshots, exit code 1
@@ -132,15 +133,17 @@ async function editorTexts(page) {
   return page.locator(CODE_EDITOR).allInnerTexts();
 }
 
-async function waitForMarker(page, name) {
-  const editors = page.locator(CODE_EDITOR, { hasText: cfg.marker });
+async function waitForText(page, name, text) {
+  const editors = page.locator(CODE_EDITOR, { hasText: text });
   try {
     await editors.first().waitFor({ state: 'visible' });
   } catch (err) {
-    throw new Error(`page ${name} never showed ${JSON.stringify(cfg.marker)} within ${timeout} ms; ` +
+    throw new Error(`page ${name} never showed ${JSON.stringify(text)} within ${timeout} ms; ` +
       `its code cells show ${JSON.stringify(await editorTexts(page))}`);
   }
 }
+
+const waitForMarker = (page, name) => waitForText(page, name, cfg.marker);
 
 // Type into the first code cell, then Ctrl+S: the front end sends the save
 // request over the room's websocket and shows "Saving completed" only when the
@@ -208,6 +211,10 @@ async function main() {
         emit('reopened', { cells: await c.locator('.jp-Cell').count(), code: await editorTexts(c) });
       } else if (cmd.cmd === 'save') {
         emit('saved', await typeAndSave(pages.get('C'), cmd.text));
+      } else if (cmd.cmd === 'expect_text') {
+        const page = pages.get(cmd.name);
+        await waitForText(page, cmd.name, cmd.text);
+        emit('text_seen', { code: await editorTexts(page), dialogs: await page.locator('.jp-Dialog').allInnerTexts() });
       } else if (cmd.cmd === 'screenshot') {
         await screenshotAll(cmd.tag ?? 'requested');
         emit('screenshot');
