@@ -430,9 +430,9 @@ def resolve_path(db_path: str) -> str:
     return os.path.realpath(os.path.abspath(os.path.expanduser(db_path)))
 
 
-def acquire(db_path: str, options: Options) -> SharedDatabase:
-    """The process's connection to ``db_path`` (opened on first use); pair with ``release``."""
-    key = resolve_path(db_path)
+def acquire(key: str, options: Options) -> SharedDatabase:
+    """The process's connection to the file ``key`` (a ``resolve_path`` result), opened on
+    first use; pair with ``release``. No file system access here: safe on the event loop."""
     with _REGISTRY_LOCK:
         db = _REGISTRY.get(key)
         if db is None or db.failed is not None or db.closing:

@@ -124,7 +124,8 @@ class SQLiteYStore(BaseYStore):
     # ------------------------------------------------------------------ lifecycle
 
     def _settings(self) -> tuple[str, _sqlite_db.Options, _sqlite_db.Policy]:
-        """Values of the traits, checked again: a subclass may set plain class attributes."""
+        """Values of the traits, checked again (a subclass may set plain class attributes),
+        and the database's real path. Touches the file system: run in a worker thread."""
         db_path = self.db_path
         problem = _db_path_problem(db_path)
         if problem:
@@ -142,7 +143,7 @@ class SQLiteYStore(BaseYStore):
             max_updates=self.compact_after_updates or None,
             max_bytes=self.compact_after_bytes or None,
         )
-        return db_path, options, policy
+        return _sqlite_db.resolve_path(db_path), options, policy
 
     async def _open(self) -> None:
         db_path, options, self._policy = await anyio.to_thread.run_sync(self._settings)
@@ -182,7 +183,10 @@ class SQLiteYStore(BaseYStore):
     # ------------------------------------------------------------------ the seed's API
 
     async def write(self, data: bytes) -> None:
-        """Append one update; returns once it is committed (see the module's Durability)."""
+        """Append one update; returns once it is committed (see the module's Durability).
+
+        A caller cancelled while waiting may still see its update committed.
+        """
         if not self._running:
             await self._ensure_running()
         if not isinstance(data, (bytes, bytearray, memoryview)):
