@@ -184,3 +184,43 @@ async def test_loading_a_long_legacy_history_compacts_it(
         doc = y_py.YDoc()
         await st.apply_updates(doc)
     assert content(doc) == legacy_expected["ypy_sqlite_v2.db"]["docs"][key]["content"]
+
+
+async def test_a_large_legacy_database_shrinks_after_compaction(
+    tmp_path: Path, bench_updates: list[bytes]
+) -> None:
+    """ypy-websocket databases have no auto_vacuum: the first big compaction converts the
+    file in place (one VACUUM), and it shrinks; ypy-websocket can still read it."""
+    db = tmp_path / "ypy.db"
+    conn = sqlite3.connect(db)  # exactly ypy-websocket 0.12.4's schema, filled in bulk
+    conn.execute(
+        "CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, "
+        "timestamp REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX idx_yupdates_path_timestamp ON yupdates (path, timestamp)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany(
+        "INSERT INTO yupdates VALUES ('doc', ?, ?, ?)",
+        ((u, b"user", float(i)) for i, u in enumerate(bench_updates)),
+    )
+    conn.commit()
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    before = db.stat().st_size
+    async with open_store(db, "doc") as st:
+        await st.compact()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL from now on
+    legacy_reader = y_py.YDoc()  # what ypy-websocket does: apply every row of the path
+    for (update,) in conn.execute("SELECT yupdate FROM yupdates WHERE path = 'doc'"):
+        y_py.apply_update(legacy_reader, update)
+    conn.close()
+    assert db.stat().st_size < before / 2, (before, db.stat().st_size)
+    expected = pycrdt.Doc()
+    for update in bench_updates:
+        expected.apply_update(update)
+    import json
+
+    assert json.loads(legacy_reader.get_array("cells").to_json()) == expected.get(
+        "cells", type=pycrdt.Array
+    ).to_py()
