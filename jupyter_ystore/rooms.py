@@ -68,6 +68,15 @@ class Origin:
         return json.dumps(data, separators=(",", ":")).encode()
 
 
+@dataclass
+class _Change:
+    """One change of the shared document waiting for the writer."""
+
+    update: bytes
+    origin: Origin
+    relayed: bool = False
+
+
 SERVER_LOAD = Origin("server", reason="load")
 SERVER_FILE = Origin("server", reason="file-changed")
 SERVER_SAVE = Origin("server", reason="save")
@@ -199,7 +208,7 @@ class DocumentRoom:
         self._work: TaskGroup | None = None
         # change queue → writer
         self._origin: Origin | None = None
-        self._pending: list[tuple[bytes, Origin]] = []
+        self._pending: list[_Change] = []
         self._queued = 0
         self._written = 0
         self._wakeup = anyio.Event()
@@ -396,27 +405,33 @@ class DocumentRoom:
         if update == b"\x00\x00":
             return
         origin = self._origin or Origin("server")
-        self.relay.broadcast(sync.update_message(update))
-        if origin is REMOTE:
+        if origin is REMOTE:  # durable already: relay now
+            self.relay.broadcast(sync.update_message(update))
             return
-        self._pending.append((update, origin))
+        self._pending.append(_Change(update, origin))
         self._queued += 1
         self._wakeup.set()
         if origin is not SERVER_SAVE and origin is not SERVER_LOAD:
             self._schedule_save()
 
     async def _writer(self) -> None:
-        """Write queued changes in order; consecutive changes of one origin in one write."""
+        """Write queued changes in order, consecutive changes of one origin in one write,
+        then relay them: what any client receives (its own echo included) is durable.
+
+        While the store fails, changes are relayed anyway (collaboration goes on, the error
+        is logged) and their writes retried until the store takes them.
+        """
         while True:
             if not self._pending:
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
                 continue
-            origin = self._pending[0][1]
+            origin = self._pending[0].origin
             count = 1
-            while count < len(self._pending) and self._pending[count][1] == origin:
+            while count < len(self._pending) and self._pending[count].origin == origin:
                 count += 1
-            merged = merge_updates([update for update, _ in self._pending[:count]])
+            batch = self._pending[:count]
+            merged = merge_updates([change.update for change in batch])
             try:
                 self._writing_meta = origin.metadata()
                 await self.store.write(merged)
@@ -430,15 +445,27 @@ class DocumentRoom:
                         exc,
                     )
                 self._store_error = exc
+                for change in self._pending:
+                    self._relay(change)
                 self._notify_progress()
                 await anyio.sleep(self.settings.store_retry_delay)
                 continue
             if self._store_error is not None:
                 self.log.info("Room %s: the store accepts writes again", self.room_id)
                 self._store_error = None
+            if not any(change.relayed for change in batch):
+                self.relay.broadcast(sync.update_message(merged))
+            else:
+                for change in batch:
+                    self._relay(change)
             del self._pending[:count]
             self._written += count
             self._notify_progress()
+
+    def _relay(self, change: _Change) -> None:
+        if not change.relayed:
+            change.relayed = True
+            self.relay.broadcast(sync.update_message(change.update))
 
     def _notify_progress(self) -> None:
         self._progress.set()

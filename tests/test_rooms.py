@@ -442,3 +442,71 @@ async def test_a_rename_reaches_the_state_map(setup: Setup) -> None:
         await wait_until(lambda: read_sources(setup.root / "renamed.ipynb") == ["a = 1!", "b = 2"])
         assert not setup.nb.exists()
         await manager.close_all()
+
+
+async def test_clients_receive_an_update_only_once_it_is_durable(tmp_path: Path) -> None:
+    gate = anyio.Event()
+
+    class Slow(MemoryYStore):
+        hold = False
+
+        async def write(self, data: bytes) -> None:
+            if type(self).hold:
+                await gate.wait()
+            await super().write(data)
+
+    store_class = type("SlowPrivate", (Slow,), {})
+    setup = Setup(tmp_path, store_class, save_delay=None)
+    write_notebook(setup.nb, ["a"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice, bob = FakeClient("alice"), FakeClient("bob")
+        room.join(alice)
+        room.join(bob)
+        store_class.hold = True
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "b"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await anyio.sleep(0.05)
+        relayed = [m for m in bob.frames + alice.frames if isinstance(m, sync.SyncUpdate)]
+        assert relayed == []  # not durable yet: nobody has it from the server
+        gate.set()
+        await room.flush()
+        assert any(isinstance(m, sync.SyncUpdate) for m in bob.frames)
+        assert any(isinstance(m, sync.SyncUpdate) for m in alice.frames)  # the echo: an ack
+        await manager.close_all()
+
+
+async def test_collaboration_goes_on_while_the_store_fails(tmp_path: Path) -> None:
+    class Down(MemoryYStore):
+        down = False
+
+        async def write(self, data: bytes) -> None:
+            if type(self).down:
+                raise OSError("database unreachable")
+            await super().write(data)
+
+    store_class = type("DownPrivate", (Down,), {})
+    setup = Setup(tmp_path, store_class, save_delay=None, store_retry_delay=0.02)
+    write_notebook(setup.nb, ["a"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice, bob = FakeClient("alice"), FakeClient("bob")
+        room.join(alice)
+        room.join(bob)
+        for client in (alice, bob):
+            client.doc.apply_update(room.ydoc.get_update())
+        store_class.down = True
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "b"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await wait_until(lambda: YNotebook(bob.doc).get()["cells"][0]["source"] == "ab")
+        await room.handle(alice, sync.SaveRequest(1))
+        await wait_until(lambda: alice.raw())
+        assert alice.raw() == [{"type": "save", "responseTo": 1, "status": "failed"}]
+        store_class.down = False
+        await wait_until(lambda: setup.replay()["cells"][0]["source"] == "ab")
+        await room.flush()
+        await manager.close_all()
