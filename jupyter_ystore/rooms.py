@@ -3,9 +3,11 @@
 The one rule this module exists for: every change of a shared document goes through the
 store. A single ``Doc.observe`` callback sees every change (a client's update, the server
 loading the file, the ``state`` map after a save) and queues it for one writer task, which
-writes queued changes in order; ``flush()`` waits for that writer, so a save is acknowledged
-only once everything before it is durable. Updates that came from the store itself (other
-servers' updates through ``watch()``) are broadcast but not written back.
+writes queued changes in order and only then relays them to the clients, so whatever a
+client receives from the server (its own echo included) is durable. ``flush()`` waits for the
+writer: a save is acknowledged, and a sync step 2 answered, only once everything before it is
+durable. Updates that came from the store itself (other servers' updates through ``watch()``)
+are relayed but not written back.
 
 Lifecycles are task groups: the manager's group holds one task per room; a room's group holds
 its store, its writer, its saver and its file poller. Closing a room (last client gone after
