@@ -4,7 +4,7 @@ This module needs jupyter-server-ydoc installed, which the main test environment
 have (it would serve /api/collaboration itself). CI runs it in a second virtualenv::
 
     python -m venv /tmp/venv-coexist
-    /tmp/venv-coexist/bin/pip install "jupyter-server-ydoc==3.0.4" -e ".[test]"
+    /tmp/venv-coexist/bin/pip install -e ".[test,coexist]"
     JUPYTER_YSTORE_COEXIST=1 /tmp/venv-coexist/bin/python -m pytest tests/test_coexist_server_ydoc.py
 
 With ``JUPYTER_YSTORE_COEXIST=1`` a missing jupyter_server_ydoc is a failure, not a skip.
