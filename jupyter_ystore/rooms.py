@@ -702,23 +702,32 @@ class RoomManager:
         if self._tg is None:
             raise RoomError("the room manager is not running", code=4500)
         lock = self._locks.setdefault(room_id, anyio.Lock())
-        async with lock:
-            room = self.rooms.get(room_id)
-            if room is not None and room.closing:
-                await room.closed.wait()
-                room = None
-            if room is not None:
-                return room
-            room = self._create(room_id)
-            try:
-                await self._tg.start(self._serve, room)
-            except RoomError:
-                raise
-            except Exception as exc:
-                self.log.error("Room %s failed to open: %s", room_id, exc, exc_info=exc)
-                raise RoomError(f"{type(exc).__name__}: {exc}", code=4500) from exc
-            self.rooms[room_id] = room
+        try:
+            async with lock:
+                return await self._get_room_locked(room_id)
+        finally:
+            # one lock per room id, not per id ever asked for (ids come from clients)
+            if room_id not in self.rooms and not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(room_id, None)
+
+    async def _get_room_locked(self, room_id: str) -> Any:
+        assert self._tg is not None
+        room = self.rooms.get(room_id)
+        if room is not None and room.closing:
+            await room.closed.wait()
+            room = None
+        if room is not None:
             return room
+        room = self._create(room_id)
+        try:
+            await self._tg.start(self._serve, room)
+        except RoomError:
+            raise
+        except Exception as exc:
+            self.log.error("Room %s failed to open: %s", room_id, exc, exc_info=exc)
+            raise RoomError(f"{type(exc).__name__}: {exc}", code=4500) from exc
+        self.rooms[room_id] = room
+        return room
 
     def _create(self, room_id: str) -> Any:
         if room_id == GLOBAL_AWARENESS_ROOM:

@@ -257,6 +257,7 @@ async def test_unknown_rooms_are_refused(setup: Setup) -> None:
                 await manager.get_room(room_id)
             assert err.value.code == code, room_id
         assert setup.stores == []  # no store was even created
+        assert manager._locks == {}  # nor anything kept for them
         await manager.close_all()
 
 
