@@ -511,3 +511,21 @@ async def test_collaboration_goes_on_while_the_store_fails(tmp_path: Path) -> No
         await wait_until(lambda: setup.replay()["cells"][0]["source"] == "ab")
         await room.flush()
         await manager.close_all()
+
+
+async def test_concurrent_opens_share_one_room_and_one_store(setup: Setup) -> None:
+    manager = setup.manager()
+    rooms: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+
+        async def open_room() -> None:
+            rooms.append(await manager.get_room(ROOM))
+
+        async with anyio.create_task_group() as openers:
+            for _ in range(5):
+                openers.start_soon(open_room)
+        assert len(rooms) == 5 and all(room is rooms[0] for room in rooms)
+        assert len(setup.stores) == 1
+        assert len(setup.records()) == 1  # loaded and stored once
+        await manager.close_all()
