@@ -139,7 +139,8 @@ class YStoreExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self.session_id = str(uuid.uuid4())
-        self.refused_sessions: set[str] = set()
+        # session ids told to reload (insertion-ordered, the oldest forgotten past 10,000)
+        self.refused_sessions: dict[str, None] = {}
         self.connections: set[Any] = set()
         self.yielded_to_server_ydoc = self._server_ydoc_enabled()
         self.manager = RoomManager(

@@ -129,7 +129,10 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             and session_id is not None
             and session_id != self.extension.session_id
         ):
-            self.extension.refused_sessions.add(session_id)
+            refused = self.extension.refused_sessions
+            refused[session_id] = None
+            if len(refused) > 10_000:
+                del refused[next(iter(refused))]
             self.log.warning(
                 "Collaboration client with an old session id (%s) for room %s: asked to reload",
                 session_id,
