@@ -134,3 +134,54 @@ async def test_its_rooms_persist_in_our_store(tmp_path: Path, store: str, sectio
         server.terminate()
     finally:
         server.kill()
+
+
+async def test_a_jupyter_collaboration_history_is_found_after_switching(tmp_path: Path) -> None:
+    """A user of jupyter-collaboration switches to jupyter_ystore with no configuration: the
+    history its default SQLite store kept (``.jupyter_ystore.db``, keys ``.notebook:<id>.y``)
+    is found, including an edit that never reached the file."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    nb_path = root / "migrate.ipynb"
+    write_notebook(nb_path, ["a = 1"])
+    theirs = JupyterServerProcess(
+        root,
+        home,
+        config={
+            "ServerApp": {
+                "jpserver_extensions": {
+                    "jupyter_ystore": False,
+                    "jupyter_server_ydoc": True,
+                    "jupyter_server_fileid": True,
+                }
+            },
+            # its defaults, except no autosave: the edit stays in its store only
+            "YDocExtension": {"document_save_delay": None},
+        },
+    )
+    theirs.start()
+    try:
+        session = theirs.session("migrate.ipynb")
+        async with yclient(theirs.room_url(session)) as client:
+            with anyio.fail_after(20):
+                await client.synced.wait()
+            append(client.document.ycells[0]["source"], "\nb = 2  # only in its store")
+            await anyio.sleep(1.0)  # its room writes to its store in background tasks
+        theirs.terminate()
+    finally:
+        theirs.kill()
+    assert (root / ".jupyter_ystore.db").exists()
+    assert read_sources(nb_path) == ["a = 1"]
+
+    ours = JupyterServerProcess(root, home)  # our extension only, every default
+    ours.start()
+    try:
+        session = ours.session("migrate.ipynb")
+        async with yclient(ours.room_url(session)) as client:
+            with anyio.fail_after(20):
+                await client.synced.wait()
+            assert client.sources() == ["a = 1\nb = 2  # only in its store"]
+        ours.terminate()
+    finally:
+        ours.kill()
+    assert read_sources(nb_path) == ["a = 1\nb = 2  # only in its store"]
+    assert "Traceback" not in ours.log(), ours.log()
