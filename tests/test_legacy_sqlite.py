@@ -46,6 +46,25 @@ def open_store(db: Path, path: str) -> SQLiteYStore:
     return SQLiteYStore(path, db_path=str(db), compact_after_updates=0, compact_after_bytes=0)
 
 
+def bulk_ypy_database(db: Path, updates: list[bytes]) -> Path:
+    """Exactly ypy-websocket 0.12.4's schema and rows, filled in bulk (no auto_vacuum)."""
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, "
+        "timestamp REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX idx_yupdates_path_timestamp ON yupdates (path, timestamp)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany(
+        "INSERT INTO yupdates VALUES ('doc', ?, ?, ?)",
+        ((u, b"user", float(i)) for i, u in enumerate(updates)),
+    )
+    conn.commit()
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    return db
+
+
 def folder_listing(db: Path) -> list[str]:
     return sorted(p.name for p in db.parent.iterdir())
 
@@ -191,21 +210,7 @@ async def test_a_large_legacy_database_shrinks_after_compaction(
 ) -> None:
     """ypy-websocket databases have no auto_vacuum: the first big compaction converts the
     file in place (one VACUUM), and it shrinks; ypy-websocket can still read it."""
-    db = tmp_path / "ypy.db"
-    conn = sqlite3.connect(db)  # exactly ypy-websocket 0.12.4's schema, filled in bulk
-    conn.execute(
-        "CREATE TABLE yupdates (path TEXT NOT NULL, yupdate BLOB, metadata BLOB, "
-        "timestamp REAL NOT NULL)"
-    )
-    conn.execute("CREATE INDEX idx_yupdates_path_timestamp ON yupdates (path, timestamp)")
-    conn.execute("PRAGMA user_version = 2")
-    conn.executemany(
-        "INSERT INTO yupdates VALUES ('doc', ?, ?, ?)",
-        ((u, b"user", float(i)) for i, u in enumerate(bench_updates)),
-    )
-    conn.commit()
-    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
-    conn.close()
+    db = bulk_ypy_database(tmp_path / "ypy.db", bench_updates)
     before = db.stat().st_size
     async with open_store(db, "doc") as st:
         await st.compact()
@@ -224,3 +229,26 @@ async def test_a_large_legacy_database_shrinks_after_compaction(
     assert json.loads(legacy_reader.get_array("cells").to_json()) == expected.get(
         "cells", type=pycrdt.Array
     ).to_py()
+
+
+@pytest.mark.parametrize("lib", ["pycrdt", "y_py"])
+async def test_a_long_legacy_history_loads_whole(
+    tmp_path: Path, bench_updates: list[bytes], lib: str
+) -> None:
+    """5,000 rows and no snapshot: loading squashes them in a worker thread."""
+    import json
+
+    db = bulk_ypy_database(tmp_path / "ypy.db", bench_updates)
+    expected = pycrdt.Doc()
+    for update in bench_updates:
+        expected.apply_update(update)
+    async with open_store(db, "doc") as st:
+        doc = new_doc(lib)
+        await st.apply_updates(doc)
+    if lib == "pycrdt":
+        cells, meta = doc.get("cells", type=pycrdt.Array).to_py(), doc.get("meta", type=pycrdt.Map).to_py()
+    else:
+        cells = json.loads(doc.get_array("cells").to_json())
+        meta = json.loads(doc.get_map("meta").to_json())
+    assert cells == expected.get("cells", type=pycrdt.Array).to_py() and cells
+    assert meta == expected.get("meta", type=pycrdt.Map).to_py()

@@ -219,7 +219,8 @@ class SQLiteYStore(BaseYStore):
         """Apply the snapshot, then the updates after it merged into one (in a worker thread).
 
         Merging the tail alone is cheap; merging it INTO the snapshot would decode and
-        re-encode the whole document, costing more than applying the snapshot as it is.
+        re-encode the whole document, costing more than applying the snapshot as it is. A
+        long history nobody compacted yet (a legacy database) is squashed instead.
         """
         updates = await self._load()  # YDocNotFound when nothing is stored
         limit = self._policy.max_updates
@@ -228,6 +229,8 @@ class SQLiteYStore(BaseYStore):
         _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
         head, tail = updates[0], updates[1:]
         try:
+            if len(tail) > _LONG_TAIL:  # e.g. a legacy history: squashing is much faster
+                head, tail = await anyio.to_thread.run_sync(_ydoc.squash, updates), []
             merged = await anyio.to_thread.run_sync(_merge_tail, tail) if tail else None
             _ydoc.apply_update(ydoc, head)  # a record that does not decode changes nothing
         except Exception as exc:
@@ -258,6 +261,11 @@ class SQLiteYStore(BaseYStore):
         """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
         await self._ensure_running()
         await self._require_db().delete(self.path)
+
+
+#: Above this many updates after the snapshot, loading squashes them all in a worker thread
+#: (50,000 updates: ~0.2 s) instead of merging them (seconds).
+_LONG_TAIL = 2000
 
 
 def _merge_tail(tail: list[bytes]) -> bytes:
