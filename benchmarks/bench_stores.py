@@ -8,7 +8,8 @@ a transaction). Contenders: our ``SQLiteYStore`` (synchronous NORMAL, the defaul
 our ``FileYStore``, and the ``SQLiteYStore`` / ``FileYStore`` of ypy-websocket 0.12.4 and
 pycrdt-store 0.1.5 (``pip install -e .[bench]``). The reference stores are slow, so their
 write figures come from the first ``--sample`` updates of the stream (and 20 × sample/20 for
-the concurrent test); the output says so on each line. Not a test: nothing here asserts.
+the concurrent test; sequential: the better of two runs); the output says so on each line.
+Not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -316,11 +317,15 @@ async def main(args: argparse.Namespace) -> None:
                 if c.name == "ours SQLite (NORMAL)":  # also the load test's document
                     seq[c.name] = await sequential(c, updates, path="big")
                 else:
-                    seq[c.name] = await sequential(c, updates[:n])
+                    # best of two short runs: the ratio to ours is then a conservative one
+                    seq[c.name] = max(
+                        [await sequential(c, updates[:n], path=f"seq-{i}") for i in (1, 2)]
+                    )
             except Exception as exc:  # a reference store failing is a result too
                 report.add(f"sequential writes, {c.name}", "failed", failure(exc))
                 continue
-            report.add(f"sequential writes, {c.name}", rate(seq[c.name]), f"{n:,} updates")
+            note = f"{n:,} updates" + (", best of 2 runs" if c.sampled else "")
+            report.add(f"sequential writes, {c.name}", rate(seq[c.name]), note)
         for ref in ("pycrdt-store 0.1.5 SQLite", "ypy-websocket 0.12.4 SQLite"):
             if ref in seq:
                 report.add(
@@ -431,11 +436,11 @@ async def main(args: argparse.Namespace) -> None:
             "load, ours on that ypy-websocket database (not compacted yet)", ms(t_first), ""
         )
 
-        print("\nDatabase size after compaction (one document, its 50,000 updates written):")
+        print(f"\nDatabase size after compaction (one document, its {len(updates):,} updates):")
         report.add("ours SQLite file after compact()", f"{compacted:,} B", "")
         report.add("  / merged state", ratio(compacted / len(merged)), "target ≤ 3×")
         report.add("  / squashed state", ratio(compacted / len(squashed)), "")
-        report.add("  / the 50,000 updates' bytes", ratio(compacted / sum(map(len, updates))), "")
+        report.add("  / the updates' bytes", ratio(compacted / sum(map(len, updates))), "")
 
         print("\nMarkdown table:\n")
         print(report.table())
