@@ -624,3 +624,20 @@ async def test_apply_updates_refuses_what_is_not_a_document(tmp_path: Path) -> N
         await st.write(text_update(pycrdt.Doc(), "a"))
         with pytest.raises(TypeError):
             await st.apply_updates(object())
+
+
+async def test_an_unexpected_error_in_the_database_thread_fails_only_its_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "y.db"
+    doc = pycrdt.Doc()
+    async with store(db) as st:
+        def broken(self: Any, batch: list[Any]) -> list[Any]:
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(_sqlite_db.SharedDatabase, "_commit_writes", broken)
+        with pytest.raises(YStoreError, match="internal error"):
+            await st.write(text_update(doc, "lost"))
+        monkeypatch.undo()
+        await st.write(text_update(doc, "kept"))  # the thread still serves
+        assert len([r async for r in st.read()]) == 1

@@ -261,7 +261,7 @@ class SharedDatabase:
                     j = i + 1
                     while j < len(jobs) and isinstance(jobs[j], _Write):
                         j += 1
-                    deliver(self._commit_writes(jobs[i:j]))
+                    self._guarded(self._commit_writes, jobs[i:j])
                     i = j
                 elif isinstance(job, _Close):
                     self._shutdown()
@@ -272,8 +272,19 @@ class SharedDatabase:
                     )
                     return
                 else:
-                    deliver([self._run_call(job)])
+                    self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
+
+    def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
+        """Run ``work`` and deliver its outcomes; an unexpected error fails these jobs
+        instead of killing the thread (which would leave every later writer waiting)."""
+        try:
+            outcomes = work(jobs)
+        except BaseException as exc:  # a bug: report it, keep serving
+            log.exception("SQLite thread for %s", self.db_path)
+            self._rollback()
+            outcomes = [(job.waiter, None, YStoreError(f"internal error: {exc!r}")) for job in jobs]
+        deliver(outcomes)
 
     def _error(self, exc: BaseException, action: str) -> BaseException:
         return map_error(exc, self.db_path, action, self.options.busy_timeout)
