@@ -283,7 +283,8 @@ class SharedDatabase:
         except BaseException as exc:  # a bug: report it, keep serving
             log.exception("SQLite thread for %s", self.db_path)
             self._rollback()
-            outcomes = [(job.waiter, None, YStoreError(f"internal error: {exc!r}")) for job in jobs]
+            error = YStoreError(f"internal error: {exc!r}", path=self.db_path)
+            outcomes = [(job.waiter, None, error) for job in jobs]
         deliver(outcomes)
 
     def _error(self, exc: BaseException, action: str) -> BaseException:
