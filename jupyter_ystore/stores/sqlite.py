@@ -16,6 +16,16 @@ write a database we wrote (a user can downgrade without losing documents): both 
 also get an empty ``ycheckpoints`` table because pycrdt-store refuses a database without one.
 Databases written by those libraries are opened in place (see ``compat``), never renamed.
 
+Compaction
+----------
+Automatic once ``compact_after_updates`` updates or ``compact_after_bytes`` bytes were
+written after the snapshot (so busy documents compact too), after ``document_ttl`` idle
+seconds (before the next write, as in the seed), and on ``compact()``. Each replaces the
+covered rows by one squashed snapshot in ONE transaction; an update committed meanwhile,
+by this process or another, stays after it. Freed pages go back to the file system
+(``auto_vacuum = INCREMENTAL``; a legacy file without auto_vacuum is converted in place by
+one VACUUM once a quarter of it is free), so the file shrinks.
+
 Durability
 ----------
 WAL journal. ``synchronous = NORMAL`` (the default): ``await write()`` returns after COMMIT;
