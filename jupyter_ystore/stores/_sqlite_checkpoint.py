@@ -37,6 +37,11 @@ class Checkpointer:
             self._commits = 0
             self._wanted.set()
 
+    def request(self) -> None:
+        """Checkpoint soon (e.g. after compaction freed pages: the file shrinks then)."""
+        self._commits = 0
+        self._wanted.set()
+
     def stop(self) -> None:
         """End the thread and close its connection (before the main one closes, so that
         closing the last connection checkpoints and removes the WAL)."""

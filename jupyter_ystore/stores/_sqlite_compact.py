@@ -133,6 +133,6 @@ def reclaim(conn: sqlite3.Connection, db_path: str) -> None:
                 return
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        # The file itself shrinks at the next checkpoint (the checkpoint thread's job).
     except sqlite3.Error as exc:
         log.warning("could not shrink %s after compaction: %s", db_path, exc)

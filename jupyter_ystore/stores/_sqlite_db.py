@@ -225,7 +225,7 @@ class SharedDatabase:
                 return False
             finally:
                 self._stats.pop(path, None)
-            compaction.reclaim(conn, self.db_path)
+            self._reclaim(conn)
             return True
 
         return job
@@ -236,9 +236,14 @@ class SharedDatabase:
                 queries.delete_document(conn, schema, path)
             finally:
                 self._stats.pop(path, None)
-            compaction.reclaim(conn, self.db_path)
+            self._reclaim(conn)
 
         return job
+
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        compaction.reclaim(conn, self.db_path)
+        if self._checkpointer is not None:
+            self._checkpointer.request()
 
     # ------------------------------------------------------------------ database thread
 
