@@ -641,3 +641,16 @@ async def test_an_unexpected_error_in_the_database_thread_fails_only_its_jobs(
         monkeypatch.undo()
         await st.write(text_update(doc, "kept"))  # the thread still serves
         assert len([r async for r in st.read()]) == 1
+
+
+async def test_the_wal_stays_bounded_under_continuous_writes(
+    tmp_path: Path, bench_updates: list[bytes]
+) -> None:
+    """Checkpoints must complete while writes keep coming, or the WAL grows without end
+    (about 8 KiB a commit: 3,000 writes would leave ~25 MiB)."""
+    db = tmp_path / "y.db"
+    async with store(db) as st:
+        for update in bench_updates[:3000]:
+            await st.write(update)
+        wal = Path(str(db) + "-wal").stat().st_size
+    assert wal < 8 * 1024 * 1024, wal

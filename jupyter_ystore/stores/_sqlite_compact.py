@@ -133,6 +133,7 @@ def reclaim(conn: sqlite3.Connection, db_path: str) -> None:
                 return
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("VACUUM")
-        # The file itself shrinks at the next checkpoint (the checkpoint thread's job).
+        # The file itself shrinks when the WAL is copied back: now, if no reader holds it.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     except sqlite3.Error as exc:
         log.warning("could not shrink %s after compaction: %s", db_path, exc)

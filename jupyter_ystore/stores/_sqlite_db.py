@@ -10,9 +10,10 @@ file's real path); its thread owns the connection and works through a queue:
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``_sqlite_bridge``).
-* **Checkpoints off the commit path.** Every read and write goes through that one
-  connection; a second, private connection in its own thread only copies the WAL back into
-  the database file (``_sqlite_checkpoint``), so no commit pays for SQLite's checkpoints.
+* **Bounded WAL.** SQLite's own automatic checkpoint (every 1000 WAL pages) runs in this
+  thread between commits, when no write of ours is in flight, so it completes and the WAL
+  restarts. (A checkpointer running beside a continuous writer never catches up: the WAL
+  then grows without bound.)
 * **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
   makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
   and nothing is half-written.
@@ -38,7 +39,6 @@ from ..errors import YStoreError
 from . import _sqlite_compact as compaction
 from . import _sqlite_queries as queries
 from ._sqlite_bridge import Waiter, deliver
-from ._sqlite_checkpoint import Checkpointer
 from ._sqlite_errors import map_error
 from ._sqlite_schema import Options, Schema, open_database
 from .base import DocumentInfo
@@ -118,7 +118,6 @@ class SharedDatabase:
         self.failed: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
         self._schema: Schema | None = None
-        self._checkpointer: Checkpointer | None = None
         self._stats: dict[str, _Stats] = {}
         self._compacting: set[str] = set()
         self._compacting_lock = threading.Lock()
@@ -242,17 +241,12 @@ class SharedDatabase:
 
     def _reclaim(self, conn: sqlite3.Connection) -> None:
         compaction.reclaim(conn, self.db_path)
-        if self._checkpointer is not None:
-            self._checkpointer.request()
 
     # ------------------------------------------------------------------ database thread
 
     def _main(self) -> None:
         try:
             self._conn, self._schema = open_database(self.db_path, self.options)
-            if self.db_path != ":memory:":
-                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-                self._checkpointer = Checkpointer(self.db_path, self.options.busy_timeout)
         except BaseException as exc:  # reported to every job
             self.failed = self._error(exc, "opening the database")
         while True:
@@ -314,9 +308,6 @@ class SharedDatabase:
                 pass
 
     def _shutdown(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()  # first: closing the last connection checkpoints
-            self._checkpointer = None
         if self._conn is not None:
             self._rollback()
             try:
@@ -375,8 +366,6 @@ class SharedDatabase:
             return outcomes + [
                 (job.waiter, None, error) for job in batch if id(job.waiter) not in failed
             ]
-        if self._checkpointer is not None:
-            self._checkpointer.committed()
         for job in written:
             stats = all_stats.get(job.path)
             policy = job.policy
