@@ -60,20 +60,23 @@ def run_writers(db: Path, compact: int) -> None:
             [sys.executable, "-c", WRITER, str(db), str(me), str(WRITES), str(compact)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for me in (1, 2)
     ]
     try:
         for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            assert line == "ready", (line, proc.stderr.read() if proc.stderr else "")
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
         for proc in procs:
-            out, _ = proc.communicate(timeout=240)
-            assert proc.returncode == 0 and "done" in out
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0 and "done" in out, err[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -113,3 +116,51 @@ async def test_two_processes_compacting_lose_nothing(tmp_path: Path) -> None:
     assert await items_of(db, "shared") == sorted(expected(1, "ab") + expected(2, "ab"))
     assert await items_of(db, "own-1") == expected(1, "a")
     assert await items_of(db, "own-2") == expected(2, "a")
+
+
+OPENER = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from jupyter_ystore import SQLiteYStore
+
+    async def main():
+        sys.stdin.readline()  # start together
+        async with SQLiteYStore("doc-" + sys.argv[2], db_path=sys.argv[1]) as store:
+            await store.write(b"\\x00\\x00")
+
+    anyio.run(main)
+    """
+)
+
+
+def test_processes_creating_one_new_database_at_once(tmp_path: Path) -> None:
+    """Opening a file that does not exist yet, from three processes at the same moment:
+    each waits for the others' schema work instead of failing with "database is locked"."""
+    for round_ in range(3):
+        db = tmp_path / f"new-{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(db), str(me)],
+                stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for me in range(3)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for proc in procs:
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err[-3000:]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT count(*) FROM yupdates").fetchone()[0] == 3
+        conn.close()

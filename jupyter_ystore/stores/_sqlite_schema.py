@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
+import time
 from dataclasses import dataclass
 
 from ..errors import YStorePermissionError
@@ -74,19 +76,33 @@ def open_database(db_path: str, options: Options) -> tuple[sqlite3.Connection, S
         check_same_thread=False,  # made in the database thread, used only there
         cached_statements=64,
     )
+    deadline = time.monotonic() + options.busy_timeout
     try:
-        layout = compat.inspect_layout(conn)  # reads only: a refused file stays as it was
-        compat.check_layout(layout, db_path)
-        if layout.empty:
-            _create(conn, db_path)
-        else:
-            _adopt(conn, layout, db_path)
-        conn.execute(f"PRAGMA synchronous = {options.synchronous}")
-        schema = Schema(compat.inspect_layout(conn))
+        while True:
+            try:
+                return conn, _prepare(conn, db_path, options)
+            except sqlite3.OperationalError as exc:
+                # Two processes opening a new file at once: switching to WAL (and creating
+                # the tables) can meet SQLITE_BUSY without SQLite's busy handler being asked.
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                time.sleep(random.uniform(0.005, 0.05))
     except BaseException:
         conn.close()
         raise
-    return conn, schema
+
+
+def _prepare(conn: sqlite3.Connection, db_path: str, options: Options) -> Schema:
+    layout = compat.inspect_layout(conn)  # reads only: a refused file stays as it was
+    compat.check_layout(layout, db_path)
+    if layout.empty:
+        _create(conn, db_path)
+    else:
+        _adopt(conn, layout, db_path)
+    conn.execute(f"PRAGMA synchronous = {options.synchronous}")
+    return Schema(compat.inspect_layout(conn))
 
 
 def _create(conn: sqlite3.Connection, db_path: str) -> None:

@@ -92,12 +92,23 @@ class DatabaseLayout:
 
 
 def inspect_layout(conn: sqlite3.Connection) -> DatabaseLayout:
-    """Read the schema and version of ``conn``'s database (read-only statements)."""
-    tables = frozenset(
-        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-    )
-    (user_version,) = conn.execute("PRAGMA user_version").fetchone()
-    (auto_vacuum,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+    """Read the schema and version of ``conn``'s database (read-only statements).
+
+    In one read transaction: another process creating the tables between the two reads
+    would otherwise show a version without its tables.
+    """
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        tables = frozenset(
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        )
+        (user_version,) = conn.execute("PRAGMA user_version").fetchone()
+        (auto_vacuum,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")
     return DatabaseLayout(user_version=user_version, tables=tables, auto_vacuum=auto_vacuum)
 
 
