@@ -511,3 +511,43 @@ async def test_watch_survives_dropped_connections(pg_config, pg_dsn):
                     await writer.write(update)
                 assert [await receive.receive() for _ in updates[1:]] == updates[1:]
                 tg.cancel_scope.cancel()
+
+
+async def test_cancelled_queued_write_is_dropped_others_commit(pg_config, monkeypatch):
+    """A writer cancelled while its update waits for the running commit: that update is not
+    stored, the in-flight batch and the writers after it are, and nobody hangs."""
+    from jupyter_ystore.stores import _pg_commit
+
+    updates, _ = text_updates(4)
+    entered, release = anyio.Event(), anyio.Event()
+    real_commit = _pg_commit.GroupCommitter._commit
+
+    async def slow_commit(self: Any, batch: list[Any]) -> None:
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+        await real_commit(self, batch)
+
+    monkeypatch.setattr(_pg_commit.GroupCommitter, "_commit", slow_commit)
+    async with PostgresYStore("doc", compact_after_updates=0, **pg_config) as store:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.write, updates[0])  # leads; its commit is held
+                await entered.wait()
+                try:
+                    tg.start_soon(store.write, updates[2])
+                    doomed = anyio.CancelScope()
+
+                    async def cancelled_writer() -> None:
+                        with doomed:
+                            await store.write(updates[1])
+
+                    tg.start_soon(cancelled_writer)
+                    await anyio.sleep(0.05)  # both queued behind the held commit
+                    doomed.cancel()
+                    await anyio.sleep(0.05)
+                finally:
+                    release.set()
+            await store.write(updates[3])
+        stored = [record[0] async for record in store.read()]
+    assert stored == [updates[0], updates[2], updates[3]]
