@@ -551,3 +551,24 @@ async def test_cancelled_queued_write_is_dropped_others_commit(pg_config, monkey
             await store.write(updates[3])
         stored = [record[0] async for record in store.read()]
     assert stored == [updates[0], updates[2], updates[3]]
+
+
+@pytest.mark.parametrize("where", ["first", "tail", "one of the tail"])
+async def test_invalid_stored_update_is_corruption_not_empty(pg_config, where):
+    from jupyter_ystore.errors import YStoreCorruptError
+
+    updates, _ = text_updates(4)
+    garbage = b"\xff\xfe not yjs"
+    sequence = {
+        "first": [garbage] + updates,
+        "tail": updates + [garbage],
+        "one of the tail": updates[:2] + [garbage] + updates[2:],
+    }[where]
+    async with PostgresYStore("doc", compact_after_updates=0, **pg_config) as store:
+        for update in sequence:
+            await store.write(update)
+        doc = pycrdt.Doc()
+        with pytest.raises(YStoreCorruptError, match="not a valid Yjs update"):
+            await store.apply_updates(doc)
+        assert doc.get_state() == pycrdt.Doc().get_state()  # nothing half-applied
+        assert len([r async for r in store.read()]) == 5  # and nothing deleted
