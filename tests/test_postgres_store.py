@@ -571,4 +571,20 @@ async def test_invalid_stored_update_is_corruption_not_empty(pg_config, where):
         with pytest.raises(YStoreCorruptError, match="not a valid Yjs update"):
             await store.apply_updates(doc)
         assert doc.get_state() == pycrdt.Doc().get_state()  # nothing half-applied
+        with pytest.raises(YStoreCorruptError, match="not a valid Yjs update"):
+            await store.compact()
         assert len([r async for r in store.read()]) == 5  # and nothing deleted
+
+
+async def test_automatic_compaction_of_a_corrupt_document_keeps_the_store_running(pg_config, caplog):
+    updates, _ = text_updates(6)
+    async with PostgresYStore("doc", compact_after_updates=3, **pg_config) as store:
+        for update in [b"\xff\xfe not yjs"] + updates:
+            await store.write(update)  # compaction attempts fail in the background
+
+        async def warned() -> bool:
+            return "automatic compaction of 'doc' failed" in caplog.text
+
+        await wait_until(warned)
+        await store.write(updates[0])  # still running and writing
+        assert len([r async for r in store.read()]) == 8

@@ -281,6 +281,8 @@ class PostgresYStore(BaseYStore):
                     min_bytes=min_bytes,
                     wait=wait,
                 )
+        except ValueError as exc:  # pycrdt could not decode a stored record
+            raise self._undecodable(exc) from None
         except Exception as exc:
             raise self._error(exc, "compact") from None
         if result.done:
