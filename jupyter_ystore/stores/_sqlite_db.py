@@ -224,7 +224,7 @@ class SharedDatabase:
                 return False
             finally:
                 self._stats.pop(path, None)
-            self._reclaim(conn)
+            compaction.reclaim(conn, self.db_path)
             return True
 
         return job
@@ -235,12 +235,9 @@ class SharedDatabase:
                 queries.delete_document(conn, schema, path)
             finally:
                 self._stats.pop(path, None)
-            self._reclaim(conn)
+            compaction.reclaim(conn, self.db_path)
 
         return job
-
-    def _reclaim(self, conn: sqlite3.Connection) -> None:
-        compaction.reclaim(conn, self.db_path)
 
     # ------------------------------------------------------------------ database thread
 
