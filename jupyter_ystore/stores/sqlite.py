@@ -12,8 +12,9 @@ and the snapshot comes first. Which row is a snapshot is recorded in a side tabl
 
 Chosen so that ypy-websocket 0.12.4 and pycrdt-store 0.1.5 can still open, read and even
 write a database we wrote (a user can downgrade without losing documents): both read every
-``yupdates`` row of a path and apply them all, which restores the same document. New files
-also get an empty ``ycheckpoints`` table because pycrdt-store refuses a database without one.
+``yupdates`` row of a path and apply them all, which restores the same document (checked
+by hand against both). New files also get an empty ``ycheckpoints`` table: pycrdt-store,
+finding none, would try to create the whole schema again and fail.
 Databases written by those libraries are opened in place (see ``compat``), never renamed.
 
 Compaction
