@@ -588,3 +588,21 @@ async def test_automatic_compaction_of_a_corrupt_document_keeps_the_store_runnin
         await wait_until(warned)
         await store.write(updates[0])  # still running and writing
         assert len([r async for r in store.read()]) == 8
+
+
+async def test_compaction_keeps_an_update_waiting_for_a_lost_one(pg_config):
+    """An update whose predecessor was never stored (a failed or cancelled write) cannot be
+    integrated yet; compaction must keep it, so that it applies once the predecessor comes
+    (e.g. from a client resyncing), instead of squashing it away."""
+    updates, expected = text_updates(6)
+    lost = updates[2]
+    async with PostgresYStore("doc", compact_after_updates=0, **pg_config) as store:
+        for update in updates:
+            if update is not lost:
+                await store.write(update)
+        await store.compact()
+        assert len([r async for r in store.read()]) == 1
+        await store.write(lost)  # the predecessor arrives at last
+        assert await restored_text(store) == expected
+        await store.compact()
+        assert await restored_text(store) == expected

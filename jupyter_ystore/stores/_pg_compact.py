@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pycrdt
 
 from .. import ydoc as _ydoc
 from ._pg_names import Names
@@ -32,9 +33,22 @@ class CompactResult:
 
 
 def _squash(updates: list[bytes]) -> bytes:
-    # Merging first lets the document integrate everything in one transaction (much faster
-    # than one apply per update); the fresh document then drops deleted content.
-    return _ydoc.squash([_ydoc.merge_updates(updates)])
+    """The snapshot of ``updates``: their squashed state, plus any update that could not be
+    integrated yet.
+
+    Merging first lets the document integrate everything at once (much faster than one apply
+    per update); the fresh document then drops deleted content. But a document keeps an
+    update whose predecessor it never saw (a write that was cancelled or failed) as
+    *pending*, and encoding its state leaves that out: squashing alone would lose it for
+    good. So what the squashed state lacks is merged back in, still waiting for its
+    predecessor as it did in the log.
+    """
+    merged = _ydoc.merge_updates(updates)
+    snapshot = _ydoc.squash([merged])
+    lacking = pycrdt.get_update(merged, pycrdt.get_state(snapshot))
+    if lacking[:1] != b"\x00":  # structs of at least one client are not in the snapshot
+        snapshot = pycrdt.merge_updates(snapshot, lacking)
+    return snapshot
 
 
 async def compact_document(
