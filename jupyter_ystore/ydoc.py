@@ -76,16 +76,24 @@ def merge_updates(updates: Sequence[bytes]) -> bytes:
 
 
 def squash(updates: Sequence[bytes]) -> bytes:
-    """Apply ``updates`` to a fresh document and encode its state.
+    """One update that restores the same document as ``updates``, as small as it gets.
 
-    Unlike ``merge_updates`` this lets the CRDT garbage-collect deleted content, so the result
-    is the smallest update that restores the document; it is what compaction stores. Runs in
-    any thread: the document is created and dropped here.
+    This is what compaction stores. Merging first lets a fresh document integrate everything
+    in one apply (much faster than one apply per update); encoding that document's state
+    garbage-collects deleted content. But a document keeps an update whose predecessor it
+    never saw (a write that was cancelled or failed) *pending*, and its encoded state leaves
+    that out: squashing alone would lose it for good. So whatever the merged history holds
+    beyond the encoded state is merged back in, still waiting for its predecessor as it did
+    in the log. Runs in any thread: the document is created and dropped here.
     """
+    merged = merge_updates(updates)
     doc = pycrdt.Doc()
-    for update in updates:
-        doc.apply_update(update)
-    return doc.get_update()
+    doc.apply_update(merged)
+    snapshot = doc.get_update()
+    lacking = pycrdt.get_update(merged, pycrdt.get_state(snapshot))
+    if lacking[:1] != b"\x00":  # structs of at least one client are missing from the state
+        snapshot = pycrdt.merge_updates(snapshot, lacking)
+    return snapshot
 
 
 def is_valid_update(update: bytes) -> bool:

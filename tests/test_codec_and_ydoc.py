@@ -58,3 +58,20 @@ def test_squash_garbage_collects_and_restores(bench_updates: list[bytes]) -> Non
     assert not ydoc.is_valid_update(b"\x01\x02garbage")
     with pytest.raises(TypeError):
         ydoc.apply_update(object(), squashed)
+
+
+def test_squash_keeps_an_update_whose_predecessor_is_missing() -> None:
+    """A log with a gap (a cancelled write) must not lose the update after the gap."""
+    doc = pycrdt.Doc()
+    text = doc.get("source", type=pycrdt.Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for char in "abc":
+        text += char
+    first, _missing, last = updates
+    squashed = ydoc.squash([first, last])
+    # Give the document the missing update: the squashed one must then complete it.
+    restored = pycrdt.Doc()
+    restored.apply_update(squashed)
+    restored.apply_update(_missing)
+    assert str(restored.get("source", type=pycrdt.Text)) == "abc"

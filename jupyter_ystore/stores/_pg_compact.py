@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import pycrdt
 
 from .. import ydoc as _ydoc
 from ._pg_names import Names
@@ -30,25 +29,6 @@ class CompactResult:
     covered_id: int = 0  # the newest id the snapshot covers
     tail_updates: int = 0  # updates after the snapshot when the decision was taken
     tail_bytes: int = 0
-
-
-def _squash(updates: list[bytes]) -> bytes:
-    """The snapshot of ``updates``: their squashed state, plus any update that could not be
-    integrated yet.
-
-    Merging first lets the document integrate everything at once (much faster than one apply
-    per update); the fresh document then drops deleted content. But a document keeps an
-    update whose predecessor it never saw (a write that was cancelled or failed) as
-    *pending*, and encoding its state leaves that out: squashing alone would lose it for
-    good. So what the squashed state lacks is merged back in, still waiting for its
-    predecessor as it did in the log.
-    """
-    merged = _ydoc.merge_updates(updates)
-    snapshot = _ydoc.squash([merged])
-    lacking = pycrdt.get_update(merged, pycrdt.get_state(snapshot))
-    if lacking[:1] != b"\x00":  # structs of at least one client are not in the snapshot
-        snapshot = pycrdt.merge_updates(snapshot, lacking)
-    return snapshot
 
 
 async def compact_document(
@@ -89,7 +69,7 @@ async def compact_document(
                 )
             covered = rows[-1]["id"]
             updates = [row["yupdate"] for row in rows]
-            snapshot = await anyio.to_thread.run_sync(_squash, updates)
+            snapshot = await anyio.to_thread.run_sync(_ydoc.squash, updates)
             await conn.execute(names.delete_upto, path, covered)
             await conn.execute(
                 names.insert_snapshot, covered, path, snapshot, b"", rows[-1]["timestamp"]

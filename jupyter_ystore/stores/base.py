@@ -37,25 +37,6 @@ class DocumentInfo:
     snapshots: int = 0
 
 
-def squash_history(updates: list[bytes]) -> bytes:
-    """One update that restores the same document as ``updates`` (for compaction).
-
-    Squashing through a fresh document garbage-collects deleted content, but it would drop
-    updates whose dependencies are missing (they stay pending); then the lossless merge is
-    returned instead, so a compaction never loses content.
-    """
-    import pycrdt
-
-    squashed = _ydoc.squash(updates)
-    merged = _ydoc.merge_updates(updates)
-    # What the merged history holds beyond the squashed state: with nothing pending, no
-    # structs at all (the update starts with a zero count of clients), only deletions.
-    beyond = pycrdt.get_update(merged, pycrdt.get_state(squashed))
-    if beyond[:1] != b"\x00":
-        return merged
-    return squashed
-
-
 class _Stopping:
     """What ``stop()`` returns: stopping has begun; awaiting it waits until the store is closed.
 

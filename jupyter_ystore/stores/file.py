@@ -36,6 +36,7 @@ import anyio
 from traitlets import Float, TraitError, Unicode, observe, validate
 
 from ..codec import TruncatedError, read_var_uint, write_var_bytes
+from .. import ydoc as _ydoc
 from ..errors import (
     YDocNotFound,
     YStoreCorruptError,
@@ -45,7 +46,7 @@ from ..errors import (
     YStorePermissionError,
     YStoreVersionError,
 )
-from .base import BaseYStore, DocumentInfo, squash_history
+from .base import BaseYStore, DocumentInfo
 
 Record = tuple[bytes, bytes, float]
 
@@ -537,7 +538,7 @@ class _LogFile:
             return
         updates = [record[0] for record in scan.records]
         try:
-            squashed = squash_history(updates)
+            squashed = _ydoc.squash(updates)
         except Exception as exc:
             raise YStoreCorruptError(
                 f"cannot compact: a stored update does not decode ({exc})",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator, ClassVar
 
+from .. import ydoc as _ydoc
 from ..errors import YDocNotFound
-from .base import BaseYStore, DocumentInfo, squash_history
+from .base import BaseYStore, DocumentInfo
 
 Record = tuple[bytes, bytes, float]
 
@@ -59,7 +60,7 @@ class MemoryYStore(BaseYStore):
         records = self._documents.get(self.path)
         if not records or len(records) == 1:
             return
-        squashed = squash_history([r[0] for r in records])
+        squashed = _ydoc.squash([r[0] for r in records])
         _update, metadata, timestamp = records[-1]
         self._documents[self.path] = [(squashed, metadata, timestamp)]
 
