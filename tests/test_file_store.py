@@ -419,7 +419,9 @@ async def test_compact_keeps_content_and_shrinks_the_file(tmp_path: Path) -> Non
         await store.compact()
         records = await read_all(store)
         assert len(records) == 1 and records[0][1:] == (b"m", last_ts)
-        assert target.stat().st_size < before / 5
+        # One record: the text itself plus a little framing, a fraction of the log it replaced.
+        assert target.stat().st_size < len(final.encode()) + 100
+        assert target.stat().st_size < before / 4
         assert await restored_text(store) == final
         assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.y"]  # no temp file left
         await store.write(b"\x00\x00")
