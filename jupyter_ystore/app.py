@@ -11,6 +11,7 @@ store (``ystore_class``). Configure it in ``jupyter_server_config.py``::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from typing import Any
@@ -35,6 +36,18 @@ DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
 def store_key(file_type: str, file_id: str) -> str:
     """The document key jupyter-collaboration uses for a room (``.notebook:<file id>.y``)."""
     return f".{file_type}:{file_id}.y"
+
+
+def _store_setting(store: BaseYStore) -> str:
+    """The setting that says where ``store`` keeps its data, for start-up errors."""
+    cls = type(store).__name__
+    traits = store.trait_names()
+    if "dsn" in traits:  # the value may hold a password: the error names host and database
+        return f"c.{cls}.dsn or JUPYTER_YSTORE_DSN"
+    for name in ("db_path", "root_dir"):
+        if name in traits:
+            return f"c.{cls}.{name} = {getattr(store, name)!r}"
+    return f"c.YStoreExtension.ystore_class = {type(store).__module__}.{cls}"
 
 
 class YStoreExtension(ExtensionApp):
@@ -136,6 +149,32 @@ class YStoreExtension(ExtensionApp):
             message = f"jupyter_ystore: invalid configuration of {cls.__name__}: {exc}"
             serverapp.log.critical(message)
             raise SystemExit(message) from None
+        if not self._server_ydoc_enabled():
+            self._probe_store(serverapp)
+
+    def _probe_store(self, serverapp: Any) -> None:
+        """Open and close one store (a key no file id can take) before the server starts, so
+        that an unreachable database, an unknown layout version or an unwritable SQLite
+        folder stops start-up with one line naming the setting, instead of failing every
+        room later with a traceback each. Cheap: a connection, or a file opened."""
+        store = self.create_store("notebook", "startup-check")
+
+        async def probe() -> None:
+            async with store:
+                pass
+
+        # Linking is synchronous and may run inside a running event loop (tests): the
+        # probe gets a loop of its own in a worker thread.
+        with concurrent.futures.ThreadPoolExecutor(1, "jupyter_ystore-probe") as pool:
+            try:
+                pool.submit(anyio.run, probe).result()
+            except Exception as exc:
+                message = (
+                    f"jupyter_ystore: cannot open the store {type(store).__name__} "
+                    f"({_store_setting(store)}): {exc}"
+                )
+                serverapp.log.critical(message)
+                raise SystemExit(1) from None  # logged once: no second copy on stderr
 
     def initialize_settings(self) -> None:
         self.session_id = str(uuid.uuid4())
