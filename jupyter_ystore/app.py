@@ -20,10 +20,12 @@ import anyio
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Type, validate
 
+from . import metrics
 from .handlers import RoomHandler, SessionHandler
 from .loaders import DocumentFile
 from .rooms import RoomManager, RoomSettings
 from .stores.base import BaseYStore
+from .timeline import timeline_handlers
 
 #: Where jupyter-collaboration keeps its SQLite store by default (relative to the server root):
 #: using the same file finds its users' existing histories.
@@ -209,6 +211,7 @@ class YStoreExtension(ExtensionApp):
             [
                 (r"/api/collaboration/session/(.*)", SessionHandler, {"extension": self}),
                 (r"/api/collaboration/room/(.*)", RoomHandler, {"extension": self}),
+                *timeline_handlers(self),
             ]
         )
 
@@ -269,6 +272,11 @@ class YStoreExtension(ExtensionApp):
     async def _run_manager(self) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self.manager.run)
+            tg.start_soon(
+                metrics.refresh_bytes_stored,
+                lambda: self.create_store("notebook", "metrics"),
+                self.log,
+            )
             assert self._manager_started is not None
             self._manager_started.set()
 

@@ -10,7 +10,7 @@ older one inside one transaction, so it goes on top of the history like any edit
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Any, Collection, Union
 
 import pycrdt
 from pycrdt import Array, Doc, Map, Text
@@ -164,18 +164,20 @@ def export(update: bytes, kind: str) -> bytes:
 # ---------------------------------------------------------------------------- restore
 
 
-def reset_update(current: bytes, target: bytes) -> bytes | None:
+def reset_update(current: bytes, target: bytes, skip: Collection[str] = ()) -> bytes | None:
     """The update that turns the document ``current`` into the content of ``target``.
 
     Both are whole-document updates. The returned update is a normal edit on top of
     ``current`` (made in one transaction, as small as a common prefix/suffix diff makes it),
     so clients that hold ``current`` merge it like any other change and history is kept.
-    Returns None when the content is already equal.
+    Roots named in ``skip`` keep their current content (the timeline leaves the ``state``
+    map, which holds the file's hash, as it is). Returns None when the content is already
+    equal.
     """
     doc = doc_from_update(current)
     before = doc.get_state()
-    current_types = root_types(current)
-    target_types = root_types(target)
+    current_types = {k: v for k, v in root_types(current).items() if k not in skip}
+    target_types = {k: v for k, v in root_types(target).items() if k not in skip}
     target_doc = doc_from_update(target)
     with doc.transaction(origin="jupyter-ystore restore"):
         for name in sorted(set(current_types) | set(target_types)):

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from jupyter_ydoc import ydocs as YDOCS
 from pycrdt import Awareness, Doc
 
-from . import sync
+from . import metrics, sync
 from .errors import YDocNotFound
 from .loaders import DocumentFile, FileGone, FileState
 from .stores.base import BaseYStore
@@ -317,11 +317,16 @@ class DocumentRoom:
         except FileGone as exc:
             raise RoomError(str(exc), code=4404) from None
         from_store = True
+        started = time.perf_counter()
         try:
             with self._changes_by(REMOTE):  # already stored: not written again
                 await self.store.apply_updates(self.ydoc)
         except YDocNotFound:
             from_store = False
+        else:
+            metrics.LOAD_SECONDS.labels(metrics.store_label(self.store)).observe(
+                time.perf_counter() - started
+            )
         self._file_mtime = file_state.last_modified
         file_doc = _scratch_document(self.file.file_type, file_state.content)
         file_content = file_doc.get()
@@ -436,7 +441,11 @@ class DocumentRoom:
             merged = merge_updates([change.update for change in batch])
             try:
                 self._writing_meta = origin.metadata()
+                started = time.perf_counter()
                 await self.store.write(merged)
+                label = metrics.store_label(self.store)
+                metrics.WRITE_SECONDS.labels(label).observe(time.perf_counter() - started)
+                metrics.UPDATES_WRITTEN.labels(label).inc()
             except Exception as exc:
                 if self._store_error is None or type(exc) is not type(self._store_error):
                     self.log.error(
@@ -480,6 +489,14 @@ class DocumentRoom:
             if self._store_error is not None:
                 raise self._store_error
             await self._progress.wait()
+
+    async def apply_change(self, update: bytes, origin: Origin) -> None:
+        """Apply a change made through the server on someone's behalf (a restored version,
+        a merged fork): stored with ``origin`` as its metadata, relayed and saved like a
+        client's edit. Returns once it is durable."""
+        with self._changes_by(origin):
+            self.ydoc.apply_update(update)
+        await self.flush()
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""
@@ -669,6 +686,14 @@ def _scratch_document(file_type: str, content: Any) -> Any:
 # ---------------------------------------------------------------------------- manager
 
 
+def _room_kind(room: Any) -> str:
+    if isinstance(room, DocumentRoom):
+        return "document"
+    if isinstance(room, AwarenessRoom):
+        return "awareness"
+    return "fork"
+
+
 @dataclass
 class RoomManager:
     """Opens each room once, closes it when unused, and closes them all on shutdown."""
@@ -752,11 +777,26 @@ class RoomManager:
         return DocumentRoom(room_id, file, store, self.settings, self.log)
 
     async def _serve(self, room: Any, *, task_status: TaskStatus[None]) -> None:
+        gauge = metrics.OPEN_ROOMS.labels(_room_kind(room))
+        gauge.inc()
         try:
             await room.run(task_status=task_status)
         finally:
+            gauge.dec()
             if self.rooms.get(room.room_id) is room:
                 del self.rooms[room.room_id]
+            if isinstance(room, DocumentRoom):
+                metrics.request_bytes_refresh()
+
+    async def add_room(self, room: Any) -> None:
+        """Serve a room made elsewhere (a fork) under its id, until it closes."""
+        if self._tg is None:
+            raise RoomError("the room manager is not running", code=4500)
+        if room.room_id in self.rooms:
+            raise RoomError(f"room {room.room_id!r} exists already", code=4500)
+        await self._tg.start(self._serve, room)
+        if not room.closing:
+            self.rooms[room.room_id] = room
 
     async def close_all(self, timeout: float = 10.0) -> None:
         """Close every room (save, flush, stop its store), then stop the manager."""

@@ -1,0 +1,250 @@
+"""The document timeline and the fork API, driven like the JupyterLab front end drives them.
+
+Real y-websocket clients (pycrdt) in a pytest-jupyter server with a SQLite store: a client
+edits, the "browser" client opens the timeline, connects its document to the fork room,
+moves the slider back (the fork shows the old content, the root does not change), restores
+(every client of the root sees the old content, the store keeps the history) and reconnects
+to the root without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+import pytest
+import tornado.httpclient
+from traitlets.config import Config
+from websockets.asyncio.client import connect
+
+from _server_helpers import YClient, append, read_sources, wait_until, write_notebook, yclient
+from jupyter_ystore import sync
+from jupyter_ystore.history import read_history
+from jupyter_ystore.cli_content import to_py
+from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path) -> Config:
+    return Config(
+        {
+            "ServerApp": {
+                "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_fileid": True}
+            },
+            "YStoreExtension": {
+                "ystore_class": "jupyter_ystore.stores.sqlite.SQLiteYStore",
+                "document_save_delay": 0.2,
+                "document_cleanup_delay": 60,
+                "file_poll_interval": 0,
+            },
+            "SQLiteYStore": {"db_path": str(tmp_path / "store.db")},
+            "BaseFileIdManager": {"db_path": str(tmp_path / "file_ids.db")},
+        }
+    )
+
+
+def _ext(app: Any) -> Any:
+    return next(iter(app.extension_manager.extension_apps["jupyter_ystore"]))
+
+
+@asynccontextmanager
+async def attached(client: YClient, url: str) -> AsyncIterator[YClient]:
+    """Connect an existing client's document to ``url`` (what the front end does with its
+    shared model when it switches between the root room and a fork room)."""
+    client.synced = anyio.Event()
+    async with connect(url, max_size=None, compression=None) as ws:
+        client.ws = ws
+        async with anyio.create_task_group() as tg:
+            client._tg = tg
+            tg.start_soon(client._receive)
+            await client.send(sync.sync_step1(client.ydoc))
+            try:
+                yield client
+            finally:
+                client.ws = None
+                tg.cancel_scope.cancel()
+
+
+class Api:
+    def __init__(self, jp_fetch: Any, port: int, base_url: str, token: str) -> None:
+        self.fetch, self.port, self.base_url, self.token = jp_fetch, port, base_url, token
+
+    async def call(self, method: str, *parts: str, params: dict | None = None, body: Any = None) -> tuple[int, Any]:
+        try:
+            response = await self.fetch(
+                "api",
+                "collaboration",
+                *parts,
+                method=method,
+                params=params or {},
+                body=None if method in ("GET", "DELETE") else json.dumps(body or {}),
+            )
+        except tornado.httpclient.HTTPClientError as exc:
+            text = exc.response.body if exc.response is not None else b""
+            return exc.code, json.loads(text) if text else None
+        return response.code, json.loads(response.body) if response.body else None
+
+    async def session(self, path: str) -> dict:
+        code, reply = await self.call("PUT", "session", path, body={"format": "json", "type": "notebook"})
+        assert code in (200, 201), reply
+        return reply
+
+    def url(self, room: str, session_id: str) -> str:
+        query = urllib.parse.urlencode({"sessionId": session_id, "token": self.token})
+        return f"ws://127.0.0.1:{self.port}{self.base_url}api/collaboration/room/{room}?{query}"
+
+
+async def _edit(client: YClient, suffix: str) -> None:
+    append(client.document.ycells[0]["source"], suffix)
+    await client.acknowledged()
+
+
+def test_timeline_slider_and_restore(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    nb_path = jp_root_dir / "nb.ipynb"
+    write_notebook(nb_path, ["a = 1"])
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        session = await api.session("nb.ipynb")
+        root = f"json:notebook:{session['fileId']}"
+        root_url = api.url(root, session["sessionId"])
+        browser = YClient("notebook")
+        async with yclient(root_url) as editor:
+            await editor.synced.wait()
+            await _edit(editor, "\nb = 2")
+            await _edit(editor, "\nc = 3")
+            assert editor.sources() == ["a = 1\nb = 2\nc = 3"]
+            async with attached(browser, root_url):
+                await browser.synced.wait()
+                assert browser.sources() == ["a = 1\nb = 2\nc = 3"]
+
+            code, timeline = await api.call(
+                "GET", "timeline", "nb.ipynb", params={"format": "json", "type": "notebook"}
+            )
+            assert code == 200, timeline
+            assert timeline["roomId"] == root and timeline["sessionId"] == session["sessionId"]
+            stamps = timeline["timestamps"]
+            # one point per content change (loading, two edits); saves of the state map are not points
+            assert len(stamps) == 3 and stamps == sorted(stamps)
+            fork = timeline["forkRoom"]
+
+            async with attached(browser, api.url(fork, timeline["sessionId"])):
+                await browser.synced.wait()
+                params = {"action": "undo", "steps": "2", "forkRoom": fork}
+                code, reply = await api.call("PUT", "undo_redo", root, params=params)
+                assert (code, reply["code"], reply["status"]) == (200, 200, "undone")
+                await wait_until(lambda: browser.sources() == ["a = 1"])
+                code, reply = await api.call("PUT", "undo_redo", root, params={**params, "action": "redo", "steps": "1"})
+                assert (code, reply["status"]) == (200, "redone")
+                await wait_until(lambda: browser.sources() == ["a = 1\nb = 2"])
+                # the root document did not move
+                assert editor.sources() == ["a = 1\nb = 2\nc = 3"]
+                # a timeline fork is read-only: edits sent to it are refused, not merged
+                async with yclient(api.url(fork, timeline["sessionId"])) as other:
+                    await other.synced.wait()
+                    assert other.sources() == ["a = 1\nb = 2"]
+                    append(other.document.ycells[0]["source"], "# typed in the timeline")
+                    await wait_until(lambda: any(r.get("reason") == "read_only" for r in other.raw))
+                assert browser.sources() == ["a = 1\nb = 2"]
+                before_restore = editor.ydoc.get_update()
+
+                code, reply = await api.call("PUT", "undo_redo", root, params={**params, "action": "restore", "steps": "0"})
+                assert (code, reply["code"]) == (200, 200), reply
+                await wait_until(lambda: editor.sources() == ["a = 1\nb = 2"])
+
+            # the fork is gone once restored
+            code, reply = await api.call("PUT", "undo_redo", root, params=params)
+            assert code == 404
+            # the browser reconnects to the root (what the front end does after a restore)
+            async with attached(browser, root_url):
+                await browser.synced.wait()
+                await anyio.sleep(0.2)
+                # no duplicated text: the root already holds the fork's edits the browser has
+                assert editor.sources() == browser.sources() == ["a = 1\nb = 2"]
+
+            ext = _ext(jp_serverapp)
+            room = (await ext.rooms()).rooms[root]
+            history = await read_history(room.store)
+            metas = [json.loads(r.metadata) for r in history.records]
+            assert any(m.get("reason") == "restore" and m.get("user") for m in metas)
+            # history kept: the content before the restore is still in the store
+            restore_time = max(r.timestamp for r, m in zip(history.records, metas) if m.get("reason") == "restore")
+            earlier = to_py(history.state_at(restore_time - 1e-6))
+            assert earlier["cells"][0]["source"] == "a = 1\nb = 2\nc = 3"
+            assert to_py(before_restore)["cells"][0]["source"] == "a = 1\nb = 2\nc = 3"
+            assert to_py(history.state_at(None))["cells"][0]["source"] == "a = 1\nb = 2"
+            await wait_until(lambda: read_sources(nb_path) == ["a = 1\nb = 2"])
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_timeline_errors(jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url) -> None:
+    write_notebook(jp_root_dir / "e.ipynb", ["x"])
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        session = await api.session("e.ipynb")
+        root = f"json:notebook:{session['fileId']}"
+        q = {"format": "json", "type": "notebook"}
+        assert (await api.call("GET", "timeline", "missing.ipynb", params=q))[0] == 404
+        assert (await api.call("GET", "timeline", "e.ipynb", params={"format": "xml", "type": "notebook"}))[0] == 400
+        code, timeline = await api.call("GET", "timeline", "e.ipynb", params=q)
+        assert code == 200 and len(timeline["timestamps"]) == 1
+        fork = timeline["forkRoom"]
+        assert (await api.call("PUT", "undo_redo", root, params={"action": "jump", "steps": "1", "forkRoom": fork}))[0] == 400
+        assert (await api.call("PUT", "undo_redo", root, params={"action": "undo", "steps": "x", "forkRoom": fork}))[0] == 400
+        assert (await api.call("PUT", "undo_redo", root, params={"action": "undo", "steps": "1", "forkRoom": "nope"}))[0] == 404
+        assert (await api.call("PUT", "undo_redo", "json:notebook:other", params={"action": "undo", "steps": "1", "forkRoom": fork}))[0] == 404
+        # undo past the first point stays at the first point
+        code, reply = await api.call("PUT", "undo_redo", root, params={"action": "undo", "steps": "5", "forkRoom": fork})
+        assert code == 200 and reply["position"] == 0
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_fork_api_synchronize_and_merge(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    write_notebook(jp_root_dir / "f.ipynb", ["base"])
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        session = await api.session("f.ipynb")
+        root = f"json:notebook:{session['fileId']}"
+        async with yclient(api.url(root, session["sessionId"])) as editor:
+            await editor.synced.wait()
+            code, created = await api.call(
+                "PUT", "fork", root, body={"title": "try", "description": "an idea", "synchronize": True}
+            )
+            assert code == 201
+            fork = created["fork_roomid"]
+            assert created["fork_info"] == {
+                "root_roomid": root, "synchronize": True, "title": "try", "description": "an idea"
+            }
+            code, listed = await api.call("GET", "fork", root)
+            assert code == 200 and list(listed) == [fork]
+            async with yclient(api.url(fork, created["sessionId"])) as forker:
+                await forker.synced.wait()
+                assert forker.sources() == ["base"]
+                append(forker.document.ycells[0]["source"], " + fork")
+                await forker.acknowledged()
+                # synchronize: the root's edits reach the fork; the fork's stay in the fork
+                append(editor.document.ycells[0]["source"], " + root")
+                await wait_until(lambda: forker.sources() == ["base + fork + root"])
+                assert editor.sources() == ["base + root"]
+            code, _ = await api.call("DELETE", "fork", fork, params={"merge": "true"})
+            assert code == 200
+            await wait_until(lambda: editor.sources() == ["base + fork + root"])
+            assert (await api.call("GET", "fork", root))[1] == {}
+            assert (await api.call("DELETE", "fork", fork))[0] == 404
+            assert (await api.call("PUT", "fork", "json:notebook:nope", body={}))[0] in (400, 404)
+
+    jp_asyncio_loop.run_until_complete(scenario())
