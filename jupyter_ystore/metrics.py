@@ -68,6 +68,11 @@ def record_compaction(store: Any) -> None:
     COMPACTIONS.labels(store_label(store)).inc()
 
 
+def record_compaction_of(store_class: str) -> None:
+    """The same, where only the class name is at hand (a backend's helper, a thread)."""
+    COMPACTIONS.labels(store_class).inc()
+
+
 async def stored_bytes(store: Any) -> int | None:
     """The bytes ``store``'s backend holds for every document, or None when it cannot say."""
     try:

@@ -46,6 +46,7 @@ from ..errors import (
     YStorePermissionError,
     YStoreVersionError,
 )
+from ..metrics import record_compaction_of
 from .base import BaseYStore, DocumentInfo
 
 Record = tuple[bytes, bytes, float]
@@ -568,6 +569,7 @@ class _LogFile:
         self.close_fd()  # points at the replaced file; writers waiting on it will reopen
         self.verified = (st.st_dev, st.st_ino, len(data))
         self.last_timestamp = timestamp
+        record_compaction_of("FileYStore")
 
     def delete(self) -> None:
         self._kept = None

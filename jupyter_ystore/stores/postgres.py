@@ -47,6 +47,7 @@ from ._pg_commit import GroupCommitter, Pending
 from ._pg_compact import CompactResult, compact_document
 from ._pg_listen import Listener
 from ._pg_names import Names, check_identifier, describe_dsn
+from ..metrics import record_compaction
 from .base import BaseYStore, DocumentInfo
 
 DSN_ENV = "JUPYTER_YSTORE_DSN"
@@ -287,6 +288,7 @@ class PostgresYStore(BaseYStore):
             raise self._error(exc, "compact") from None
         if result.done:
             self._tail_updates = self._tail_bytes = 0
+            record_compaction(self)
         return result
 
     # ------------------------------------------------------------------ the store API

@@ -47,6 +47,7 @@ from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, validate
 
 from .. import ydoc as _ydoc
 from ..errors import YDocNotFound, YStoreCorruptError
+from ..metrics import record_compaction
 from . import _sqlite_db
 from .base import BaseYStore, DocumentInfo
 
@@ -175,7 +176,8 @@ class SQLiteYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                await self._require_db().compact(self.path, policy=self._policy)
+                if await self._require_db().compact(self.path, policy=self._policy):
+                    record_compaction(self)
             except Exception as exc:  # the updates are intact; the next threshold retries
                 self.log.error(
                     "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
@@ -267,6 +269,7 @@ class SQLiteYStore(BaseYStore):
         done = await self._require_db().compact(self.path)
         if not done:
             raise YDocNotFound(self.path)
+        record_compaction(self)
 
     async def delete(self) -> None:
         """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
