@@ -204,7 +204,10 @@ def describe_metadata(metadata: bytes) -> str:
     """A short human form of an update's metadata (who made it), or ``""`` when none.
 
     Metadata is free-form bytes (ypy-websocket's ``metadata_callback``); JSON objects with a
-    user name and origin are shown as ``name (origin)``, other text as is, binary as hex.
+    user name, origin and reason (what the room manager stores: ``{"origin": "client",
+    "user": "alice"}``, ``{"origin": "server", "reason": "load"}``) are shown as
+    ``alice (client)``, ``server (load)``, ``alice (client, restore)``; other text as is,
+    binary as hex.
     """
     if not metadata:
         return ""
@@ -221,8 +224,12 @@ def describe_metadata(metadata: bytes) -> str:
             (str(value[k]) for k in ("username", "user", "name", "author") if value.get(k)), ""
         )
         origin = next((str(value[k]) for k in ("origin", "source") if value.get(k)), "")
-        if name or origin:
-            return f"{name} ({origin})" if name and origin else name or origin
+        reason = str(value["reason"]) if value.get("reason") else ""
+        if name:
+            details = ", ".join(part for part in (origin, reason) if part)
+            return f"{name} ({details})" if details else name
+        if origin:
+            return f"{origin} ({reason})" if reason else origin
     return text
 
 
