@@ -3,16 +3,32 @@
 The room never touches the disk itself: going through the contents manager keeps checkpoints,
 hooks, permissions and non-filesystem contents managers working. The file is named by its
 file id, so a rename while the room is open is followed.
+
+Several servers sharing a store may save one file at once. jupyter_server's "atomic" writing
+rewrites the file in place beside a backup of a fixed name (``.~name``), so two concurrent
+saves fail ("No such file") or interleave, and a read during a save sees half a file. So on a
+file system, reads hold a shared and saves an exclusive ``flock`` on the file.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
+
+import anyio
 
 from jupyter_server.utils import ensure_async
 from tornado.web import HTTPError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locking between servers
+    fcntl = None  # type: ignore[assignment]
+
+_LOCK_TIMEOUT = 30.0  # seconds; a save that long is stuck, not busy
 
 #: Room types the contents manager knows; anything else is read and written as a plain file.
 _CONTENTS_TYPES = {"notebook", "file"}
@@ -68,9 +84,22 @@ class DocumentFile:
             raise FileGone(f"no file has id {self.file_id}")
         return path
 
+    def _os_path(self, path: str) -> str | None:
+        get_os_path = getattr(self._contents_manager, "_get_os_path", None)
+        if get_os_path is None:  # not a file-system contents manager
+            return None
+        try:
+            return get_os_path(path)
+        except Exception:
+            return None
+
     async def load(self) -> FileState:
         """The file's content, modification time and hash."""
         path = self.path
+        async with _flocked(self._os_path(path), exclusive=False):
+            return await self._load(path)
+
+    async def _load(self, path: str) -> FileState:
         try:
             model = await ensure_async(
                 self._contents_manager.get(
@@ -93,6 +122,10 @@ class DocumentFile:
     async def stat(self) -> FileState:
         """Modification time and hash, without the content."""
         path = self.path
+        async with _flocked(self._os_path(path), exclusive=False):
+            return await self._stat(path)
+
+    async def _stat(self, path: str) -> FileState:
         try:
             model = await ensure_async(
                 self._contents_manager.get(path, content=False, require_hash=True)
@@ -107,6 +140,40 @@ class DocumentFile:
         """Write ``content``; return the new modification time and hash."""
         path = self.path
         model = {"type": self.contents_type, "format": self.file_format, "content": content}
-        saved = await ensure_async(self._contents_manager.save(model, path))
-        state = await self.stat()
+        async with _flocked(self._os_path(path), exclusive=True):
+            saved = await ensure_async(self._contents_manager.save(model, path))
+            state = await self._stat(path)
         return FileState(_timestamp(saved.get("last_modified")) or state.last_modified, state.hash)
+
+
+@asynccontextmanager
+async def _flocked(os_path: str | None, *, exclusive: bool) -> AsyncIterator[None]:
+    """Hold a shared or exclusive ``flock`` on ``os_path`` (when it is a file we can open;
+    otherwise go on unlocked and let the contents manager report what is wrong)."""
+    if fcntl is None or os_path is None:
+        yield
+        return
+    # LOCK_EX over NFS (emulated with fcntl locks) needs a descriptor open for writing.
+    flags = os.O_RDWR if exclusive else os.O_RDONLY
+    try:
+        fd = await anyio.to_thread.run_sync(os.open, os_path, flags)
+    except OSError:
+        yield
+        return
+    try:
+        how = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        with anyio.fail_after(_LOCK_TIMEOUT):
+            while not await anyio.to_thread.run_sync(_try_flock, fd, how):
+                await anyio.sleep(0.005)
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(os.close, fd)  # releases the lock
+
+
+def _try_flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        return False
+    return True

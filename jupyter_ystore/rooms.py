@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
@@ -183,6 +184,9 @@ class RoomSettings:
     cleanup_delay: float | None = 60.0
     poll_interval: float = 1.0
     store_retry_delay: float = 1.0
+    #: With a store shared by several servers: how long a file change waits for the news
+    #: (through the store) that another server saved or imported it; see _settled_elsewhere.
+    shared_file_grace: float = 1.0
 
 
 class DocumentRoom:
@@ -225,6 +229,7 @@ class DocumentRoom:
         self._file_mtime: Any = None
         self._cleanup_scope: anyio.CancelScope | None = None
         self._subscription: Any = None
+        self._claim = uuid.uuid4().hex  # names this room in file-import claims
         if store.metadata_callback is None:  # a user's own callback keeps working
             store.metadata_callback = lambda: self._writing_meta
 
@@ -621,8 +626,10 @@ class DocumentRoom:
                 raise RoomError(f"cannot save: {exc}", code=4404) from None
             if self._file_mtime is not None and disk.last_modified != self._file_mtime:
                 if disk.hash is None or disk.hash != self.document.hash:
-                    await self._apply_file_change()
-                    return False
+                    if not await self._settled_elsewhere(disk):
+                        await self._apply_file_change()
+                        return False
+                    await self._adopt_saved_file()  # unchanged since: nothing to write
             content = self.document.get()
             written = False
             if content != self._saved_content or disk.hash != self.document.hash:
@@ -653,6 +660,47 @@ class DocumentRoom:
         self._saved_content = self.document.get()
         await self.flush()
 
+    async def _settled_elsewhere(self, disk: FileState) -> bool:
+        """Whether a file change that lacks our document's hash is in the document already.
+
+        With a store shared by several servers (``supports_live_updates``) it usually is:
+        another server saved the document (its new hash comes through the store a moment
+        after the file), or imported an out-of-band edit. Taking either for a new edit
+        would apply the file over newer edits (reverting them) or import it twice
+        (duplicating it). So wait for the hash; if it does not come, claim the import in
+        the shared state: every server sees the same winning claim, and only its owner
+        imports (the others import only if the winner never does).
+        """
+        if not getattr(self.store, "supports_live_updates", False) or disk.hash is None:
+            return False
+        grace = self.settings.shared_file_grace
+        if await self._hash_arrives(disk.hash, grace):
+            return True
+        claim = f"{disk.hash}:{self._claim}"
+        with self._changes_by(SERVER_SAVE):
+            self._set_state(file_import=claim)
+        await self.flush()
+        if await self._hash_arrives(disk.hash, grace):
+            return True
+        if self.document.ystate.get("file_import") == claim:
+            return False  # our claim won: we import
+        return await self._hash_arrives(disk.hash, grace)
+
+    async def _hash_arrives(self, hash_: str, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            while self.document.hash != hash_:
+                await anyio.sleep(0.02)
+        return self.document.hash == hash_
+
+    async def _adopt_saved_file(self) -> None:
+        """Another server wrote the file: remember what it holds, so that we write it only
+        if our document differs (not the same content again)."""
+        state = await self.file.load()
+        self._file_mtime = state.last_modified
+        self._saved_content = _scratch_document(self.file.file_type, state.content).get()
+        if self.document.get() != self._saved_content:
+            self._schedule_save()  # it saved before our latest changes reached it
+
     async def _poller(self) -> None:
         """Notice out-of-band file changes and renames every ``poll_interval`` seconds."""
         failures = 0
@@ -666,7 +714,10 @@ class DocumentRoom:
                         with self._changes_by(SERVER_SAVE):
                             self._set_state(path=path)
                     if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
-                        await self._apply_file_change()
+                        if await self._settled_elsewhere(disk):
+                            await self._adopt_saved_file()
+                        else:
+                            await self._apply_file_change()
                     elif disk.last_modified != self._file_mtime:
                         self._file_mtime = disk.last_modified
                 failures = 0
