@@ -42,6 +42,17 @@ class Waiter:
             return self._future
         return self._wait_event()
 
+    async def wait_for_wake(self, poll: float) -> None:
+        """Wait for a wake-up that may never come (a watch); cancellable. Without an asyncio
+        loop the thread waiting for it returns every ``poll`` seconds, so that cancelling
+        costs at most that."""
+        if self._future is not None:
+            await self._future
+            return
+        assert self._event is not None
+        while not await anyio.to_thread.run_sync(self._event.wait, poll):
+            pass
+
     async def _wait_event(self) -> Any:
         assert self._event is not None
         await anyio.to_thread.run_sync(self._event.wait)

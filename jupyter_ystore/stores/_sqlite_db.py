@@ -41,9 +41,19 @@ from . import _sqlite_queries as queries
 from ._sqlite_bridge import Waiter, deliver
 from ._sqlite_errors import map_error
 from ._sqlite_schema import Options, Schema, open_database
+from ._sqlite_watch import Hub, Owner, Watch
 from .base import DocumentInfo
 
-__all__ = ["Options", "Policy", "SharedDatabase", "acquire", "release", "open_connections"]
+__all__ = [
+    "Options",
+    "Owner",
+    "Policy",
+    "SharedDatabase",
+    "Watch",
+    "acquire",
+    "release",
+    "open_connections",
+]
 
 log = logging.getLogger("jupyter_ystore.sqlite")
 
@@ -71,7 +81,7 @@ class _Stats:
 
 
 class _Write:
-    __slots__ = ("waiter", "path", "update", "metadata", "timestamp", "policy")
+    __slots__ = ("waiter", "path", "update", "metadata", "timestamp", "policy", "owner")
 
     def __init__(
         self,
@@ -81,6 +91,7 @@ class _Write:
         metadata: bytes,
         timestamp: float,
         policy: Policy,
+        owner: Owner | None,
     ):
         self.waiter = waiter
         self.path = path
@@ -88,6 +99,7 @@ class _Write:
         self.metadata = metadata
         self.timestamp = timestamp
         self.policy = policy
+        self.owner = owner
 
 
 class _Call:
@@ -122,6 +134,7 @@ class SharedDatabase:
         self._compacting: set[str] = set()
         self._compacting_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._hub = Hub()  # live updates: touched by the database thread only
         name = "ystore-sqlite:" + os.path.basename(db_path)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -138,9 +151,16 @@ class SharedDatabase:
         return await waiter.wait()
 
     async def write(
-        self, path: str, update: bytes, metadata: bytes, timestamp: float, policy: Policy
+        self,
+        path: str,
+        update: bytes,
+        metadata: bytes,
+        timestamp: float,
+        policy: Policy,
+        owner: Owner | None = None,
     ) -> bool:
-        """Commit one update (sharing the commit with concurrent writes).
+        """Commit one update (sharing the commit with concurrent writes); ``owner`` is the
+        writing store (its watch() must not see this row).
 
         Returns True when the document's history after its snapshot passed a compaction
         threshold of ``policy``.
@@ -148,8 +168,13 @@ class SharedDatabase:
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
-        self._queue.put(_Write(waiter, path, update, metadata, timestamp, policy))
+        self._queue.put(_Write(waiter, path, update, metadata, timestamp, policy, owner))
         return await waiter.wait()
+
+    def post(self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str) -> None:
+        """Queue ``fn`` without waiting for it (cleanup from a ``finally`` being cancelled)."""
+        if not self.closing:
+            self._queue.put(_Call(Waiter(), fn, action))
 
     async def close(self) -> None:
         """Finish every queued job, close the connection and end the thread."""
@@ -157,16 +182,44 @@ class SharedDatabase:
         self._queue.put(_Close(waiter))
         await waiter.wait()
 
-    async def read_rows(self, path: str) -> list[tuple[bytes, bytes, float]]:
+    async def read_rows(
+        self, path: str, owner: Owner | None = None
+    ) -> list[tuple[bytes, bytes, float]]:
+        """Every record of ``path``; ``owner``'s later watch() starts after them."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> list[tuple[bytes, bytes, float]]:
+            records, last_row = queries.read_rows(conn, schema, path)
+            if owner is not None:
+                owner.loaded(last_row)
+            return records
+
+        return await self.call(job, f"reading {path!r}")
+
+    # ------------------------------------------------------------------ live updates
+
+    async def start_watch(self, watch: Watch) -> None:
+        await self.call(lambda conn, schema: self._hub.start(conn, watch), "starting to watch")
+
+    async def fetch_watched(self, watch: Watch, waiter: Waiter) -> list[bytes]:
+        """Updates for ``watch`` from other writers; none: ``waiter`` is armed."""
         return await self.call(
-            lambda conn, schema: queries.read_rows(conn, schema, path), f"reading {path!r}"
+            lambda conn, schema: self._hub.fetch(conn, watch, waiter),
+            f"reading new updates of {watch.owner.path!r}",
         )
+
+    def stop_watch(self, watch: Watch) -> None:
+        """Unregister ``watch`` (from anywhere, without waiting) and release its waiter."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> None:
+            deliver(self._hub.stop(watch))
+
+        self.post(job, "stopping a watch")
 
     async def list_documents(self) -> list[DocumentInfo]:
         return await self.call(queries.list_documents, "listing documents")
 
-    async def delete(self, path: str) -> None:
-        await self.call(self._delete_job(path), f"deleting {path!r}")
+    async def delete(self, path: str, owner: Owner | None = None) -> None:
+        await self.call(self._delete_job(path, owner), f"deleting {path!r}")
 
     async def compact(self, path: str, *, policy: Policy | None = None) -> bool:
         """Replace ``path``'s history by one snapshot. Returns False if there was nothing to do.
@@ -229,12 +282,13 @@ class SharedDatabase:
 
         return job
 
-    def _delete_job(self, path: str) -> Callable[..., None]:
+    def _delete_job(self, path: str, owner: Owner | None) -> Callable[..., None]:
         def job(conn: sqlite3.Connection, schema: Schema) -> None:
             try:
                 queries.delete_document(conn, schema, path)
             finally:
                 self._stats.pop(path, None)
+                deliver(self._hub.deleted(path, owner))
             compaction.reclaim(conn, self.db_path)
 
         return job
@@ -246,8 +300,13 @@ class SharedDatabase:
             self._conn, self._schema = open_database(self.db_path, self.options)
         except BaseException as exc:  # reported to every job
             self.failed = self._error(exc, "opening the database")
+        hub = self._hub
         while True:
-            jobs = [self._queue.get()]
+            timeout = hub.timeout()  # None unless someone watches: then poll other processes
+            try:
+                jobs = [self._queue.get(timeout=timeout)]
+            except queue.Empty:
+                jobs = []
             while not self._queue.empty():
                 jobs.append(self._queue.get())
             i = 0
@@ -270,6 +329,17 @@ class SharedDatabase:
                 else:
                     self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
+            if hub.active and self._conn is not None:
+                self._poll_others()
+
+    def _poll_others(self) -> None:
+        """Wake watchers of documents another process committed to (when a poll is due)."""
+        try:
+            wakes = self._hub.poll(self._conn)  # type: ignore[arg-type]
+        except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
+            log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
+            return
+        deliver(wakes)
 
     def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
         """Run ``work`` and deliver its outcomes; an unexpected error fails these jobs
@@ -324,9 +394,10 @@ class SharedDatabase:
         all_stats = self._stats
         outcomes: list[Outcome] = []
         written: list[_Write] = []
+        owned: list[tuple[Owner, int, bytes]] = []  # rows of stores that may watch
         try:
             conn.execute("BEGIN IMMEDIATE")
-            rows: list[tuple[str, bytes, bytes, float]] = []
+            chunk: list[_Write] = []
             for job in batch:
                 path = job.path
                 stats = all_stats.get(path) or self._stats_for(path)
@@ -337,22 +408,22 @@ class SharedDatabase:
                     and stats.count > 0
                     and job.timestamp - stats.last_ts > ttl
                 ):
-                    if rows:
-                        conn.executemany(queries.INSERT, rows)
-                        rows = []
+                    if chunk:
+                        self._insert(conn, chunk, owned)
+                        chunk = []
                     error = self._ttl_squash(path)
                     if error is not None:
                         outcomes.append((job.waiter, None, error))
                         continue
                     stats = self._stats_for(path)
-                rows.append((path, job.update, job.metadata, job.timestamp))
+                chunk.append(job)
                 stats.count += 1
                 stats.nbytes += len(job.update)
                 if stats.last_ts is None or job.timestamp > stats.last_ts:
                     stats.last_ts = job.timestamp
                 written.append(job)
-            if rows:
-                conn.executemany(queries.INSERT, rows)
+            if chunk:
+                self._insert(conn, chunk, owned)
             conn.execute("COMMIT")
         except Exception as exc:
             self._rollback()
@@ -363,6 +434,8 @@ class SharedDatabase:
             return outcomes + [
                 (job.waiter, None, error) for job in batch if id(job.waiter) not in failed
             ]
+        for owner, rowid, update in owned:
+            owner.wrote(rowid, update)
         for job in written:
             stats = all_stats.get(job.path)
             policy = job.policy
@@ -371,7 +444,30 @@ class SharedDatabase:
                 or (policy.max_bytes and stats.nbytes >= policy.max_bytes)
             )
             outcomes.append((job.waiter, wanted, None))
+        if self._hub.active:
+            outcomes += self._hub.committed((job.path, job.owner) for job in written)
         return outcomes
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, chunk: list[_Write], owned: list[tuple[Owner, int, bytes]]
+    ) -> None:
+        """Insert ``chunk``'s rows; note the rowids of those whose store may watch.
+
+        The rows of one statement get consecutive rowids (each is ``max(rowid) + 1`` and we
+        hold the write lock), so the last one tells them all.
+        """
+        conn.executemany(
+            queries.INSERT,
+            [(job.path, job.update, job.metadata, job.timestamp) for job in chunk],
+        )
+        tracked = [
+            (i, job) for i, job in enumerate(chunk) if job.owner is not None and job.owner.mark is not None
+        ]
+        if tracked:
+            (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+            first = last - len(chunk) + 1
+            owned.extend((job.owner, first + i, job.update) for i, job in tracked)  # type: ignore[misc]
 
     def _ttl_squash(self, path: str) -> BaseException | None:
         """Squash ``path`` inside the current transaction (seed ``document_ttl`` meaning)."""

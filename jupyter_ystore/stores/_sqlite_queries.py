@@ -12,19 +12,24 @@ from .base import DocumentInfo
 INSERT = "INSERT INTO yupdates (path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?)"
 
 
-def read_rows(conn: sqlite3.Connection, schema: Schema, path: str) -> list[tuple[bytes, bytes, float]]:
+def read_rows(
+    conn: sqlite3.Connection, schema: Schema, path: str
+) -> tuple[list[tuple[bytes, bytes, float]], int]:
     """Everything stored for ``path``, oldest first: a pycrdt-store checkpoint if any, then
-    the rows in insertion (rowid) order, which puts our snapshot first."""
+    the rows in insertion (rowid) order, which puts our snapshot first; and the newest
+    rowid read (0 if none), where a live-update watcher of this load starts."""
     records: list[tuple[bytes, bytes, float]] = []
+    last_row = 0
     checkpoint = compat.read_checkpoint(conn, schema.layout, path)
     if checkpoint is not None:
         records.append((checkpoint[0], b"", checkpoint[1]))
-    for update, metadata, timestamp in conn.execute(
-        "SELECT yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid",
+    for rowid, update, metadata, timestamp in conn.execute(
+        "SELECT rowid, yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid",
         (path,),
     ):
         records.append((bytes(update or b""), bytes(metadata or b""), float(timestamp)))
-    return records
+        last_row = rowid
+    return records, last_row
 
 
 def tail_stats(

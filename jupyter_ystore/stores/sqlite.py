@@ -27,6 +27,18 @@ by this process or another, stays after it. Freed pages go back to the file syst
 (``auto_vacuum = INCREMENTAL``; a legacy file without auto_vacuum is converted in place by
 one VACUUM once a quarter of it is free), so the file shrinks.
 
+Live updates
+------------
+``watch()`` yields the updates other writers commit to the document: other processes on the
+file (a second server, ``jupyter ystore restore``), other store instances here. The database
+thread asks SQLite every ``poll_interval`` seconds whether another connection committed
+(``PRAGMA data_version``: one query per database while anyone watches, nothing per
+document), reads the new rows of the watched documents by rowid (rowids follow commit order;
+a compaction's snapshot keeps the rowid of the newest row it covers, so nothing is skipped),
+and wakes this process's watchers at once when another store here commits. A store never
+gets its own rows back: the thread records which rows each watching store wrote.
+See ``_sqlite_watch``.
+
 Durability
 ----------
 WAL journal. ``synchronous = NORMAL`` (the default): ``await write()`` returns after COMMIT;
@@ -49,6 +61,7 @@ from .. import ydoc as _ydoc
 from ..errors import YDocNotFound, YStoreCorruptError
 from ..metrics import record_compaction
 from . import _sqlite_db
+from ._sqlite_bridge import Waiter
 from .base import BaseYStore, DocumentInfo
 
 
@@ -58,6 +71,8 @@ class SQLiteYStore(BaseYStore):
     Configure with traitlets (``c.SQLiteYStore.db_path = "…"``) or, as in ypy-websocket,
     with a subclass that sets ``db_path = "…"``.
     """
+
+    supports_live_updates = True
 
     db_path = Unicode(
         "ystore.db",
@@ -102,6 +117,13 @@ class SQLiteYStore(BaseYStore):
         help="Seconds to wait for another process holding the database's write lock before "
         "a write fails with YStoreLockedError.",
     )
+    poll_interval = Float(
+        0.5,
+        config=True,
+        help="Seconds between the checks by which watch() sees updates other processes "
+        "committed to the database (one cheap query per database, whatever the number of "
+        "documents watched). Other stores of this process are seen at once.",
+    )
 
     @validate("document_ttl")
     def _check_ttl(self, proposal: Any) -> Any:
@@ -120,6 +142,13 @@ class SQLiteYStore(BaseYStore):
             raise TraitError(f"SQLiteYStore.{name} must be >= 0, got {value}")
         return value
 
+    @validate("poll_interval")
+    def _check_poll_interval(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if not value > 0:
+            raise TraitError(f"SQLiteYStore.poll_interval must be > 0 seconds, got {value}")
+        return value
+
     @validate("db_path")
     def _check_db_path(self, proposal: Any) -> Any:
         value = proposal["value"]
@@ -132,6 +161,10 @@ class SQLiteYStore(BaseYStore):
         super().__init__(*args, **kwargs)
         self._db: _sqlite_db.SharedDatabase | None = None
         self._compaction_wanted: anyio.Event | None = None
+        # This store as the database thread knows it: what it loaded and the rows it wrote,
+        # so that watch() starts after the load and never hands back our own writes.
+        self._owner = _sqlite_db.Owner(self.path)
+        self._watches: set[_sqlite_db.Watch] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,6 +219,8 @@ class SQLiteYStore(BaseYStore):
     async def _close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
+            for watch in list(self._watches):  # their generators end
+                db.stop_watch(watch)
             await _sqlite_db.release(db)
 
     def _require_db(self) -> _sqlite_db.SharedDatabase:
@@ -212,14 +247,16 @@ class SQLiteYStore(BaseYStore):
             )
         metadata = b"" if self.metadata_callback is None else await self.get_metadata()
         db = self._require_db()
-        wanted = await db.write(self.path, data, metadata, time.time(), self._policy)
+        wanted = await db.write(
+            self.path, data, metadata, time.time(), self._policy, self._owner
+        )
         if wanted and self._compaction_wanted is not None:
             self._compaction_wanted.set()
 
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
         """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""
         await self._ensure_running()
-        records = await self._require_db().read_rows(self.path)
+        records = await self._require_db().read_rows(self.path, self._owner)
         if not records:
             raise YDocNotFound(self.path)
         for record in records:
@@ -255,6 +292,32 @@ class SQLiteYStore(BaseYStore):
         if merged is not None:
             _ydoc.apply_update(ydoc, merged)
 
+    async def watch(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        """Updates committed by other writers (other processes on the file, other stores
+        here), in commit order, for as long as the store runs; never this store's own.
+
+        Starts after what this store last loaded (``apply_updates``/``read``), so nothing
+        committed between loading and watching is missed; without a load, starts now. A
+        compaction's snapshot is yielded when it covers updates not yet yielded (applying
+        known content again changes nothing).
+        """
+        await self._ensure_running()
+        db = self._require_db()
+        watch = _sqlite_db.Watch(self._owner, float(self.poll_interval))
+        self._watches.add(watch)
+        try:
+            await db.start_watch(watch)
+            while self._db is db and not watch.closed:
+                waiter = Waiter()
+                updates = await db.fetch_watched(watch, waiter)
+                for update in updates:
+                    yield update
+                if not updates:
+                    await waiter.wait_for_wake(watch.interval)
+        finally:
+            self._watches.discard(watch)
+            db.stop_watch(watch)
+
     # ------------------------------------------------------------------ admin API
 
     async def list_documents(self) -> list[DocumentInfo]:
@@ -274,7 +337,7 @@ class SQLiteYStore(BaseYStore):
     async def delete(self) -> None:
         """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
         await self._ensure_running()
-        await self._require_db().delete(self.path)
+        await self._require_db().delete(self.path, self._owner)
 
 
 #: Above this many updates after the snapshot, loading squashes them all in a worker thread
