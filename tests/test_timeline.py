@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 import anyio
 import pytest
 import tornado.httpclient
+from jupyter_server.auth import Authorizer, IdentityProvider, User
 from traitlets.config import Config
 from websockets.asyncio.client import connect
 
@@ -30,12 +31,33 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; s
 pytestmark = pytest.mark.timeout(120)
 
 
+READER_TOKEN = "reader-token"
+
+
+class WriterAndReader(IdentityProvider):
+    """The server's token is ``writer``; ``reader-token`` is ``reader``."""
+
+    def get_user(self, handler: Any) -> Any:
+        header = handler.request.headers.get("Authorization", "")
+        token = header[len("token ") :] if header.startswith("token ") else ""
+        token = token or handler.get_argument("token", "")
+        handler._token_authenticated = token in (self.token, READER_TOKEN)
+        return {self.token: User("writer"), READER_TOKEN: User("reader")}.get(token)
+
+
+class ReaderReadsOnly(Authorizer):
+    def is_authorized(self, handler: Any, user: User, action: str, resource: str) -> bool:
+        return user.username == "writer" or action == "read"
+
+
 @pytest.fixture
 def jp_server_config(tmp_path: Path) -> Config:
     return Config(
         {
             "ServerApp": {
-                "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_fileid": True}
+                "jpserver_extensions": {"jupyter_ystore": True, "jupyter_server_fileid": True},
+                "identity_provider_class": WriterAndReader,
+                "authorizer_class": ReaderReadsOnly,
             },
             "YStoreExtension": {
                 "ystore_class": "jupyter_ystore.stores.sqlite.SQLiteYStore",
@@ -238,13 +260,56 @@ def test_fork_api_synchronize_and_merge(
                 await forker.acknowledged()
                 # synchronize: the root's edits reach the fork; the fork's stay in the fork
                 append(editor.document.ycells[0]["source"], " + root")
-                await wait_until(lambda: forker.sources() == ["base + fork + root"])
+                # (two inserts at the same place: Yjs orders them by client id)
+                both = (["base + fork + root"], ["base + root + fork"])
+                await wait_until(lambda: forker.sources() in both)
+                merged = forker.sources()
                 assert editor.sources() == ["base + root"]
             code, _ = await api.call("DELETE", "fork", fork, params={"merge": "true"})
             assert code == 200
-            await wait_until(lambda: editor.sources() == ["base + fork + root"])
+            await wait_until(lambda: editor.sources() == merged)
             assert (await api.call("GET", "fork", root))[1] == {}
             assert (await api.call("DELETE", "fork", fork))[0] == 404
             assert (await api.call("PUT", "fork", "json:notebook:nope", body={}))[0] in (400, 404)
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_reader_views_the_timeline_but_cannot_restore(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    """The room's permissions: reading the contents opens the timeline and moves the slider;
+    restoring and the fork API need write access."""
+    write_notebook(jp_root_dir / "r.ipynb", ["one"])
+    writer = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def reader_fetch(*parts: str, **kwargs: Any) -> Any:
+        return await jp_fetch(*parts, headers={"Authorization": f"token {READER_TOKEN}"}, **kwargs)
+
+    reader = Api(reader_fetch, jp_http_port, jp_base_url, READER_TOKEN)
+
+    async def scenario() -> None:
+        session = await writer.session("r.ipynb")
+        root = f"json:notebook:{session['fileId']}"
+        async with yclient(writer.url(root, session["sessionId"])) as editor:
+            await editor.synced.wait()
+            await _edit(editor, " two")
+            code, timeline = await reader.call(
+                "GET", "timeline", "r.ipynb", params={"format": "json", "type": "notebook"}
+            )
+            assert code == 200 and len(timeline["timestamps"]) == 2
+            params = {"action": "undo", "steps": "1", "forkRoom": timeline["forkRoom"]}
+            async with yclient(reader.url(timeline["forkRoom"], timeline["sessionId"])) as viewer:
+                await viewer.synced.wait()
+                assert (await reader.call("PUT", "undo_redo", root, params=params))[0] == 200
+                await wait_until(lambda: viewer.sources() == ["one"])
+                code, reply = await reader.call("PUT", "undo_redo", root, params={**params, "action": "restore"})
+                assert code == 403 and "write" in reply["message"]
+                assert (await reader.call("PUT", "fork", root, body={}))[0] == 403
+                await anyio.sleep(0.2)
+                assert editor.sources() == ["one two"]
+                # the fork is still there: the writer can restore it
+                assert (await writer.call("PUT", "undo_redo", root, params={**params, "action": "restore"}))[0] == 200
+                await wait_until(lambda: editor.sources() == ["one"])
 
     jp_asyncio_loop.run_until_complete(scenario())
