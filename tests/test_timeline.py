@@ -313,3 +313,36 @@ def test_reader_views_the_timeline_but_cannot_restore(
                 await wait_until(lambda: editor.sources() == ["one"])
 
     jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_cli_restore_reaches_an_open_room(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url, tmp_path
+) -> None:
+    """`jupyter ystore restore --at` in another process, the document open in this server:
+    SQLite's live updates bring the restored version to the connected client."""
+    from test_attribution import run_cli
+
+    write_notebook(jp_root_dir / "live.ipynb", ["first"])
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        session = await api.session("live.ipynb")
+        async with yclient(api.url(f"json:notebook:{session['fileId']}", session["sessionId"])) as client:
+            await client.synced.wait()
+            await _edit(client, " second")
+            import time
+
+            at = time.time()
+            await anyio.sleep(0.05)
+            await _edit(client, " third")
+            assert client.sources() == ["first second third"]
+            key = f".notebook:{session['fileId']}.y"
+            done = await anyio.to_thread.run_sync(lambda: run_cli(tmp_path, "restore", key, "--at", repr(at)))
+            assert done.returncode == 0, done.stderr
+            assert "close it there first" not in done.stderr
+            await wait_until(lambda: client.sources() == ["first second"], timeout=10)
+            # the room goes on from there: an edit after the restore is kept
+            await _edit(client, " fourth")
+        await wait_until(lambda: read_sources(jp_root_dir / "live.ipynb") == ["first second fourth"])
+
+    jp_asyncio_loop.run_until_complete(scenario())
