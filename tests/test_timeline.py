@@ -10,6 +10,7 @@ to the root without duplicating anything.
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -330,8 +331,6 @@ def test_cli_restore_reaches_an_open_room(
         async with yclient(api.url(f"json:notebook:{session['fileId']}", session["sessionId"])) as client:
             await client.synced.wait()
             await _edit(client, " second")
-            import time
-
             at = time.time()
             await anyio.sleep(0.05)
             await _edit(client, " third")
@@ -346,3 +345,116 @@ def test_cli_restore_reaches_an_open_room(
         await wait_until(lambda: read_sources(jp_root_dir / "live.ipynb") == ["first second fourth"])
 
     jp_asyncio_loop.run_until_complete(scenario())
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+TIMELINE_DRIVER = r"""
+// The history icon, the slider and "Restore version" of jupyter-collaboration-ui, clicked.
+const path = require('node:path');
+const cfg = JSON.parse(process.argv[2]);
+const { chromium } = require(path.join(cfg.browserDir, 'node_modules', 'playwright-core'));
+const CODE = '.jp-Notebook .jp-CodeCell .cm-content';
+const log = (m) => process.stderr.write(m + '\n');
+const textIs = (page, text) =>
+  page.waitForFunction(([sel, t]) => document.querySelector(sel)?.textContent === t, [CODE, text]);
+
+(async () => {
+  const browser = await chromium.launch({ executablePath: cfg.chromium, headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'] });
+  const result = {};
+  try {
+    const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+    page.setDefaultTimeout(cfg.timeoutMs);
+    page.on('console', (m) => { if (m.type() === 'error') log(`console.error: ${m.text().slice(0, 300)}`); });
+    await page.goto(`${cfg.baseUrl}/lab/workspaces/timeline/tree/${cfg.notebook}?reset&token=${cfg.token}`);
+    await page.locator(CODE).first().waitFor({ state: 'visible' });
+    try {
+      const noKernel = page.locator('.jp-Dialog button', { hasText: 'No Kernel' }).first();
+      await noKernel.waitFor({ timeout: 15000 });
+      await noKernel.click();
+    } catch { log('no kernel dialog'); }
+    await textIs(page, cfg.versions[cfg.versions.length - 1]);
+    await page.locator('[title="Document Timeline"]').first().click();
+    const slider = page.locator('input.jp-Slider');
+    await slider.waitFor({ state: 'visible' });
+    result.max = Number(await slider.getAttribute('max'));
+    await slider.fill('0');
+    await textIs(page, cfg.versions[0]);
+    await slider.fill('1');
+    await textIs(page, cfg.versions[1]);
+    result.button = await page.locator('button.jp-restoreBtn').textContent();
+    await page.locator('button.jp-restoreBtn').click();
+    // a second page, opened after the restore, shows the restored version
+    const other = await (await browser.newContext()).newPage();
+    other.setDefaultTimeout(cfg.timeoutMs);
+    await other.goto(`${cfg.baseUrl}/lab/workspaces/other/tree/${cfg.notebook}?reset&token=${cfg.token}`);
+    await other.locator(CODE).first().waitFor({ state: 'visible' });
+    await textIs(other, cfg.versions[1]);
+    // and the first page, back on the document, still edits it
+    await page.locator(CODE).first().click();
+    await page.keyboard.press('End');
+    await page.keyboard.type(' typed');
+    await textIs(other, cfg.versions[1] + ' typed');
+    result.ok = true;
+  } catch (err) {
+    result.error = err.message;
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(result) + '\n');
+})();
+"""
+
+
+def test_timeline_in_a_real_browser(tmp_path: Path) -> None:
+    """JupyterLab in headless Chromium: open the timeline, move the slider to the first and
+    the second version (the editor shows them), restore the second; a fresh page shows it,
+    the file on disk gets it, and typing goes on."""
+    import subprocess
+    import sys
+
+    from test_browser import BROWSER_DIR, LabServer, _browser_tools, _cell_sources
+
+    tools = _browser_tools()
+    server = LabServer(sys.executable, tmp_path, upstream=False)
+    server.root.mkdir(parents=True, exist_ok=True)
+    versions = ["v0", "v0 v1", "v0 v1 v2"]
+    write_notebook(server.root / "tl.ipynb", [versions[0]])
+    server.start()
+    try:
+        session = server.open_session("tl.ipynb")
+        room = f"json:notebook:{session['fileId']}"
+        query = urllib.parse.urlencode({"sessionId": session["sessionId"], "token": server.token})
+        url = f"ws://127.0.0.1:{server.port}/api/collaboration/room/{room}?{query}"
+
+        async def edit() -> None:
+            async with yclient(url) as client:
+                await client.synced.wait()
+                for version in versions[1:]:
+                    await _edit(client, version[len(client.sources()[0]) :])
+
+        anyio.run(edit)
+        driver = tmp_path / "timeline_driver.cjs"
+        driver.write_text(TIMELINE_DRIVER, encoding="utf-8")
+        config = {
+            "baseUrl": server.url,
+            "token": server.token,
+            "notebook": "tl.ipynb",
+            "versions": versions,
+            "chromium": tools["chromium"],
+            "browserDir": str(BROWSER_DIR),
+            "timeoutMs": 30000,
+        }
+        done = subprocess.run(
+            [tools["node"], str(driver), json.dumps(config)], capture_output=True, text=True, timeout=180
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+        assert result.get("ok"), f"{result} {done.stderr[-2000:]}"
+        assert result["max"] == 2 and result["button"].startswith("Restore version")
+        deadline = time.monotonic() + 30
+        while _cell_sources(server.root / "tl.ipynb") != [versions[1] + " typed"]:
+            assert time.monotonic() < deadline, _cell_sources(server.root / "tl.ipynb")
+            time.sleep(0.2)
+    finally:
+        server.terminate(15)
