@@ -57,6 +57,8 @@ OPEN_ROOMS = Gauge(
 
 #: Seconds between two readings of the bytes stored.
 BYTES_REFRESH = 60.0
+#: At least this many seconds between two readings (rooms closing in a burst: one reading).
+BYTES_REFRESH_MIN = 2.0
 
 
 def store_label(store: Any) -> str:
@@ -114,7 +116,8 @@ async def refresh_bytes_stored(
                 return  # this backend has no listing: the gauge stays unset
             BYTES_STORED.labels(store_label(store)).set(total)
         try:
-            with anyio.move_on_after(interval):
+            await anyio.sleep(min(BYTES_REFRESH_MIN, interval))
+            with anyio.move_on_after(max(0.0, interval - BYTES_REFRESH_MIN)):
                 await wakeup.wait()
         finally:
             _wakeups.discard(wakeup)
