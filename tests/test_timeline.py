@@ -347,6 +347,46 @@ def test_cli_restore_reaches_an_open_room(
     jp_asyncio_loop.run_until_complete(scenario())
 
 
+def test_restore_after_the_root_room_closed(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    """The browser is on the fork, nobody on the root: the root room may close meanwhile
+    (cleanup delay). Restoring reopens it from the store and applies the version there."""
+    write_notebook(jp_root_dir / "c.ipynb", ["p"])
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        session = await api.session("c.ipynb")
+        root = f"json:notebook:{session['fileId']}"
+        root_url = api.url(root, session["sessionId"])
+        browser = YClient("notebook")
+        async with attached(browser, root_url):
+            await browser.synced.wait()
+            await _edit(browser, " q")
+            await _edit(browser, " r")
+        code, timeline = await api.call("GET", "timeline", "c.ipynb", params={"format": "json", "type": "notebook"})
+        assert code == 200 and len(timeline["timestamps"]) == 3
+        fork = timeline["forkRoom"]
+        manager = await _ext(jp_serverapp).rooms()
+        async with attached(browser, api.url(fork, timeline["sessionId"])):
+            await browser.synced.wait()
+            params = {"action": "undo", "steps": "1", "forkRoom": fork}
+            assert (await api.call("PUT", "undo_redo", root, params=params))[0] == 200
+            await wait_until(lambda: browser.sources() == ["p q"])
+            await manager.rooms[root].close()
+            assert root not in manager.rooms
+            assert (await api.call("PUT", "undo_redo", root, params={**params, "action": "restore"}))[0] == 200
+        async with attached(browser, root_url):
+            await browser.synced.wait()
+            async with yclient(root_url) as fresh:
+                await fresh.synced.wait()
+                await wait_until(lambda: fresh.sources() == ["p q"])
+            assert browser.sources() == ["p q"]
+        await wait_until(lambda: read_sources(jp_root_dir / "c.ipynb") == ["p q"])
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
 # ---------------------------------------------------------------------------- a real browser
 
 TIMELINE_DRIVER = r"""
