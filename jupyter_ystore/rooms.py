@@ -230,6 +230,9 @@ class DocumentRoom:
         self._cleanup_scope: anyio.CancelScope | None = None
         self._subscription: Any = None
         self._claim = uuid.uuid4().hex  # names this room in file-import claims
+        label = metrics.store_label(store)
+        self._write_seconds = metrics.WRITE_SECONDS.labels(label)
+        self._updates_written = metrics.UPDATES_WRITTEN.labels(label)
         if store.metadata_callback is None:  # a user's own callback keeps working
             store.metadata_callback = lambda: self._writing_meta
 
@@ -448,9 +451,8 @@ class DocumentRoom:
                 self._writing_meta = origin.metadata()
                 started = time.perf_counter()
                 await self.store.write(merged)
-                label = metrics.store_label(self.store)
-                metrics.WRITE_SECONDS.labels(label).observe(time.perf_counter() - started)
-                metrics.UPDATES_WRITTEN.labels(label).inc()
+                self._write_seconds.observe(time.perf_counter() - started)
+                self._updates_written.inc()
             except Exception as exc:
                 if self._store_error is None or type(exc) is not type(self._store_error):
                     self.log.error(
