@@ -58,6 +58,23 @@ def test_postgres_server_not_listening(tmp_path: Path) -> None:
     assert "refused" in line.lower()  # the driver's reason
 
 
+def test_postgres_dsn_that_does_not_parse(tmp_path: Path) -> None:
+    line = start_failure(
+        tmp_path,
+        {
+            "YStoreExtension": {"ystore_class": PG},
+            "PostgresYStore": {"dsn": "postgresql://postgres@127.0.0.1:notaport/test"},
+        },
+    )
+    assert "c.PostgresYStore.dsn" in line and "invalid PostgreSQL DSN" in line
+
+
+def test_postgres_without_a_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUPYTER_YSTORE_DSN", raising=False)
+    line = start_failure(tmp_path, {"YStoreExtension": {"ystore_class": PG}})
+    assert "no PostgreSQL database configured" in line and "c.PostgresYStore.dsn" in line
+
+
 def test_postgres_dsn_from_the_environment_variable_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
