@@ -387,6 +387,35 @@ def test_restore_after_the_root_room_closed(
     jp_asyncio_loop.run_until_complete(scenario())
 
 
+def test_text_file_timeline(jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url) -> None:
+    """A text file (``text:file`` room) goes through the same slider and restore."""
+    (jp_root_dir / "notes.txt").write_text("alpha", encoding="utf-8")
+    api = Api(jp_fetch, jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+
+    async def scenario() -> None:
+        code, session = await api.call("PUT", "session", "notes.txt", body={"format": "text", "type": "file"})
+        assert code in (200, 201)
+        root = f"text:file:{session['fileId']}"
+        async with yclient(api.url(root, session["sessionId"]), "file") as editor:
+            await editor.synced.wait()
+            for word in (" beta", " gamma"):
+                append(editor.document._ysource, word)
+                await editor.acknowledged()
+            q = {"format": "text", "type": "file"}
+            code, timeline = await api.call("GET", "timeline", "notes.txt", params=q)
+            assert code == 200 and len(timeline["timestamps"]) == 3
+            params = {"action": "undo", "steps": "1", "forkRoom": timeline["forkRoom"]}
+            async with yclient(api.url(timeline["forkRoom"], timeline["sessionId"]), "file") as viewer:
+                await viewer.synced.wait()
+                assert (await api.call("PUT", "undo_redo", root, params=params))[0] == 200
+                await wait_until(lambda: viewer.document.get() == "alpha beta")
+            assert (await api.call("PUT", "undo_redo", root, params={**params, "action": "restore"}))[0] == 200
+            await wait_until(lambda: editor.document.get() == "alpha beta")
+        await wait_until(lambda: (jp_root_dir / "notes.txt").read_text(encoding="utf-8") == "alpha beta")
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
 # ---------------------------------------------------------------------------- a real browser
 
 TIMELINE_DRIVER = r"""
