@@ -32,7 +32,7 @@ from pycrdt import Doc
 from tornado import web
 
 from . import cli_content
-from .errors import YDocNotFound
+from .errors import YDocNotFound, YStoreError
 from .forks import ForkInfo, ForkRoom
 from .history import History, HistoryError, group_points, read_history
 from .rooms import DocumentRoom, Origin, RoomError
@@ -177,9 +177,12 @@ class TimelineHandler(_Base):
             return None
         try:
             await room.flush()
-            history = await read_history(room.store)
+            # A store of its own: reading through the room's store would move where that
+            # store's watch() (other servers' updates) goes on from.
+            async with self.extension.create_store(file_type, file_id) as store:
+                history = await read_history(store)
             timestamps = await anyio.to_thread.run_sync(timeline_points, history)
-        except (YDocNotFound, HistoryError) as exc:
+        except (YDocNotFound, HistoryError, YStoreError) as exc:
             self.log.error("Timeline of %s: %s", path, exc)
             return self.fail(500, f"the history of {path!r} cannot be read: {exc}")
         fork = ForkRoom(
