@@ -52,7 +52,16 @@ class ReaderReadsOnly(Authorizer):
 
 
 @pytest.fixture
-def jp_server_config(tmp_path: Path) -> Config:
+def jp_server_config(tmp_path: Path, request: pytest.FixtureRequest) -> Config:
+    """A SQLite store by default; ``postgres`` (indirect parameter) for PostgresYStore."""
+    backend = getattr(request, "param", "sqlite")
+    stores: dict[str, Any] = {"SQLiteYStore": {"db_path": str(tmp_path / "store.db")}}
+    store_class = "jupyter_ystore.stores.sqlite.SQLiteYStore"
+    if backend == "postgres":
+        from postgres_helpers import fresh_config
+
+        stores = {"PostgresYStore": fresh_config(request)}
+        store_class = "jupyter_ystore.PostgresYStore"
     return Config(
         {
             "ServerApp": {
@@ -61,12 +70,12 @@ def jp_server_config(tmp_path: Path) -> Config:
                 "authorizer_class": ReaderReadsOnly,
             },
             "YStoreExtension": {
-                "ystore_class": "jupyter_ystore.stores.sqlite.SQLiteYStore",
+                "ystore_class": store_class,
                 "document_save_delay": 0.2,
                 "document_cleanup_delay": 60,
                 "file_poll_interval": 0,
             },
-            "SQLiteYStore": {"db_path": str(tmp_path / "store.db")},
+            **stores,
             "BaseFileIdManager": {"db_path": str(tmp_path / "file_ids.db")},
         }
     )
@@ -128,6 +137,7 @@ async def _edit(client: YClient, suffix: str) -> None:
     await client.acknowledged()
 
 
+@pytest.mark.parametrize("jp_server_config", ["sqlite", "postgres"], indirect=True)
 def test_timeline_slider_and_restore(
     jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
 ) -> None:
