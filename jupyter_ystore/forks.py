@@ -95,6 +95,11 @@ class ForkRoom:
             self.closing = True
             self.stop_following()
             self.ydoc.unobserve(self._subscription)
+            # Clients still here (a fork deleted or restored under them) learn it is gone.
+            for client in list(self.clients):
+                close = getattr(client, "close", None)
+                if close is not None:
+                    close(1000, "fork closed")
             self.closed.set()
 
     async def close(self) -> None:

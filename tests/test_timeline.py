@@ -281,6 +281,18 @@ def test_fork_api_synchronize_and_merge(
             await wait_until(lambda: editor.sources() == merged)
             assert (await api.call("GET", "fork", root))[1] == {}
             assert (await api.call("DELETE", "fork", fork))[0] == 404
+            # deleted without merging, under a connected client: its socket closes, the root stays
+            code, created = await api.call("PUT", "fork", root, body={"title": "dropped"})
+            assert code == 201 and created["fork_info"]["synchronize"] is False
+            async with yclient(api.url(created["fork_roomid"], created["sessionId"])) as viewer:
+                await viewer.synced.wait()
+                append(viewer.document.ycells[0]["source"], " + dropped")
+                await viewer.acknowledged()
+                assert (await api.call("DELETE", "fork", created["fork_roomid"], params={"merge": "false"}))[0] == 200
+                with anyio.fail_after(10):
+                    await viewer.closed.wait()
+                assert viewer.close_code == 1000
+            assert editor.sources() == merged
             assert (await api.call("PUT", "fork", "json:notebook:nope", body={}))[0] in (400, 404)
 
     jp_asyncio_loop.run_until_complete(scenario())
