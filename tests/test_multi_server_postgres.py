@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 import nbformat
 import pytest
-from jupyter_ydoc import YNotebook
-from pycrdt import Doc
-
 from _server_helpers import (
     JupyterServerProcess,
     append,
@@ -39,8 +37,11 @@ from _server_helpers import (
     write_notebook,
     yclient,
 )
-from jupyter_ystore.app import store_key
+from jupyter_ydoc import YNotebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
+from pycrdt import Doc
+
+from jupyter_ystore.app import store_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -125,7 +126,9 @@ async def test_two_servers_one_database_live_sync(
                     started = time.perf_counter()
                     append(writer.document.ycells[cell]["source"], mark)
                     await wait_until(
-                        lambda: reader.sources()[cell].endswith(mark), timeout=10, step=0.002
+                        lambda r=reader, c=cell, m=mark: r.sources()[c].endswith(m),
+                        timeout=10,
+                        step=0.002,
                     )
                     latencies.append(time.perf_counter() - started)
             latencies.sort()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _server_helpers import JupyterServerProcess, free_port, write_notebook
 from postgres_helpers import fresh_config, run_sql
 
@@ -78,7 +77,7 @@ def test_postgres_without_a_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_postgres_dsn_from_the_environment_variable_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUPYTER_YSTORE_DSN", "postgresql://postgres@127.0.0.1:%d/envdb" % free_port())
+    monkeypatch.setenv("JUPYTER_YSTORE_DSN", f"postgresql://postgres@127.0.0.1:{free_port()}/envdb")
     line = start_failure(tmp_path, {"YStoreExtension": {"ystore_class": PG}})
     assert "JUPYTER_YSTORE_DSN" in line and "envdb" in line
 
