@@ -36,6 +36,7 @@ from typing import Any, Callable
 import anyio
 
 from ..errors import YStoreError
+from ..metrics import record_compaction_of
 from . import _sqlite_compact as compaction
 from . import _sqlite_queries as queries
 from ._sqlite_bridge import Waiter, deliver
@@ -480,6 +481,8 @@ class SharedDatabase:
                 snapshot = compaction.squash(path, data.updates)
                 compaction.replace(conn, schema, path, data, snapshot)
             conn.execute("RELEASE ttl_squash")
+            if data is not None:
+                record_compaction_of("SQLiteYStore")
         except Exception as exc:
             conn.execute("ROLLBACK TO ttl_squash")
             conn.execute("RELEASE ttl_squash")
