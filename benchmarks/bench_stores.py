@@ -170,6 +170,29 @@ async def sequential(c: Contender, updates: list[bytes], path: str = "seq") -> f
     return len(updates) / elapsed
 
 
+class CommitSizes:
+    """Counts the writes each commit of our SQLite store carried (group commit at work)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    @asynccontextmanager
+    async def counting(self) -> AsyncIterator[None]:
+        from jupyter_ystore.stores import _sqlite_db
+
+        original = _sqlite_db.SharedDatabase._commit_writes
+
+        def counted(db: Any, batch: list[Any]) -> Any:
+            self.sizes.append(len(batch))
+            return original(db, batch)
+
+        _sqlite_db.SharedDatabase._commit_writes = counted  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            _sqlite_db.SharedDatabase._commit_writes = original  # type: ignore[method-assign]
+
+
 async def concurrent(c: Contender, updates: list[bytes], docs: int) -> float:
     """``docs`` documents written at once, each the same slice of the stream: total updates/s."""
     stores = [c.factory(f"conc-{i}") for i in range(docs)]
@@ -349,8 +372,13 @@ async def main(args: argparse.Namespace) -> None:
                 if c.sampled
                 else len(updates) // CONCURRENT_DOCS
             )
+            sizes = CommitSizes()
             try:
-                conc[c.name] = await concurrent(c, updates[:per_doc], CONCURRENT_DOCS)
+                if c is ours:
+                    async with sizes.counting():
+                        conc[c.name] = await concurrent(c, updates[:per_doc], CONCURRENT_DOCS)
+                else:
+                    conc[c.name] = await concurrent(c, updates[:per_doc], CONCURRENT_DOCS)
             except Exception as exc:
                 report.add(f"{CONCURRENT_DOCS} docs concurrently, {c.name}", "failed", failure(exc))
                 continue
@@ -359,6 +387,12 @@ async def main(args: argparse.Namespace) -> None:
                 lost = CONCURRENT_DOCS * per_doc - stored_rows(c.db, "conc-")
                 note += f"; {lost} writes lost" if lost else "; none lost"
             report.add(f"{CONCURRENT_DOCS} docs concurrently, {c.name}", rate(conc[c.name]), note)
+            if sizes.sizes:
+                report.add(
+                    "  updates per commit (group commit)",
+                    f"{statistics.mean(sizes.sizes):.1f}",
+                    f"{len(sizes.sizes):,} commits, largest {max(sizes.sizes)}",
+                )
         for ref in ("pycrdt-store 0.1.5 SQLite", "ypy-websocket 0.12.4 SQLite"):
             if ref in conc:
                 report.add(

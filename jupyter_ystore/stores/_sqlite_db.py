@@ -31,7 +31,7 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import anyio
 
@@ -151,7 +151,7 @@ class SharedDatabase:
         self._queue.put(_Call(waiter, fn, action))
         return await waiter.wait()
 
-    async def write(
+    def write(
         self,
         path: str,
         update: bytes,
@@ -159,18 +159,19 @@ class SharedDatabase:
         timestamp: float,
         policy: Policy,
         owner: Owner | None = None,
-    ) -> bool:
+    ) -> Awaitable[bool]:
         """Commit one update (sharing the commit with concurrent writes); ``owner`` is the
-        writing store (its watch() must not see this row).
+        writing store (its watch() must not see this row). Await the result.
 
-        Returns True when the document's history after its snapshot passed a compaction
-        threshold of ``policy``.
+        It resolves to True when the document's history after its snapshot passed a
+        compaction threshold of ``policy``. (A plain function returning the waiter's future:
+        one coroutine less per write on the hot path.)
         """
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
         self._queue.put(_Write(waiter, path, update, metadata, timestamp, policy, owner))
-        return await waiter.wait()
+        return waiter.wait()
 
     def post(self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str) -> None:
         """Queue ``fn`` without waiting for it (cleanup from a ``finally`` being cancelled)."""

@@ -20,6 +20,14 @@ from . import compat
 log = logging.getLogger("jupyter_ystore.sqlite")
 
 
+#: WAL pages after which a commit of ours copies the WAL back into the database (SQLite's
+#: default is 1000). A checkpoint costs two fsyncs and one copy of every page changed since
+#: the last one, and a commit of 20 documents' updates dirties ~20 index pages: at 1000 the
+#: checkpoints were a large share of concurrent writing (measured: ~25% more updates/s at
+#: 4000). The WAL then peaks at ~16 MiB instead of ~4 MiB, and is reused, not grown.
+WAL_AUTOCHECKPOINT = 4000
+
+
 @dataclass(frozen=True)
 class Options:
     """Connection settings, fixed by the first store that opens the file."""
@@ -102,6 +110,7 @@ def _prepare(conn: sqlite3.Connection, db_path: str, options: Options) -> Schema
     else:
         _adopt(conn, layout, db_path)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     return Schema(compat.inspect_layout(conn))
 
 
