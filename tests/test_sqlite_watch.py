@@ -220,6 +220,25 @@ async def test_a_deleted_document_rewritten_from_scratch_reaches_the_watcher(
     assert collector.updates == [fresh]
 
 
+async def test_a_lone_watching_writer_does_not_hoard_its_own_rows(tmp_path: Path) -> None:
+    """Nobody else writes, so nothing wakes the watch: the record of the store's own rows
+    (kept so that they are not handed back) must still stay bounded."""
+    db = tmp_path / "ystore.db"
+    doc = pycrdt.Doc()
+    async with store(db, poll_interval=3600, compact_after_updates=0) as a:
+        await a.write(edit(doc, "a", "first"))
+        await a.apply_updates(pycrdt.Doc())
+        collector = Collector(a)
+        async with anyio.create_task_group() as tg:
+            await tg.start(collector.run)
+            await wait_until(lambda: a._watches)
+            for i in range(2500):
+                await a.write(edit(doc, "a", "."))
+            await wait_until(lambda: len(a._owner.own) < 1000)
+            tg.cancel_scope.cancel()
+    assert collector.updates == []
+
+
 async def test_watch_ends_when_the_store_stops(tmp_path: Path) -> None:
     db = tmp_path / "ystore.db"
     a = store(db)

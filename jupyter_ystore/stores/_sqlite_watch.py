@@ -31,9 +31,15 @@ from ._sqlite_bridge import Waiter
 #: Own rows remembered for a store that loaded its document but does not watch (yet): past
 #: this many the record is dropped, so a later watch() may hand some back (harmless in Yjs).
 _OWN_LIMIT = 10_000
+#: A watching store that alone writes its document is never woken, so its record of own rows
+#: would grow for ever: past this many its watches are woken to read past them.
+_CATCH_UP = 1000
 
 FETCH = "SELECT rowid, yupdate FROM yupdates WHERE path = ? AND rowid > ? ORDER BY rowid"
 MAX_ROW = "SELECT max(rowid) FROM yupdates WHERE path = ?"
+# NOT INDEXED: a rowid range of the table (the rows since the last poll), where the planner
+# would otherwise scan the whole (path, timestamp) index.
+NEW_PATHS = "SELECT DISTINCT path FROM yupdates NOT INDEXED WHERE rowid > ?"
 
 
 class Owner:
@@ -160,7 +166,8 @@ class Hub:
         return max(0.0, self._next_poll - time.monotonic())
 
     def committed(self, writers: Iterable[tuple[str, Owner | None]]) -> list[Wake]:
-        """After this process committed rows: wake the OTHER stores watching those documents."""
+        """After this process committed rows: wake the OTHER stores watching those documents
+        (and a store whose record of its own rows grew long, to read past them)."""
         by_path = self.by_path
         written: dict[str, set[Owner | None]] = {}
         for path, owner in writers:
@@ -170,7 +177,7 @@ class Hub:
             watch
             for path, owners in written.items()
             for watch in by_path[path]
-            if owners != {watch.owner}
+            if owners != {watch.owner} or len(watch.owner.own) >= _CATCH_UP
         ]
         return self._wake(wake)
 
@@ -201,9 +208,7 @@ class Hub:
             # Nothing above what we knew: rows were deleted or compacted (rowids may be
             # reused); rare, so everyone looks.
             return self._wake([w for ws in self.by_path.values() for w in ws])
-        paths = conn.execute(
-            "SELECT DISTINCT path FROM yupdates WHERE rowid > ?", (known,)
-        ).fetchall()
+        paths = conn.execute(NEW_PATHS, (known,)).fetchall()
         return self._wake([w for (path,) in paths for w in self.by_path.get(path, ())])
 
     @staticmethod
