@@ -177,6 +177,12 @@ class YStoreExtension(ExtensionApp):
                 )
                 serverapp.log.critical(message)
                 raise SystemExit(1) from None  # logged once: no second copy on stderr
+        # The one line a user looks for: where their collaborative edits go.
+        serverapp.log.info(
+            "jupyter_ystore: real-time collaboration on; every edit is stored by %s (%s)",
+            type(store).__name__,
+            _store_setting(store),
+        )
 
     def initialize_settings(self) -> None:
         self.session_id = str(uuid.uuid4())

@@ -145,6 +145,9 @@ def test_a_good_sqlite_store_starts_and_is_checked_at_start(tmp_path: Path) -> N
     server.start()
     try:
         assert db.exists(), server.log()
+        # The user is told where their edits go, once.
+        announced = [line for line in server.log().splitlines() if "every edit is stored by" in line]
+        assert len(announced) == 1 and f"SQLiteYStore (c.SQLiteYStore.db_path = '{db}')" in announced[0]
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM yupdates").fetchone()[0] == 0
         conn.close()
