@@ -10,13 +10,16 @@ file's real path); its thread owns the connection and works through a queue:
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``_sqlite_bridge``).
-* **Bounded WAL.** SQLite's own automatic checkpoint (every 1000 WAL pages) runs in this
-  thread between commits, when no write of ours is in flight, so it completes and the WAL
-  restarts. (A checkpointer running beside a continuous writer never catches up: the WAL
+* **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 4000
+  WAL pages, see ``_sqlite_schema``) runs in this thread between commits, when no write of
+  ours is in flight, so it completes and the WAL restarts. (A checkpointer running beside a continuous writer never catches up: the WAL
   then grows without bound.)
 * **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
   makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
   and nothing is half-written.
+
+* **Live updates.** While a store watches, the loop also polls other processes' commits
+  every ``poll_interval`` and wakes watchers after our own commits (``_sqlite_watch``).
 
 Compaction (``_sqlite_compact``) reads in this thread, squashes in a worker thread and swaps
 the rows in one transaction here. A ``document_ttl`` squash is done inline in the write's
