@@ -143,6 +143,56 @@ async def test_a_record_written_by_another_process_reaches_watch(tmp_path: Path)
     assert text(collector.doc(), "a") == ""  # its own write was not handed back
 
 
+async def test_another_process_compacting_while_it_writes_loses_nothing_for_the_watcher(
+    tmp_path: Path,
+) -> None:
+    """The other process compacts every 10 updates, so the watcher (polling every 20 ms) is
+    often behind a compaction: the snapshots must bring what it had not read yet."""
+    db = tmp_path / "ystore.db"
+    writer = textwrap.dedent(
+        """
+        import sys, anyio, pycrdt
+        from jupyter_ystore import SQLiteYStore
+
+        async def main():
+            doc = pycrdt.Doc()
+            text = doc.get("t", type=pycrdt.Text)
+            async with SQLiteYStore("doc", db_path=sys.argv[1], compact_after_updates=10,
+                                    compact_after_bytes=0) as store:
+                for i in range(300):
+                    before = doc.get_state()
+                    text.insert(len(text), f"{i},")
+                    await store.write(doc.get_update(before))
+                    if i % 50 == 49:
+                        await store.compact()
+
+        anyio.run(main)
+        """
+    )
+    expected = "".join(f"{i}," for i in range(300))
+    async with store(db, poll_interval=0.02) as a:
+        await a.write(edit(pycrdt.Doc(), "a", "mine"))
+        await a.apply_updates(pycrdt.Doc())
+        collector = Collector(a)
+        async with anyio.create_task_group() as tg:
+            await tg.start(collector.run)
+            result = await anyio.run_process([sys.executable, "-c", writer, str(db)], check=False)
+            assert result.returncode == 0, result.stderr.decode()[-2000:]
+            await wait_until(lambda: text(collector.doc(), "t") == expected, timeout=20)
+            tg.cancel_scope.cancel()
+    doc = collector.doc()
+    assert len(collector.updates) < 300  # snapshots stood in for compacted rows
+    assert text(doc, "t") == expected
+    assert doc.get_state() == _applied(doc)  # nothing left pending: no update was skipped
+
+
+def _applied(doc: pycrdt.Doc) -> bytes:
+    """The state vector of a fresh document given ``doc``'s full state (no pending parts)."""
+    copy = pycrdt.Doc()
+    copy.apply_update(doc.get_update())
+    return copy.get_state()
+
+
 async def test_rows_inserted_as_ypy_websocket_does_reach_watch(tmp_path: Path) -> None:
     """Another connection using ypy-websocket's positional INSERT (no jupyter_ystore at
     all): seen through data_version polling, in commit order."""
