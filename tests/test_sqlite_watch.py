@@ -147,7 +147,9 @@ async def test_another_process_compacting_while_it_writes_loses_nothing_for_the_
     tmp_path: Path,
 ) -> None:
     """The other process compacts every 10 updates, so the watcher (polling every 20 ms) is
-    often behind a compaction: the snapshots must bring what it had not read yet."""
+    usually behind a compaction (measured: ~40 updates yielded for 300 written): the
+    snapshots must bring what it had not read yet. (The deterministic case is
+    test_a_watcher_behind_a_compaction_gets_the_snapshot.)"""
     db = tmp_path / "ystore.db"
     writer = textwrap.dedent(
         """
@@ -181,7 +183,6 @@ async def test_another_process_compacting_while_it_writes_loses_nothing_for_the_
             await wait_until(lambda: text(collector.doc(), "t") == expected, timeout=20)
             tg.cancel_scope.cancel()
     doc = collector.doc()
-    assert len(collector.updates) < 300  # snapshots stood in for compacted rows
     assert text(doc, "t") == expected
     assert doc.get_state() == _applied(doc)  # nothing left pending: no update was skipped
 
