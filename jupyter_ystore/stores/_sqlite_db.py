@@ -139,6 +139,7 @@ class SharedDatabase:
         self._compacting_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hub = Hub()  # live updates: touched by the database thread only
+        self._poll_failing = False
         name = "ystore-sqlite:" + os.path.basename(db_path)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -342,8 +343,13 @@ class SharedDatabase:
         try:
             wakes = self._hub.poll(self._conn)  # type: ignore[arg-type]
         except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
-            log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
+            if not self._poll_failing:  # once, not every poll_interval
+                log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
+            self._poll_failing = True
             return
+        if self._poll_failing:
+            log.info("polling %s for other processes' updates works again", self.db_path)
+            self._poll_failing = False
         deliver(wakes)
 
     def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
