@@ -6,8 +6,10 @@ gets a private copy so that nothing it does can change the originals.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,16 @@ BENCH_STREAM = Path(__file__).parents[1] / "benchmarks" / "data" / "updates-5000
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _collect_y_py_docs_on_the_main_thread():
+    """y_py documents may only be freed on the thread that made them. One left in a reference
+    cycle would otherwise be freed by whichever thread the garbage collector next runs in (a
+    worker thread of a later test), which y_py reports as an error."""
+    yield
+    if "y_py" in sys.modules:
+        gc.collect()
 
 
 @pytest.fixture
