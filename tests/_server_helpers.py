@@ -178,10 +178,19 @@ class YClient:
 
 @asynccontextmanager
 async def yclient(
-    url: str, doc_type: str = "notebook", *, headers: dict[str, str] | None = None
+    url: str,
+    doc_type: str = "notebook",
+    *,
+    headers: dict[str, str] | None = None,
+    client: YClient | None = None,
 ) -> AsyncIterator[YClient]:
-    """A connected ``YClient`` (its step 1 sent); disconnected on exit."""
-    client = YClient(doc_type)
+    """A connected ``YClient`` (its step 1 sent); disconnected on exit. ``client``: connect
+    that client's existing document instead of a new one (what the front end does when it
+    switches its shared model between the root room and a fork room)."""
+    if client is None:
+        client = YClient(doc_type)
+    else:
+        client.synced = anyio.Event()
     async with connect(url, additional_headers=headers or {}, max_size=None, compression=None) as ws:
         client.ws = ws
         async with anyio.create_task_group() as tg:

@@ -12,19 +12,16 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
 import tornado.httpclient
 from jupyter_server.auth import Authorizer, IdentityProvider, User
 from traitlets.config import Config
-from websockets.asyncio.client import connect
 
 from _server_helpers import YClient, append, read_sources, wait_until, write_notebook, yclient
-from jupyter_ystore import sync
 from jupyter_ystore.history import read_history
 from jupyter_ystore.cli_content import to_py
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
@@ -85,22 +82,9 @@ def _ext(app: Any) -> Any:
     return next(iter(app.extension_manager.extension_apps["jupyter_ystore"]))
 
 
-@asynccontextmanager
-async def attached(client: YClient, url: str) -> AsyncIterator[YClient]:
-    """Connect an existing client's document to ``url`` (what the front end does with its
-    shared model when it switches between the root room and a fork room)."""
-    client.synced = anyio.Event()
-    async with connect(url, max_size=None, compression=None) as ws:
-        client.ws = ws
-        async with anyio.create_task_group() as tg:
-            client._tg = tg
-            tg.start_soon(client._receive)
-            await client.send(sync.sync_step1(client.ydoc))
-            try:
-                yield client
-            finally:
-                client.ws = None
-                tg.cancel_scope.cancel()
+def attached(client: YClient, url: str):
+    """Connect an existing client's document to ``url`` (root room or fork room)."""
+    return yclient(url, client=client)
 
 
 class Api:
