@@ -19,6 +19,10 @@ from ..errors import (
 _LOCKED = ("database is locked", "database table is locked", "database is busy")
 _PERMISSION = ("readonly", "read-only", "unable to open database", "access permission denied")
 _CORRUPT = ("not a database", "malformed", "corrupt", "file is encrypted")
+_PERMISSION_HINT = (
+    "give this process read and write access to the database file, its -wal and -shm files "
+    "and its folder, or set SQLiteYStore.db_path elsewhere"
+)
 
 
 def map_error(exc: BaseException, db_path: str, action: str, busy_timeout: float) -> BaseException:
@@ -31,8 +35,7 @@ def map_error(exc: BaseException, db_path: str, action: str, busy_timeout: float
         return YStorePermissionError(
             f"permission denied while {action}: {exc}",
             path=db_path,
-            hint="give this process read and write access to the database file, its -wal and "
-            "-shm files and its folder, or set SQLiteYStore.db_path elsewhere",
+            hint=_PERMISSION_HINT,
         )
     if not isinstance(exc, sqlite3.Error):
         return exc
@@ -49,8 +52,7 @@ def map_error(exc: BaseException, db_path: str, action: str, busy_timeout: float
         return YStorePermissionError(
             f"cannot write the database while {action}: {exc}",
             path=db_path,
-            hint="give this process read and write access to the database file, its -wal and "
-            "-shm files and its folder, or set SQLiteYStore.db_path elsewhere",
+            hint=_PERMISSION_HINT,
         )
     if any(marker in text for marker in _CORRUPT):
         return YStoreCorruptError(
