@@ -91,11 +91,19 @@ def _state_vector(data: bytes) -> dict[int, int]:
 
 
 def rows(db: Path, path: str | None = None) -> int:
+    """Committed rows, read by a connection of our own: ``yupdates`` plus the rows a running
+    store has not folded into it yet (``ystore_pending``)."""
     conn = sqlite3.connect(db)
     try:
-        if path is None:
-            return conn.execute("SELECT count(*) FROM yupdates").fetchone()[0]
-        return conn.execute("SELECT count(*) FROM yupdates WHERE path = ?", (path,)).fetchone()[0]
+        total = 0
+        for table in ("yupdates", "ystore_pending"):
+            if path is None:
+                total += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            else:
+                total += conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE path = ?", (path,)
+                ).fetchone()[0]
+        return total
     finally:
         conn.close()
 

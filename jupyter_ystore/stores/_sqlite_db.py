@@ -4,6 +4,8 @@ Why a thread of its own: sqlite3 calls block, and the event loop must not. Every
 the process that uses the same file shares this object (a refcounted registry keyed by the
 file's real path); its thread owns the connection and works through a queue:
 
+* **Pending rows.** A commit inserts into ``ystore_pending`` (no secondary index), folded
+  into ``yupdates`` in bulk; reads fold first (``_sqlite_pending`` says why and what holds).
 * **Group commit.** Writes queue up while a commit is in flight; the thread takes every
   queued write and commits them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then
   wakes all their writers. A write's coroutine returns only after its commit.
@@ -33,6 +35,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -41,6 +44,7 @@ import anyio
 from ..errors import YStoreError
 from ..metrics import record_compaction_of
 from . import _sqlite_compact as compaction
+from . import _sqlite_pending as pending
 from . import _sqlite_queries as queries
 from ._sqlite_bridge import Waiter, deliver
 from ._sqlite_errors import map_error
@@ -140,6 +144,9 @@ class SharedDatabase:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hub = Hub()  # live updates: touched by the database thread only
         self._poll_failing = False
+        self._pending = 0  # rows this process committed into ystore_pending since its fold
+        self._last_write = 0.0  # time.monotonic() of that last commit
+        self._fold_failing = False
         name = "ystore-sqlite:" + os.path.basename(db_path)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -309,6 +316,9 @@ class SharedDatabase:
         hub = self._hub
         while True:
             timeout = hub.timeout()  # None unless someone watches: then poll other processes
+            if self._pending:  # fold once writes pause for FOLD_IDLE
+                idle = max(0.0, self._last_write + pending.FOLD_IDLE - time.monotonic())
+                timeout = idle if timeout is None else min(timeout, idle)
             try:
                 jobs = [self._queue.get(timeout=timeout)]
             except queue.Empty:
@@ -335,13 +345,18 @@ class SharedDatabase:
                 else:
                     self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
+            if self._pending and (
+                self._pending >= pending.FOLD_ROWS
+                or time.monotonic() - self._last_write >= pending.FOLD_IDLE
+            ):
+                self._fold_quietly()
             if hub.active and self._conn is not None:
                 self._poll_others()
 
     def _poll_others(self) -> None:
         """Wake watchers of documents another process committed to (when a poll is due)."""
         try:
-            wakes = self._hub.poll(self._conn)  # type: ignore[arg-type]
+            wakes = self._hub.poll(self._conn, self._fold_for_read)  # type: ignore[arg-type]
         except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
             if not self._poll_failing:  # once, not every poll_interval
                 log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
@@ -372,6 +387,7 @@ class SharedDatabase:
             return job.waiter, None, self.failed
         assert self._conn is not None and self._schema is not None
         try:
+            self._fold_for_read()
             return job.waiter, job.fn(self._conn, self._schema), None
         except Exception as exc:
             self._rollback()
@@ -388,11 +404,63 @@ class SharedDatabase:
     def _shutdown(self) -> None:
         if self._conn is not None:
             self._rollback()
+            self._fold_quietly()  # so that other libraries reading the file see every row
             try:
                 self._conn.close()
             except sqlite3.Error as exc:  # nothing pending: every write was committed
                 log.warning("closing %s: %s", self.db_path, exc)
             self._conn = None
+
+    # ------------------------------------------------------------------ pending rows
+
+    def _fold_within(self) -> None:
+        """Inside a write transaction: fold pending rows (ours or another process's)."""
+        conn, schema = self._conn, self._schema
+        assert conn is not None and schema is not None
+        if schema.has_pending and (self._pending or pending.any_pending(conn)):
+            if not pending.fold(conn):
+                log.info(
+                    "%s: pending rows renumbered (a legacy writer took their rowids)",
+                    self.db_path,
+                )
+            self._pending = 0
+
+    def _fold_for_read(self) -> None:
+        """Before a read: every committed row in ``yupdates``, in its own transaction.
+
+        A read-only file cannot be folded: loading a document then reads both tables (see
+        ``queries.read_rows``) and the failure is logged once."""
+        conn, schema = self._conn, self._schema
+        assert conn is not None and schema is not None
+        if not schema.has_pending or not (self._pending or pending.any_pending(conn)):
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._fold_within()
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not any(word in str(exc).lower() for word in ("readonly", "read-only")):
+                raise
+            if not self._fold_failing:
+                log.warning("%s is read-only: its pending rows stay where they are", self.db_path)
+                self._fold_failing = True
+
+    def _fold_quietly(self) -> None:
+        """Fold when nobody waits on it (idle, threshold, close): a failure loses nothing,
+        the rows stay pending and the next read or fold retries; it is logged once."""
+        try:
+            self._fold_for_read()
+        except sqlite3.Error as exc:
+            if not self._fold_failing:
+                log.warning(
+                    "moving pending rows of %s into yupdates: %s (retried later)", self.db_path, exc
+                )
+                self._fold_failing = True
+            return
+        if self._fold_failing and not self._pending:
+            log.info("moving pending rows of %s into yupdates works again", self.db_path)
+            self._fold_failing = False
 
     # ------------------------------------------------------------------ writes
 
@@ -436,6 +504,9 @@ class SharedDatabase:
             if chunk:
                 self._insert(conn, chunk, owned)
             conn.execute("COMMIT")
+            if self._schema is not None and self._schema.has_pending:
+                self._pending += len(written)
+                self._last_write = time.monotonic()
         except Exception as exc:
             self._rollback()
             for job in batch:
@@ -459,25 +530,35 @@ class SharedDatabase:
             outcomes += self._hub.committed((job.path, job.owner) for job in written)
         return outcomes
 
-    @staticmethod
     def _insert(
-        conn: sqlite3.Connection, chunk: list[_Write], owned: list[tuple[Owner, int, bytes]]
+        self, conn: sqlite3.Connection, chunk: list[_Write], owned: list[tuple[Owner, int, bytes]]
     ) -> None:
-        """Insert ``chunk``'s rows; note the rowids of those whose store may watch.
-
-        The rows of one statement get consecutive rowids (each is ``max(rowid) + 1`` and we
-        hold the write lock), so the last one tells them all.
-        """
-        conn.executemany(
-            queries.INSERT,
-            [(job.path, job.update, job.metadata, job.timestamp) for job in chunk],
-        )
+        """Insert ``chunk``'s rows (pending, with the rowids they keep); note the rowids of
+        those whose store may watch."""
+        schema = self._schema
+        assert schema is not None
+        if schema.has_pending:
+            first = pending.newest_row(conn) + 1
+            conn.executemany(
+                pending.INSERT,
+                [
+                    (first + i, job.path, job.update, job.metadata, job.timestamp)
+                    for i, job in enumerate(chunk)
+                ],
+            )
+        else:  # a legacy file we could not add the table to
+            conn.executemany(
+                queries.INSERT,
+                [(job.path, job.update, job.metadata, job.timestamp) for job in chunk],
+            )
         tracked = [
             (i, job) for i, job in enumerate(chunk) if job.owner is not None and job.owner.mark is not None
         ]
         if tracked:
-            (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-            first = last - len(chunk) + 1
+            if not schema.has_pending:
+                # consecutive rowids (max(rowid) + 1 each, under the write lock)
+                (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+                first = last - len(chunk) + 1
             owned.extend((job.owner, first + i, job.update) for i, job in tracked)  # type: ignore[misc]
 
     def _ttl_squash(self, path: str) -> BaseException | None:
@@ -486,6 +567,7 @@ class SharedDatabase:
         assert conn is not None and schema is not None
         conn.execute("SAVEPOINT ttl_squash")
         try:
+            self._fold_within()
             data = compaction.read(conn, schema, path)
             if data is not None:
                 snapshot = compaction.squash(path, data.updates)
@@ -513,6 +595,10 @@ class SharedDatabase:
         stats = self._stats.get(path)
         if stats is None:
             assert self._conn is not None and self._schema is not None
+            if self._conn.in_transaction:
+                self._fold_within()
+            else:
+                self._fold_for_read()
             stats = _Stats(*queries.tail_stats(self._conn, self._schema, path))
             self._stats[path] = stats
         return stats

@@ -5,11 +5,19 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from . import _sqlite_pending as pending
 from . import compat
 from ._sqlite_schema import Schema
 from .base import DocumentInfo
 
 INSERT = "INSERT INTO yupdates (path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?)"
+_ROWS = "SELECT rowid, yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid"
+# Both tables: the database thread folds before reading, but a read-only file cannot be folded.
+_ROWS_AND_PENDING = (
+    "SELECT rowid AS r, yupdate, metadata, timestamp FROM yupdates WHERE path = ? "
+    f"UNION ALL SELECT rowid, yupdate, metadata, timestamp FROM {pending.TABLE} WHERE path = ? "
+    "ORDER BY r"
+)
 
 
 def read_rows(
@@ -23,10 +31,12 @@ def read_rows(
     checkpoint = compat.read_checkpoint(conn, schema.layout, path)
     if checkpoint is not None:
         records.append((checkpoint[0], b"", checkpoint[1]))
-    for rowid, update, metadata, timestamp in conn.execute(
-        "SELECT rowid, yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid",
-        (path,),
-    ):
+    rows = (
+        conn.execute(_ROWS_AND_PENDING, (path, path))
+        if schema.has_pending
+        else conn.execute(_ROWS, (path,))
+    )
+    for rowid, update, metadata, timestamp in rows:
         records.append((bytes(update or b""), bytes(metadata or b""), float(timestamp)))
         last_row = rowid
     return records, last_row
@@ -84,6 +94,8 @@ def delete_document(conn: sqlite3.Connection, schema: Schema, path: str) -> None
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM yupdates WHERE path = ?", (path,))
+        if schema.has_pending:
+            conn.execute(f"DELETE FROM {pending.TABLE} WHERE path = ?", (path,))
         if schema.has_checkpoints:
             conn.execute("DELETE FROM ycheckpoints WHERE path = ?", (path,))
         if schema.has_snapshots:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import YStorePermissionError
+from . import _sqlite_pending as pending
 from . import compat
 
 log = logging.getLogger("jupyter_ystore.sqlite")
@@ -42,6 +43,9 @@ class Schema:
     def __init__(self, layout: compat.DatabaseLayout):
         self.layout = layout
         self.has_snapshots = layout.has_snapshots
+        # False only on a read-only legacy file we could not add the table to: writes then
+        # go straight to yupdates (and fail there, read-only).
+        self.has_pending = pending.TABLE in layout.tables
 
     @property
     def has_checkpoints(self) -> bool:
@@ -128,6 +132,7 @@ def _create(conn: sqlite3.Connection, db_path: str) -> None:
             compat.CREATE_UPDATES_INDEX,
             compat.CREATE_CHECKPOINTS,
             compat.CREATE_SNAPSHOTS,
+            pending.CREATE,
         ):
             conn.execute(statement)
         if layout.empty:
@@ -145,6 +150,8 @@ def _adopt(conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str
         conn.execute("PRAGMA journal_mode = WAL").fetchall()
         if not layout.has_snapshots:
             conn.execute(compat.CREATE_SNAPSHOTS)
+        if pending.TABLE not in layout.tables:
+            conn.execute(pending.CREATE)
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc).lower():
             raise

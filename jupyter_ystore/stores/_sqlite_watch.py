@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ._sqlite_bridge import Waiter
 
@@ -192,8 +192,9 @@ class Hub:
             watch.cursor = 0
         return self._wake(watches)
 
-    def poll(self, conn: sqlite3.Connection) -> list[Wake]:
-        """When due: wake the watchers of documents another connection wrote to."""
+    def poll(self, conn: sqlite3.Connection, fold: Callable[[], None]) -> list[Wake]:
+        """When due: wake the watchers of documents another connection wrote to (``fold``
+        first moves their pending rows into ``yupdates``, where the rowids are read)."""
         now = time.monotonic()
         if not self.by_path or now < self._next_poll:
             return []
@@ -202,6 +203,7 @@ class Hub:
         if version == self._data_version:
             return []
         self._data_version = version
+        fold()
         top, known = _top(conn), self._top
         self._top = top
         if top is None or known is None or top <= known:
