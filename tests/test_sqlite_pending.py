@@ -216,3 +216,24 @@ async def test_compaction_covers_pending_rows(tmp_path: Path, no_idle_fold: None
     doc = pycrdt.Doc()
     doc.apply_update(state)
     assert doc.get("items", type=pycrdt.Array).to_py() == expected
+
+
+async def test_a_read_does_not_wait_for_another_process_holding_the_write_lock(
+    tmp_path: Path, no_idle_fold: None
+) -> None:
+    """WAL readers never wait for the writer: folding first must not change that."""
+    db = tmp_path / "y.db"
+    updates, expected = typed(3)
+    async with store(db, busy_timeout=30) as st:
+        for update in updates:
+            await st.write(update)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        try:
+            with anyio.fail_after(10):  # far below busy_timeout: the fold did not wait for it
+                assert await loaded_items(st) == expected
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert len(table_rows(db, "ystore_pending")) == 3  # not folded, still there
+    assert len(table_rows(db, "yupdates")) == 3  # closing folded them

@@ -67,6 +67,10 @@ log = logging.getLogger("jupyter_ystore.sqlite")
 
 Outcome = tuple[Waiter, Any, Any]
 
+#: Milliseconds a read waits for the write lock to fold pending rows first (see
+#: ``SharedDatabase._fold_for_read``).
+_READ_FOLD_WAIT_MS = 50
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -145,8 +149,9 @@ class SharedDatabase:
         self._hub = Hub()  # live updates: touched by the database thread only
         self._poll_failing = False
         self._pending = 0  # rows this process committed into ystore_pending since its fold
-        self._last_write = 0.0  # time.monotonic() of that last commit
+        self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
         self._fold_failing = False
+        self._fold_retry_at = 0.0  # after a failed fold, not before this time.monotonic()
         name = "ystore-sqlite:" + os.path.basename(db_path)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -255,7 +260,8 @@ class SharedDatabase:
                 if data is None or (automatic and not data.worth_it):
                     return False
                 snapshot = await anyio.to_thread.run_sync(compaction.squash, path, data.updates)
-                if await self.call(self._replace_job(path, data, snapshot), f"compacting {path!r}"):
+                replace = self._replace_job(path, data, snapshot, automatic)
+                if await self.call(replace, f"compacting {path!r}"):
                     return True
             raise YStoreError(
                 f"document {path!r} kept changing under compaction (5 attempts)",
@@ -278,7 +284,7 @@ class SharedDatabase:
         return job
 
     def _replace_job(
-        self, path: str, data: compaction.CompactionInput, snapshot: bytes
+        self, path: str, data: compaction.CompactionInput, snapshot: bytes, automatic: bool
     ) -> Callable[..., bool]:
         def job(conn: sqlite3.Connection, schema: Schema) -> bool:
             conn.execute("BEGIN IMMEDIATE")
@@ -290,7 +296,7 @@ class SharedDatabase:
                 return False
             finally:
                 self._stats.pop(path, None)
-            compaction.reclaim(conn, self.db_path)
+            compaction.reclaim(conn, self.db_path, automatic=automatic)
             return True
 
         return job
@@ -317,7 +323,7 @@ class SharedDatabase:
         while True:
             timeout = hub.timeout()  # None unless someone watches: then poll other processes
             if self._pending:  # fold once writes pause for FOLD_IDLE
-                idle = max(0.0, self._last_write + pending.FOLD_IDLE - time.monotonic())
+                idle = max(0.0, self._fold_at - time.monotonic())
                 timeout = idle if timeout is None else min(timeout, idle)
             try:
                 jobs = [self._queue.get(timeout=timeout)]
@@ -346,9 +352,8 @@ class SharedDatabase:
                     self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
             if self._pending and (
-                self._pending >= pending.FOLD_ROWS
-                or time.monotonic() - self._last_write >= pending.FOLD_IDLE
-            ):
+                self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
+            ) and time.monotonic() >= self._fold_retry_at:
                 self._fold_quietly()
             if hub.active and self._conn is not None:
                 self._poll_others()
@@ -428,8 +433,30 @@ class SharedDatabase:
     def _fold_for_read(self) -> None:
         """Before a read: every committed row in ``yupdates``, in its own transaction.
 
-        A read-only file cannot be folded: loading a document then reads both tables (see
-        ``queries.read_rows``) and the failure is logged once."""
+        A read must not wait for another process's write lock (WAL readers never do), so the
+        fold waits at most ``_READ_FOLD_WAIT``; if it cannot run (locked, or a read-only
+        file), the read goes ahead: loading a document reads both tables (see
+        ``queries.read_rows``), and every other read sees the rows once they are folded
+        (their rowids are above what it reads now, so nothing is skipped).
+        """
+        conn, schema = self._conn, self._schema
+        assert conn is not None and schema is not None
+        if not schema.has_pending or not (self._pending or pending.any_pending(conn)):
+            return
+        conn.execute(f"PRAGMA busy_timeout = {_READ_FOLD_WAIT_MS}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._fold_within()
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # locked, busy, read-only
+            self._rollback()
+            log.debug("%s: pending rows not folded before a read: %s", self.db_path, exc)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.options.busy_timeout * 1000)}")
+
+    def _fold_quietly(self) -> None:
+        """Fold when nobody waits on it (idle, threshold, close): a failure loses nothing,
+        the rows stay pending and the next read or fold retries; it is logged once."""
         conn, schema = self._conn, self._schema
         assert conn is not None and schema is not None
         if not schema.has_pending or not (self._pending or pending.any_pending(conn)):
@@ -440,25 +467,18 @@ class SharedDatabase:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            if not any(word in str(exc).lower() for word in ("readonly", "read-only")):
-                raise
-            if not self._fold_failing:
-                log.warning("%s is read-only: its pending rows stay where they are", self.db_path)
-                self._fold_failing = True
-
-    def _fold_quietly(self) -> None:
-        """Fold when nobody waits on it (idle, threshold, close): a failure loses nothing,
-        the rows stay pending and the next read or fold retries; it is logged once."""
-        try:
-            self._fold_for_read()
-        except sqlite3.Error as exc:
             if not self._fold_failing:
                 log.warning(
-                    "moving pending rows of %s into yupdates: %s (retried later)", self.db_path, exc
+                    "moving pending rows of %s into yupdates: %s (they are safe; retried in "
+                    "%g s)",
+                    self.db_path,
+                    exc,
+                    pending.FOLD_RETRY,
                 )
                 self._fold_failing = True
+            self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
             return
-        if self._fold_failing and not self._pending:
+        if self._fold_failing:
             log.info("moving pending rows of %s into yupdates works again", self.db_path)
             self._fold_failing = False
 
@@ -506,7 +526,7 @@ class SharedDatabase:
             conn.execute("COMMIT")
             if self._schema is not None and self._schema.has_pending:
                 self._pending += len(written)
-                self._last_write = time.monotonic()
+                self._fold_at = time.monotonic() + pending.FOLD_IDLE
         except Exception as exc:
             self._rollback()
             for job in batch:

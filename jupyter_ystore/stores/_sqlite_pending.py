@@ -42,6 +42,8 @@ CREATE = (
 FOLD_ROWS = 2000
 #: Seconds without a write after which pending rows are folded (for other libraries' readers).
 FOLD_IDLE = 0.25
+#: Seconds before a fold that failed (the file locked by another process, say) is tried again.
+FOLD_RETRY = 2.0
 
 INSERT = (
     f"INSERT INTO {TABLE} (rowid, path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?, ?)"
