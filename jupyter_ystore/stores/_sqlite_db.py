@@ -149,6 +149,10 @@ class SharedDatabase:
         self._hub = Hub()  # live updates: touched by the database thread only
         self._poll_failing = False
         self._pending = 0  # rows this process committed into ystore_pending since its fold
+        # A second connection for compaction reads, used from worker threads: reading a
+        # document's rows (~3 µs a row) then does not hold up the writers' queue.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
         self._fold_failing = False
         self._fold_retry_at = 0.0  # after a failed fold, not before this time.monotonic()
@@ -254,9 +258,18 @@ class SharedDatabase:
                 self._compacting.add(path)
         try:
             for _attempt in range(5):
-                data = await self.call(
-                    self._read_for_compaction_job(path, policy), f"reading {path!r} to compact it"
+                wanted = await self.call(
+                    self._wants_compaction_job(path, policy), f"reading {path!r} to compact it"
                 )
+                if not wanted:
+                    data = None
+                elif self.db_path == ":memory:":  # no second connection sees that database
+                    data = await self.call(
+                        lambda conn, schema: compaction.read(conn, schema, path),
+                        f"reading {path!r} to compact it",
+                    )
+                else:
+                    data = await anyio.to_thread.run_sync(self._read_for_compaction, path)
                 if data is None or (automatic and not data.worth_it):
                     return False
                 snapshot = await anyio.to_thread.run_sync(compaction.squash, path, data.updates)
@@ -275,13 +288,39 @@ class SharedDatabase:
 
     # ------------------------------------------------------------------ jobs (database thread)
 
-    def _read_for_compaction_job(self, path: str, policy: Policy | None) -> Callable[..., Any]:
-        def job(conn: sqlite3.Connection, schema: Schema) -> compaction.CompactionInput | None:
-            if policy is not None and not self._wants_compaction(path, policy):
-                return None  # a compaction that finished meanwhile already did it
-            return compaction.read(conn, schema, path)
+    def _wants_compaction_job(self, path: str, policy: Policy | None) -> Callable[..., bool]:
+        """Whether to go on (run after the usual fold of pending rows, so the read that
+        follows sees them)."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> bool:
+            # False: a compaction that finished meanwhile already did it
+            return policy is None or self._wants_compaction(path, policy)
 
         return job
+
+    def _read_for_compaction(self, path: str) -> compaction.CompactionInput | None:
+        """In a worker thread, on the reader connection, in one read transaction. (Rows
+        committed after it come after the snapshot; ``replace`` checks the rows read.)"""
+        with self._reader_lock:
+            schema = self._schema
+            if self.closing or schema is None:
+                raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(
+                        self.db_path,
+                        timeout=self.options.busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                conn = self._reader
+                conn.execute("BEGIN")
+                try:
+                    return compaction.read(conn, schema, path)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc, f"reading {path!r} to compact it") from exc
 
     def _replace_job(
         self, path: str, data: compaction.CompactionInput, snapshot: bytes, automatic: bool
@@ -407,6 +446,10 @@ class SharedDatabase:
                 pass
 
     def _shutdown(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._conn is not None:
             self._rollback()
             self._fold_quietly()  # so that other libraries reading the file see every row
