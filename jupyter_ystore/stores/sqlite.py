@@ -17,6 +17,13 @@ by hand against both). New files also get an empty ``ycheckpoints`` table: pycrd
 finding none, would try to create the whole schema again and fail.
 Databases written by those libraries are opened in place (see ``compat``), never renamed.
 
+A write commits first into ``ystore_pending`` (the same columns, no secondary index), and
+rows are moved into ``yupdates`` in bulk with the rowids they were given: once 2,000 are
+pending, 0.25 s after the last write, when the store closes, and before any read of ours.
+``yupdates``' index made a commit of 20 documents' updates dirty 20 index pages; see
+``_sqlite_pending`` for the figures and for what stays true (durability, rowid order, a
+crash before the move). Other libraries reading the file see a row once it is moved.
+
 Compaction
 ----------
 Automatic once ``compact_after_updates`` updates or ``compact_after_bytes`` bytes were
@@ -25,7 +32,10 @@ seconds (before the next write, as in the seed), and on ``compact()``. Each repl
 covered rows by one squashed snapshot in ONE transaction; an update committed meanwhile,
 by this process or another, stays after it. Freed pages go back to the file system
 (``auto_vacuum = INCREMENTAL``; a legacy file without auto_vacuum is converted in place by
-one VACUUM once a quarter of it is free), so the file shrinks.
+one VACUUM once a quarter of it is free), so the file shrinks: at once after ``compact()``;
+after an automatic compaction only once a quarter of the file is free (below that, the next
+writes reuse the freed pages, and SQLite's own checkpoint shrinks the WAL). The rows to
+squash are read on a second connection in a worker thread, so writers keep committing.
 
 Live updates
 ------------
