@@ -237,3 +237,34 @@ async def test_a_read_does_not_wait_for_another_process_holding_the_write_lock(
             blocker.close()
         assert len(table_rows(db, "ystore_pending")) == 3  # not folded, still there
     assert len(table_rows(db, "yupdates")) == 3  # closing folded them
+
+
+async def test_a_bug_in_the_fold_neither_stops_the_thread_nor_hangs_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Folds run between jobs, outside any job's error handling: a bug there must be logged
+    and must not kill the database thread (every later writer would wait for ever)."""
+    from jupyter_ystore.stores import _sqlite_db
+
+    monkeypatch.setattr(_sqlite_pending, "FOLD_IDLE", 0.01)
+    calls = []
+
+    def broken(self: Any) -> None:
+        calls.append(1)
+        raise RuntimeError("a bug in the fold")
+
+    monkeypatch.setattr(_sqlite_db.SharedDatabase, "_fold_quietly", broken)
+    db = tmp_path / "y.db"
+    updates, expected = typed(6)
+    with anyio.fail_after(30):
+        async with store(db) as st:
+            for update in updates[:3]:
+                await st.write(update)
+            while not calls:
+                await anyio.sleep(0.01)
+            for update in updates[3:]:  # the thread still serves
+                await st.write(update)
+            assert await loaded_items(st) == expected
+    assert "a bug in the fold" in caplog.text
+    async with store(db) as st:  # nothing lost: the rows were still pending
+        assert await loaded_items(st) == expected

@@ -380,7 +380,10 @@ class SharedDatabase:
                     self._guarded(self._commit_writes, jobs[i:j])
                     i = j
                 elif isinstance(job, _Close):
-                    self._shutdown()
+                    try:
+                        self._shutdown()
+                    except BaseException:  # a bug: the closing store must still be released
+                        log.exception("closing the SQLite connection to %s", self.db_path)
                     gone = RuntimeError(f"the SQLite connection to {self.db_path} is closed")
                     deliver(
                         [(job.waiter, None, None)]
@@ -390,12 +393,17 @@ class SharedDatabase:
                 else:
                     self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
-            if self._pending and (
-                self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
-            ) and time.monotonic() >= self._fold_retry_at:
-                self._fold_quietly()
-            if hub.active and self._conn is not None:
-                self._poll_others()
+            try:
+                if self._pending and (
+                    self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
+                ) and time.monotonic() >= self._fold_retry_at:
+                    self._fold_quietly()
+                if hub.active and self._conn is not None:
+                    self._poll_others()
+            except Exception:  # a bug: log it and keep serving (nothing was lost)
+                log.exception("SQLite thread for %s, between jobs", self.db_path)
+                self._rollback()
+                self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
 
     def _poll_others(self) -> None:
         """Wake watchers of documents another process committed to (when a poll is due)."""
