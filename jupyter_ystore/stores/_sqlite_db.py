@@ -469,38 +469,51 @@ class SharedDatabase:
 
     # ------------------------------------------------------------------ pending rows
 
-    def _fold_within(self) -> None:
-        """Inside a write transaction: fold pending rows (ours or another process's)."""
+    def _may_have_pending(self) -> bool:
+        """Whether ``ystore_pending`` may hold rows (ours, counted; or another process's)."""
         conn, schema = self._conn, self._schema
         assert conn is not None and schema is not None
-        if schema.has_pending and (self._pending or pending.any_pending(conn)):
-            if not pending.fold(conn):
+        return schema.has_pending and (self._pending > 0 or pending.any_pending(conn))
+
+    def _fold_within(self) -> None:
+        """Inside a write transaction: fold pending rows (ours or another process's)."""
+        if self._may_have_pending():
+            if not pending.fold(self._conn):  # type: ignore[arg-type]
                 log.info(
                     "%s: pending rows renumbered (a legacy writer took their rowids)",
                     self.db_path,
                 )
             self._pending = 0
 
-    def _fold_for_read(self) -> None:
-        """Before a read: every committed row in ``yupdates``, in its own transaction.
-
-        A read must not wait for another process's write lock (WAL readers never do), so the
-        fold waits at most ``_READ_FOLD_WAIT``; if it cannot run (locked, or a read-only
-        file), the read goes ahead: loading a document reads both tables (see
-        ``queries.read_rows``), and every other read sees the rows once they are folded
-        (their rowids are above what it reads now, so nothing is skipped).
-        """
-        conn, schema = self._conn, self._schema
-        assert conn is not None and schema is not None
-        if not schema.has_pending or not (self._pending or pending.any_pending(conn)):
-            return
-        conn.execute(f"PRAGMA busy_timeout = {_READ_FOLD_WAIT_MS}")
+    def _fold_now(self) -> None:
+        """Fold in a transaction of its own; a sqlite3 error is raised, rolled back."""
+        conn = self._conn
+        assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._fold_within()
             conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # locked, busy, read-only
+        except BaseException:
             self._rollback()
+            raise
+
+    def _fold_for_read(self) -> None:
+        """Before a read: every committed row in ``yupdates``.
+
+        A read must not wait for another process's write lock (WAL readers never do), so the
+        fold waits at most ``_READ_FOLD_WAIT_MS``; if it cannot run (locked, or a read-only
+        file), the read goes ahead: loading a document reads both tables (see
+        ``queries.read_rows``), and every other read sees the rows once they are folded
+        (their rowids are above what it reads now, so nothing is skipped).
+        """
+        if not self._may_have_pending():
+            return
+        conn = self._conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout = {_READ_FOLD_WAIT_MS}")
+        try:
+            self._fold_now()
+        except sqlite3.OperationalError as exc:  # locked, busy, read-only
             log.debug("%s: pending rows not folded before a read: %s", self.db_path, exc)
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self.options.busy_timeout * 1000)}")
@@ -508,16 +521,11 @@ class SharedDatabase:
     def _fold_quietly(self) -> None:
         """Fold when nobody waits on it (idle, threshold, close): a failure loses nothing,
         the rows stay pending and the next read or fold retries; it is logged once."""
-        conn, schema = self._conn, self._schema
-        assert conn is not None and schema is not None
-        if not schema.has_pending or not (self._pending or pending.any_pending(conn)):
+        if not self._may_have_pending():
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._fold_within()
-            conn.execute("COMMIT")
+            self._fold_now()
         except sqlite3.Error as exc:
-            self._rollback()
             if not self._fold_failing:
                 log.warning(
                     "moving pending rows of %s into yupdates: %s (they are safe; retried in "
