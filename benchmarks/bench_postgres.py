@@ -25,9 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import anyio
 import pycrdt
@@ -36,46 +35,20 @@ from jupyter_ystore import ydoc as _ydoc
 from jupyter_ystore.codec import iter_var_bytes
 from jupyter_ystore.stores.postgres import PostgresYStore
 
-STREAM = Path(__file__).parent / "data" / "updates-50000.bin"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stores import (  # noqa: E402
+    STREAM,
+    best_of_async,
+    concurrent_writes,
+    sequential_writes,
+)
+
 CONCURRENT_DOCS = 20
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 Factory = Callable[..., Any]
 
 
-async def sequential(factory: Factory, updates: list[bytes], path: str) -> float:
-    async with factory(path) as store:
-        start = time.perf_counter()
-        for update in updates:
-            await store.write(update)
-        elapsed = time.perf_counter() - start
-        await anyio.sleep(0.5)  # let a background compaction in flight finish
-    return len(updates) / elapsed
-
-
-async def concurrent(factory: Factory, updates: list[bytes], docs: int) -> float:
-    async with AsyncExitStack() as stack:
-        stores = [await stack.enter_async_context(factory(f"conc-{i}")) for i in range(docs)]
-
-        async def fill(store: Any) -> None:
-            for update in updates:
-                await store.write(update)
-
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for store in stores:
-                tg.start_soon(fill, store)
-        elapsed = time.perf_counter() - start
-    return docs * len(updates) / elapsed
-
-
-async def best_of(times: int, fn: Callable[[], Awaitable[Any]]) -> float:
-    durations = []
-    for _ in range(times):
-        start = time.perf_counter()
-        await fn()
-        durations.append(time.perf_counter() - start)
-    return min(durations)
 
 
 async def load_time(factory: Factory, path: str, reference: pycrdt.Doc) -> tuple[float, str]:
@@ -87,7 +60,7 @@ async def load_time(factory: Factory, path: str, reference: pycrdt.Doc) -> tuple
             await store.apply_updates(doc)
             assert doc.get_state() == reference.get_state()
 
-        return await best_of(5, load), f"{info.updates:,} records, {info.snapshots} snapshot"
+        return await best_of_async(5, load), f"{info.updates:,} records, {info.snapshots} snapshot"
 
 
 async def watch_latency(dsn: str, schema: str, updates: list[bytes], count: int = 200) -> list[float]:
@@ -192,7 +165,8 @@ async def main(args: argparse.Namespace) -> None:
         print("\nSequential awaited writes (one document):")
         seq = {}
         for name, factory in contenders.items():
-            seq[name] = await sequential(factory, updates, "big")
+            # settle: let a background compaction in flight finish
+            seq[name] = await sequential_writes(factory, updates, "big", settle=0.5)
             rows.append(row(f"sequential writes, {name}", f"{seq[name]:,.0f}/s", f"{len(updates):,} updates"))
         rows += ratios(seq, "throughput")
 
@@ -200,7 +174,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"\n{CONCURRENT_DOCS} documents written concurrently:")
         conc = {}
         for name, factory in contenders.items():
-            conc[name] = await concurrent(factory, updates[:per_doc], CONCURRENT_DOCS)
+            conc[name] = await concurrent_writes(factory, updates[:per_doc], CONCURRENT_DOCS)
             rows.append(
                 row(f"{CONCURRENT_DOCS} docs concurrently, {name}", f"{conc[name]:,.0f}/s",
                     f"{CONCURRENT_DOCS} × {per_doc:,} updates, total")

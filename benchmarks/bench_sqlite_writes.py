@@ -27,13 +27,17 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Callable
 
-import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stores import STREAM, CommitSizes  # noqa: E402
+from bench_stores import (  # noqa: E402
+    STREAM,
+    CommitSizes,
+    concurrent_writes,
+    sequential_writes,
+)
 
 from jupyter_ystore import SQLiteYStore  # noqa: E402
 from jupyter_ystore.codec import iter_var_bytes  # noqa: E402
@@ -86,35 +90,11 @@ def raw_sqlite(folder: str, updates: list[bytes]) -> float:
     return elapsed / len(updates)
 
 
-async def sequential(folder: str, updates: list[bytes], name: str) -> float:
-    """Updates/s of awaited writes one after the other into one document."""
+def in_database(folder: str, name: str) -> Callable[[str], SQLiteYStore]:
+    """Stores of the database file ``name`` in ``folder`` (default traits: automatic
+    compaction runs, as shipped)."""
     db = os.path.join(folder, f"{name}.db")
-    async with SQLiteYStore(name, db_path=db) as store:
-        start = time.perf_counter()
-        for update in updates:
-            await store.write(update)
-        elapsed = time.perf_counter() - start
-    return len(updates) / elapsed
-
-
-async def concurrent(folder: str, updates: list[bytes], name: str) -> float:
-    """Total updates/s of DOCS documents of one database written at once."""
-    db = os.path.join(folder, f"{name}.db")
-    stores = [SQLiteYStore(f"{name}-{i}", db_path=db) for i in range(DOCS)]
-
-    async def fill(store: SQLiteYStore) -> None:
-        for update in updates:
-            await store.write(update)
-
-    async with AsyncExitStack() as running:
-        for store in stores:
-            await running.enter_async_context(store)
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for store in stores:
-                tg.start_soon(fill, store)
-        elapsed = time.perf_counter() - start
-    return DOCS * len(updates) / elapsed
+    return lambda path: SQLiteYStore(path, db_path=db)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -132,9 +112,9 @@ async def main(args: argparse.Namespace) -> None:
             trip = await bare_round_trip(5000)
             raw = raw_sqlite(folder, seq_updates[:5000])
             os.remove(os.path.join(folder, "raw.db"))
-            seq = await sequential(folder, seq_updates, f"seq{r}")
+            seq = await sequential_writes(in_database(folder, f"seq{r}"), seq_updates, "doc")
             async with sizes.counting():
-                conc = await concurrent(folder, per_doc, f"conc{r}")
+                conc = await concurrent_writes(in_database(folder, f"conc{r}"), per_doc, DOCS)
             line = {
                 "bare round trip (us)": trip * 1e6,
                 "raw SQLite commit (us)": raw * 1e6,

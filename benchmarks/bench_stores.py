@@ -23,9 +23,9 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 import anyio
 import pycrdt
@@ -38,6 +38,7 @@ STREAM = Path(__file__).parent / "data" / "updates-50000.bin"
 CONCURRENT_DOCS = 20
 
 Factory = Callable[[str], Any]  # document path -> store (not started)
+Running = Callable[[str], AsyncContextManager[Any]]  # document path -> a started store
 
 
 # ---------------------------------------------------------------------- contenders
@@ -68,6 +69,10 @@ class Contender:
         self.run = run
         self.sampled = sampled
         self.db = db  # SQLite file, to count what was really stored
+
+    def running(self, path: str) -> AsyncContextManager[Any]:
+        """A new store of ``path``, started the way this contender needs."""
+        return self.run(self.factory(path))
 
 
 def stored_rows(db: Path, prefix: str) -> int:
@@ -160,14 +165,41 @@ def contenders(tmp: Path) -> list[Contender]:
 # ---------------------------------------------------------------------- measurements
 
 
-async def sequential(c: Contender, updates: list[bytes], path: str = "seq") -> float:
-    """Awaited writes one after the other into one document: updates/s."""
-    async with c.run(c.factory(path)) as store:
+async def sequential_writes(
+    running: Running, updates: list[bytes], path: str, settle: float = 0.0
+) -> float:
+    """Awaited writes one after the other into one document: updates/s. ``settle``: seconds
+    to wait before closing (a background compaction in flight), not timed. Shared by every
+    benchmark script."""
+    async with running(path) as store:
         start = time.perf_counter()
         for update in updates:
             await store.write(update)
         elapsed = time.perf_counter() - start
+        await anyio.sleep(settle)
     return len(updates) / elapsed
+
+
+async def concurrent_writes(running: Running, updates: list[bytes], docs: int) -> float:
+    """``docs`` documents written at once, each the same slice of the stream: total updates/s.
+    Shared by every benchmark script."""
+    async with AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(running(f"conc-{i}")) for i in range(docs)]
+
+        async def fill(store: Any) -> None:
+            for update in updates:
+                await store.write(update)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(fill, store)
+        elapsed = time.perf_counter() - start
+    return docs * len(updates) / elapsed
+
+
+async def sequential(c: Contender, updates: list[bytes], path: str = "seq") -> float:
+    return await sequential_writes(c.running, updates, path)
 
 
 class CommitSizes:
@@ -194,30 +226,7 @@ class CommitSizes:
 
 
 async def concurrent(c: Contender, updates: list[bytes], docs: int) -> float:
-    """``docs`` documents written at once, each the same slice of the stream: total updates/s."""
-    stores = [c.factory(f"conc-{i}") for i in range(docs)]
-
-    async def fill(store: Any) -> None:
-        for update in updates:
-            await store.write(update)
-
-    async with _all_running(c, stores):
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for store in stores:
-                tg.start_soon(fill, store)
-        elapsed = time.perf_counter() - start
-    return docs * len(updates) / elapsed
-
-
-@asynccontextmanager
-async def _all_running(c: Contender, stores: list[Any]) -> AsyncIterator[None]:
-    if not stores:
-        yield
-        return
-    async with c.run(stores[0]):
-        async with _all_running(c, stores[1:]):
-            yield
+    return await concurrent_writes(c.running, updates, docs)
 
 
 def best_of(times: int, fn: Callable[[], Any]) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Callable
@@ -69,3 +70,24 @@ def bench_updates() -> list[bytes]:
         if len(updates) == 5000:
             break
     return updates
+
+
+@pytest.fixture
+def sqlite_read_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Call it with a database file: the file leaves WAL mode (a read-only WAL database needs
+    a writable ``-shm``) and every later ``sqlite3.connect`` opens files read-only
+    (``mode=ro``, as a file without write permission would be, even for root) until
+    ``monkeypatch.undo()`` or the end of the test."""
+
+    def make_read_only(db: Path) -> None:
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.close()
+        real_connect = sqlite3.connect
+
+        def read_only(path: str, **kwargs: object) -> sqlite3.Connection:
+            return real_connect(f"file:{path}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sqlite3, "connect", read_only)
+
+    return make_read_only

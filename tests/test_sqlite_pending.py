@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import pycrdt
@@ -155,19 +155,11 @@ async def test_a_crash_before_the_fold_loses_nothing(tmp_path: Path) -> None:
 
 
 async def test_a_read_only_file_with_pending_rows_still_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_read_only: Callable[[Path], None]
 ) -> None:
     db = tmp_path / "y.db"
     await anyio.to_thread.run_sync(crash_after_writes, db, 5)
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode = DELETE")
-    conn.close()
-    real_connect = sqlite3.connect
-
-    def read_only(path: str, **kwargs: Any) -> sqlite3.Connection:
-        return real_connect(f"file:{path}?mode=ro", uri=True, **kwargs)
-
-    monkeypatch.setattr(sqlite3, "connect", read_only)
+    sqlite_read_only(db)
     try:
         async with store(db) as st:
             assert await loaded_items(st) == [f"crash-{i}" for i in range(5)]

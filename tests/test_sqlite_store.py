@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import pycrdt
@@ -509,23 +509,15 @@ def test_sqlite_errors_map_to_the_ystore_family() -> None:
 
 
 async def test_unwritable_database_raises_permission_error_on_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_read_only: Callable[[Path], None]
 ) -> None:
     """A database opened read-only (as a file without write permission would be)."""
     db = tmp_path / "y.db"
     doc = pycrdt.Doc()
     async with store(db) as st:
         await st.write(text_update(doc, "a"))
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode = DELETE")
-    conn.close()
+    sqlite_read_only(db)
     os.chmod(db, 0o444)  # root ignores it: the connection is also opened read-only
-    real_connect = sqlite3.connect
-
-    def read_only(path: str, **kwargs: Any) -> sqlite3.Connection:
-        return real_connect(f"file:{path}?mode=ro", uri=True, **kwargs)
-
-    monkeypatch.setattr(sqlite3, "connect", read_only)
     try:
         async with store(db) as st:
             assert len([r async for r in st.read()]) == 1
