@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from traitlets.config import LoggingConfigurable
 
 from .. import ydoc as _ydoc
-from ..errors import YDocNotFound, YStoreCorruptError
+from ..errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
 
@@ -304,6 +304,41 @@ def _register_with_pycrdt_store() -> None:
             return
         from pycrdt.store import BaseYStore as PycrdtBaseYStore
     except ImportError:
+    async def get_attributes(self) -> dict[str, bytes]:
+        """The document's attributes: small named values kept beside its history, not in
+        it (e.g. an id of the history, the content last saved to the file). ``{}`` when it
+        has none. Reading has no side effect (``watch()`` is not moved, nothing is folded
+        or compacted); every call reads what is stored now, so other processes' and other
+        servers' changes are seen at once."""
+        await self._ensure_running()
+        return await self._read_attributes()
+
+    async def set_attributes(self, values: Mapping[str, bytes | None]) -> None:
+        """Set each name of ``values`` to its bytes, or remove it for ``None``; other names
+        are kept. One atomic change, durable when this returns (as a ``write`` is): after a
+        crash every name has its old or its new value. Allowed before the first update;
+        ``delete()`` removes them, compaction keeps them."""
+        await self._ensure_running()
+        checked = check_attributes(values)
+        if checked:
+            await self._write_attributes(checked)
+
+    def _checked_update(self, data: Any) -> bytes:
+        """The per-write check every backend runs first: bytes, and a Yjs v1 update (decoded
+        natively, about a microsecond for a keystroke). Garbage never reaches the log, where
+        it would make the document impossible to load."""
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"an update is bytes, got {type(data).__name__}")
+            data = bytes(data)
+        if not _ydoc.is_valid_update(data):
+            raise YStoreInvalidUpdate(
+                f"refusing to store {len(data)} bytes that are not a Yjs v1 update",
+                path=self.path,
+                hint="nothing was stored; the caller should drop this update",
+            )
+        return data
+
         return
     PycrdtBaseYStore.register(BaseYStore)
 

@@ -727,8 +727,7 @@ class FileYStore(BaseYStore):
 
     async def write(self, data: bytes) -> None:
         await self._ensure_running()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"an update is bytes, got {type(data).__name__}")
+        data = self._checked_update(data)
         metadata = await self.get_metadata()
         logfile = self._logfile
         assert logfile is not None

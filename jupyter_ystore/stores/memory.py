@@ -28,8 +28,7 @@ class MemoryYStore(BaseYStore):
 
     async def write(self, data: bytes) -> None:
         await self._ensure_running()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"an update is bytes, got {type(data).__name__}")
+        data = self._checked_update(data)
         metadata = await self.get_metadata()
         self._documents.setdefault(self.path, []).append((bytes(data), metadata, time.time()))
 

@@ -296,9 +296,7 @@ class PostgresYStore(BaseYStore):
     async def write(self, data: bytes) -> None:
         """Append one update; returns once it is committed."""
         await self._ensure_running()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"an update is bytes, got {type(data).__name__}")
-        update = bytes(data)
+        update = self._checked_update(data)
         metadata = await self.get_metadata()
         now = time.time()
         if self.document_ttl is not None:

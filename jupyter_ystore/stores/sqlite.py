@@ -247,14 +247,7 @@ class SQLiteYStore(BaseYStore):
         """
         if not self._running:
             await self._ensure_running()
-        if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"an update is bytes, got {type(data).__name__}")
-            data = bytes(data)
-        if not _ydoc.is_valid_update(data):  # ~0.3 µs: cheap enough to keep garbage out
-            raise ValueError(
-                f"refusing to store bytes that are not a Yjs v1 update in {self.path!r}"
-            )
+        data = self._checked_update(data)
         metadata = b"" if self.metadata_callback is None else await self.get_metadata()
         db = self._db or self._require_db()
         wanted = await db.write(
