@@ -61,5 +61,10 @@ class YStoreInvalidPath(YStoreError, ValueError):
     """A document path would leave the store's folder or is not a valid name."""
 
 
+class YStoreInvalidUpdate(YStoreError, ValueError):
+    """``write()`` was given bytes that are not a Yjs v1 update; nothing was stored. A caller
+    drops such an update (retrying cannot help), unlike an outage of the store."""
+
+
 class YStoreConnectionError(YStoreError):
     """A database server could not be reached."""

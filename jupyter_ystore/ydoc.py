@@ -3,14 +3,54 @@
 Stores accept a ``pycrdt.Doc`` (what jupyter-ydoc uses today) or a ``y_py.YDoc`` (the older
 stack). Both speak Yjs update format v1, so stores deal in bytes and call these helpers at the
 edges. ``y_py`` is optional and imported lazily.
+
+Bytes from outside (browsers, damaged stores) can make yrs panic. pyo3 raises a panic as
+``pyo3_runtime.PanicException``, a ``BaseException`` that slips through ``except Exception``
+and would end whatever task met it; every helper here turns it into ``CRDTError`` (a
+``ValueError``), and ``crdt_errors()`` does the same for code that calls pycrdt directly.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pycrdt
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class CRDTError(ValueError):
+    """The CRDT library failed on some bytes (an error or a panic inside yrs)."""
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a panic of the Rust code under pycrdt or y_py."""
+    return type(exc).__name__ == "PanicException"
+
+
+@contextmanager
+def crdt_errors() -> Iterator[None]:
+    """Turn a yrs panic raised inside the block into ``CRDTError`` (other errors pass)."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as exc:
+        if is_panic(exc):
+            raise CRDTError(f"the CRDT library panicked: {exc}") from None
+        raise
+
+
+def _panic_safe(func: _F) -> _F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with crdt_errors():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _is_ypy(ydoc: Any) -> bool:
@@ -26,6 +66,7 @@ def _check(ydoc: Any) -> None:
     )
 
 
+@_panic_safe
 def encode_state_as_update(ydoc: Any) -> bytes:
     """The whole state of ``ydoc`` as one Yjs v1 update."""
     _check(ydoc)
@@ -36,6 +77,7 @@ def encode_state_as_update(ydoc: Any) -> bytes:
     return bytes(y_py.encode_state_as_update(ydoc))
 
 
+@_panic_safe
 def encode_state_vector(ydoc: Any) -> bytes:
     """The state vector of ``ydoc`` (what it has seen), Yjs v1 encoding."""
     _check(ydoc)
@@ -46,6 +88,7 @@ def encode_state_vector(ydoc: Any) -> bytes:
     return bytes(y_py.encode_state_vector(ydoc))
 
 
+@_panic_safe
 def apply_update(ydoc: Any, update: bytes) -> None:
     """Apply one Yjs v1 update to ``ydoc``."""
     _check(ydoc)
@@ -60,6 +103,7 @@ def apply_update(ydoc: Any, update: bytes) -> None:
 _MERGE_GROUP = 64
 
 
+@_panic_safe
 def merge_updates(updates: Sequence[bytes]) -> bytes:
     """Merge updates into one without a document (keeps deleted content; cheap)."""
     if len(updates) == 1:
@@ -75,6 +119,7 @@ def merge_updates(updates: Sequence[bytes]) -> bytes:
     return pycrdt.merge_updates(*level)
 
 
+@_panic_safe
 def squash(updates: Sequence[bytes]) -> bytes:
     """One update that restores the same document as ``updates``, as small as it gets.
 
@@ -97,9 +142,23 @@ def squash(updates: Sequence[bytes]) -> bytes:
 
 
 def is_valid_update(update: bytes) -> bool:
-    """Whether ``update`` decodes as a Yjs v1 update."""
+    """Whether ``update`` decodes as a Yjs v1 update (on its own: see ``yupdate`` for the
+    strict check against a document)."""
     try:
-        pycrdt.get_state(update)
+        with crdt_errors():
+            pycrdt.get_state(update)
     except Exception:
         return False
     return True
+
+
+@_panic_safe
+def get_update(doc: pycrdt.Doc, state_vector: bytes | None = None) -> bytes:
+    """What a peer whose state vector is ``state_vector`` lacks (everything if None)."""
+    return doc.get_update(state_vector) if state_vector is not None else doc.get_update()
+
+
+@_panic_safe
+def get_state(doc: pycrdt.Doc) -> bytes:
+    """The state vector of a pycrdt document."""
+    return doc.get_state()
