@@ -2,7 +2,9 @@
 
 A store holds the durable log of one document's Yjs updates. Backends implement four
 coroutines (``_open``, ``_close``, ``write``, ``read``) and may override ``_load`` to read a
-snapshot plus the updates after it instead of the whole history. Everything else (the
+snapshot plus the updates after it instead of the whole history; ``_read_attributes`` and
+``_write_attributes`` keep a document's attributes (``get_attributes``/``set_attributes``:
+named bytes beside the history, validated here once). Everything else (the
 ``async with`` / ``start`` / ``stop`` lifecycle of ypy-websocket's API, metadata, applying to
 a ``pycrdt.Doc`` or a ``y_py.YDoc``) lives here once.
 """
@@ -10,10 +12,11 @@ a ``pycrdt.Doc`` or a ``y_py.YDoc``) lives here once.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 import logging
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Union
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -23,6 +26,37 @@ from .. import ydoc as _ydoc
 from ..errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
+
+#: A document attribute's name: a short ASCII identifier, so that every backend can keep it
+#: verbatim (a column value, a record of a sidecar file) and it never needs escaping.
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_attributes(values: Mapping[str, Any]) -> dict[str, bytes | None]:
+    """``values`` checked and copied for ``set_attributes``: names must match
+    ``ATTRIBUTE_NAME`` (ValueError), values be bytes or None (TypeError). Checked before any
+    backend is touched, so a bad call changes nothing."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"attributes are a mapping of name to bytes, got {type(values).__name__}")
+    checked: dict[str, bytes | None] = {}
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise TypeError(f"an attribute name is a str, got {type(name).__name__}")
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            raise ValueError(
+                f"invalid attribute name {name!r}: letters, digits and underscores, not "
+                "starting with a digit, at most 64 characters"
+            )
+        if value is None:
+            checked[name] = None
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            checked[name] = bytes(value)
+        else:
+            raise TypeError(
+                f"attribute {name!r}: a value is bytes (or None to delete), "
+                f"got {type(value).__name__}"
+            )
+    return checked
 
 
 @dataclass(frozen=True)
@@ -243,6 +277,16 @@ class BaseYStore(LoggingConfigurable):
         raise NotImplementedError(f"{type(self).__name__} has no live updates")
         yield  # pragma: no cover
 
+    async def _read_attributes(self) -> dict[str, bytes]:
+        """This document's attributes as stored now (no cache: other processes may set
+        them). Called on a running store."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store document attributes")
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        """Set (bytes) or remove (None) the names of checked ``values`` in ONE atomic,
+        durable change. Called on a running store with a non-empty dict."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store document attributes")
+
     # ------------------------------------------------------------------ shared API
 
     async def get_metadata(self) -> bytes:
@@ -259,6 +303,41 @@ class BaseYStore(LoggingConfigurable):
                 f"metadata_callback must return bytes, got {type(metadata).__name__}"
             )
         return bytes(metadata)
+
+    async def get_attributes(self) -> dict[str, bytes]:
+        """The document's attributes: small named values kept beside its history, not in
+        it (e.g. an id of the history, the content last saved to the file). ``{}`` when it
+        has none. Reading has no side effect (``watch()`` is not moved, nothing is folded
+        or compacted); every call reads what is stored now, so other processes' and other
+        servers' changes are seen at once."""
+        await self._ensure_running()
+        return await self._read_attributes()
+
+    async def set_attributes(self, values: Mapping[str, bytes | None]) -> None:
+        """Set each name of ``values`` to its bytes, or remove it for ``None``; other names
+        are kept. One atomic change, durable when this returns (as a ``write`` is): after a
+        crash every name has its old or its new value. Allowed before the first update;
+        ``delete()`` removes them, compaction keeps them."""
+        await self._ensure_running()
+        checked = check_attributes(values)
+        if checked:
+            await self._write_attributes(checked)
+
+    def _checked_update(self, data: Any) -> bytes:
+        """The per-write check every backend runs first: bytes, and a Yjs v1 update (decoded
+        natively, about a microsecond for a keystroke). Garbage never reaches the log, where
+        it would make the document impossible to load."""
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"an update is bytes, got {type(data).__name__}")
+            data = bytes(data)
+        if not _ydoc.is_valid_update(data):
+            raise YStoreInvalidUpdate(
+                f"refusing to store {len(data)} bytes that are not a Yjs v1 update",
+                path=self.path,
+                hint="nothing was stored; the caller should drop this update",
+            )
+        return data
 
     async def encode_state_as_update(self, ydoc: Any) -> None:
         """Store the whole state of ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``) as one update."""
@@ -304,41 +383,6 @@ def _register_with_pycrdt_store() -> None:
             return
         from pycrdt.store import BaseYStore as PycrdtBaseYStore
     except ImportError:
-    async def get_attributes(self) -> dict[str, bytes]:
-        """The document's attributes: small named values kept beside its history, not in
-        it (e.g. an id of the history, the content last saved to the file). ``{}`` when it
-        has none. Reading has no side effect (``watch()`` is not moved, nothing is folded
-        or compacted); every call reads what is stored now, so other processes' and other
-        servers' changes are seen at once."""
-        await self._ensure_running()
-        return await self._read_attributes()
-
-    async def set_attributes(self, values: Mapping[str, bytes | None]) -> None:
-        """Set each name of ``values`` to its bytes, or remove it for ``None``; other names
-        are kept. One atomic change, durable when this returns (as a ``write`` is): after a
-        crash every name has its old or its new value. Allowed before the first update;
-        ``delete()`` removes them, compaction keeps them."""
-        await self._ensure_running()
-        checked = check_attributes(values)
-        if checked:
-            await self._write_attributes(checked)
-
-    def _checked_update(self, data: Any) -> bytes:
-        """The per-write check every backend runs first: bytes, and a Yjs v1 update (decoded
-        natively, about a microsecond for a keystroke). Garbage never reaches the log, where
-        it would make the document impossible to load."""
-        if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"an update is bytes, got {type(data).__name__}")
-            data = bytes(data)
-        if not _ydoc.is_valid_update(data):
-            raise YStoreInvalidUpdate(
-                f"refusing to store {len(data)} bytes that are not a Yjs v1 update",
-                path=self.path,
-                hint="nothing was stored; the caller should drop this update",
-            )
-        return data
-
         return
     PycrdtBaseYStore.register(BaseYStore)
 

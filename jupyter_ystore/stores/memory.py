@@ -20,11 +20,15 @@ class MemoryYStore(BaseYStore):
     """
 
     _documents: ClassVar[dict[str, list[Record]]] = {}
+    # path -> attributes, shared exactly as ``_documents`` is (one per class)
+    _attributes: ClassVar[dict[str, dict[str, bytes]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "_documents" not in cls.__dict__:
             cls._documents = {}
+        if "_attributes" not in cls.__dict__:
+            cls._attributes = {}
 
     async def write(self, data: bytes) -> None:
         await self._ensure_running()
@@ -66,3 +70,18 @@ class MemoryYStore(BaseYStore):
     async def delete(self) -> None:
         await self._ensure_running()
         self._documents.pop(self.path, None)
+        self._attributes.pop(self.path, None)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        return dict(self._attributes.get(self.path, {}))
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        # no await in between: other tasks see all of the change or none of it
+        current = self._attributes.setdefault(self.path, {})
+        for name, value in values.items():
+            if value is None:
+                current.pop(name, None)
+            else:
+                current[name] = value
+        if not current:
+            del self._attributes[self.path]
