@@ -43,6 +43,7 @@ import anyio
 
 from ..errors import YStoreError
 from ..metrics import record_compaction_of
+from . import _sqlite_attributes as attributes
 from . import _sqlite_compact as compaction
 from . import _sqlite_pending as pending
 from . import _sqlite_queries as queries
@@ -115,12 +116,13 @@ class _Write:
 
 
 class _Call:
-    __slots__ = ("waiter", "fn", "action")
+    __slots__ = ("waiter", "fn", "action", "fold")
 
-    def __init__(self, waiter: Waiter, fn: Callable[..., Any], action: str):
+    def __init__(self, waiter: Waiter, fn: Callable[..., Any], action: str, fold: bool = True):
         self.waiter = waiter
         self.fn = fn  # fn(connection, schema)
         self.action = action
+        self.fold = fold  # move pending rows into yupdates first
 
 
 class _Close:
@@ -162,13 +164,16 @@ class SharedDatabase:
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def call(self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str) -> Any:
+    async def call(
+        self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str, *, fold: bool = True
+    ) -> Any:
         """Run ``fn(connection, schema)`` on the database thread; its exception is raised
-        here (sqlite3 errors as ``YStoreError``s naming ``action``)."""
+        here (sqlite3 errors as ``YStoreError``s naming ``action``). ``fold=False``: for
+        work that reads no updates, so pending rows are left as they are."""
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
-        self._queue.put(_Call(waiter, fn, action))
+        self._queue.put(_Call(waiter, fn, action, fold))
         return await waiter.wait()
 
     def write(
@@ -239,6 +244,22 @@ class SharedDatabase:
 
     async def list_documents(self) -> list[DocumentInfo]:
         return await self.call(queries.list_documents, "listing documents")
+
+    async def read_attributes(self, path: str) -> dict[str, bytes]:
+        """``path``'s attributes; touches no update (no fold, no watch cursor)."""
+        return await self.call(
+            lambda conn, schema: attributes.read(conn, schema, path),
+            f"reading the attributes of {path!r}",
+            fold=False,
+        )
+
+    async def write_attributes(self, path: str, values: dict[str, bytes | None]) -> None:
+        """Set or remove ``path``'s attributes in one transaction of their own."""
+        await self.call(
+            lambda conn, schema: attributes.write(conn, schema, self.db_path, path, values),
+            f"storing the attributes of {path!r}",
+            fold=False,
+        )
 
     async def delete(self, path: str, owner: Owner | None = None) -> None:
         await self.call(self._delete_job(path, owner), f"deleting {path!r}")
@@ -439,7 +460,8 @@ class SharedDatabase:
             return job.waiter, None, self.failed
         assert self._conn is not None and self._schema is not None
         try:
-            self._fold_for_read()
+            if job.fold:
+                self._fold_for_read()
             return job.waiter, job.fn(self._conn, self._schema), None
         except Exception as exc:
             self._rollback()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from . import _sqlite_attributes as attributes
 from . import _sqlite_pending as pending
 from . import compat
 from ._sqlite_schema import Schema
@@ -100,6 +101,7 @@ def delete_document(conn: sqlite3.Connection, schema: Schema, path: str) -> None
             conn.execute("DELETE FROM ycheckpoints WHERE path = ?", (path,))
         if schema.has_snapshots:
             conn.execute("DELETE FROM ystore_snapshots WHERE path = ?", (path,))
+        attributes.delete(conn, schema, path)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import YStorePermissionError
+from . import _sqlite_attributes as attributes
 from . import _sqlite_pending as pending
 from . import compat
 
@@ -46,6 +47,8 @@ class Schema:
         # False only on a read-only legacy file we could not add the table to: writes then
         # go straight to yupdates (and fail there, read-only).
         self.has_pending = pending.TABLE in layout.tables
+        # False on a read-only legacy file (until another process adds the table)
+        self.has_attributes = attributes.TABLE in layout.tables
 
     @property
     def has_checkpoints(self) -> bool:
@@ -133,6 +136,7 @@ def _create(conn: sqlite3.Connection, db_path: str) -> None:
             compat.CREATE_CHECKPOINTS,
             compat.CREATE_SNAPSHOTS,
             pending.CREATE,
+            attributes.CREATE,
         ):
             conn.execute(statement)
         if layout.empty:
@@ -152,6 +156,8 @@ def _adopt(conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str
             conn.execute(compat.CREATE_SNAPSHOTS)
         if pending.TABLE not in layout.tables:
             conn.execute(pending.CREATE)
+        if attributes.TABLE not in layout.tables:
+            conn.execute(attributes.CREATE)
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc).lower():
             raise

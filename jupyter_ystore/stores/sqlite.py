@@ -9,6 +9,8 @@ the updates written after it. Compaction deletes the rows a snapshot covers and 
 snapshot the rowid of the newest of them, so insertion (rowid) order is still oldest first
 and the snapshot comes first. Which row is a snapshot is recorded in a side table,
 ``ystore_snapshots(path, row, timestamp, covered)``, used only for listings and counters.
+A document's attributes (``set_attributes``) are rows of another table of ours,
+``ystore_attributes(path, name, value)``, see ``_sqlite_attributes``.
 
 Chosen so that ypy-websocket 0.12.4 and pycrdt-store 0.1.5 can still open, read and even
 write a database we wrote (a user can downgrade without losing documents): both read every
@@ -338,9 +340,16 @@ class SQLiteYStore(BaseYStore):
         record_compaction(self)
 
     async def delete(self) -> None:
-        """Forget everything stored for this document (its pycrdt-store checkpoint too)."""
+        """Forget everything stored for this document (its pycrdt-store checkpoint and its
+        attributes too)."""
         await self._ensure_running()
         await self._require_db().delete(self.path, self._owner)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        return await self._require_db().read_attributes(self.path)
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        await self._require_db().write_attributes(self.path, values)
 
 
 #: Above this many updates after the snapshot, loading squashes them all in a worker thread
