@@ -14,6 +14,10 @@ log. Damage anywhere else, and version headers we do not know, raise and touch n
 Other processes using the same files (a second server, ``jupyter ystore compact``) are
 coordinated with ``flock`` (see ``_LogFile``). ``compact()`` and ``document_ttl`` rewrite a
 log atomically (temporary file, fsync, ``os.replace``, fsync of the folder).
+
+A document's attributes (``set_attributes``) live in a sidecar file beside its log,
+``<file>.attrs``, replaced whole the same way (see ``_file_attrs``); listings skip it (it
+does not start with ``VERSION:``).
 """
 
 from __future__ import annotations
@@ -781,12 +785,32 @@ class FileYStore(BaseYStore):
             await anyio.to_thread.run_sync(logfile.compact)
 
     async def delete(self) -> None:
+        from . import _file_attrs
+
         await self._ensure_running()
         logfile = self._logfile
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
+            # Attributes first: a crash in between may leave the history without its
+            # attributes, never attributes (an id of that history, say) outliving it.
+            await anyio.to_thread.run_sync(_file_attrs.remove, _file_attrs.sidecar(logfile.path))
             await anyio.to_thread.run_sync(logfile.delete)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        """From the sidecar file ``<log>.attrs`` (see ``_file_attrs``)."""
+        from . import _file_attrs
+
+        assert self._logfile is not None
+        path = _file_attrs.sidecar(self._logfile.path)
+        return await anyio.to_thread.run_sync(_file_attrs.read, path)
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        from . import _file_attrs
+
+        assert self._logfile is not None
+        path = _file_attrs.sidecar(self._logfile.path)
+        await anyio.to_thread.run_sync(_file_attrs.update, path, values)
 
     async def list_documents(self) -> list[DocumentInfo]:
         await self._ensure_running()
