@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 #: The layout version recorded in ``<table>_version``; a table with another one is refused.
+#: Still 1 with ``<table>_attrs``: that table is additive (version 1 code ignores it, so
+#: servers of both kinds can share a database during an upgrade) and is found by name.
 SCHEMA_VERSION = 1
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# PostgreSQL truncates identifiers to 63 bytes; "_version" must still fit after the table.
+# PostgreSQL truncates identifiers to 63 bytes; "_version" (and the shorter "_attrs") must
+# still fit after the table.
 _MAX_TABLE = 63 - len("_version")
 
 
@@ -56,6 +59,11 @@ class Names:
         return f'"{self.schema}"."{self.table}_version"'
 
     @property
+    def attributes_table(self) -> str:
+        """Per-document attributes (``set_attributes``), beside the updates table."""
+        return f'"{self.schema}"."{self.table}_attrs"'
+
+    @property
     def label(self) -> str:
         """For messages: schema.table as the user configured it."""
         return f"{self.schema}.{self.table}"
@@ -93,9 +101,37 @@ class Names:
                 origin bigint NOT NULL DEFAULT 0
             )""",
             f"CREATE INDEX {index} ON {t} (path, id)",
+            self.create_attributes,
             f"CREATE TABLE {self.version_table} (version integer NOT NULL)",
             f"INSERT INTO {self.version_table} (version) VALUES ({SCHEMA_VERSION})",
         ]
+
+    @property
+    def create_attributes(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.attributes_table} (path text NOT NULL, "
+            "name text NOT NULL, value bytea NOT NULL, PRIMARY KEY (path, name))"
+        )
+
+    @property
+    def select_attributes(self) -> str:
+        return f"SELECT name, value FROM {self.attributes_table} WHERE path = $1"
+
+    @property
+    def set_attributes(self) -> str:
+        """Remove the names ``$2`` and upsert ``$3``/``$4`` of path ``$1`` in ONE statement
+        (its own transaction, one round trip). The two name lists are disjoint."""
+        a = self.attributes_table
+        return f"""
+            WITH removed AS (DELETE FROM {a} WHERE path = $1 AND name = ANY($2::text[]))
+            INSERT INTO {a} (path, name, value)
+            SELECT $1, u.name, u.value FROM unnest($3::text[], $4::bytea[]) AS u(name, value)
+            ON CONFLICT (path, name) DO UPDATE SET value = EXCLUDED.value
+        """
+
+    @property
+    def delete_attributes(self) -> str:
+        return f"DELETE FROM {self.attributes_table} WHERE path = $1"
 
     @property
     def select_version(self) -> str:

@@ -9,6 +9,7 @@ connection and whether the table's layout was checked, since those are shared to
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import weakref
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from ..errors import YStoreConnectionError, YStoreError, YStoreVersionError
 from ._pg_names import SCHEMA_VERSION, Names, describe_dsn
 
+log = logging.getLogger(__name__)
 
 def _asyncpg() -> Any:
     try:
@@ -72,6 +74,8 @@ class SharedPool:
         self.pool = pool
         self.refs = 0
         self.tables_ready: set[Names] = set()
+        self.attributes_ready: set[Names] = set()  # <table>_attrs known to exist
+        self._attributes_warned: set[Names] = set()
         self.setup_lock = asyncio.Lock()
         self.helpers: dict[tuple[str, Names], Any] = {}
 
@@ -92,6 +96,7 @@ class SharedPool:
                 return
             try:
                 await _ensure_table(self.pool, names)
+                await self.ensure_attributes(names)
             except YStoreError:
                 raise
             except Exception as exc:
@@ -103,6 +108,38 @@ class SharedPool:
                     "SELECT, INSERT, DELETE on the table",
                 ) from None
             self.tables_ready.add(names)
+
+
+    async def ensure_attributes(self, names: Names, *, create: bool = True) -> bool:
+        """Whether the attributes table of ``names`` exists, created if missing and
+        ``create`` (tables made by an earlier version have none). Without the CREATE
+        privilege: False, with one warning; the updates keep working."""
+        if names in self.attributes_ready:
+            return True
+        asyncpg = _asyncpg()
+        async with self.pool.acquire() as conn:
+            exists = "SELECT to_regclass($1) IS NOT NULL"
+            if not await conn.fetchval(exists, names.attributes_table):
+                if not create:
+                    return False
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", names.setup_key())
+                        await conn.execute(names.create_attributes)
+                except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+                    if names not in self._attributes_warned:
+                        self._attributes_warned.add(names)
+                        log.warning(
+                            "document attributes cannot be stored: %s has no %s_attrs table "
+                            "and this user may not create it (%s); run `%s` as its owner",
+                            names.label,
+                            names.table,
+                            exc,
+                            names.create_attributes,
+                        )
+                    return False
+        self.attributes_ready.add(names)
+        return True
 
 
 async def _ensure_table(pool: Any, names: Names) -> None:

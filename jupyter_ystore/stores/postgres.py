@@ -16,6 +16,10 @@ folders on NFS where SQLite's locks fail). Same semantics as SQLiteYStore:
   (``_pg_compact``). Each process counts its own writes toward the compaction thresholds.
 - Layout: ``<schema>.<table>(id, path, yupdate, metadata, timestamp, snapshot, origin)``
   and ``<table>_version`` holding the layout version; created on first use, checked after.
+  ``<table>_attrs(path, name, value)`` holds the documents' attributes (``set_attributes``):
+  created with the others, or beside a table an earlier version made (same layout version:
+  see ``_pg_names.SCHEMA_VERSION``). Read on every call, never cached, so every server sees
+  every other's values.
   One asyncpg pool per (DSN, event loop) serves every document of the process.
 
 Live updates (``watch``) use LISTEN/NOTIFY *and* polling by id. NOTIFY wakes watchers within
@@ -41,7 +45,7 @@ import anyio
 from traitlets import Float, Int, TraitError, Unicode, default, validate
 
 from .. import ydoc as _ydoc
-from ..errors import YDocNotFound, YStoreConnectionError, YStoreError
+from ..errors import YDocNotFound, YStoreConnectionError, YStoreError, YStorePermissionError
 from . import _pg_pool
 from ._pg_commit import GroupCommitter, Pending
 from ._pg_compact import CompactResult, compact_document
@@ -404,11 +408,55 @@ class PostgresYStore(BaseYStore):
 
     async def _delete_rows(self) -> None:
         names = self._table
+        assert self._shared is not None
+        attributes = await self._shared.ensure_attributes(names, create=False)
         async with self._pool().acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", names.compact_key(self.path))
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", names.write_key(self.path))
                 await conn.execute(names.delete_document, self.path)
+                if attributes:
+                    await conn.execute(names.delete_attributes, self.path)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        """One SELECT; touches no update and not ``watch()``'s position."""
+        assert self._shared is not None
+        try:
+            if not await self._shared.ensure_attributes(self._table, create=False):
+                return {}  # an earlier version's tables, nobody allowed to add ours yet
+        except Exception as exc:
+            raise self._error(exc, "read the attributes of") from None
+        rows = await self._fetch(
+            self._table.select_attributes, self.path, doing="read the attributes of"
+        )
+        return {row["name"]: bytes(row["value"]) for row in rows}
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        """One statement (atomic), committed when it returns."""
+        names = self._table
+        assert self._shared is not None
+        removed = [name for name, value in values.items() if value is None]
+        kept = [(name, value) for name, value in values.items() if value is not None]
+        try:
+            # Shielded: a statement cut by cancellation (stop()) could leave the
+            # connection unusable; it is one short transaction.
+            with anyio.fail_after(self._shield_limit(), shield=True):
+                if not await self._shared.ensure_attributes(names):
+                    raise YStorePermissionError(
+                        f"cannot store attributes of {self.path!r}: {names.label} has no "
+                        f"{names.table}_attrs table and this database user may not create it",
+                        hint=f"run `{names.create_attributes}` as the owner of the schema; "
+                        "the documents' updates are not affected",
+                    )
+                await self._pool().execute(
+                    names.set_attributes,
+                    self.path,
+                    removed,
+                    [name for name, _value in kept],
+                    [value for _name, value in kept],
+                )
+        except Exception as exc:
+            raise self._error(exc, "store the attributes of") from None
 
     async def import_records(self, records: Sequence[tuple[bytes, bytes, float]]) -> None:
         """Append stored records as they are, metadata and timestamps kept, in ONE
