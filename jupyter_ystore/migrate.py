@@ -10,7 +10,8 @@ unless ``overwrite=True``, and checks that before copying anything. Meant to bac
         --to postgres:postgresql://user@host/db
 
 Records keep their metadata; their timestamps too when the target can import records as
-they are (PostgresYStore), otherwise they get the time of the copy. "Content-equal" is
+they are (PostgresYStore), otherwise they get the time of the copy. A document's attributes
+(``get_attributes``) are copied after its records and checked equal. "Content-equal" is
 checked as: same state vector and same delete set (every Yjs operation is identified by
 (client, clock), so these two determine the document), not byte equality of encodings,
 which differs between equal documents built in different orders.
@@ -43,6 +44,7 @@ class CopyReport:
     records: int = 0
     bytes: int = 0
     empty: list[str] = field(default_factory=list)  # listed, but nothing stored when copied
+    attributes: int = 0  # attribute values copied (all documents)
 
 
 class ContentMismatch(YStoreError):
@@ -97,6 +99,28 @@ async def _read_records(store: BaseYStore) -> list[tuple[bytes, bytes, float]]:
         return []
 
 
+async def _read_attributes(store: BaseYStore) -> dict[str, bytes]:
+    try:
+        return await store.get_attributes()
+    except NotImplementedError:  # a store class of someone else's, without attributes
+        return {}
+
+
+async def _write_attributes(store: BaseYStore, attributes: dict[str, bytes]) -> None:
+    if not attributes:
+        return
+    try:
+        await store.set_attributes(attributes)
+    except NotImplementedError:
+        raise YStoreError(
+            f"{type(store).__name__} cannot store document attributes "
+            f"({', '.join(sorted(attributes))})",
+            path=store.path,
+            hint="the document's updates were copied, its attributes not; migrate to one "
+            "of jupyter_ystore's stores",
+        ) from None
+
+
 async def _write_records(store: BaseYStore, records: list[tuple[bytes, bytes, float]]) -> None:
     importer = getattr(store, "import_records", None)
     if importer is not None:
@@ -149,6 +173,7 @@ async def copy_documents(
             bar.document(info.path)
             async with source(info.path) as src:
                 records = await _read_records(src)
+                attributes = await _read_attributes(src)
             if not records:
                 report.empty.append(info.path)
                 bar.advance(info.updates)
@@ -157,12 +182,21 @@ async def copy_documents(
                 if info.path in existing:
                     await dst.delete()
                 await _write_records(dst, records)
+                await _write_attributes(dst, attributes)
                 if verify:
                     copied = await _read_records(dst)
                     await _check_equal(info.path, records, copied)
+                    if await _read_attributes(dst) != attributes:
+                        raise ContentMismatch(
+                            "the copy does not hold the same attributes",
+                            path=info.path,
+                            hint="the target keeps what was written; compare and delete it "
+                            "before retrying",
+                        )
             report.documents.append(info.path)
             report.records += len(records)
             report.bytes += sum(len(record[0]) for record in records)
+            report.attributes += len(attributes)
             bar.advance(info.updates)
     finally:
         bar.close()
