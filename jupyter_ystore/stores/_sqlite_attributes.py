@@ -52,7 +52,11 @@ def read(conn: sqlite3.Connection, schema: Schema, path: str) -> dict[str, bytes
 
 
 def write(
-    conn: sqlite3.Connection, schema: Schema, db_path: str, path: str, values: dict[str, bytes | None]
+    conn: sqlite3.Connection,
+    schema: Schema,
+    db_path: str,
+    path: str,
+    values: dict[str, bytes | None],
 ) -> None:
     """Set or remove ``values``' names of ``path`` in one transaction (table made if missing)."""
     if not present(conn, schema):
