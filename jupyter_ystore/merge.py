@@ -94,14 +94,15 @@ def merge_text(base: str, live: str, file: str) -> tuple[str, list[Conflict]]:
         return live, []
     conflicts: list[Conflict] = []
 
-    def settle(base_part: list[str], live_part: list[str], file_part: list[str], line: int) -> list[str]:
-        words = _merge_words("".join(base_part), "".join(live_part), "".join(file_part))
+    def settle(in_base: list[str], in_live: list[str], in_file: list[str], line: int) -> list[str]:
+        words = _merge_words("".join(in_base), "".join(in_live), "".join(in_file))
         if words is not None:
             return [words]
-        conflicts.append(_text_conflict(line, live_part))
-        return file_part
+        conflicts.append(_text_conflict(line, in_live))
+        return in_file
 
-    merged = _diff3(_LINES.findall(base), _LINES.findall(live), _LINES.findall(file), settle)
+    lines = [_LINES.findall(text) for text in (base, live, file)]
+    merged = _diff3(*lines, settle)
     return "".join(merged), conflicts
 
 
@@ -124,20 +125,23 @@ def apply_text(ytext: Text, new: str) -> bool:
     return True
 
 
+class _Touching(Exception):
+    """Two edits touch even word by word."""
+
+
+def _refuse(*region: Any) -> list[str]:
+    raise _Touching
+
+
 def _merge_words(base: str, live: str, file: str) -> str | None:
-    """The word-level merge of one clashing region, or None if the edits still touch."""
+    """The word-level merge of lines both sides changed, or None if the edits still touch."""
     tokens = [_TOKENS.findall(text) for text in (base, live, file)]
     if sum(map(len, tokens)) > _MAX_TOKENS:
         return None
-    clean = True
-
-    def refuse(base_part: list[str], live_part: list[str], file_part: list[str], at: int) -> list[str]:
-        nonlocal clean
-        clean = False
-        return file_part
-
-    merged = _diff3(*tokens, refuse)
-    return "".join(merged) if clean else None
+    try:
+        return "".join(_diff3(*tokens, _refuse))
+    except _Touching:
+        return None
 
 
 def _text_conflict(line: int, live_part: list[str]) -> Conflict:
@@ -148,7 +152,8 @@ def _text_conflict(line: int, live_part: list[str]) -> Conflict:
         where = f"line {line + 1}"
     else:
         where = f"lines {line + 1}-{line + len(live_part)}"
-    return Conflict(None, f"{where} changed live and in the file: the file's version kept", "".join(live_part))
+    description = f"{where} changed live and in the file: the file's version kept"
+    return Conflict(None, description, "".join(live_part))
 
 
 Hunk = tuple[int, int, int, int]  # a[a1:a2] became b[b1:b2]
@@ -208,7 +213,9 @@ def _diff3(base: Sequence[T], live: Sequence[T], file: Sequence[T], settle: Sett
     return out
 
 
-def _patched(base: Sequence[T], other: Sequence[T], start: int, end: int, hunks: list[Hunk]) -> list[T]:
+def _patched(
+    base: Sequence[T], other: Sequence[T], start: int, end: int, hunks: list[Hunk]
+) -> list[T]:
     """``base[start:end]`` with ``hunks`` (taken from ``other``) applied."""
     out: list[T] = []
     pos = start
@@ -301,7 +308,16 @@ def _merge_blob(document: YBlob, base: bytes | None, file: bytes) -> MergeResult
 # ---------------------------------------------------------------------------- notebooks
 
 _MISSING: Any = object()
+CellKey = tuple[Any, str]  # (cell_type, source): what matching by content compares
 _DEFAULT_METADATA = {"language_info": {"name": ""}, "kernelspec": {"name": "", "display_name": ""}}
+# What jupyter-ydoc puts in a notebook without cells (its id is made when the cell is created).
+_EMPTY_NOTEBOOK_CELL = {
+    "cell_type": "code",
+    "execution_count": None,
+    "metadata": {"trusted": True},
+    "outputs": [],
+    "source": "",
+}
 _SIMILAR = 0.5  # difflib ratio above which two sources are taken for versions of one cell
 _MAX_PAIRINGS = 2_500  # similarity tests per unmatched block, beyond that: by position
 
@@ -322,11 +338,13 @@ class _Insert:
     cell: dict[str, Any]
 
 
-def _merge_notebook(document: YNotebook, base: Mapping[str, Any] | None, file: Mapping[str, Any]) -> MergeResult:
+def _merge_notebook(
+    document: YNotebook, base: Mapping[str, Any] | None, file: Mapping[str, Any]
+) -> MergeResult:
     if not isinstance(file, Mapping) or not isinstance(base, (Mapping, type(None))):
         raise TypeError("a notebook merges nbformat-like dict contents")
-    file_nb = _normalize_notebook(file)
-    base_nb = None if base is None else _normalize_notebook(base)
+    file_nb = _normalize_notebook(file, loaded=True)
+    base_nb = None if base is None else _normalize_notebook(base, loaded=True)
     if file_nb == base_nb:
         return MergeResult(False)
     with document.ydoc.transaction():
@@ -335,13 +353,18 @@ def _merge_notebook(document: YNotebook, base: Mapping[str, Any] | None, file: M
     return MergeResult(merge.changed, merge.conflicts)
 
 
-def _normalize_notebook(nb: Mapping[str, Any]) -> dict[str, Any]:
-    """The notebook as jupyter-ydoc round-trips it (joined sources, default metadata)."""
+def _normalize_notebook(nb: Mapping[str, Any], *, loaded: bool) -> dict[str, Any]:
+    """The notebook as jupyter-ydoc round-trips it (joined sources, default metadata).
+
+    ``loaded``: content given to ``YNotebook.set`` (a file or a base), which gives a
+    notebook without cells one empty cell; not LIVE's own content.
+    """
     metadata = dict(nb.get("metadata") or {})
     for key, value in _DEFAULT_METADATA.items():
         metadata.setdefault(key, value)
+    cells = nb.get("cells") or ([_EMPTY_NOTEBOOK_CELL] if loaded else [])
     return {
-        "cells": [_normalize_cell(cell) for cell in nb.get("cells") or []],
+        "cells": [_normalize_cell(cell) for cell in cells],
         "metadata": metadata,
         "nbformat": nb.get("nbformat", 4),
         "nbformat_minor": nb.get("nbformat_minor", 5),
@@ -380,7 +403,7 @@ def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k != "id"} == {k: v for k, v in b.items() if k != "id"}
 
 
-def _cell_key(cell: Mapping[str, Any]) -> tuple[Any, str]:
+def _cell_key(cell: Mapping[str, Any]) -> CellKey:
     return cell.get("cell_type"), cell["source"]
 
 
@@ -405,14 +428,14 @@ class _NotebookMerge:
             self._live_cells[index] = _normalize_cell(self.ycells[index].to_py() or {})
         return self._live_cells[index]
 
-    def live_keys(self) -> list[tuple[Any, str]]:
+    def live_keys(self) -> list[CellKey]:
         return [(ycell.get("cell_type"), str(ycell.get("source", ""))) for ycell in self.ycells]
 
     def live_notebook(self) -> dict[str, Any]:
         """LIVE as a base, for a merge without one: the merge then yields FILE exactly."""
         meta = self.document.ydoc.get("meta", type=Map).to_py() or {}
         cells = [self.live_cell(i) for i in range(len(self.ycells))]
-        return _normalize_notebook({**meta, "cells": cells})
+        return _normalize_notebook({**meta, "cells": cells}, loaded=False)
 
     # -- the merge
 
@@ -420,9 +443,11 @@ class _NotebookMerge:
         self._merge_meta(base, file)
         base_cells, file_cells = base["cells"], file["cells"]
         base_ids = [cell.get("id") for cell in base_cells]
-        to_file = _match(base_ids, [_cell_key(c) for c in base_cells], [c.get("id") for c in file_cells],
-                         lambda: [_cell_key(c) for c in file_cells])
-        to_live = _match(base_ids, [_cell_key(c) for c in base_cells], self.live_ids, self.live_keys)
+        base_keys = [_cell_key(cell) for cell in base_cells]
+        file_ids = [cell.get("id") for cell in file_cells]
+        to_file = _match(base_ids, base_keys, file_ids, lambda: [_cell_key(c) for c in file_cells])
+        # LIVE's ids are BASE's (same document): no shared id means the cells were replaced
+        to_live = _match(base_ids, base_keys, self.live_ids, self.live_keys, regenerated=False)
         plan = _Planner(self, base_cells, file_cells, to_file, to_live).plan()
         self._apply(plan)
 
@@ -448,37 +473,34 @@ class _NotebookMerge:
 
     def _merge_cell_in_place(self, index: int, base: dict[str, Any], file: dict[str, Any]) -> None:
         live = self.live_cell(index)
-        merged, conflicts = merge_cell(base, live, file)
+        merged, conflicts = _merge_cell(base, live, file)
         self.conflicts += conflicts
         self.changed |= _sync_ycell(self.ycells[index], live, merged)
 
     def _merge_meta(self, base: dict[str, Any], file: dict[str, Any]) -> None:
-        """Notebook-level metadata key by key, nbformat and nbformat_minor as values."""
-        if all(base[key] == file[key] for key in ("metadata", "nbformat", "nbformat_minor")):
-            return
+        """Notebook-level metadata key by key, nbformat and nbformat_minor as values.
+
+        What LIVE lacks altogether (a document never loaded) is taken from the file.
+        """
         ymeta = self.document.ydoc.get("meta", type=Map)
         live = ymeta.to_py() or {}
         for key in ("nbformat", "nbformat_minor"):
-            if base[key] != file[key] and live.get(key) != file[key]:
+            if key not in live or (base[key] != file[key] and live[key] != file[key]):
                 ymeta[key] = file[key]
                 self.changed = True
-        live_metadata = live.get("metadata")
-        if base["metadata"] == file["metadata"]:
-            return
-        if not isinstance(live_metadata, dict):
-            live_metadata = {}
-        merged, clashes = _merge_keys(base["metadata"], live_metadata, file["metadata"])
-        self.conflicts += [
-            Conflict(None, f"notebook metadata {key!r} changed live and in the file: the file's kept",
-                     _show(live_metadata.get(key)))
-            for key in clashes
-        ]
         ymap = ymeta.get("metadata")
-        if isinstance(ymap, Map):
-            self.changed |= _sync_map(ymap, live_metadata, merged)
-        else:
-            ymeta["metadata"] = Map(merged)
+        if not isinstance(ymap, Map):
+            ymeta["metadata"] = Map(dict(file["metadata"]))
             self.changed = True
+        elif base["metadata"] != file["metadata"]:
+            live_metadata = live["metadata"]
+            merged, clashes = _merge_keys(base["metadata"], live_metadata, file["metadata"])
+            self.conflicts += [
+                Conflict(None, f"notebook metadata {key!r} changed live and in the file: "
+                         "the file's kept", _show(live_metadata.get(key, _MISSING)))
+                for key in clashes
+            ]
+            self.changed |= _sync_map(ymap, live_metadata, merged)
 
 
 class _Planner:
@@ -562,8 +584,8 @@ class _Planner:
             live = self.merge.live_cell(l)
             if not _same_content(live, self.file[j]):
                 self.merge.conflicts.append(Conflict(
-                    self.file[j].get("id"), "added live and in the file with different content: "
-                    "the file's kept", live["source"]))
+                    live.get("id"), "added live and in the file, differently: the file's kept",
+                    live["source"]))
             return [_Keep(l, live, self.file[j])]
         j = self.to_file.get(i)
         if j is None:  # removed in the file
@@ -577,52 +599,64 @@ class _Planner:
         base, file = self.base[i], self.file[j]
         if base == file:
             return [_Keep(l)]
-        if base.get("cell_type") != file.get("cell_type") and self.merge.ycells[l].get("cell_type") != file.get("cell_type"):
+        retyped = base.get("cell_type") != file.get("cell_type")
+        if retyped and self.merge.ycells[l].get("cell_type") != file.get("cell_type"):
             return [_Insert(self._merged(i, file, l))]  # front ends build a cell by its type
         return [_Keep(l, base, file)]
 
     def _merged(self, i: int, file: dict[str, Any], live: int) -> dict[str, Any]:
         """The three-way merged content of a cell that is recreated, with its id."""
-        merged, conflicts = merge_cell(self.base[i], self.merge.live_cell(live), file)
+        merged, conflicts = _merge_cell(self.base[i], self.merge.live_cell(live), file)
         self.merge.conflicts += conflicts
         return merged
 
 
-def merge_cell(base: dict[str, Any], live: dict[str, Any], file: dict[str, Any]) -> tuple[dict[str, Any], list[Conflict]]:
-    """Three-way merge of one cell (as dicts): source by text, metadata by key, the rest as values.
+_CODE_ONLY = ("outputs", "execution_count")
 
-    A field the file did not change keeps its live value; a field both changed differently
-    takes the file's and is reported.
+
+def _merge_cell(
+    base: dict[str, Any], live: dict[str, Any], file: dict[str, Any]
+) -> tuple[dict[str, Any], list[Conflict]]:
+    """Three-way merge of one cell: source by text, metadata by key, other fields as values.
+
+    A field the file did not change keeps its live value (a collaborator's run of the cell
+    keeps its outputs); a field both changed differently takes the file's and is reported.
     """
     cell_id = file.get("id") or live.get("id")
-    merged = dict(live)
-    conflicts: list[Conflict] = []
+    merged, clashes = _merge_keys(_plain_fields(base), _plain_fields(live), _plain_fields(file))
+    conflicts = [
+        Conflict(cell_id, f"{key} changed live and in the file: the file's kept",
+                 _show(live.get(key, _MISSING)))
+        for key in clashes
+    ]
+    merged["source"] = live.get("source", "")
     if base["source"] != file["source"]:
-        merged["source"], clashes = merge_text(base["source"], live.get("source", ""), file["source"])
-        conflicts += [replace(c, cell_id=cell_id) for c in clashes]
-    if base.get("metadata") != file.get("metadata"):
-        live_metadata = live.get("metadata") if isinstance(live.get("metadata"), dict) else {}
-        merged["metadata"], keys = _merge_keys(base.get("metadata", {}), live_metadata, file.get("metadata", {}))
+        merged["source"], clashed = merge_text(base["source"], merged["source"], file["source"])
+        conflicts += [replace(c, cell_id=cell_id) for c in clashed]
+    live_metadata = live.get("metadata")
+    merged["metadata"] = live_metadata = live_metadata if isinstance(live_metadata, dict) else {}
+    if base["metadata"] != file["metadata"]:
+        merged["metadata"], keys = _merge_keys(base["metadata"], live_metadata, file["metadata"])
         conflicts += [
             Conflict(cell_id, f"metadata {key!r} changed live and in the file: the file's kept",
-                     _show(live_metadata.get(key)))
+                     _show(live_metadata.get(key, _MISSING)))
             for key in keys
         ]
-    others = {"source", "metadata"}
-    values, keys = _merge_keys(
-        {k: v for k, v in base.items() if k not in others},
-        {k: v for k, v in live.items() if k not in others},
-        {k: v for k, v in file.items() if k not in others},
-    )
-    merged = {**{k: merged[k] for k in others if k in merged}, **values}
-    conflicts += [
-        Conflict(cell_id, f"{key} changed live and in the file: the file's kept", _show(live.get(key)))
-        for key in keys
-    ]
+    if "id" not in merged and live.get("id"):
+        merged["id"] = live["id"]  # a file without ids (nbformat < 4.5): a cell keeps its own
+    if merged.get("cell_type") != "code":
+        for key in _CODE_ONLY:  # e.g. retyped live while the file changed its outputs
+            merged.pop(key, None)
     return merged, conflicts
 
 
-def _merge_keys(base: Mapping[str, Any], live: Mapping[str, Any], file: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _plain_fields(cell: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cell.items() if k not in ("source", "metadata")}
+
+
+def _merge_keys(
+    base: Mapping[str, Any], live: Mapping[str, Any], file: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
     """Key-wise three-way merge of dicts: the file's changed keys win; the keys both changed."""
     merged = dict(live)
     clashes = []
@@ -643,33 +677,42 @@ def _merge_keys(base: Mapping[str, Any], live: Mapping[str, Any], file: Mapping[
 
 
 def _show(value: Any) -> str:
-    return "" if value is _MISSING or value is None else value if isinstance(value, str) else repr(value)
+    """A live value for a conflict's ``overwritten``."""
+    if value is _MISSING or value is None:
+        return ""
+    return value if isinstance(value, str) else repr(value)
 
 
 # -- matching cells
 
 
 def _match(
-    a_ids: list[Any], a_keys: list[tuple[Any, str]], b_ids: list[Any], b_keys: Callable[[], list[tuple[Any, str]]]
+    a_ids: list[Any],
+    a_keys: list[CellKey],
+    b_ids: list[Any],
+    b_keys: Callable[[], list[CellKey]],
+    *,
+    regenerated: bool = True,
 ) -> dict[int, int]:
     """Pairs (index in a → index in b) of the same cell in two versions of a notebook.
 
-    By id when both sides have unique ids and share at least one (else they were
-    regenerated, or never there: nbformat < 4.5); otherwise by position and content.
+    By id when both sides have unique ids, otherwise (nbformat < 4.5) by position and
+    content. ``regenerated``: sides that share no id at all had their ids rewritten (by
+    a tool), so match them by content too.
     """
     if _ids_usable(a_ids) and _ids_usable(b_ids):
         where = {cell_id: j for j, cell_id in enumerate(b_ids)}
         pairs = {i: where[cell_id] for i, cell_id in enumerate(a_ids) if cell_id in where}
-        if pairs or not a_ids:
+        if pairs or not regenerated:
             return pairs
     return _match_by_content(a_keys, b_keys())
 
 
 def _ids_usable(ids: list[Any]) -> bool:
-    return all(isinstance(cell_id, str) and cell_id for cell_id in ids) and len(set(ids)) == len(ids)
+    return len(set(ids)) == len(ids) and all(isinstance(i, str) and i for i in ids)
 
 
-def _match_by_content(a: list[tuple[Any, str]], b: list[tuple[Any, str]]) -> dict[int, int]:
+def _match_by_content(a: list[CellKey], b: list[CellKey]) -> dict[int, int]:
     """Identical runs of cells pair up; in between, cells of one type with similar sources."""
     pairs: dict[int, int] = {}
     for tag, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
@@ -680,7 +723,9 @@ def _match_by_content(a: list[tuple[Any, str]], b: list[tuple[Any, str]]) -> dic
     return pairs
 
 
-def _pair_similar(a: list[tuple[Any, str]], i1: int, i2: int, b: list[tuple[Any, str]], j1: int, j2: int) -> dict[int, int]:
+def _pair_similar(
+    a: list[CellKey], i1: int, i2: int, b: list[CellKey], j1: int, j2: int
+) -> dict[int, int]:
     """In order, each cell of a[i1:i2] with the next similar one of b[j1:j2] (a one-for-one
     swap of cells of the same type pairs whatever the sources: an edit, not a delete+add)."""
     if i2 - i1 == 1 and j2 - j1 == 1:
@@ -701,7 +746,11 @@ def _pair_similar(a: list[tuple[Any, str]], i1: int, i2: int, b: list[tuple[Any,
 
 def _similar(x: str, y: str) -> bool:
     matcher = SequenceMatcher(None, x, y, autojunk=False)
-    return matcher.real_quick_ratio() >= _SIMILAR and matcher.quick_ratio() >= _SIMILAR and matcher.ratio() >= _SIMILAR
+    return (  # the cheap upper bounds first
+        matcher.real_quick_ratio() >= _SIMILAR
+        and matcher.quick_ratio() >= _SIMILAR
+        and matcher.ratio() >= _SIMILAR
+    )
 
 
 def _longest_increasing(seq: list[int]) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from typing import Any
 
 import pytest
@@ -40,6 +41,16 @@ def live_notebook(content: dict[str, Any]) -> YNotebook:
 def roundtrip(content: dict[str, Any]) -> dict[str, Any]:
     """``content`` as jupyter-ydoc gives it back (what LIVE must equal after a clean merge)."""
     return live_notebook(content).get()
+
+
+def same_as_file(live: YNotebook, file: dict[str, Any]) -> bool:
+    """LIVE equals FILE as jupyter-ydoc loads it (which gives a notebook without cells one,
+    with a random id: that id is not compared)."""
+    content, expected = live.get(), roundtrip(file)
+    if not file["cells"]:
+        for c in content["cells"] + expected["cells"]:
+            c.pop("id", None)
+    return content == expected
 
 
 def sources(document: YNotebook) -> list[str]:
@@ -536,3 +547,191 @@ def test_wrong_content_type_is_refused() -> None:
         merge_into(YUnicode(Doc()), None, {"cells": []})
     with pytest.raises(TypeError):
         merge_into(live_notebook(BASE), None, "text")
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+
+def test_regenerated_ids_match_by_content_and_take_the_files_ids() -> None:
+    live = live_notebook(BASE)
+    edit_live(live, "a", "import os  # live\n")
+    file = copy.deepcopy(BASE)
+    for number, c in enumerate(file["cells"]):
+        c["id"] = f"regenerated-{number}"  # e.g. a tool that rewrites every id
+    file["cells"][1]["source"] = "x = 1\ny = 2\nprint(x + y)  # file\n"
+    deltas, _ = text_edits_observed(ytext_of(live, "b"))
+
+    result = merge_into(live, BASE, file)
+
+    assert result.conflicts == []
+    assert ids(live) == [f"regenerated-{n}" for n in range(4)]
+    assert sources(live)[:2] == ["import os  # live\n", "x = 1\ny = 2\nprint(x + y)  # file\n"]
+    assert "".join(d.get("insert", "") for d in deltas) == "  # file"  # edited, not replaced
+
+
+def test_a_file_without_ids_leaves_the_live_cells_their_ids() -> None:
+    live = live_notebook(BASE)
+    file = copy.deepcopy(BASE)
+    file["nbformat_minor"] = 4
+    for c in file["cells"]:
+        del c["id"]
+    file["cells"][0]["source"] = "import os, re\n"
+
+    merge_into(live, BASE, file)
+
+    assert live.get() == roundtrip(file)
+    assert [y.get("id") for y in live.ycells] == ["a", "b", "c", "d"]  # front ends need ids
+
+
+def test_a_file_without_cells_leaves_one_empty_cell_as_jupyter_ydoc_does() -> None:
+    live = live_notebook(BASE)
+    file = notebook()
+
+    merge_into(live, BASE, file)
+
+    assert same_as_file(live, file)
+    assert [c["source"] for c in live.get()["cells"]] == [""]
+    assert isinstance(live.ycells[0]["id"], str)
+
+
+def test_an_empty_document_without_base_becomes_the_file() -> None:
+    live = YNotebook(Doc())
+    file = notebook(cell("a", "x\n"), metadata={"kernelspec": {"name": "python3", "display_name": "P"}})
+
+    result = merge_into(live, None, file)
+
+    assert result.changed and live.get() == roundtrip(file)
+
+
+def test_inside_an_outer_transaction_the_merge_joins_it() -> None:
+    live = live_notebook(BASE)
+    file = copy.deepcopy(BASE)
+    file["cells"][0]["source"] = "import re\n"
+    with Updates(live.ydoc) as updates:
+        with live.ydoc.transaction():
+            live.ystate["hash"] = "new"
+            merge_into(live, BASE, file)
+    assert len(updates) == 1 and sources(live)[0] == "import re\n"
+
+
+# ---------------------------------------------------------------------------- randomized
+
+WORDS = ["x", "y = 2", "print(x)", "é", "😀", "for i in range(3):", "    pass", "# note", ""]
+
+
+def random_source(rng: random.Random) -> str:
+    return "".join(rng.choice(WORDS) + "\n" for _ in range(rng.randint(0, 4)))
+
+
+def random_cell(rng: random.Random, counter: list[int], with_ids: bool) -> dict[str, Any]:
+    counter[0] += 1
+    kind = rng.choice(["code", "code", "markdown"])
+    return cell(f"r{counter[0]}" if with_ids else None, random_source(rng), kind)
+
+
+def edit_text(rng: random.Random, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    at = rng.randint(0, len(lines))
+    if lines and rng.random() < 0.5:
+        lines[min(at, len(lines) - 1)] = rng.choice(WORDS) + "\n"
+    else:
+        lines.insert(at, rng.choice(WORDS) + "\n")
+    return "".join(lines)
+
+
+def edit_file(rng: random.Random, nb: dict[str, Any], counter: list[int], with_ids: bool) -> None:
+    cells = nb["cells"]
+    op = rng.choice(["source", "source", "insert", "delete", "move", "outputs", "metadata", "retype"])
+    if op == "insert" or not cells:
+        cells.insert(rng.randint(0, len(cells)), random_cell(rng, counter, with_ids))
+        return
+    target = cells[rng.randrange(len(cells))]
+    if op == "source":
+        target["source"] = edit_text(rng, target["source"])
+    elif op == "delete":
+        cells.remove(target)
+    elif op == "move":
+        cells.remove(target)
+        cells.insert(rng.randint(0, len(cells)), target)
+    elif op == "outputs" and target["cell_type"] == "code":
+        target["outputs"] = [{**OUTPUT_1, "text": rng.choice(WORDS) + "\n"}]
+        target["execution_count"] = rng.randint(1, 9)
+    elif op == "metadata":
+        target["metadata"] = {"tags": [rng.choice(WORDS)]}
+    elif op == "retype":
+        kind = "markdown" if target["cell_type"] == "code" else "code"
+        cells[cells.index(target)] = cell(target.get("id"), target["source"], kind)
+
+
+def edit_live_randomly(rng: random.Random, live: YNotebook, counter: list[int]) -> set[str]:
+    """A collaborator's unsaved edits; returns the ids of the cells they added."""
+    added = set()
+    for _ in range(rng.randint(1, 3)):
+        op = rng.choice(["source", "insert", "delete"])
+        if op == "insert" or len(live.ycells) == 0:
+            new = random_cell(rng, counter, True)
+            new["id"] = "live-" + new["id"]
+            live.ycells.insert(rng.randint(0, len(live.ycells)), live.create_ycell(new))
+            added.add(new["id"])
+        elif op == "source":
+            ytext = live.ycells[rng.randrange(len(live.ycells))]["source"]
+            apply_text(ytext, edit_text(rng, str(ytext)))
+        else:
+            index = rng.randrange(len(live.ycells))
+            added.discard(live.ycells[index]["id"])
+            del live.ycells[index]
+    return added
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_randomized_file_changes_without_live_edits_give_the_file(with_ids: bool) -> None:
+    rng = random.Random(1234 + with_ids)
+    for _ in range(150):
+        counter = [0]
+        base = notebook(*(random_cell(rng, counter, with_ids) for _ in range(rng.randint(0, 6))),
+                        minor=5 if with_ids else 4)
+        base = roundtrip(base)
+        file = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 4)):
+            edit_file(rng, file, counter, with_ids)
+        live = live_notebook(base)
+        file_changes_something = not same_as_file(live, file)
+        client = Doc()
+        client.apply_update(live.ydoc.get_update())
+
+        with Updates(live.ydoc) as updates:
+            result = merge_into(live, base, file)
+
+        assert same_as_file(live, file), (base, file)
+        assert result.conflicts == []
+        assert len(updates) == int(file_changes_something) == int(result.changed)
+        for update in updates:
+            client.apply_update(update)
+        assert YNotebook(client).get() == live.get()
+
+
+def test_randomized_file_and_live_changes_converge_and_keep_live_cells() -> None:
+    rng = random.Random(99)
+    for _ in range(150):
+        counter = [0]
+        base = roundtrip(notebook(*(random_cell(rng, counter, True) for _ in range(rng.randint(0, 6)))))
+        file = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 4)):
+            edit_file(rng, file, counter, True)
+        live = live_notebook(base)
+        added_live = edit_live_randomly(rng, live, counter)
+        client = Doc()
+        client.apply_update(live.ydoc.get_update())
+
+        with Updates(live.ydoc) as updates:
+            merge_into(live, base, file)
+
+        assert len(updates) <= 1
+        for update in updates:
+            client.apply_update(update)
+        content = live.get()
+        assert YNotebook(client).get() == content
+        assert added_live <= {c["id"] for c in content["cells"]}
+        file_only = {c["id"] for c in file["cells"]} - {c["id"] for c in base["cells"]}
+        assert file_only <= {c["id"] for c in content["cells"]}
+        assert len({c["id"] for c in content["cells"]}) == len(content["cells"])
