@@ -505,7 +505,10 @@ class _NotebookMerge:
 
 class _Planner:
     """Decides the merged cell list: LIVE's cells in LIVE's order, with FILE's structural
-    changes (insertions, removals, moves) applied relative to the cells around them."""
+    changes (insertions, removals, moves) applied relative to the cells around them.
+
+    Indices: ``i`` in BASE, ``j`` in FILE, ``at`` in LIVE.
+    """
 
     def __init__(
         self,
@@ -518,10 +521,10 @@ class _Planner:
         self.merge, self.base, self.file = merge, base, file
         self.to_file, self.to_live = to_file, to_live
         self.from_file = {j: i for i, j in to_file.items()}
-        self.from_live = {l: i for i, l in to_live.items()}
+        self.from_live = {at: i for i, at in to_live.items()}
         self.unmoved = _longest_increasing([self.from_file[j] for j in sorted(self.from_file)])
         self.file_to_new_live = self._new_on_both_sides()
-        self.new_live_to_file = {l: j for j, l in self.file_to_new_live.items()}
+        self.new_live_to_file = {at: j for j, at in self.file_to_new_live.items()}
 
     def _new_on_both_sides(self) -> dict[int, int]:
         """Cells absent from BASE that FILE and LIVE both have (same id): one cell, not two.
@@ -530,9 +533,9 @@ class _Planner:
         server) after our base was taken.
         """
         live_new = {}
-        for l, cell_id in enumerate(self.merge.live_ids):
-            if l not in self.from_live and isinstance(cell_id, str):
-                live_new.setdefault(cell_id, l)
+        for at, cell_id in enumerate(self.merge.live_ids):
+            if at not in self.from_live and isinstance(cell_id, str):
+                live_new.setdefault(cell_id, at)
         return {
             j: live_new[cell["id"]]
             for j, cell in enumerate(self.file)
@@ -542,9 +545,9 @@ class _Planner:
     def plan(self) -> list[_Keep | _Insert]:
         placed = self._placed_file_cells()
         plan: list[_Keep | _Insert] = list(placed.get(None, []))
-        for l in range(len(self.merge.ycells)):
-            plan += self._live_entry(l)
-            plan += placed.get(l, [])
+        for at in range(len(self.merge.ycells)):
+            plan += self._live_entry(at)
+            plan += placed.get(at, [])
         return plan
 
     def _placed_file_cells(self) -> dict[int | None, list[_Keep | _Insert]]:
@@ -575,21 +578,21 @@ class _Planner:
             return _Insert(cell)
         return _Insert(self._merged(i, cell, live))  # moved in the file
 
-    def _live_entry(self, l: int) -> list[_Keep | _Insert]:
-        i = self.from_live.get(l)
+    def _live_entry(self, at: int) -> list[_Keep | _Insert]:
+        i = self.from_live.get(at)
         if i is None:
-            j = self.new_live_to_file.get(l)
+            j = self.new_live_to_file.get(at)
             if j is None:
-                return [_Keep(l)]  # added by a collaborator
-            live = self.merge.live_cell(l)
+                return [_Keep(at)]  # added by a collaborator
+            live = self.merge.live_cell(at)
             if not _same_content(live, self.file[j]):
                 self.merge.conflicts.append(Conflict(
                     live.get("id"), "added live and in the file, differently: the file's kept",
                     live["source"]))
-            return [_Keep(l, live, self.file[j])]
+            return [_Keep(at, live, self.file[j])]
         j = self.to_file.get(i)
         if j is None:  # removed in the file
-            live = self.merge.live_cell(l)
+            live = self.merge.live_cell(at)
             if not _same_content(live, self.base[i]):
                 self.merge.conflicts.append(Conflict(
                     live.get("id"), "removed in the file but edited live: removed", live["source"]))
@@ -598,11 +601,11 @@ class _Planner:
             return []  # moved: inserted at its new place
         base, file = self.base[i], self.file[j]
         if base == file:
-            return [_Keep(l)]
+            return [_Keep(at)]
         retyped = base.get("cell_type") != file.get("cell_type")
-        if retyped and self.merge.ycells[l].get("cell_type") != file.get("cell_type"):
-            return [_Insert(self._merged(i, file, l))]  # front ends build a cell by its type
-        return [_Keep(l, base, file)]
+        if retyped and self.merge.ycells[at].get("cell_type") != file.get("cell_type"):
+            return [_Insert(self._merged(i, file, at))]  # front ends build a cell by its type
+        return [_Keep(at, base, file)]
 
     def _merged(self, i: int, file: dict[str, Any], live: int) -> dict[str, Any]:
         """The three-way merged content of a cell that is recreated, with its id."""

@@ -16,7 +16,9 @@ from jupyter_ystore.merge import Conflict, apply_text, merge_into, merge_text
 # ---------------------------------------------------------------------------- helpers
 
 
-def cell(cell_id: str | None, source: str, cell_type: str = "code", **fields: Any) -> dict[str, Any]:
+def cell(
+    cell_id: str | None, source: str | list[str], cell_type: str = "code", **fields: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {"cell_type": cell_type, "source": source, "metadata": {}}
     if cell_id is not None:
         out["id"] = cell_id
@@ -27,8 +29,11 @@ def cell(cell_id: str | None, source: str, cell_type: str = "code", **fields: An
     return out
 
 
-def notebook(*cells: dict[str, Any], metadata: dict[str, Any] | None = None, minor: int = 5) -> dict[str, Any]:
-    return {"cells": list(cells), "metadata": metadata or {}, "nbformat": 4, "nbformat_minor": minor}
+def notebook(
+    *cells: dict[str, Any], metadata: dict[str, Any] | None = None, minor: int = 5
+) -> dict[str, Any]:
+    return {"cells": list(cells), "metadata": metadata or {}, "nbformat": 4,
+            "nbformat_minor": minor}
 
 
 def live_notebook(content: dict[str, Any]) -> YNotebook:
@@ -110,7 +115,9 @@ BASE = notebook(
 
 def test_merge_text_keeps_edits_on_both_sides_that_do_not_touch() -> None:
     base = "a = 1\nb = 2\nc = 3\nd = 4\n"
-    merged, conflicts = merge_text(base, "a = 10\nb = 2\nc = 3\nd = 4\n", "a = 1\nb = 2\nc = 3\nd = 40\n")
+    live = "a = 10\nb = 2\nc = 3\nd = 4\n"
+    file = "a = 1\nb = 2\nc = 3\nd = 40\n"
+    merged, conflicts = merge_text(base, live, file)
     assert merged == "a = 10\nb = 2\nc = 3\nd = 40\n"
     assert conflicts == []
 
@@ -214,7 +221,9 @@ def test_cells_without_ids_are_matched_by_position_and_content() -> None:
     result = merge_into(live, base, file)
 
     assert result.conflicts == []
-    assert sources(live) == ["import os\nimport sys\n", "# helpers\n", "def f(x):\n    return x * 3\n", "f(3)\n"]
+    assert sources(live) == [
+        "import os\nimport sys\n", "# helpers\n", "def f(x):\n    return x * 3\n", "f(3)\n"
+    ]
     assert [y["id"] for y in live.ycells if y["id"] in live_ids] == live_ids  # kept, not recreated
     assert [d.get("insert") for d in deltas if "insert" in d] == ["3"]
     assert "id" not in live.get()["cells"][0]  # still an nbformat 4.4 notebook
@@ -283,7 +292,8 @@ def test_cell_removed_in_the_file_but_edited_live_is_removed_with_a_conflict() -
     result = merge_into(live, BASE, file)
 
     assert ids(live) == ["a", "b", "d"]
-    assert [(c.cell_id, c.overwritten) for c in result.conflicts] == [("c", "# Title, edited live\n")]
+    conflicts = [(c.cell_id, c.overwritten) for c in result.conflicts]
+    assert conflicts == [("c", "# Title, edited live\n")]
     assert "removed" in result.conflicts[0].description
 
 
@@ -338,7 +348,12 @@ def test_cells_added_by_collaborators_survive_in_place() -> None:
 
 
 OUTPUT_1 = {"output_type": "stream", "name": "stdout", "text": "3\n"}
-OUTPUT_2 = {"output_type": "execute_result", "data": {"text/plain": "42"}, "metadata": {}, "execution_count": 7}
+OUTPUT_2 = {
+    "output_type": "execute_result",
+    "data": {"text/plain": "42"},
+    "metadata": {},
+    "execution_count": 7,
+}
 
 
 def test_outputs_replaced_only_when_the_file_changed_them() -> None:
@@ -354,7 +369,8 @@ def test_outputs_replaced_only_when_the_file_changed_them() -> None:
         ycell["execution_count"] = count
     file = copy.deepcopy(base)
     file["cells"][0]["source"] = "print(1 + 2)\n"  # p: source changed, outputs not
-    file["cells"][1]["outputs"] = [{**OUTPUT_1, "text": ["4", "2\n"]}]  # q: outputs changed (lines, as on disk)
+    # q: outputs changed (as lines, the way the JSON file stores them)
+    file["cells"][1]["outputs"] = [{**OUTPUT_1, "text": ["4", "2\n"]}]
     file["cells"][1]["execution_count"] = 9
 
     result = merge_into(live, base, file)
@@ -393,7 +409,8 @@ def test_cell_type_changed_in_the_file() -> None:
 
 
 def test_notebook_metadata_changed_keys_applied_others_left() -> None:
-    base = notebook(cell("a", "1\n"), metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}, "old": 1})
+    python = {"name": "python3", "display_name": "Python 3"}
+    base = notebook(cell("a", "1\n"), metadata={"kernelspec": python, "old": 1})
     live = live_notebook(base)
     live.ydoc.get("meta", type=Map)["metadata"]["collab"] = "mine"
     file = copy.deepcopy(base)
@@ -490,14 +507,18 @@ def test_merge_is_one_update_that_converges_a_second_client() -> None:
 def test_a_clean_merge_makes_live_equal_to_the_file() -> None:
     live = live_notebook(BASE)
     file = copy.deepcopy(BASE)
-    file["cells"][0] = cell("a", ["import os\n", "import json\n"], outputs=[OUTPUT_1], execution_count=3)
+    file["cells"][0] = cell(
+        "a", ["import os\n", "import json\n"], outputs=[OUTPUT_1], execution_count=3
+    )
     file["cells"][2]["attachments"] = {}
     file["cells"][2]["metadata"] = {"tags": ["intro"]}
     file["cells"].insert(2, cell("r", "raw text", "raw"))
+    file_before, base_before = copy.deepcopy(file), copy.deepcopy(BASE)
 
     merge_into(live, BASE, file)
 
     assert live.get() == roundtrip(file)
+    assert (file, BASE) == (file_before, base_before)  # the inputs are not modified
 
 
 # ---------------------------------------------------------------------------- text documents
@@ -596,7 +617,7 @@ def test_a_file_without_cells_leaves_one_empty_cell_as_jupyter_ydoc_does() -> No
 
 def test_an_empty_document_without_base_becomes_the_file() -> None:
     live = YNotebook(Doc())
-    file = notebook(cell("a", "x\n"), metadata={"kernelspec": {"name": "python3", "display_name": "P"}})
+    file = notebook(cell("a", "x\n"), metadata={"kernelspec": {"name": "k", "display_name": "K"}})
 
     result = merge_into(live, None, file)
 
@@ -641,7 +662,8 @@ def edit_text(rng: random.Random, text: str) -> str:
 
 def edit_file(rng: random.Random, nb: dict[str, Any], counter: list[int], with_ids: bool) -> None:
     cells = nb["cells"]
-    op = rng.choice(["source", "source", "insert", "delete", "move", "outputs", "metadata", "retype"])
+    ops = ["source", "source", "insert", "delete", "move", "outputs", "metadata", "retype"]
+    op = rng.choice(ops)
     if op == "insert" or not cells:
         cells.insert(rng.randint(0, len(cells)), random_cell(rng, counter, with_ids))
         return
@@ -688,9 +710,8 @@ def test_randomized_file_changes_without_live_edits_give_the_file(with_ids: bool
     rng = random.Random(1234 + with_ids)
     for _ in range(150):
         counter = [0]
-        base = notebook(*(random_cell(rng, counter, with_ids) for _ in range(rng.randint(0, 6))),
-                        minor=5 if with_ids else 4)
-        base = roundtrip(base)
+        cells = [random_cell(rng, counter, with_ids) for _ in range(rng.randint(0, 6))]
+        base = roundtrip(notebook(*cells, minor=5 if with_ids else 4))
         file = copy.deepcopy(base)
         for _ in range(rng.randint(1, 4)):
             edit_file(rng, file, counter, with_ids)
@@ -714,7 +735,8 @@ def test_randomized_file_and_live_changes_converge_and_keep_live_cells() -> None
     rng = random.Random(99)
     for _ in range(150):
         counter = [0]
-        base = roundtrip(notebook(*(random_cell(rng, counter, True) for _ in range(rng.randint(0, 6)))))
+        cells = [random_cell(rng, counter, True) for _ in range(rng.randint(0, 6))]
+        base = roundtrip(notebook(*cells))
         file = copy.deepcopy(base)
         for _ in range(rng.randint(1, 4)):
             edit_file(rng, file, counter, True)
