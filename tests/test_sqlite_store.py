@@ -440,15 +440,16 @@ async def test_compaction_retries_when_another_process_rewrote_the_rows(
 # ---------------------------------------------------------------------- errors
 
 
-async def test_corrupt_database_is_an_error_not_an_empty_document(tmp_path: Path) -> None:
+async def test_corrupt_database_is_set_aside_not_read_as_an_empty_document(tmp_path: Path) -> None:
+    """(More in test_damaged_store.py.)"""
     db = tmp_path / "y.db"
     db.write_bytes(b"this is not an SQLite database" * 100)
     original = db.read_bytes()
-    with pytest.raises(YStoreCorruptError) as info:
-        async with store(db):
-            pass
-    assert str(db) in str(info.value) and "backup" in str(info.value)
-    assert db.read_bytes() == original
+    async with store(db) as st:
+        with pytest.raises(YDocNotFound):
+            await st.apply_updates(pycrdt.Doc())
+    [copy] = tmp_path.glob("y.db.damaged-*")
+    assert copy.read_bytes() == original  # moved aside, never deleted
 
 
 async def test_corrupt_row_is_an_error_not_an_empty_document(tmp_path: Path) -> None:

@@ -41,15 +41,17 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 
-from ..errors import YStoreError
+from ..errors import YStoreError, YStorePermissionError
 from ..metrics import record_compaction_of
 from . import _sqlite_attributes as attributes
 from . import _sqlite_compact as compaction
 from . import _sqlite_pending as pending
 from . import _sqlite_queries as queries
 from ._sqlite_bridge import Waiter, deliver
+from ._damaged import is_damaged_copy
 from ._sqlite_errors import map_error
-from ._sqlite_schema import Options, Schema, open_database
+from ._sqlite_recover import note_damage, open_database
+from ._sqlite_schema import Options, Schema
 from ._sqlite_watch import Hub, Owner, Watch
 from .base import DocumentInfo
 
@@ -272,6 +274,10 @@ class SharedDatabase:
         ones always run (both are safe together).
         """
         automatic = policy is not None
+        if is_damaged_copy(self.db_path):  # read into memory, read-only
+            if automatic:
+                return False
+            raise YStorePermissionError("a damaged copy cannot be compacted", path=self.db_path)
         if automatic:
             with self._compacting_lock:
                 if path in self._compacting:
@@ -431,6 +437,7 @@ class SharedDatabase:
         try:
             wakes = self._hub.poll(self._conn, self._fold_for_read)  # type: ignore[arg-type]
         except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
+            note_damage(self.db_path, exc, "polling for other processes' updates")
             if not self._poll_failing:  # once, not every poll_interval
                 log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
             self._poll_failing = True
@@ -453,6 +460,7 @@ class SharedDatabase:
         deliver(outcomes)
 
     def _error(self, exc: BaseException, action: str) -> BaseException:
+        note_damage(self.db_path, exc, action)  # set aside at the file's next open
         return map_error(exc, self.db_path, action, self.options.busy_timeout)
 
     def _run_call(self, job: _Call) -> Outcome:
@@ -548,6 +556,7 @@ class SharedDatabase:
         try:
             self._fold_now()
         except sqlite3.Error as exc:
+            note_damage(self.db_path, exc, "moving pending rows into yupdates")
             if not self._fold_failing:
                 log.warning(
                     "moving pending rows of %s into yupdates: %s (they are safe; retried in "

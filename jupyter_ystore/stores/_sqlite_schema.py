@@ -72,8 +72,11 @@ class Schema:
         return None if row is None else int(row[0])
 
 
-def open_database(db_path: str, options: Options) -> tuple[sqlite3.Connection, Schema]:
-    """A connection for the database thread, with the layout checked or created."""
+def open_database(
+    db_path: str, options: Options, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> tuple[sqlite3.Connection, Schema]:
+    """A connection for the database thread, with the layout checked or created (see
+    ``_sqlite_recover`` for what comes first: a damaged file is set aside)."""
     if db_path != ":memory:":
         try:
             os.makedirs(os.path.dirname(db_path), exist_ok=True)
@@ -90,6 +93,7 @@ def open_database(db_path: str, options: Options) -> tuple[sqlite3.Connection, S
         isolation_level=None,  # we say BEGIN/COMMIT ourselves
         check_same_thread=False,  # made in the database thread, used only there
         cached_statements=64,
+        factory=factory,
     )
     deadline = time.monotonic() + options.busy_timeout
     try:
