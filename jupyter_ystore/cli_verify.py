@@ -23,6 +23,7 @@ from .cli_base import CliError, StoreCommand, flags, usage_error
 from .codec import TruncatedError, read_var_bytes, read_var_uint
 from .errors import YDocNotFound, YStoreError
 from .history import format_time
+from .stores._damaged import is_damaged_copy
 
 Row = tuple[bytes, bytes, float]
 FILE_HEADER = b"VERSION:2\n"
@@ -277,11 +278,12 @@ class VerifyApp(StoreCommand):
 
 
 def _log_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` that start like a ystore log (compaction temp files excluded)."""
+    """Files under ``folder`` that start like a ystore log (compaction temp files and damaged
+    copies set aside excluded: a copy is verified by naming it)."""
     found = []
     for dirpath, _dirnames, filenames in os.walk(folder):
         for name in filenames:
-            if name.endswith(".compact.tmp"):
+            if name.endswith(".compact.tmp") or is_damaged_copy(name):
                 continue
             file = Path(dirpath) / name
             try:

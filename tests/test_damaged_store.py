@@ -27,6 +27,7 @@ import pytest
 from _server_helpers import JupyterServerProcess, write_notebook
 
 from jupyter_ystore import (
+    FileYStore,
     SQLiteYStore,
     YDocNotFound,
     YStoreCorruptError,
@@ -37,6 +38,7 @@ from jupyter_ystore import (
 from jupyter_ystore.stores import _sqlite_recover
 from jupyter_ystore.stores._damaged import is_damaged_copy, replays_cleanly
 from jupyter_ystore.stores._sqlite_errors import is_damage
+from jupyter_ystore.stores.file import HEADER, encode_record
 
 pytestmark = pytest.mark.anyio
 
@@ -642,3 +644,105 @@ def test_a_server_starts_on_a_damaged_store_and_says_so_once(tmp_path: Path) -> 
     assert "every edit is stored by SQLiteYStore" in log
     assert "Traceback" not in log
     assert server.proc is not None and server.proc.returncode == 0, log
+
+
+# ---------------------------------------------------------------------- FileYStore
+
+
+def _log_bytes(records: list[tuple[bytes, bytes, float]]) -> bytes:
+    return HEADER + b"".join(encode_record(*record) for record in records)
+
+
+def _damage_record(data: bytes, records: list[tuple[bytes, bytes, float]], index: int) -> tuple[bytes, int]:
+    """``data`` with record ``index``'s update length running past the end of the file."""
+    offset = len(HEADER) + sum(len(encode_record(*r)) for r in records[:index])
+    damaged = bytearray(data)
+    damaged[offset : offset + 3] = b"\xff\xff\x7f"
+    return bytes(damaged), offset
+
+
+@pytest.mark.parametrize(
+    "kind, kept",
+    [
+        pytest.param("independent", [0, 1, 3, 4, 5], id="records-after-it-kept"),
+        pytest.param("typed", [0, 1], id="records-after-it-need-the-lost-one"),
+    ],
+)
+async def test_a_log_damaged_in_the_middle_keeps_its_intact_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, kept: list[int]
+) -> None:
+    caplog.set_level(logging.WARNING)
+    updates = independent(6) if kind == "independent" else typed(6, "t")
+    now = time.time()
+    records = [(u, b"meta %d" % i, now + i) for i, u in enumerate(updates)]
+    target = tmp_path / "doc.y"
+    data, offset = _damage_record(_log_bytes(records), records, 2)
+    target.write_bytes(data)
+    async with FileYStore("doc.y", root_dir=str(tmp_path)) as store:
+        got = [r async for r in store.read()]
+    assert got == [records[i] for i in kept]
+    assert target.read_bytes() == _log_bytes(got)  # a whole new file
+    [copy] = damaged_copies(tmp_path, "doc.y.damaged-")
+    assert copy.read_bytes() == data
+    [line] = [r.getMessage() for r in caplog.records if "was damaged" in r.getMessage()]
+    assert str(target) in line and str(copy) in line and f"byte {offset}" in line
+    assert f"kept {len(kept)} intact records" in line and "jupyter ystore verify --all" in line
+    assert f"jupyter ystore verify doc.y{copy.name[len('doc.y'):]}" in line
+    async with FileYStore("doc.y", root_dir=str(tmp_path)) as store:  # once
+        assert [r async for r in store.read()] == got
+    assert len(damaged_copies(tmp_path, "doc.y.damaged-")) == 1
+    # The copy reads (its intact records), and is never repaired, moved or written.
+    async with FileYStore(copy.name, root_dir=str(tmp_path)) as store:
+        readable = [r async for r in store.read()]
+        with pytest.raises(YStorePermissionError):
+            await store.write(updates[0])
+    assert readable == [r for i, r in enumerate(records) if i != 2]
+    assert copy.read_bytes() == data
+    async with FileYStore("doc.y", root_dir=str(tmp_path)) as store:
+        assert [info.path for info in await store.list_documents()] == ["doc.y"]
+
+
+async def test_a_log_with_nothing_usable_left_opens_from_its_file(tmp_path: Path) -> None:
+    updates = typed(4, "t")
+    records = [(u, b"", time.time() + i) for i, u in enumerate(updates)]
+    (tmp_path / "doc.y").write_bytes(_log_bytes(records))
+    async with FileYStore("doc.y", root_dir=str(tmp_path)) as store:
+        await store.set_attributes({"base": b"what was saved"})
+    data, _ = _damage_record(_log_bytes(records), records, 0)
+    (tmp_path / "doc.y").write_bytes(data)
+    async with FileYStore("doc.y", root_dir=str(tmp_path)) as store:
+        with pytest.raises(YDocNotFound):
+            await store.apply_updates(pycrdt.Doc())
+        assert await store.get_attributes() == {}  # nothing is stored for it
+    [copy] = damaged_copies(tmp_path, "doc.y.damaged-")
+    assert copy.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [copy.name, f"{copy.name}.attrs"]
+
+
+def test_verify_all_leaves_a_log_copy_out_and_reads_it_when_named(tmp_path: Path) -> None:
+    updates = independent(4)
+    records = [(u, b"", time.time() + i) for i, u in enumerate(updates)]
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    data, _ = _damage_record(_log_bytes(records), records, 1)
+    (store_dir / "doc.y").write_bytes(data)
+    args = ["--ystore-class=FileYStore", f"--FileYStore.root_dir={store_dir}"]
+    before = _cli("verify", "--all", *args, cwd=tmp_path)  # verifying changes nothing
+    assert before.returncode == 1 and "DAMAGED  doc.y" in before.stdout
+    assert sorted(p.name for p in store_dir.iterdir()) == ["doc.y"]
+
+    async def open_it() -> None:  # as a room does
+        async with FileYStore("doc.y", root_dir=str(store_dir)) as store:
+            assert len([r async for r in store.read()]) == 3
+
+    anyio.run(open_it)
+    verified = _cli("verify", "--all", *args, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "ok       doc.y: 3 records" in verified.stdout
+    [copy] = damaged_copies(store_dir, "doc.y.damaged-")
+    again = _cli("verify", "--all", *args, cwd=tmp_path)
+    assert again.returncode == 0 and copy.name not in again.stdout, again.stdout
+    named = _cli("verify", copy.name, *args, cwd=tmp_path)
+    assert named.returncode == 1 and "DAMAGED" in named.stdout and "3 intact records" not in named.stdout
+    assert "record #1" in named.stdout
+    assert copy.read_bytes() == data

@@ -9,7 +9,9 @@ What we add: each batch of records is ONE ``os.write`` on an ``O_APPEND`` descri
 by ``fsync`` before ``write()`` returns, with concurrent writers sharing that write and fsync
 (group commit). A crash mid-write can only leave a torn last record: on open we keep the
 intact records, set the torn bytes aside next to the file and truncate it, and say so in the
-log. Damage anywhere else, and version headers we do not know, raise and touch nothing.
+log. Damage anywhere else sets the file aside as ``<name>.damaged-<UTC time>`` and keeps its
+intact records in a fresh file (``_file_salvage``); such copies are only ever read. Version
+headers we do not know raise and touch nothing.
 
 Other processes using the same files (a second server, ``jupyter ystore compact``) are
 coordinated with ``flock`` (see ``_LogFile``). ``compact()`` and ``document_ttl`` rewrite a
@@ -51,6 +53,7 @@ from ..errors import (
     YStoreVersionError,
 )
 from ..metrics import record_compaction_of
+from ._damaged import is_damaged_copy
 from .base import BaseYStore, DocumentInfo
 
 Record = tuple[bytes, bytes, float]
@@ -326,6 +329,8 @@ class _LogFile:
         # (a room reads right after it opens: this saves parsing the file twice).
         self._kept: tuple[tuple[int, int, int], list[Record]] | None = None
         self.last_timestamp: float | None = None
+        self.damaged_copy = is_damaged_copy(path)  # set aside earlier: only ever read
+        self.key: str | None = None  # the document's key (for what the log says to run)
 
     # -- reading and recovery
 
@@ -345,10 +350,10 @@ class _LogFile:
     def load(self, *, keep: bool = False) -> list[Record]:
         """Every intact record; a torn tail is set aside (or, read-only, skipped)."""
         self._kept = None
-        writable = True
+        writable = not self.damaged_copy
         try:
             try:
-                fd = os.open(self.path, os.O_RDWR)
+                fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
             except PermissionError:
                 writable = False  # a read-only file is still readable
                 fd = os.open(self.path, os.O_RDONLY)
@@ -359,7 +364,25 @@ class _LogFile:
             raise _os_error(exc, self.path, "opening the ystore log") from exc
         try:
             _flock(fd, _SHARED, self.path)  # writers of other processes hold it exclusively
-            scan, key = self._scan(fd, 0)
+            try:
+                scan, key = self._scan(fd, 0)
+            except YStoreCorruptError:  # damaged in the middle
+                if not writable:
+                    if not self.damaged_copy:
+                        raise
+                    scan, key = self._scan_copy(fd)
+                else:
+                    from . import _file_salvage  # (it imports this module)
+
+                    _flock(fd, _EXCLUSIVE, self.path)
+                    if not self._is_current(fd):  # set aside by another process meanwhile
+                        return self.load(keep=keep)
+                    scan, found = _file_salvage.salvage(self, fd, _read_all(fd), self.key)
+                    if found is None:  # nothing kept: the document opens from its file
+                        self.verified = None
+                        self.last_timestamp = None
+                        return []
+                    key = found
             if scan.torn and writable:
                 _flock(fd, _EXCLUSIVE, self.path)
                 scan, key = self._scan(fd, 0)  # as it is now that we hold it alone
@@ -383,6 +406,24 @@ class _LogFile:
         if keep and not scan.torn:
             self._kept = (key, scan.records)
         return scan.records
+
+    def _scan_copy(self, fd: int) -> tuple[_Scan, tuple[int, int, int]]:
+        """The intact records of a damaged copy, read without touching it."""
+        from . import _file_salvage  # (it imports this module)
+
+        buf = _read_all(fd)
+        st = os.fstat(fd)
+        scan = _Scan(records=_file_salvage.intact_records(buf, self.path).records, size=len(buf))
+        scan.intact_end = scan.size  # nothing of a copy is ever set aside
+        return scan, (st.st_dev, st.st_ino, len(buf))
+
+    def _refuse_copy(self, doing: str) -> None:
+        if self.damaged_copy:
+            raise YStorePermissionError(
+                f"a damaged copy is only ever read, not {doing}",
+                path=self.path,
+                hint="the document's store is the file without the .damaged-<time> suffix",
+            )
 
     def _scan(self, fd: int, offset: int) -> tuple[_Scan, tuple[int, int, int]]:
         """Parse the file from ``offset`` (0, or a checked record boundary)."""
@@ -487,6 +528,7 @@ class _LogFile:
     def append(self, batch: list[_Pending], ttl: float | None) -> None:
         """Write a batch of records with one write and one fsync (runs in a thread)."""
         self._kept = None
+        self._refuse_copy("appended to")
         data = b"".join(p.record for p in batch)
         try:
             fd = self._open_locked()
@@ -523,6 +565,7 @@ class _LogFile:
     def compact(self) -> None:
         """Replace the log by one record holding the squashed state, atomically."""
         self._kept = None
+        self._refuse_copy("compacted")
         if not os.path.exists(self.path):
             return
         try:
@@ -577,6 +620,7 @@ class _LogFile:
 
     def delete(self) -> None:
         self._kept = None
+        self._refuse_copy("deleted")
         try:
             if os.path.exists(self.path):
                 self._open_locked()
@@ -711,6 +755,7 @@ class FileYStore(BaseYStore):
 
     async def _open(self) -> None:
         logfile = self._logfile = _acquire(os.path.realpath(self._file), self.log)
+        logfile.key = logfile.key or self.path
         async with logfile.lock:
             if logfile.verified is None:  # check the header, set a torn tail aside
                 await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
@@ -834,7 +879,7 @@ def _list_folder(folder: str, log: Any, recursive: bool) -> list[DocumentInfo]:
             dirnames.clear()
         dirnames.sort()
         for name in sorted(filenames):
-            if _TORN_MARK in name or name.endswith(_TMP_SUFFIX):
+            if _TORN_MARK in name or name.endswith(_TMP_SUFFIX) or is_damaged_copy(name):
                 continue
             full = os.path.join(dirpath, name)
             try:
