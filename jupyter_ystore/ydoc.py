@@ -162,3 +162,39 @@ def get_update(doc: pycrdt.Doc, state_vector: bytes | None = None) -> bytes:
 def get_state(doc: pycrdt.Doc) -> bytes:
     """The state vector of a pycrdt document."""
     return doc.get_state()
+
+
+def missing_dependencies(doc: pycrdt.Doc, applied: Sequence[bytes]) -> str | None:
+    """Why ``doc`` did not integrate all of ``applied`` (updates it keeps pending because
+    what they build on is missing; deletions of items it never saw), or None.
+
+    A history with such holes loads without an error but not as it was written: e.g. a
+    document whose history was deleted while a room kept appending to it loads (almost)
+    empty. Cheap: the part of each update beyond the document's state, read in Python.
+    """
+    from .yupdate import InvalidUpdate, parse_state_vector, read_update
+
+    with crdt_errors():
+        state_bytes = doc.get_state()
+        state = parse_state_vector(state_bytes)
+        for update in applied:
+            try:
+                rest = read_update(pycrdt.get_update(update, state_bytes))
+            except InvalidUpdate as exc:
+                return f"a stored update cannot be read: {exc}"
+            for client, structs in rest.structs.items():
+                if any(not is_skip for _clock, _length, is_skip in structs):
+                    clock = structs[0][0]
+                    return (
+                        f"updates of client {client} from clock {clock} wait for earlier ones "
+                        f"that are not stored (the document has {state.get(client, 0)})"
+                    )
+            for client, ranges in rest.deletions.items():
+                have = state.get(client, 0)
+                for clock, length in ranges:
+                    if clock + length > have:
+                        return (
+                            f"deletions of client {client} clocks {clock}..{clock + length} "
+                            f"refer to items that are not stored (the document has {have})"
+                        )
+    return None

@@ -62,6 +62,11 @@ class InvalidUpdate(ValueError):
     """An update that is not a well-formed Yjs v1 update, or does not fit the document."""
 
 
+class MissingDependencies(InvalidUpdate):
+    """A well-formed update that builds on changes the document does not have (a peer that
+    knew a history this document no longer holds)."""
+
+
 @dataclass
 class UpdateSummary:
     """What an update adds, depends on and deletes; enough to check it against a document."""
@@ -86,13 +91,13 @@ class UpdateSummary:
             have = known.get(client, 0)
             for clock, length, is_skip in structs:
                 if clock > have:
-                    raise InvalidUpdate(
+                    raise MissingDependencies(
                         f"client {client} starts at clock {clock} but the document has only "
                         f"{have}: it depends on updates this document never received"
                     )
                 if is_skip:
                     if clock + length > have:
-                        raise InvalidUpdate(
+                        raise MissingDependencies(
                             f"client {client} skips clocks {clock}..{clock + length} the "
                             "document does not have"
                         )
@@ -101,7 +106,7 @@ class UpdateSummary:
             known[client] = have
         for client, clock in self.references:
             if clock >= known.get(client, 0):
-                raise InvalidUpdate(
+                raise MissingDependencies(
                     f"an item refers to client {client} clock {clock}, which neither the "
                     "document nor the update holds"
                 )
@@ -109,7 +114,7 @@ class UpdateSummary:
             have = known.get(client, 0)
             for clock, length in ranges:
                 if clock + length > have:
-                    raise InvalidUpdate(
+                    raise MissingDependencies(
                         f"deletes client {client} clocks {clock}..{clock + length} beyond "
                         f"the {have} the document knows"
                     )

@@ -24,6 +24,7 @@ from jupyter_ystore import (
     YDocNotFound,
     YStoreCorruptError,
     YStoreError,
+    YStoreInvalidUpdate,
 )
 
 pytestmark = pytest.mark.anyio
@@ -275,16 +276,21 @@ async def test_admin_api_compact_list_delete(make: Make) -> None:
             await read_all(store)
 
 
-async def test_undecodable_update_is_an_error_never_an_empty_document(make: Make) -> None:
+async def test_every_store_refuses_bytes_that_are_not_an_update_and_keeps_the_rest(
+    make: Make,
+) -> None:
+    """One rule for all backends: garbage is refused at the door with YStoreInvalidUpdate
+    (a YStoreError and a ValueError), nothing of it is stored, and the document still loads."""
+    first = typed_updates(1)[0][0]
     async with make("doc") as store:
-        await store.write(typed_updates(1)[0][0])
-        try:
-            await store.write(b"\xff\xff\xff")
-        except (ValueError, YStoreError):
-            return  # a backend may refuse it at the door; then nothing bad is stored
+        await store.write(first)
+        for garbage in (b"\xff\xff\xff", b"", b"\x01\x01\x05\x00\x84", bytearray(b"\x00")):
+            with pytest.raises(YStoreInvalidUpdate, match="not a Yjs v1 update") as info:
+                await store.write(garbage)
+            assert isinstance(info.value, YStoreError) and isinstance(info.value, ValueError)
+        assert [update for update, _m, _t in await read_all(store)] == [first]
         for doc in (pycrdt.Doc(), __import__("y_py").YDoc()):
-            with pytest.raises(YStoreCorruptError, match="not a valid Yjs update"):
-                await store.apply_updates(doc)
+            await store.apply_updates(doc)
 
 
 # ---------------------------------------------------------------------- failing writes

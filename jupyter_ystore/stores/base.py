@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Union
 
 import anyio
+import pycrdt
 from anyio.abc import TaskGroup, TaskStatus
 from traitlets.config import LoggingConfigurable
 
@@ -116,6 +117,9 @@ class BaseYStore(LoggingConfigurable):
         self._cancel_scope: anyio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
+        #: After ``apply_updates`` into a pycrdt document: why the history it applied is
+        #: incomplete (updates waiting for ones that are not stored), or None.
+        self.load_problem: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -363,6 +367,20 @@ class BaseYStore(LoggingConfigurable):
             if _ydoc.is_valid_update(merged):
                 raise  # the document refused it, not a fault of the stored bytes
             raise self._undecodable(exc) from exc
+        self._check_loaded(ydoc, [merged])
+
+    def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
+        """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only)."""
+        self.load_problem = None
+        if isinstance(ydoc, pycrdt.Doc):
+            self.load_problem = _ydoc.missing_dependencies(ydoc, applied)
+
+    def with_path(self, path: str) -> BaseYStore:
+        """A store of the same class and settings for another document (not started)."""
+        settings = {name: getattr(self, name) for name in self.traits(config=True)}
+        return type(self)(
+            path, log=self.log, parent=self.parent, **settings  # type: ignore[call-arg]
+        )
 
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
         return YStoreCorruptError(

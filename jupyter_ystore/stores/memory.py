@@ -34,7 +34,7 @@ class MemoryYStore(BaseYStore):
         await self._ensure_running()
         data = self._checked_update(data)
         metadata = await self.get_metadata()
-        self._documents.setdefault(self.path, []).append((bytes(data), metadata, time.time()))
+        self._documents.setdefault(self.path, []).append((data, metadata, time.time()))
 
     async def read(self) -> AsyncIterator[Record]:
         await self._ensure_running()

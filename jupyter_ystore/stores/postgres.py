@@ -370,6 +370,7 @@ class PostgresYStore(BaseYStore):
                 if _ydoc.is_valid_update(update):
                     raise  # the document refused it, not a fault of the stored bytes
                 raise self._undecodable(exc) from exc
+        self._check_loaded(ydoc, [head] if merged is None else [head, merged])
 
     # ------------------------------------------------------------------ optional API
 

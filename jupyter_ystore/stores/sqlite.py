@@ -296,6 +296,7 @@ class SQLiteYStore(BaseYStore):
             ) from exc
         if merged is not None:
             _ydoc.apply_update(ydoc, merged)
+        self._check_loaded(ydoc, [head] if merged is None else [head, merged])
 
     async def watch(self) -> AsyncIterator[bytes]:  # type: ignore[override]
         """Updates committed by other writers (other processes on the file, other stores
