@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import uuid
 from typing import Any
 
 import anyio
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, TraitError, Type, validate
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 
 from . import metrics
 from .handlers import RoomHandler, SessionHandler
 from .loaders import DocumentFile
 from .rooms import RoomManager, RoomSettings
+from .spill import Spill
 from .stores.base import BaseYStore
 from .timeline import timeline_handlers
 
@@ -102,11 +103,33 @@ class YStoreExtension(ExtensionApp):
         open without a shared model; nothing is stored).""",
     )
     max_message_size = Int(
-        256 * 1024 * 1024,
+        64 * 1024 * 1024,
         config=True,
-        help="""Largest websocket message accepted from a client, in bytes. A larger one
-        closes that client's connection (code 1009); the room and the other clients go on.""",
+        help="""Largest websocket message accepted from a client, in bytes (default 64 MiB).
+        The biggest message a client sends is its whole document when it first syncs (or
+        reconnects with offline edits): a notebook with large outputs (images, tables) fits
+        in 64 MiB, and GitHub refuses files over 100 MB. A larger message closes that
+        client's connection (code 1009); the room and the other clients go on. Raise it for
+        notebooks bigger than this.""",
     )
+    max_unsent_size = Int(
+        128 * 1024 * 1024,
+        config=True,
+        help="""Bytes that may wait unsent for one client (a client that stopped reading, a
+        stalled network) before it is disconnected; it reconnects and syncs afresh. Must hold
+        one whole document, so at least max_message_size.""",
+    )
+    spill_dir = Unicode(
+        config=True,
+        help="""Local folder where a room keeps (fsynced) the changes its store could not
+        take during an outage (database down, disk full, SQLite locked), until the store
+        takes them again. Default: <jupyter data dir>/jupyter_ystore/spill. Empty string:
+        no spill files (changes then wait in memory during an outage).""",
+    )
+
+    @default("spill_dir")
+    def _default_spill_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "jupyter_ystore", "spill")
 
     @validate("document_save_delay", "document_cleanup_delay")
     def _non_negative_or_none(self, proposal: Any) -> Any:
@@ -124,11 +147,13 @@ class YStoreExtension(ExtensionApp):
             raise TraitError(f"{type(self).__name__}.file_poll_interval must be >= 0, got {value}")
         return value
 
-    @validate("max_message_size")
+    @validate("max_message_size", "max_unsent_size")
     def _positive(self, proposal: Any) -> Any:
         value = proposal["value"]
         if value <= 0:
-            raise TraitError(f"{type(self).__name__}.max_message_size must be > 0, got {value}")
+            raise TraitError(
+                f"{type(self).__name__}.{proposal['trait'].name} must be > 0, got {value}"
+            )
         return value
 
     # ------------------------------------------------------------------ start-up
@@ -185,11 +210,13 @@ class YStoreExtension(ExtensionApp):
         )
 
     def initialize_settings(self) -> None:
-        self.session_id = str(uuid.uuid4())
         # session ids told to reload (insertion-ordered, the oldest forgotten past 10,000)
         self.refused_sessions: dict[str, None] = {}
         self.connections: set[Any] = set()
         self.yielded_to_server_ydoc = self._server_ydoc_enabled()
+        spill = None
+        if self.spill_dir:
+            spill = Spill(self.spill_dir, self.create_store("notebook", "spill-check"), self.log)
         self.manager = RoomManager(
             make_store=self.create_store,
             make_file=self._make_file,
@@ -199,9 +226,12 @@ class YStoreExtension(ExtensionApp):
                 poll_interval=self.file_poll_interval,
             ),
             log=self.log,
+            spill=spill,
         )
+        self.manager.make_store_for_key = self._store_for_key  # type: ignore[method-assign]
         self._manager_task: asyncio.Task[None] | None = None
         self._manager_started: asyncio.Event | None = None
+        self._stopping = False
 
     def initialize_handlers(self) -> None:
         if self.yielded_to_server_ydoc:
@@ -230,6 +260,9 @@ class YStoreExtension(ExtensionApp):
 
     def create_store(self, file_type: str, file_id: str) -> BaseYStore:
         """A store for one document; configuration reaches it through ``parent=self``."""
+        return self._store_for_key(store_key(file_type, file_id))
+
+    def _store_for_key(self, key: str) -> BaseYStore:
         cls = self.ystore_class
         traits = cls.class_traits()
         root = os.path.abspath(os.path.expanduser(self.serverapp.root_dir))
@@ -238,7 +271,7 @@ class YStoreExtension(ExtensionApp):
             kwargs["db_path"] = os.path.join(root, DEFAULT_DB_NAME)
         if "root_dir" in traits and not self._configured(cls, "root_dir"):
             kwargs["root_dir"] = os.path.join(root, DEFAULT_STORE_DIR)
-        return cls(path=store_key(file_type, file_id), log=self.log, parent=self, **kwargs)
+        return cls(path=key, log=self.log, parent=self, **kwargs)
 
     def _configured(self, cls: type, trait: str) -> bool:
         config = self.config
@@ -268,11 +301,17 @@ class YStoreExtension(ExtensionApp):
     # ------------------------------------------------------------------ the room manager
 
     async def rooms(self) -> RoomManager:
-        """The running room manager (started on first use, in the server's event loop)."""
-        if self._manager_started is None:
+        """The running room manager (started on first use, in the server's event loop, and
+        started again if it ever died)."""
+        task = self._manager_task
+        if self._manager_started is None or (task is not None and task.done() and not self._stopping):
+            if task is not None and task.done() and not task.cancelled() and task.exception():
+                self.log.error("jupyter_ystore: the room manager died; starting it again", exc_info=task.exception())
             self._manager_started = asyncio.Event()
             self._manager_task = asyncio.ensure_future(self._run_manager())
         await self._manager_started.wait()
+        if not self.manager.running:
+            raise RuntimeError("the room manager is stopping")
         return self.manager
 
     async def _run_manager(self) -> None:
@@ -288,6 +327,7 @@ class YStoreExtension(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Server shutdown: close every socket, save and flush every room, stop every store."""
+        self._stopping = True
         for connection in list(getattr(self, "connections", ())):
             connection.close(1001, "server shutting down")
         if getattr(self, "_manager_task", None) is None:

@@ -25,7 +25,9 @@ from anyio.abc import TaskStatus
 from pycrdt import Doc
 
 from . import sync
-from .rooms import AwarenessRelay
+from .awareness import AwarenessRelay
+from .update_guard import DocumentDamaged, apply_checked, read_checked
+from .ydoc import CRDTError, crdt_errors
 
 
 @dataclass
@@ -113,7 +115,14 @@ class ForkRoom:
     def follow(self, root_doc: Doc) -> None:
         """Apply the root's changes to the fork as they happen (``synchronize``)."""
         self._root_doc = root_doc
-        self._root_subscription = root_doc.observe(lambda event: self.ydoc.apply_update(event.update))
+        self._root_subscription = root_doc.observe(self._on_root_change)
+
+    def _on_root_change(self, event: Any) -> None:
+        try:
+            with crdt_errors():
+                self.ydoc.apply_update(event.update)
+        except CRDTError as exc:  # the root's own update: never seen, but never fatal
+            self.log.error("Fork %s: a change of its root did not apply: %s", self.room_id, exc)
 
     def stop_following(self) -> None:
         if self._root_subscription is not None:
@@ -151,8 +160,14 @@ class ForkRoom:
                 return
             if self.read_only or not client.can_write:
                 raise PermissionError("this fork is read-only: your changes are not accepted")
-            sync.check_update(message.update)
-            self.ydoc.apply_update(message.update)
+            summary = await read_checked(message.update)
+            try:
+                apply_checked(self.ydoc, message.update, summary)
+            except DocumentDamaged as exc:
+                self.log.error("Fork %s: an update from %s %s; closing the fork", self.room_id, client.username, exc)
+                self._close_requested.set()
+                self._activity.set()
+                raise
         elif isinstance(message, sync.AwarenessMessage):
             self.relay.handle(client, message)
         elif isinstance(message, sync.QueryAwareness):

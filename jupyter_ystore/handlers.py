@@ -1,9 +1,13 @@
 """The two endpoints the JupyterLab collaboration front end calls.
 
-``PUT /api/collaboration/session/{path}`` gives a file its id and the server's session id;
-``/api/collaboration/room/{format}:{type}:{fileId}`` is the y-websocket room. Authentication
-and the ``contents`` permission come from jupyter_server: reading opens a room, writing is
-needed for one's updates to be accepted.
+``PUT /api/collaboration/session/{path}`` gives a file its id and a session id naming the
+document's stored history (``sessions``); ``/api/collaboration/room/{format}:{type}:{fileId}``
+is the y-websocket room. Authentication and the ``contents`` permission come from
+jupyter_server: reading opens a room, writing is needed for one's updates to be accepted.
+
+A client that sends something the room refuses is disconnected with the reason, and the log
+says who sent what. Sockets have Nagle's algorithm off (small frames go out at once, not after
+the peer's delayed ACK) and a bound on what may wait unsent for a client that stops reading.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
+from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from . import sync
-from .rooms import GLOBAL_AWARENESS_ROOM, RoomError
+from . import metrics, sync
+from .rooms import GLOBAL_AWARENESS_ROOM, DocumentRoom, RoomError, check_room_format
+from .sessions import history_of, new_session_id
+from .update_guard import BadUpdate, describe
+from .ydoc import is_panic
 
 if TYPE_CHECKING:
     from .app import YStoreExtension
 
-#: Formats and types the front end asks for.
-_FORMATS = {"json", "text", "base64"}
 #: A websocket close reason is limited to 123 bytes.
 _MAX_REASON = 123
 
@@ -53,10 +59,12 @@ class SessionHandler(APIHandler):
         if not isinstance(body, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
         file_format, file_type = body.get("format"), body.get("type")
-        if file_format not in _FORMATS or not isinstance(file_type, str) or not file_type:
-            raise web.HTTPError(
-                400, f"format must be one of {sorted(_FORMATS)} and type a document type"
-            )
+        try:
+            if not isinstance(file_format, str) or not isinstance(file_type, str):
+                raise ValueError("format and type must be strings")
+            check_room_format(file_format, file_type)
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from None
         path = path.strip("/")
         if not await self._exists(path):
             raise web.HTTPError(404, f"file {path!r} does not exist")
@@ -68,6 +76,17 @@ class SessionHandler(APIHandler):
             status = 201
         if file_id is None:
             raise web.HTTPError(404, f"file {path!r} does not exist")
+        # The room opens now (the websocket follows at once): its history id is the session's.
+        history_id = ""
+        try:
+            manager = await self.extension.rooms()
+            room = await manager.get_room(f"{file_format}:{file_type}:{file_id}")
+            history_id = room.history_id or ""
+        except RoomError as exc:
+            if exc.code in (4404, 4400):
+                raise web.HTTPError({4404: 404, 4400: 400}[exc.code], str(exc)) from None
+            # The websocket that follows tells the front end why (it shows that error).
+            self.log.warning("Collaboration session for %r: the room cannot open: %s", path, exc)
         self.set_status(status)
         self.finish(
             json.dumps(
@@ -75,7 +94,7 @@ class SessionHandler(APIHandler):
                     "format": file_format,
                     "type": file_type,
                     "fileId": file_id,
-                    "sessionId": self.extension.session_id,
+                    "sessionId": new_session_id(history_id),
                 }
             )
         )
@@ -118,29 +137,15 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         await ensure_async(super().get(*args, **kwargs))
 
     async def open(self, room_id: str) -> None:  # type: ignore[override]
+        self.set_nodelay(True)  # small frames out at once, not after the peer's delayed ACK
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is not None:
+            stream.max_write_buffer_size = self.extension.max_unsent_size
         user = self.current_user
         self.username = getattr(user, "username", None) or "anonymous"
         self.can_write = bool(
             await ensure_async(self.authorizer.is_authorized(self, user, "write", "contents"))
         )
-        session_id = self.get_query_argument("sessionId", None)
-        if (
-            room_id != GLOBAL_AWARENESS_ROOM
-            and session_id is not None
-            and session_id != self.extension.session_id
-        ):
-            refused = self.extension.refused_sessions
-            refused[session_id] = None
-            if len(refused) > 10_000:
-                del refused[next(iter(refused))]
-            self.log.warning(
-                "Collaboration client with an old session id (%s) for room %s: asked to reload",
-                session_id,
-                room_id,
-            )
-            reason = {"reason": "session_expired", "sessionId": session_id, "reloadable": True}
-            self.close(1003, close_reason(json.dumps(reason, separators=(",", ":"))))
-            return
         try:
             manager = await self.extension.rooms()
             room = await manager.get_room(room_id)
@@ -152,11 +157,40 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             self.log.error("Collaboration room %s cannot open: %s", room_id, exc, exc_info=exc)
             self.close(4500, close_reason(f"{type(exc).__name__}: {exc}"))
             return
+        session_id = self.get_query_argument("sessionId", None)
+        if (
+            isinstance(room, DocumentRoom)
+            and session_id is not None
+            and history_of(session_id) != room.history_id
+        ):
+            self.log.warning(
+                "Collaboration client %s of room %s knew a history this server does not hold "
+                "(session %s): asked to reload",
+                self.username,
+                room_id,
+                session_id,
+            )
+            self._refuse_session("session_expired")
+            return
         if self._closed:
             return
         self.room = room
         self.extension.connections.add(self)
         room.join(self)
+
+    def _refuse_session(self, reason: str) -> None:
+        """Close with 1003 and a reason the front end shows with a Reload button, once;
+        then refuse this session id at the handshake (the front end retries every ~110 ms
+        while its dialog is open). The front end's own texts say what to do ("Reload the
+        browser tab to continue"; for "initialization_error": close and reopen the file)."""
+        session_id = self.get_query_argument("sessionId", None) or ""
+        if session_id:
+            refused = self.extension.refused_sessions
+            refused[session_id] = None
+            if len(refused) > 10_000:
+                del refused[next(iter(refused))]
+        payload = {"reason": reason, "sessionId": session_id[:64], "reloadable": True}
+        self.close(1003, close_reason(json.dumps(payload, separators=(",", ":"))))
 
     async def on_message(self, message: str | bytes) -> None:
         room = self.room
@@ -184,6 +218,16 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                 exc,
             )
             self.close(1002, close_reason(f"protocol error: {exc}"))
+        except BadUpdate as exc:
+            metrics.REFUSED_UPDATES.inc()
+            self.log.warning(
+                "Collaboration room %s: update from %s refused, disconnecting it: %s (%s)",
+                room.room_id,
+                self.username,
+                exc,
+                describe(_update_of(message)),
+            )
+            self._refuse_session("session_expired" if exc.stale else "initialization_error")
         except PermissionError as exc:
             if not self._told_read_only:
                 self._told_read_only = True
@@ -202,6 +246,16 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                 exc_info=exc,
             )
             self.close(1011, close_reason(f"internal error: {type(exc).__name__}"))
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            self.log.error(
+                "Collaboration room %s: message from %s made the CRDT library panic: %s",
+                room.room_id,
+                self.username,
+                exc,
+            )
+            self.close(1011, close_reason("internal error: CRDT panic"))
 
     def send(self, message: bytes) -> None:
         """Queue a frame for this client; a closed socket drops it."""
@@ -211,6 +265,20 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             future = self.write_message(message, binary=True)
         except WebSocketClosedError:
             self._closed = True
+            return
+        except StreamBufferFullError:
+            # The client stopped reading: more than max_unsent_size waits for it.
+            self.log.warning(
+                "Collaboration room %s: %s reads too slowly (over %d bytes unsent), "
+                "disconnecting it",
+                getattr(self.room, "room_id", "?"),
+                self.username,
+                self.extension.max_unsent_size,
+            )
+            self._closed = True
+            stream = getattr(self.ws_connection, "stream", None)
+            if stream is not None:
+                stream.close()  # no close frame fits either; the client reconnects
             return
         future.add_done_callback(_ignore_closed)
 
@@ -224,6 +292,14 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         if self.room is not None:
             room, self.room = self.room, None
             room.leave(self)
+
+
+def _update_of(message: Any) -> bytes:
+    try:
+        parsed = sync.parse_message(message)
+    except sync.ProtocolError:
+        return b""
+    return getattr(parsed, "update", b"")
 
 
 def _ignore_closed(future: Any) -> None:

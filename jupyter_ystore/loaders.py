@@ -45,6 +45,7 @@ class FileState:
     last_modified: datetime.datetime | None
     hash: str | None
     content: Any = None
+    size: int | None = None
 
 
 def _timestamp(value: Any) -> datetime.datetime | None:
@@ -134,7 +135,7 @@ class DocumentFile:
             if exc.status_code == 404:
                 raise FileGone(f"{path} does not exist") from None
             raise
-        return FileState(_timestamp(model.get("last_modified")), model.get("hash"))
+        return FileState(_timestamp(model.get("last_modified")), model.get("hash"), size=model.get("size"))
 
     async def save(self, content: Any) -> FileState:
         """Write ``content``; return the new modification time and hash."""

@@ -49,6 +49,26 @@ BYTES_STORED = Gauge(
     "Bytes of updates and snapshots in the store, all documents (refreshed periodically).",
     ["store"],
 )
+STORE_WRITE_ERRORS = Counter(
+    "jupyter_ystore_store_write_errors",
+    "Store writes that failed (an outage: the changes went to a spill file or stayed in "
+    "memory, and were retried).",
+    ["store"],
+)
+SPILLED_UPDATES = Counter(
+    "jupyter_ystore_spilled_updates",
+    "Changes written to a local spill file because the store failed (written back later).",
+    ["store"],
+)
+ROOMS_IN_OUTAGE = Gauge(
+    "jupyter_ystore_rooms_in_outage",
+    "Open documents whose store currently fails to take their writes.",
+)
+REFUSED_UPDATES = Counter(
+    "jupyter_ystore_refused_updates",
+    "Client updates refused before reaching a document (malformed, or not fitting it); the "
+    "sender was disconnected.",
+)
 OPEN_ROOMS = Gauge(
     "jupyter_ystore_open_rooms",
     "Rooms open in this server: documents, forks (timeline, fork API) and awareness rooms.",

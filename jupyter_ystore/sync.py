@@ -51,7 +51,6 @@ __all__ = [
     "awareness_message",
     "raw_json_message",
     "save_reply",
-    "check_update",
     "check_awareness_update",
 ]
 
@@ -167,18 +166,6 @@ def parse_message(frame: bytes) -> Message:
         raise ProtocolError(f"malformed frame: {exc}") from None
 
 
-def check_update(update: bytes) -> None:
-    """Raise ``ProtocolError`` unless ``update`` decodes as a Yjs v1 update.
-
-    Decoding into a scratch document catches what ``get_state`` would let through, so a
-    broken update never reaches the shared document or the store.
-    """
-    try:
-        Doc().apply_update(update)
-    except Exception as exc:
-        raise ProtocolError(f"the update does not decode: {exc}") from None
-
-
 def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
     """Decode an awareness update strictly: ``[(client_id, clock, state)]``."""
     try:
@@ -190,8 +177,8 @@ def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
             text, pos = read_var_string(update, pos)
             state = json.loads(text) if text else None
             entries.append((client_id, clock, state))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed awareness update: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed awareness update: {type(exc).__name__}: {exc}") from None
     return entries
 
 

@@ -35,7 +35,8 @@ from . import cli_content
 from .errors import YDocNotFound, YStoreError
 from .forks import ForkInfo, ForkRoom
 from .history import History, HistoryError, group_points, read_history
-from .rooms import DocumentRoom, Origin, RoomError
+from .rooms import DocumentRoom, Origin, RoomError, check_room_format
+from .sessions import new_session_id
 
 if TYPE_CHECKING:
     from .app import YStoreExtension
@@ -48,7 +49,13 @@ TIMELINE_IDLE_TIMEOUT = 300.0
 #: which describe the file on disk, not a version of the content.
 KEPT_ROOTS = frozenset({"state"})
 
-_FORMATS = {"json", "text", "base64"}
+#: Timeline forks one document keeps at once (each holds the history in memory): opening
+#: one more closes the oldest. Forks made through the fork API, per document: beyond this
+#: ``PUT fork`` answers 429.
+MAX_TIMELINES_PER_DOCUMENT = 4
+MAX_FORKS_PER_DOCUMENT = 16
+#: Seconds a fork made through the fork API stays open without a client.
+FORK_IDLE_TIMEOUT = 3600.0
 
 
 # ---------------------------------------------------------------------------- the timeline
@@ -104,6 +111,15 @@ def _version_edit(history: History, at: float, fork_state: bytes) -> bytes | Non
     """The edit turning the fork's content into the document's content at ``at``."""
     target = history.state_at(at)
     return cli_content.reset_update(fork_state, target, skip=KEPT_ROOTS)
+
+
+def _forks_of(manager: Any, root_id: str) -> list[ForkRoom]:
+    """The open forks (timeline or API) of the document room ``root_id``."""
+    return [
+        room
+        for room in manager.rooms.values()
+        if isinstance(room, ForkRoom) and not room.closing and room.info.root_roomid == root_id
+    ]
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -166,8 +182,10 @@ class TimelineHandler(_Base):
     async def get(self, path: str) -> None:
         file_format = self.get_query_argument("format", "")
         file_type = self.get_query_argument("type", "")
-        if file_format not in _FORMATS or not file_type:
-            return self.fail(400, f"format must be one of {sorted(_FORMATS)} and type a document type")
+        try:
+            check_room_format(file_format, file_type)
+        except ValueError as exc:
+            return self.fail(400, str(exc))
         path = path.strip("/")
         file_id = await self._file_id(path)
         if file_id is None:
@@ -176,7 +194,7 @@ class TimelineHandler(_Base):
         if room is None:
             return None
         try:
-            await room.flush()
+            await room.writer.settle(10)
             # A store of its own: reading through the room's store would move where that
             # store's watch() (other servers' updates) goes on from.
             async with self.extension.create_store(file_type, file_id) as store:
@@ -195,6 +213,12 @@ class TimelineHandler(_Base):
         )
         fork.timeline = Timeline(history, timestamps, position=max(0, len(timestamps) - 1))
         manager = await self.extension.rooms()
+        timelines = sorted(
+            (r for r in _forks_of(manager, room.room_id) if r.timeline is not None),
+            key=lambda r: r.created,
+        )
+        for old in timelines[: max(0, len(timelines) + 1 - MAX_TIMELINES_PER_DOCUMENT)]:
+            await old.close()
         await manager.add_room(fork)
         self.log.info(
             "Timeline of %s for %s: fork %s, %d points", path, self.username, fork.room_id, len(timestamps)
@@ -205,7 +229,7 @@ class TimelineHandler(_Base):
                 "roomId": room.room_id,
                 "timestamps": timestamps,
                 "forkRoom": fork.room_id,
-                "sessionId": self.extension.session_id,
+                "sessionId": new_session_id(room.history_id or ""),
             },
         )
 
@@ -314,23 +338,25 @@ class ForkHandler(_Base):
         room = await self.root_room(root_id)
         if room is None:
             return None
-        await room.flush()
+        manager = await self.extension.rooms()
+        if sum(1 for r in _forks_of(manager, root_id) if r.timeline is None) >= MAX_FORKS_PER_DOCUMENT:
+            return self.fail(429, f"{root_id!r} has {MAX_FORKS_PER_DOCUMENT} forks already; delete one first")
+        await room.writer.settle(10)
         info = ForkInfo(
             root_roomid=root_id,
             synchronize=bool(body.get("synchronize", False)),
             title=str(body.get("title", "")),
             description=str(body.get("description", "")),
         )
-        fork = ForkRoom(uuid.uuid4().hex, info, room.ydoc.get_update(), self.log, idle_timeout=None)
+        fork = ForkRoom(uuid.uuid4().hex, info, room.ydoc.get_update(), self.log, idle_timeout=FORK_IDLE_TIMEOUT)
         if info.synchronize:
             fork.follow(room.ydoc)
-        manager = await self.extension.rooms()
         await manager.add_room(fork)
         self.log.info("Fork %s of %s created by %s", fork.room_id, root_id, self.username)
         self.reply(
             201,
             {
-                "sessionId": self.extension.session_id,
+                "sessionId": new_session_id(room.history_id or ""),
                 "fork_roomid": fork.room_id,
                 "fork_info": info.to_json(),
             },

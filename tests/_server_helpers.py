@@ -191,6 +191,8 @@ async def yclient(
         client = YClient(doc_type)
     else:
         client.synced = anyio.Event()
+        client.closed = anyio.Event()
+        client.close_code, client.close_reason = None, ""
     async with connect(url, additional_headers=headers or {}, max_size=None, compression=None) as ws:
         client.ws = ws
         async with anyio.create_task_group() as tg:

@@ -45,7 +45,9 @@ def _ext(app: Any) -> Any:
 
 BAD_FRAMES = {
     "truncated": (b"\x00\x02\x7f\x01\x02", 1002, "truncated"),
-    "garbage update": (sync.update_message(b"\xff\xfe\xfd\xfc\x00\x13\x37"), 1002, "does not decode"),
+    "garbage update": (sync.update_message(b"\xff\xfe\xfd\xfc\x00\x13\x37"), 1003, "initialization_error"),
+    "update of the issue": (bytes.fromhex("0002130101eba28b9de48ba40100a2002200025a4800"), 1003, "initialization_error"),
+    "update on unknown items": (sync.update_message(bytes.fromhex("0101e7070084006301" "61" "00")), 1003, "session_expired"),
     "unknown sync type": (b"\x00\x09\x00", 1002, "unknown sync message type"),
     "bad awareness": (b"\x01\x03\x05\x01\x02", 1002, "awareness"),
     "oversized": (sync.update_message(b"\x00" * (MAX_MESSAGE + 10)), 1009, "too big"),
@@ -98,7 +100,10 @@ def test_bad_frame_disconnects_only_its_sender(
             from jupyter_ydoc import YNotebook
 
             assert YNotebook(replay).get() == room.document.get()
-        logged = [r for r in caplog.records if "bad message from" in r.getMessage()]
+        logged = [
+            r for r in caplog.records
+            if "bad message from" in r.getMessage() or "refused, disconnecting it" in r.getMessage()
+        ]
         assert len(logged) == 1, [r.getMessage() for r in logged]
 
     with caplog.at_level(logging.INFO):

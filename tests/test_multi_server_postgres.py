@@ -198,5 +198,5 @@ async def test_an_edit_on_disk_is_imported_once(tmp_path: Path, pg_config: dict[
             assert c1.sources() == c2.sources() == expected
             assert content(c1) == content(c2)
             assert await stored_content(pg_config, sessions[0]["fileId"]) == content(c1)
-    imports = [server.log().count("changed on disk; applying the change") for server in (s1, s2)]
+    imports = [server.log().count("changed on disk while open") for server in (s1, s2)]
     assert sorted(imports) == [0, 1], imports

@@ -506,7 +506,10 @@ async def test_collaboration_goes_on_while_the_store_fails(tmp_path: Path) -> No
         await wait_until(lambda: YNotebook(bob.doc).get()["cells"][0]["source"] == "ab")
         await room.handle(alice, sync.SaveRequest(1))
         await wait_until(lambda: alice.raw())
-        assert alice.raw() == [{"type": "save", "responseTo": 1, "status": "failed"}]
+        # saving to the file never waits for a failing store: the file has the edit
+        assert alice.raw() == [{"type": "save", "responseTo": 1, "status": "success"}]
+        assert read_sources(setup.nb) == ["ab"]
+        assert setup.replay()["cells"][0]["source"] == "a"
         store_class.down = False
         await wait_until(lambda: setup.replay()["cells"][0]["source"] == "ab")
         await room.flush()

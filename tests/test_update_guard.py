@@ -1,0 +1,233 @@
+"""The strict Yjs update reader and the checks against a document (no server needed)."""
+
+from __future__ import annotations
+
+import random
+
+import nbformat
+import pycrdt
+import pytest
+from jupyter_ydoc import YNotebook
+
+from jupyter_ystore import sync
+from jupyter_ystore.codec import write_var_bytes, write_var_string, write_var_uint
+from jupyter_ystore.rooms import _scratch_document
+from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged, apply_checked, read_checked
+from jupyter_ystore.ydoc import CRDTError, crdt_errors, missing_dependencies
+from jupyter_ystore.yupdate import (
+    InvalidUpdate,
+    MissingDependencies,
+    parse_state_vector,
+    read_update,
+)
+
+pytestmark = pytest.mark.anyio
+
+#: The frames of issue 9: they decode on their own, and broke rooms that applied them.
+ISSUE_FRAMES = [
+    "0002130101eba28b9de48ba40100a2002200025a4800",
+    "0002130101eba28b9de48ba40200a2002200025a4800",
+]
+
+
+def loaded_notebook() -> pycrdt.Doc:
+    """A document as a room has it after loading a small notebook from disk."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\nprint(x)"), nbformat.v4.new_markdown_cell("# hi é😀")]
+    doc = pycrdt.Doc()
+    doc.apply_update(_scratch_document("notebook", nbformat.from_dict(nb)).ydoc.get_update())
+    return doc
+
+
+def typing_updates(doc: pycrdt.Doc, count: int = 30) -> list[bytes]:
+    """What a client typing in ``doc``'s cells sends (a copy of it; ``doc`` is untouched)."""
+    client = pycrdt.Doc()
+    client.apply_update(doc.get_update())
+    nb = YNotebook(client)
+    updates: list[bytes] = []
+    client.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        source = nb.ycells[i % 2]["source"]
+        source.insert(len(source), "aé😀"[i % 3])
+        if i % 7 == 3:
+            del source[0:1]
+        if i % 11 == 5:
+            nb.ycells[i % 2]["metadata"] = {"k": i}
+    nb.ycells.append(nb.create_ycell({"cell_type": "code", "source": "new", "metadata": {}, "outputs": [], "execution_count": None}))
+    return updates
+
+
+def test_every_update_of_a_real_typing_stream_is_accepted(bench_updates: list[bytes]) -> None:
+    doc = pycrdt.Doc()
+    for update in bench_updates:
+        summary = read_update(update)
+        expected = summary.check_against(parse_state_vector(doc.get_state()))
+        doc.apply_update(update)
+        after = parse_state_vector(doc.get_state())
+        assert {c: k for c, k in after.items() if k} == {c: k for c, k in expected.items() if k}
+
+
+def test_a_whole_document_reads_and_fits_an_empty_one(bench_updates: list[bytes]) -> None:
+    doc = pycrdt.Doc()
+    for update in bench_updates[:2000]:
+        doc.apply_update(update)
+    summary = read_update(doc.get_update())
+    assert summary.check_against({}) == parse_state_vector(doc.get_state())
+
+
+@pytest.mark.parametrize("frame", ISSUE_FRAMES)
+async def test_the_issue_frames_are_refused_and_change_nothing(frame: str) -> None:
+    doc = loaded_notebook()
+    before = doc.get_update()
+    update = sync.parse_message(bytes.fromhex(frame)).update  # type: ignore[union-attr]
+    with pytest.raises(BadUpdate) as err:
+        summary = await read_checked(update)
+        apply_checked(doc, update, summary)
+    assert not isinstance(err.value, DocumentDamaged)
+    assert doc.get_update() == before
+
+
+def _item(client: int, clock: int, info: int, body: bytes) -> bytes:
+    """An update of one struct followed by an empty delete set."""
+    return b"\x01\x01" + write_var_uint(client) + write_var_uint(clock) + bytes([info]) + body + b"\x00"
+
+
+def _string_after(origin: tuple[int, int], text: str) -> bytes:
+    return write_var_uint(origin[0]) + write_var_uint(origin[1]) + write_var_string(text)
+
+
+@pytest.mark.parametrize(
+    "update, reason",
+    [
+        (_item(7, 0, 0x84, _string_after((0, 1), "a")) + b"\x00", "trailing"),
+        (_item(7, 0, 0x02, b"\x01" + write_var_string("cells") + b"\x00"), "JSON count"),
+        (_item(7, 0, 0x04, b"\x01" + write_var_string("cells") + write_var_bytes(b"\xff\xfe")), "UTF-8"),
+        (_item(7, 0, 0x0B, b"\x01" + write_var_string("cells")), "unknown content"),
+        (_item(7, 0, 0x09, b"\x01" + write_var_string("cells") + write_var_string("guid") + b"\x7f"), "subdocuments"),
+        (_item(7, 0, 0x08, b"\x01" + write_var_string("cells") + b"\x01" + b"\x75\x01" * 80 + b"\x7f"), "nested"),
+        (_item(7, 0, 0x84, _string_after((0, 1), "a"))[:-3], "truncated"),
+        (b"\x01\xff\xff\xff\x0f\x07\x00", "entries"),
+        (_item(2**60, 0, 0x84, _string_after((0, 1), "a")), "2\\*\\*53"),
+        (_item(7, 0, 0x80, b"\x00\x01"), "GC"),
+    ],
+)
+def test_malformed_updates_say_what_is_wrong(update: bytes, reason: str) -> None:
+    with pytest.raises(InvalidUpdate, match=reason) as err:
+        read_update(update)
+    assert not isinstance(err.value, MissingDependencies)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda sv: _item(7, 3, 0x84, _string_after((0, 1), "a")), "starts at clock 3"),
+        (lambda sv: _item(7, 0, 0x84, _string_after((99, 0), "a")), "client 99 clock 0"),
+        (lambda sv: _item(7, 0, 0x84, _string_after((0, sv[0] + 5), "a")), "neither the document"),
+        (lambda sv: b"\x00\x01\x00\x01" + write_var_uint(sv[0]) + b"\x02", "beyond"),
+        (lambda sv: b"\x00\x01\x63\x01\x00\x01", "client 99"),
+    ],
+)
+async def test_updates_that_build_on_unknown_changes_are_stale(make, reason: str) -> None:
+    doc = loaded_notebook()
+    state = parse_state_vector(doc.get_state())
+    update = make(state)
+    before = doc.get_update()
+    summary = await read_checked(update)
+    with pytest.raises(BadUpdate, match=reason) as err:
+        apply_checked(doc, update, summary)
+    assert err.value.stale
+    assert doc.get_update() == before
+
+
+async def test_an_honest_client_is_accepted_and_duplicates_change_nothing() -> None:
+    doc = loaded_notebook()
+    updates = typing_updates(doc)
+    changes: list[bytes] = []
+    doc.observe(lambda event: changes.append(event.update))
+    for update in updates:
+        apply_checked(doc, update, await read_checked(update))
+    assert len(changes) == len(updates)
+    content = YNotebook(doc).get()
+    for update in updates:  # a reconnecting client sends what the server has already
+        apply_checked(doc, update, await read_checked(update))
+    assert len(changes) == len(updates)
+    assert YNotebook(doc).get() == content
+
+
+def _decodes(update: bytes) -> bool:
+    try:
+        with crdt_errors():
+            pycrdt.Doc().apply_update(update)
+    except CRDTError:
+        return False
+    return True
+
+
+async def test_mutated_updates_are_refused_or_leave_a_sound_document() -> None:
+    """Byte-level mutations of real updates, applied to a loaded notebook: whatever the guard
+    accepts leaves a document that encodes, replays to the same state, and equals what a
+    peer gets by applying the update the room would relay."""
+    base = loaded_notebook()
+    seeds = typing_updates(base) + [base.get_update()]
+    prefix = seeds[:12]
+    rng = random.Random(20261203)
+    accepted = 0
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            if op < 0.5 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif op < 0.65 and data:
+                del data[rng.randrange(len(data))]
+            elif op < 0.8:
+                data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
+            else:
+                data = data[: rng.randrange(len(data) + 1)]
+        update = bytes(data)
+        doc = pycrdt.Doc()
+        doc.apply_update(base.get_update())
+        for honest in prefix:
+            doc.apply_update(honest)
+        peer = pycrdt.Doc()
+        peer.apply_update(doc.get_update())
+        relayed: list[bytes] = []
+        doc.observe(lambda event: relayed.append(event.update))
+        try:
+            apply_checked(doc, update, await read_checked(update))
+        except DocumentDamaged as exc:  # pragma: no cover - would be a finding
+            pytest.fail(f"{update.hex()} damaged the document: {exc}")
+        except BadUpdate:
+            continue
+        accepted += 1
+        for event_update in relayed:
+            assert _decodes(event_update), update.hex()
+            peer.apply_update(event_update)
+        replay = pycrdt.Doc()
+        replay.apply_update(doc.get_update())
+        assert parse_state_vector(replay.get_state()) == parse_state_vector(doc.get_state()), update.hex()
+        assert parse_state_vector(peer.get_state()) == parse_state_vector(doc.get_state()), update.hex()
+        assert peer.get_update() == doc.get_update() or (
+            YNotebook(peer).get()["cells"] == YNotebook(doc).get()["cells"]
+        ), update.hex()
+    assert accepted > 20  # the mutations do produce acceptable updates too
+
+
+def test_missing_dependencies_names_pending_structs_and_deletions() -> None:
+    author = pycrdt.Doc()
+    text = author.get("t", type=pycrdt.Text)
+    updates: list[bytes] = []
+    author.observe(lambda event: updates.append(event.update))
+    text += "hello"
+    text += " world"
+    del text[0:2]
+    complete = pycrdt.Doc()
+    for update in updates:
+        complete.apply_update(update)
+    assert missing_dependencies(complete, updates) is None
+    holed = pycrdt.Doc()
+    holed.apply_update(updates[1])
+    assert "wait for earlier ones" in (missing_dependencies(holed, updates[1:2]) or "")
+    deletes_only = pycrdt.Doc()
+    deletes_only.apply_update(updates[2])
+    assert "refer to items that are not stored" in (missing_dependencies(deletes_only, updates[2:]) or "")
