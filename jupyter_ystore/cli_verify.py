@@ -2,7 +2,9 @@
 
 Verification never changes the store. That matters for file stores: opening a log repairs a
 torn tail (sets the bytes aside), so their files are first scanned here read-only, with the
-framing of the ``VERSION:2`` format, and opened through the store only when intact.
+framing of the ``VERSION:2`` format, and opened through the store only when intact. (A SQLite
+database is opened as every command opens it: a damaged one is first moved aside and
+salvaged, see ``stores/_sqlite_recover``; ``--SQLiteYStore.db_path=<copy>`` verifies the copy.)
 """
 
 from __future__ import annotations

@@ -120,7 +120,9 @@ def kept_records(found: Found) -> list[Record]:
     return []
 
 
-def salvage(logfile: Any, fd: int, buf: bytes, key: str | None) -> tuple[_Scan, tuple[int, int, int] | None]:
+def salvage(
+    logfile: Any, fd: int, buf: bytes, key: str | None
+) -> tuple[_Scan, tuple[int, int, int] | None]:
     """Set the damaged log held exclusively as ``fd`` aside and write what is kept.
 
     Returns the new file's scan and identity (None: no file, the document opens from its

@@ -318,17 +318,26 @@ def _announcement(db_path: str, copy: str, moved: list[str], reason: str, report
             f"; {len(report.dropped)} documents kept nothing because their readable updates "
             f"need ones that were lost ({names})"
         )
-    lost = f", {report.unreadable} unreadable parts skipped" if report.unreadable else ""
+    lost = ""
+    if not report.schema:
+        lost = "; not even its list of tables could be read"
+    elif report.unreadable:
+        lost = f", {_count(report.unreadable, 'unreadable part')} skipped"
     if report.invalid:
-        lost += f", {report.invalid} rows that hold no usable update skipped"
+        lost += f", {_count(report.invalid, 'row')} holding no usable update skipped"
     return (
         f"jupyter_ystore: the SQLite store {db_path} was damaged ({reason}): moved it to "
-        f"{copy}{with_files}, never deleted, and salvaged {report.documents} documents "
-        f"({report.records} records{lost}) into a fresh {db_path}{dropped}; documents with "
-        f"nothing salvaged open from their files. Check the store with `jupyter ystore verify "
+        f"{copy}{with_files}, never deleted, and salvaged "
+        f"{_count(report.documents, 'document')} ({_count(report.records, 'record')}{lost}) "
+        f"into a fresh {db_path}{dropped}; documents with nothing salvaged open from their "
+        f"files. Check the store with `jupyter ystore verify "
         f"--all --SQLiteYStore.db_path={shlex.quote(db_path)}`; read the damaged copy with "
         f"`jupyter ystore list --SQLiteYStore.db_path={shlex.quote(copy)}`"
     )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _remove(path: str) -> None:
@@ -372,10 +381,10 @@ def open_damaged_copy(db_path: str) -> tuple[sqlite3.Connection, Schema]:
         raise
     log.warning(
         "jupyter_ystore: %s is a damaged copy: read into memory and opened read-only "
-        "(%d documents, %d records readable%s)",
+        "(%s, %s readable%s)",
         db_path,
-        report.documents,
-        report.records,
-        f", {report.unreadable} unreadable parts skipped" if report.unreadable else "",
+        _count(report.documents, "document"),
+        _count(report.records, "record"),
+        f", {_count(report.unreadable, 'unreadable part')} skipped" if report.unreadable else "",
     )
     return memory, schema

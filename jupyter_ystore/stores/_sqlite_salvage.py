@@ -115,7 +115,9 @@ def salvage(source: sqlite3.Connection, dest: sqlite3.Connection, *, keep_all: b
 # ---------------------------------------------------------------------- reading
 
 
-def _tables(source: sqlite3.Connection, report: Report) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _tables(
+    source: sqlite3.Connection, report: Report
+) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Each table's CREATE statement, and the CREATE INDEX statements of each table."""
     try:
         rows = source.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
@@ -135,7 +137,9 @@ def _tables(source: sqlite3.Connection, report: Report) -> tuple[dict[str, str],
     return tables, indexes
 
 
-def read_rows(source: sqlite3.Connection, table: str, columns: str, report: Report) -> Iterator[Row]:
+def read_rows(
+    source: sqlite3.Connection, table: str, columns: str, report: Report
+) -> Iterator[Row]:
     """``(rowid, *columns)`` of every row of ``table`` SQLite can read, in rowid order."""
     select = f'SELECT rowid, {columns} FROM "{table}" WHERE rowid >= ? ORDER BY rowid LIMIT ?'
     pos, size = _FIRST_ROWID, 16
@@ -189,7 +193,9 @@ def _next_readable(source: sqlite3.Connection, select: str, bad: int) -> int | N
     return high
 
 
-def _scan_rows(source: sqlite3.Connection, table: str, columns: str, report: Report) -> Iterator[Row]:
+def _scan_rows(
+    source: sqlite3.Connection, table: str, columns: str, report: Report
+) -> Iterator[Row]:
     """Every row a plain scan reads (for a table without rowids): up to the first bad page."""
     try:
         for row in source.execute(f'SELECT {columns} FROM "{table}"'):
@@ -224,10 +230,16 @@ def _record(row: Row, keep_all: bool) -> tuple[int, str, bytes, bytes, float] | 
 
 
 def _copy_updates(
-    source: sqlite3.Connection, dest: sqlite3.Connection, tables: dict[str, str], report: Report, keep_all: bool
+    source: sqlite3.Connection,
+    dest: sqlite3.Connection,
+    tables: dict[str, str],
+    report: Report,
+    keep_all: bool,
 ) -> None:
     columns = "path, yupdate, metadata, timestamp"
-    insert = "INSERT INTO yupdates (rowid, path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?, ?)"
+    insert = (
+        "INSERT INTO yupdates (rowid, path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?, ?)"
+    )
     newest = 0
     if compat.UPDATES_TABLE in tables:
         for row in read_rows(source, compat.UPDATES_TABLE, columns, report):
@@ -326,7 +338,8 @@ def _copy_table(
 ) -> None:
     """Rows of another ``ystore_*`` table (made as it was if the layout lacks it), except
     those of documents dropped above."""
-    if dest.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is None:
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    if dest.execute(exists, (name,)).fetchone() is None:
         if not sql.lstrip().upper().startswith("CREATE TABLE"):
             return
         try:
