@@ -11,6 +11,7 @@ store (``ystore_class``). Configure it in ``jupyter_server_config.py``::
 from __future__ import annotations
 
 import asyncio
+import logging
 import concurrent.futures
 import os
 from typing import Any
@@ -116,8 +117,9 @@ class YStoreExtension(ExtensionApp):
         128 * 1024 * 1024,
         config=True,
         help="""Bytes that may wait unsent for one client (a client that stopped reading, a
-        stalled network) before it is disconnected; it reconnects and syncs afresh. Must hold
-        one whole document, so at least max_message_size.""",
+        stalled network) before it is disconnected; it reconnects and syncs afresh. One
+        message of any size (a whole document to a joining client) is always sent; the
+        bound applies to the backlog already waiting when the next one comes.""",
     )
     spill_dir = Unicode(
         config=True,
@@ -209,7 +211,20 @@ class YStoreExtension(ExtensionApp):
             _store_setting(store),
         )
 
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """The room manager starts with the server (not at the first request): changes
+        spilled during a store outage before a restart go back into the store at once."""
+        if not self.yielded_to_server_ydoc:
+            await self.rooms()
+
     def initialize_settings(self) -> None:
+        # Our modules' own loggers (e.g. jupyter_ystore.sqlite, from database threads) write
+        # through the server's log, with its format, unless the user configured logging.
+        package_log = logging.getLogger("jupyter_ystore")
+        if not package_log.handlers and self.serverapp.log.handlers:
+            package_log.handlers = list(self.serverapp.log.handlers)
+            package_log.setLevel(self.serverapp.log.level)
+            package_log.propagate = False
         # session ids told to reload (insertion-ordered, the oldest forgotten past 10,000)
         self.refused_sessions: dict[str, None] = {}
         self.connections: set[Any] = set()
@@ -301,29 +316,45 @@ class YStoreExtension(ExtensionApp):
     # ------------------------------------------------------------------ the room manager
 
     async def rooms(self) -> RoomManager:
-        """The running room manager (started on first use, in the server's event loop, and
-        started again if it ever died)."""
-        task = self._manager_task
-        if self._manager_started is None or (task is not None and task.done() and not self._stopping):
-            if task is not None and task.done() and not task.cancelled() and task.exception():
-                self.log.error("jupyter_ystore: the room manager died; starting it again", exc_info=task.exception())
+        """The running room manager (started with the server, in its event loop)."""
+        if self._manager_task is None:
             self._manager_started = asyncio.Event()
             self._manager_task = asyncio.ensure_future(self._run_manager())
+        assert self._manager_started is not None
         await self._manager_started.wait()
+        with anyio.move_on_after(10):  # a manager that died is being started again
+            while not self.manager.running and not self._stopping:
+                await anyio.sleep(0.02)
         if not self.manager.running:
-            raise RuntimeError("the room manager is stopping")
+            raise RuntimeError("the room manager is not running (the server is stopping)")
         return self.manager
 
     async def _run_manager(self) -> None:
+        """Run the room manager for as long as the server runs; one that ends or fails
+        before the server stops (a bug) is started again, with an error in the log."""
+        started = self._manager_started
+        assert started is not None
+
+        class Notify:
+            def started(self, value: Any = None) -> None:
+                started.set()
+
         async with anyio.create_task_group() as tg:
-            await tg.start(self.manager.run)
             tg.start_soon(
                 metrics.refresh_bytes_stored,
                 lambda: self.create_store("notebook", "metrics"),
                 self.log,
             )
-            assert self._manager_started is not None
-            self._manager_started.set()
+            while not self._stopping:
+                try:
+                    await self.manager.run(task_status=Notify())
+                except Exception as exc:
+                    self.log.error("jupyter_ystore: the room manager failed: %s", exc, exc_info=exc)
+                if self._stopping:
+                    break
+                self.log.error("jupyter_ystore: the room manager stopped unexpectedly; starting it again")
+                await anyio.sleep(0.2)
+            tg.cancel_scope.cancel()
 
     async def stop_extension(self) -> None:
         """Server shutdown: close every socket, save and flush every room, stop every store."""

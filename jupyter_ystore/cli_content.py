@@ -15,6 +15,8 @@ from typing import Any, Collection, Union
 import pycrdt
 from pycrdt import Array, Doc, Map, Text
 
+from .ydoc import crdt_errors
+
 SharedType = Union[Text, Array, Map]
 
 #: Roots whose type jupyter-ydoc fixes (YBlob's ``source`` is a Map; found by probing).
@@ -31,7 +33,8 @@ class ContentError(ValueError):
 def doc_from_update(update: bytes) -> Doc:
     doc = Doc()
     if update:
-        doc.apply_update(update)
+        with crdt_errors():  # a panic of yrs on stored bytes is an error, not an exit
+            doc.apply_update(update)
     return doc
 
 

@@ -25,6 +25,7 @@ from .cli_base import CliError, StoreCommand, flags, usage_error
 from .codec import TruncatedError, read_var_bytes, read_var_uint
 from .errors import YDocNotFound, YStoreError
 from .history import format_time
+from .ydoc import crdt_errors
 from .stores._damaged import is_damaged_copy
 
 Row = tuple[bytes, bytes, float]
@@ -79,8 +80,9 @@ def check_rows(report: Report, rows: Iterable[Row], snapshots: int = 0) -> None:
                 older += 1
             previous = max(previous, timestamp)
         try:
-            doc.apply_update(update)
-        except Exception as exc:  # decodes, yet the document refuses it
+            with crdt_errors():
+                doc.apply_update(update)
+        except Exception as exc:  # decodes, yet the document refuses it (or yrs panics)
             report.corrupt_records.append({"index": index, "timestamp": timestamp, "problem": f"cannot be applied ({exc})"})
             continue
         usable.append(update)
@@ -102,7 +104,8 @@ def _has_pending(updates: list[bytes], doc: pycrdt.Doc) -> bool:
     The part of the stored updates that ``doc``'s state vector does not cover starts with the
     number of client struct groups left; anything but 0 means content that cannot be shown.
     """
-    rest = pycrdt.get_update(_ydoc.merge_updates(updates), doc.get_state())
+    with crdt_errors():
+        rest = pycrdt.get_update(_ydoc.merge_updates(updates), doc.get_state())
     groups, _ = read_var_uint(rest, 0)
     return groups > 0
 

@@ -20,7 +20,6 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
-from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from . import metrics, sync
@@ -121,6 +120,26 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         self._told_read_only = False
         self._closed = False
 
+    _tornado_asks = False
+
+    def get_websocket_protocol(self) -> Any:
+        # jupyter_server's WebSocketMixin pings on its own, in milliseconds; tornado reads the
+        # same properties as seconds for pings of its own and warns at every connection that
+        # the timeout (90000) exceeds the interval (30000). Tornado's pings are left off.
+        self._tornado_asks = True
+        try:
+            return super().get_websocket_protocol()
+        finally:
+            self._tornado_asks = False
+
+    @property
+    def ping_interval(self) -> Any:  # type: ignore[override]
+        return None if self._tornado_asks else WebSocketMixin.ping_interval.fget(self)  # type: ignore[attr-defined]
+
+    @property
+    def ping_timeout(self) -> Any:  # type: ignore[override]
+        return None if self._tornado_asks else WebSocketMixin.ping_timeout.fget(self)  # type: ignore[attr-defined]
+
     @property
     def max_message_size(self) -> int:  # type: ignore[override]
         # Tornado drops bigger frames silently (1009); up to twice the limit we read them and
@@ -138,9 +157,6 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 
     async def open(self, room_id: str) -> None:  # type: ignore[override]
         self.set_nodelay(True)  # small frames out at once, not after the peer's delayed ACK
-        stream = getattr(self.ws_connection, "stream", None)
-        if stream is not None:
-            stream.max_write_buffer_size = self.extension.max_unsent_size
         user = self.current_user
         self.username = getattr(user, "username", None) or "anonymous"
         self.can_write = bool(
@@ -261,13 +277,9 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         """Queue a frame for this client; a closed socket drops it."""
         if self._closed:
             return
-        try:
-            future = self.write_message(message, binary=True)
-        except WebSocketClosedError:
-            self._closed = True
-            return
-        except StreamBufferFullError:
-            # The client stopped reading: more than max_unsent_size waits for it.
+        if self._unsent() > self.extension.max_unsent_size:
+            # The client stopped reading (or its network stalled): what waits for it would
+            # grow without limit. Drop it; it reconnects and syncs afresh.
             self.log.warning(
                 "Collaboration room %s: %s reads too slowly (over %d bytes unsent), "
                 "disconnecting it",
@@ -278,9 +290,22 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             self._closed = True
             stream = getattr(self.ws_connection, "stream", None)
             if stream is not None:
-                stream.close()  # no close frame fits either; the client reconnects
+                stream.close()  # a close frame would only queue behind the backlog
+            return
+        try:
+            future = self.write_message(message, binary=True)
+        except WebSocketClosedError:
+            self._closed = True
             return
         future.add_done_callback(_ignore_closed)
+
+    def _unsent(self) -> int:
+        """Bytes written to this socket that the client has not taken yet. A single frame
+        of any size is always sent; only a backlog already past the bound counts."""
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is None:
+            return 0
+        return getattr(stream, "_total_write_index", 0) - getattr(stream, "_total_write_done_index", 0)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         self._closed = True

@@ -29,6 +29,8 @@ import pycrdt
 
 from .errors import YDocNotFound, YStoreError
 from .stores.base import BaseYStore, DocumentInfo
+from . import ydoc as _ydoc
+from .ydoc import crdt_errors
 
 StoreFactory = Callable[[str], BaseYStore]
 
@@ -55,7 +57,8 @@ def content_signature(updates: Sequence[bytes]) -> tuple[bytes, bytes]:
     """(state vector, delete set) of the document the updates restore."""
     doc = pycrdt.Doc()
     if updates:
-        doc.apply_update(pycrdt.merge_updates(*updates) if len(updates) > 1 else updates[0])
+        with crdt_errors():
+            doc.apply_update(_ydoc.merge_updates(updates))
     state = doc.get_state()
     return state, doc.get_update(state)  # nothing missing from itself: only the delete set
 

@@ -37,6 +37,7 @@ from .forks import ForkInfo, ForkRoom
 from .history import History, HistoryError, group_points, read_history
 from .rooms import DocumentRoom, Origin, RoomError, check_room_format
 from .sessions import new_session_id
+from .ydoc import CRDTError, crdt_errors
 
 if TYPE_CHECKING:
     from .app import YStoreExtension
@@ -82,7 +83,8 @@ def timeline_points(history: History, max_points: int = MAX_TIMELINE_POINTS) -> 
     times: list[float] = []
     for point in points:
         while applied < len(order) and records[order[applied]].timestamp <= point.end:
-            doc.apply_update(history.updates[order[applied]])
+            with crdt_errors():  # stored bytes: a yrs panic becomes an error for this request
+                doc.apply_update(history.updates[order[applied]])
             applied += 1
         content = {name: root.to_py() for name, root in roots.items()}
         if not times or content != previous:
@@ -200,7 +202,7 @@ class TimelineHandler(_Base):
             async with self.extension.create_store(file_type, file_id) as store:
                 history = await read_history(store)
             timestamps = await anyio.to_thread.run_sync(timeline_points, history)
-        except (YDocNotFound, HistoryError, YStoreError) as exc:
+        except (YDocNotFound, HistoryError, YStoreError, CRDTError) as exc:
             self.log.error("Timeline of %s: %s", path, exc)
             return self.fail(500, f"the history of {path!r} cannot be read: {exc}")
         fork = ForkRoom(
@@ -275,10 +277,11 @@ class UndoRedoHandler(_Base):
                 edit = await anyio.to_thread.run_sync(
                     _version_edit, timeline.history, at, fork.ydoc.get_update()
                 )
-            except (HistoryError, cli_content.ContentError) as exc:
+            except (HistoryError, cli_content.ContentError, CRDTError) as exc:
                 return self.fail(500, f"cannot show the version of {at}: {exc}")
             if edit is not None:
-                fork.ydoc.apply_update(edit)
+                with crdt_errors():
+                    fork.ydoc.apply_update(edit)
         status = "undone" if action == "undo" else "redone"
         self.reply(200, {"code": 200, "status": status, "position": position, "timestamp": at})
 

@@ -225,3 +225,41 @@ async def test_sigterm_with_open_sockets_saves_and_exits(tmp_path: Path) -> None
     assert took < 10, server.log()
     assert server.proc is not None and server.proc.returncode == 0, server.log()
     assert read_sources(root / "open.ipynb") == ["ab"]
+
+
+def test_a_room_manager_that_died_is_started_again(
+    jp_serverapp, jp_fetch, jp_root_dir, jp_asyncio_loop, caplog
+) -> None:
+    write_notebook(jp_root_dir / "again.ipynb", ["x = 1"])
+    extension = _ext(jp_serverapp)
+
+    async def scenario() -> None:
+        import json
+
+        async def open_session() -> int:
+            response = await jp_fetch(
+                "api", "collaboration", "session", "again.ipynb",
+                method="PUT", body=json.dumps({"format": "json", "type": "notebook"}),
+            )
+            return response.code
+
+        assert await open_session() in (200, 201)
+        manager = extension.manager
+        first_stop = manager._stop
+        assert first_stop is not None and manager.running
+        # the manager ends as a crash would end it (not a shutdown)
+        first_stop.set()
+        with anyio.fail_after(10):
+            while manager._stop is first_stop or not manager.running:
+                await anyio.sleep(0.01)
+        assert await open_session() == 200  # served by the manager started again
+        assert "the room manager stopped unexpectedly; starting it again" in caplog.text
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
+def test_defaults_bound_what_a_client_can_make_the_server_hold() -> None:
+    extension = YStoreExtension()
+    assert extension.max_message_size == 64 * 1024 * 1024
+    assert extension.max_unsent_size >= extension.max_message_size
+    assert "64 MiB" in YStoreExtension.class_traits()["max_message_size"].help

@@ -532,3 +532,94 @@ async def test_concurrent_opens_share_one_room_and_one_store(setup: Setup) -> No
         assert len(setup.stores) == 1
         assert len(setup.records()) == 1  # loaded and stored once
         await manager.close_all()
+
+
+class ClosableClient(FakeClient):
+    def __init__(self, username: str = "alice") -> None:
+        super().__init__(username)
+        self.closed_with: tuple[int, str] | None = None
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+async def test_a_document_damaged_by_an_update_resets_its_room_only(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If an update got past the checks and still damaged the document (never seen with
+    yrs; simulated here), nothing of it is stored or relayed, its room closes without saving,
+    its clients are told to reconnect, and the document reopens from the store."""
+    from jupyter_ystore import rooms
+    from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged
+
+    write_notebook(setup.root / "other.ipynb", ["other"])
+    setup.ids.paths["id-2"] = "other.ipynb"
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        other_room = await manager.get_room("json:notebook:id-2")
+        alice, bob = ClosableClient("alice"), ClosableClient("bob")
+        room.join(alice)
+        room.join(bob)
+        records = len(setup.records())
+        bad = client_update(room, lambda nb: append(nb.ycells[0]["source"], " broken"))
+        real_apply = rooms.apply_checked
+
+        def damaging(doc: Any, update: bytes, summary: Any) -> None:
+            real_apply(doc, update, summary)
+            raise DocumentDamaged("simulated damage")
+
+        monkeypatch.setattr(rooms, "apply_checked", damaging)
+        with pytest.raises(BadUpdate):
+            await room.handle(alice, sync.SyncUpdate(bad))
+        monkeypatch.setattr(rooms, "apply_checked", real_apply)
+        await room.closed.wait()
+        assert alice.closed_with is not None and alice.closed_with[0] == 1011
+        assert bob.closed_with is not None and bob.closed_with[0] == 1011
+        assert not any(isinstance(f, sync.SyncUpdate) for f in bob.frames)  # never relayed
+        assert len(setup.records()) == records  # never stored
+        assert read_sources(setup.nb) == ["a = 1", "b = 2"]  # never saved
+        assert manager.rooms.get("json:notebook:id-2") is other_room and not other_room.closing
+        reopened = await manager.get_room(ROOM)
+        assert reopened is not room
+        assert YNotebook(reopened.ydoc).get()["cells"][0]["source"] == "a = 1"
+        await manager.close_all()
+
+
+async def test_a_room_that_fails_does_not_end_the_manager(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jupyter_ystore.rooms import DocumentRoom
+
+    write_notebook(setup.root / "other.ipynb", ["other"])
+    setup.ids.paths["id-2"] = "other.ipynb"
+    setup.settings.poll_interval = 0.01
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        other_room = await manager.get_room("json:notebook:id-2")
+        real_poller = DocumentRoom._poller
+        failed = anyio.Event()
+
+        async def broken_poller(self: Any) -> None:
+            failed.set()
+            raise RuntimeError("a bug in a room task")
+
+        monkeypatch.setattr(DocumentRoom, "_poller", broken_poller)
+        room = await manager.get_room(ROOM)
+        monkeypatch.setattr(DocumentRoom, "_poller", real_poller)
+        client = ClosableClient()
+        room.join(client)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # kept"))
+        await room.handle(client, sync.SyncUpdate(update))
+        await failed.wait()
+        await room.closed.wait()
+        assert "a bug in a room task" in caplog.text
+        assert read_sources(setup.nb)[0] == "a = 1  # kept"  # it still saved on its way out
+        assert manager.running
+        assert manager.rooms.get("json:notebook:id-2") is other_room and not other_room.closing
+        again = await manager.get_room(ROOM)
+        assert again is not room and not again.closing
+        assert YNotebook(again.ydoc).get()["cells"][0]["source"] == "a = 1  # kept"
+        await manager.close_all()
