@@ -35,7 +35,9 @@ Settings (environment):
 
 - ``JUPYTER_YSTORE_FUZZ_SECONDS`` (default 60): fuzzing time for all stores together,
   split evenly; setup and the final checks add about 10 s a store.
-- ``JUPYTER_YSTORE_FUZZ_SEED`` (default 20261128).
+- ``JUPYTER_YSTORE_FUZZ_SEED`` (default 20261128): fixes the sequence of frame kinds and
+  their random parts; the ids a frame points at come from the live document, which
+  depends on timing, so two runs send similar, not identical, bytes.
 - ``JUPYTER_YSTORE_FUZZ_KINDS``: comma-separated prefixes of frame kinds to send (e.g.
   ``structured/json-item,known/issue``), or to leave out with a leading ``-`` (e.g.
   ``-structured/deep-any``), to reproduce one class of failure; default all.
@@ -529,8 +531,9 @@ async def hostile(run: Run, name: str, token: str, gen: FrameGenerator, writer: 
     """Send generated frames, one at a time, each followed by a sync step 1 whose step 2
     says the server is done with it; reconnect whenever the server closes the socket."""
     recorder, stats = run.recorder, run.stats
+    connection_rng = random.Random(f"{SEED}:{name}")  # gen.rng draws only frames
     while time.monotonic() < run.deadline and run.alive():
-        peer = Peer(name, gen.rng.randrange(1, 2**31), recorder, checks=False, on_update=gen.capture)
+        peer = Peer(name, connection_rng.randrange(1, 2**31), recorder, checks=False, on_update=gen.capture)
         try:
             session = await open_session(run.server, "fuzz.ipynb", token)
             async with yclient(room_url(run.server, session, token), client=peer):
@@ -544,14 +547,14 @@ async def hostile(run: Run, name: str, token: str, gen: FrameGenerator, writer: 
                     await anyio.sleep(0.2)
                     continue
                 gen.set_view(peer.ydoc.get_update())
-                await send_frames(run, name, peer, gen, writer)
+                await send_frames(run, name, peer, gen, writer, connection_rng)
         except Exception as exc:  # noqa: BLE001
             if run.alive() and time.monotonic() < run.deadline:
                 recorder.violation(4, f"{name}:connect:{type(exc).__name__}", f"{name} cannot connect: {type(exc).__name__}: {exc}")
                 await anyio.sleep(0.2)
 
 
-async def send_frames(run: Run, name: str, peer: Peer, gen: FrameGenerator, writer: bool) -> None:
+async def send_frames(run: Run, name: str, peer: Peer, gen: FrameGenerator, writer: bool, rng: random.Random) -> None:
     """One connection's share of the fuzz; returns when the server closed it (or hung)."""
     recorder, stats = run.recorder, run.stats
     since_view = 0
@@ -560,7 +563,7 @@ async def send_frames(run: Run, name: str, peer: Peer, gen: FrameGenerator, writ
         if writer and gen.holds_back(frame):
             stats.held_back[frame.kind] += 1
             continue
-        repeat = 2 if frame.family == "known" and gen.rng.random() < 0.5 else 1  # "sent twice in a row"
+        repeat = 2 if frame.family == "known" and rng.random() < 0.5 else 1  # "sent twice in a row"
         try:
             for _ in range(repeat):
                 recorder.sent_frame(name, frame)
