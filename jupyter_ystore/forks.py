@@ -26,7 +26,8 @@ from pycrdt import Doc
 
 from . import sync
 from .awareness import AwarenessRelay
-from .update_guard import DocumentDamaged, apply_checked, read_checked
+from .item_index import DOCUMENT_ROOTS
+from .update_guard import DocumentDamaged, DocumentGuard
 from .ydoc import CRDTError, crdt_errors
 
 
@@ -70,6 +71,9 @@ class ForkRoom:
         self.closed = anyio.Event()
         self._close_requested = anyio.Event()
         self._activity = anyio.Event()
+        parts = self.info.root_roomid.split(":")
+        file_type = parts[1] if len(parts) == 3 else "file"
+        self.guard = DocumentGuard(self.ydoc, DOCUMENT_ROOTS.get(file_type, DOCUMENT_ROOTS["file"]))
         self._subscription = self.ydoc.observe(self._on_change)
         self._root_subscription: Any = None
         self._root_doc: Any = None
@@ -141,6 +145,7 @@ class ForkRoom:
 
     def _on_change(self, event: Any) -> None:
         if event.update != b"\x00\x00":
+            self.guard.note_change(event.update)
             self.relay.broadcast(sync.update_message(event.update))
 
     def join(self, client: Any) -> None:
@@ -160,9 +165,8 @@ class ForkRoom:
                 return
             if self.read_only or not client.can_write:
                 raise PermissionError("this fork is read-only: your changes are not accepted")
-            summary = await read_checked(message.update)
             try:
-                apply_checked(self.ydoc, message.update, summary)
+                await self.guard.apply(message.update)
             except DocumentDamaged as exc:
                 self.log.error("Fork %s: an update from %s %s; closing the fork", self.room_id, client.username, exc)
                 self._close_requested.set()

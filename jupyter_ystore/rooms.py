@@ -50,7 +50,8 @@ from .merge import MergeResult, merge_into
 from .room_writer import Origin, WritePipeline
 from .spill import Spill
 from .stores.base import BaseYStore
-from .update_guard import BadUpdate, DocumentDamaged, apply_checked, describe, read_checked
+from .item_index import DOCUMENT_ROOTS
+from .update_guard import BadUpdate, DocumentDamaged, DocumentGuard, describe
 from .ydoc import CRDTError, crdt_errors, is_panic
 
 __all__ = [
@@ -207,6 +208,7 @@ class DocumentRoom:
         self.spill = spill
         self.ydoc = Doc()
         self.document = YDOCS.get(file.file_type, YDOCS["file"])(self.ydoc)
+        self.guard = DocumentGuard(self.ydoc, DOCUMENT_ROOTS.get(file.file_type, DOCUMENT_ROOTS["file"]))
         self.relay = AwarenessRelay()
         self.writer = WritePipeline(
             room_id,
@@ -441,6 +443,7 @@ class DocumentRoom:
             self.ydoc.unobserve(self._subscription)
         self.ydoc = Doc()
         self.document = YDOCS.get(self.file.file_type, YDOCS["file"])(self.ydoc)
+        self.guard = DocumentGuard(self.ydoc, self.guard.roots)
         self._subscription = self.ydoc.observe(self._on_change)
 
     async def _attributes(self) -> dict[str, bytes]:
@@ -544,6 +547,7 @@ class DocumentRoom:
         update: bytes = event.update
         if update == b"\x00\x00":
             return
+        self.guard.note_change(update)
         origin = self._origin or Origin("server")
         if origin is REMOTE:  # durable already: relay now
             self._relay_update(update)
@@ -571,15 +575,12 @@ class DocumentRoom:
     async def receive_update(self, client: Any, update: bytes) -> None:
         """A client's update: checked against the document, applied, stored, relayed.
         ``BadUpdate`` when refused (nothing of it applied, stored or relayed)."""
-        summary = await read_checked(update)
-        if summary.is_empty:
-            return
         if self._fault is not None:
             raise BadUpdate("the document is being reset; reconnect")
         mark = self.writer.queued
         try:
             with self._changes_by(Origin("client", user=client.username)):
-                apply_checked(self.ydoc, update, summary)
+                await self.guard.apply(update)
         except DocumentDamaged as exc:
             self.writer.drop_since(mark)  # never stored, never relayed
             self.reset(f"an update from {client.username} ({describe(update)}) {exc}")

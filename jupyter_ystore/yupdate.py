@@ -8,7 +8,8 @@ room reads each one here first, in the exact Yjs v1 layout, and refuses:
 
 - anything that is not canonical Yjs: trailing bytes, unknown content or type refs, flag
   bits Yjs never writes (on GC and Skip structs), empty items, invalid UTF-8, JSON that is
-  not JSON, absurd lengths, nesting beyond ``MAX_DEPTH``, subdocuments;
+  not JSON, absurd lengths, nesting beyond ``MAX_DEPTH``, subdocuments, deprecated JSON
+  content, an item between itself and itself or pointing at its own client's future;
 - anything that does not fit the document's state vector: a client's structs starting after
   what the document has (a gap: it would be kept pending), an origin, right origin or parent
   that is neither in the document nor in the update, delete ranges past known clocks.
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .codec import TruncatedError
 
-#: Yjs numbers are doubles: clocks and client ids above this cannot round-trip to the browser.
+#: Yjs numbers are doubles: client ids above this cannot round-trip to the browser.
 MAX_SAFE_INTEGER = 2**53 - 1
+#: yrs keeps clocks in 32 bits: beyond, the server would count what the browsers do not.
+MAX_CLOCK = 2**32 - 1
 #: How deeply `any` values (objects in arrays in objects...) may nest.
 MAX_DEPTH = 64
 
@@ -67,6 +70,21 @@ class MissingDependencies(InvalidUpdate):
     knew a history this document no longer holds)."""
 
 
+class ItemInfo(NamedTuple):
+    """One struct of an update, as far as placing it in a document goes."""
+
+    client: int
+    clock: int
+    length: int
+    ref: int  # content ref (0 GC)
+    origin: Optional[ID]
+    right: Optional[ID]
+    root: Optional[str]  # explicit parent: a root type's name...
+    parent: Optional[ID]  # ...or the item that is the parent type
+    keyed: bool  # an entry of a map (explicit key, or inherited from its neighbour)
+    type_ref: Optional[int]  # for type content: 0 array, 1 map, 2 text, 3-6 XML
+
+
 @dataclass
 class UpdateSummary:
     """What an update adds, depends on and deletes; enough to check it against a document."""
@@ -77,6 +95,8 @@ class UpdateSummary:
     references: List[ID] = field(default_factory=list)
     #: client -> [(clock, length)]
     deletions: Dict[int, List[Tuple[int, int]]] = field(default_factory=dict)
+    #: every item and GC struct, in the order the update lists them
+    items: List[ItemInfo] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -85,7 +105,7 @@ class UpdateSummary:
     def check_against(self, state: Dict[int, int]) -> Dict[int, int]:
         """Raise ``InvalidUpdate`` unless every part of the update integrates into a document
         whose state vector is ``state`` (client -> next clock). Returns the state vector the
-        document must have after applying it."""
+        document must have after applying it. (Where each item goes is ``item_index``'s.)"""
         known = dict(state)
         for client, structs in self.structs.items():
             have = known.get(client, 0)
@@ -134,9 +154,13 @@ def parse_state_vector(data: bytes) -> Dict[int, int]:
     return state
 
 
-def read_update(update: bytes) -> UpdateSummary:
-    """Decode ``update`` strictly (Yjs v1); raise ``InvalidUpdate`` saying what is wrong."""
-    reader = _Reader(update)
+def read_update(update: bytes, *, strict: bool = True) -> UpdateSummary:
+    """Decode ``update`` strictly (Yjs v1); raise ``InvalidUpdate`` saying what is wrong.
+
+    ``strict=False`` reads what our own documents encode (pycrdt's output, already
+    integrated): content a client may not send (JSON, XML types) is read, not refused.
+    """
+    reader = _Reader(update, strict)
     summary = UpdateSummary()
     try:
         for _ in range(reader.count()):
@@ -147,9 +171,9 @@ def read_update(update: bytes) -> UpdateSummary:
                 raise InvalidUpdate(f"client {client} is listed twice")
             structs: List[Tuple[int, int, bool]] = []
             for _ in range(count):
-                length, is_skip = _read_struct(reader, summary.references)
-                if clock + length > MAX_SAFE_INTEGER:
-                    raise InvalidUpdate(f"client {client}'s clocks pass 2**53")
+                length, is_skip = _read_struct(reader, summary, client, clock)
+                if clock + length > MAX_CLOCK:
+                    raise InvalidUpdate(f"client {client}'s clocks pass 2**32")
                 structs.append((clock, length, is_skip))
                 clock += length
             if structs:
@@ -160,7 +184,7 @@ def read_update(update: bytes) -> UpdateSummary:
             for _ in range(reader.count()):
                 clock = reader.clock()
                 length = reader.uint()
-                if length == 0 or clock + length > MAX_SAFE_INTEGER:
+                if length == 0 or clock + length > MAX_CLOCK:
                     raise InvalidUpdate(f"a delete range of client {client} has length {length}")
                 ranges.append((clock, length))
             if ranges:
@@ -176,74 +200,102 @@ def read_update(update: bytes) -> UpdateSummary:
     return summary
 
 
-def _read_struct(reader: _Reader, references: List[ID]) -> Tuple[int, bool]:
+def _read_struct(reader: _Reader, summary: UpdateSummary, client: int, clock: int) -> Tuple[int, bool]:
     """One struct; returns its length in clock units and whether it is a Skip."""
     info = reader.byte()
     ref = info & 0x1F
     if ref in (_CONTENT_GC, _CONTENT_SKIP):
         if info != ref:
             raise InvalidUpdate(f"flag bits {info:#04x} on a {'GC' if ref == 0 else 'Skip'} struct")
-        return _positive(reader.uint(), "GC/Skip length"), ref == _CONTENT_SKIP
-    has_origin = bool(info & 0x80)
-    has_right = bool(info & 0x40)
-    if has_origin:
-        references.append((reader.client(), reader.clock()))
-    if has_right:
-        references.append((reader.client(), reader.clock()))
-    if not has_origin and not has_right:
+        length = _positive(reader.uint(), "GC/Skip length")
+        if ref == _CONTENT_GC:
+            summary.items.append(ItemInfo(client, clock, length, ref, None, None, None, None, False, None))
+        return length, ref == _CONTENT_SKIP
+    references = summary.references
+    origin = right = parent = None
+    root: Optional[str] = None
+    keyed = False
+    if info & 0x80:
+        origin = (reader.client(), reader.clock())
+        references.append(origin)
+    if info & 0x40:
+        right = (reader.client(), reader.clock())
+        references.append(right)
+        if right == origin and reader.strict:
+            raise InvalidUpdate(f"an item has {right} as both its left and its right neighbour")
+    if origin is None and right is None:
         if reader.uint() == 1:
-            reader.string()  # a root type's name
+            root = reader.string()
         else:
-            references.append((reader.client(), reader.clock()))
+            parent = (reader.client(), reader.clock())
+            references.append(parent)
         if info & 0x20:
+            keyed = True
             reader.string()  # the key in the parent map
     # With an origin, the parent and its key come from the origin item: a 0x20 bit is then
     # written (by Yjs and yrs alike) but no key follows.
-    return _read_content(reader, ref), False
+    if reader.strict:
+        for target in (origin, right, parent):
+            if target is not None:
+                _not_ahead(target, client, clock)
+    length, type_ref = _read_content(reader, ref)
+    summary.items.append(ItemInfo(client, clock, length, ref, origin, right, root, parent, keyed, type_ref))
+    return length, False
 
 
-def _read_content(reader: _Reader, ref: int) -> int:
-    """One item's content; returns its length in clock units."""
+def _not_ahead(target: ID, client: int, clock: int) -> None:
+    """An item can only point at its own client's items made before it."""
+    if target[0] == client and target[1] >= clock:
+        raise InvalidUpdate(f"the item at clock {clock} of client {client} points at its own future {target}")
+
+
+def _read_content(reader: _Reader, ref: int) -> Tuple[int, Optional[int]]:
+    """One item's content; returns its length in clock units (and a type's ref)."""
     if ref == _CONTENT_DELETED:
-        return _positive(reader.uint(), "deleted length")
+        return _positive(reader.uint(), "deleted length"), None
     if ref == _CONTENT_JSON:
-        count = _positive(reader.count(), "JSON count")
+        if reader.strict:
+            # Deprecated (Yjs writes Any since v13), and yrs reads one entry more than it
+            # writes: the server and the browsers would not even agree on its length.
+            raise InvalidUpdate("JSON content (deprecated since Yjs 13) is not accepted")
+        count = reader.count()
         for _ in range(count):
-            text = reader.string()
-            if text != "undefined":
-                try:
-                    json.loads(text)
-                except ValueError:
-                    raise InvalidUpdate("JSON content that is not JSON") from None
-        return count
+            reader.string()
+        return count, None
     if ref == _CONTENT_BINARY:
         reader.bytes()
-        return 1
+        return 1, None
     if ref == _CONTENT_STRING:
         text = reader.string()
-        length = len(text.encode("utf-16-le")) // 2  # Yjs counts UTF-16 code units
-        return _positive(length, "string length")
+        length = len(text.encode("utf-16-le", "surrogatepass")) // 2  # Yjs counts UTF-16 units
+        return _positive(length, "string length"), None
     if ref == _CONTENT_EMBED:
-        _json(reader.string())
-        return 1
+        reader.json()
+        return 1, None
     if ref == _CONTENT_FORMAT:
         reader.string()
-        _json(reader.string())
-        return 1
+        reader.json()
+        return 1, None
     if ref == _CONTENT_TYPE:
         type_ref = reader.uint()
         if type_ref > _TYPE_REF_MAX:
             raise InvalidUpdate(f"unknown shared type {type_ref}")
         if type_ref in _TYPE_REFS_WITH_NAME:
             reader.string()
-        return 1
+        if type_ref > 2 and reader.strict:
+            raise InvalidUpdate("XML types are not part of Jupyter documents")
+        return 1, type_ref
     if ref == _CONTENT_ANY:
         count = _positive(reader.count(), "value count")
         for _ in range(count):
             reader.any(0)
-        return count
-    if ref == _CONTENT_DOC:
+        return count, None
+    if ref == _CONTENT_DOC and reader.strict:
         raise InvalidUpdate("subdocuments are not part of Jupyter documents")
+    if ref == _CONTENT_DOC:
+        reader.string()
+        reader.any(0)
+        return 1, None
     raise InvalidUpdate(f"unknown content type {ref}")
 
 
@@ -253,22 +305,37 @@ def _positive(value: int, what: str) -> int:
     return value
 
 
-def _json(text: str) -> None:
-    try:
-        json.loads(text)
-    except ValueError:
-        raise InvalidUpdate("embedded JSON that is not JSON") from None
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("a number out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 class _Reader:
     """A cursor over lib0-encoded bytes whose every length is checked against what is left."""
 
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "pos", "end", "strict")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, strict: bool = True) -> None:
         self.data = data
         self.pos = 0
         self.end = len(data)
+        self.strict = strict
+
+    def json(self) -> None:
+        """A string holding JSON as yrs parses it (no NaN, no Infinity, finite numbers)."""
+        text = self.string()
+        if not self.strict:
+            return
+        try:
+            json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        except (ValueError, RecursionError):
+            raise InvalidUpdate("embedded JSON that is not JSON") from None
 
     def at_end(self) -> bool:
         return self.pos == self.end

@@ -549,7 +549,6 @@ async def test_a_document_damaged_by_an_update_resets_its_room_only(
     """If an update got past the checks and still damaged the document (never seen with
     yrs; simulated here), nothing of it is stored or relayed, its room closes without saving,
     its clients are told to reconnect, and the document reopens from the store."""
-    from jupyter_ystore import rooms
     from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged
 
     write_notebook(setup.root / "other.ipynb", ["other"])
@@ -564,16 +563,15 @@ async def test_a_document_damaged_by_an_update_resets_its_room_only(
         room.join(bob)
         records = len(setup.records())
         bad = client_update(room, lambda nb: append(nb.ycells[0]["source"], " broken"))
-        real_apply = rooms.apply_checked
+        real_apply = room.guard.apply
 
-        def damaging(doc: Any, update: bytes, summary: Any) -> None:
-            real_apply(doc, update, summary)
+        async def damaging(update: bytes) -> None:
+            await real_apply(update)
             raise DocumentDamaged("simulated damage")
 
-        monkeypatch.setattr(rooms, "apply_checked", damaging)
+        monkeypatch.setattr(room.guard, "apply", damaging)
         with pytest.raises(BadUpdate):
             await room.handle(alice, sync.SyncUpdate(bad))
-        monkeypatch.setattr(rooms, "apply_checked", real_apply)
         await room.closed.wait()
         assert alice.closed_with is not None and alice.closed_with[0] == 1011
         assert bob.closed_with is not None and bob.closed_with[0] == 1011

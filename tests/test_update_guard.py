@@ -12,7 +12,8 @@ from jupyter_ydoc import YNotebook
 from jupyter_ystore import sync
 from jupyter_ystore.codec import write_var_bytes, write_var_string, write_var_uint
 from jupyter_ystore.rooms import _scratch_document
-from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged, apply_checked, read_checked
+from jupyter_ystore.item_index import DOCUMENT_ROOTS, ItemIndex
+from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, apply_checked, read_checked
 from jupyter_ystore.ydoc import CRDTError, crdt_errors, missing_dependencies
 from jupyter_ystore.yupdate import (
     InvalidUpdate,
@@ -100,7 +101,7 @@ def _string_after(origin: tuple[int, int], text: str) -> bytes:
     "update, reason",
     [
         (_item(7, 0, 0x84, _string_after((0, 1), "a")) + b"\x00", "trailing"),
-        (_item(7, 0, 0x02, b"\x01" + write_var_string("cells") + b"\x00"), "JSON count"),
+        (_item(7, 0, 0x02, b"\x01" + write_var_string("cells") + b"\x00"), "JSON content"),
         (_item(7, 0, 0x04, b"\x01" + write_var_string("cells") + write_var_bytes(b"\xff\xfe")), "UTF-8"),
         (_item(7, 0, 0x0B, b"\x01" + write_var_string("cells")), "unknown content"),
         (_item(7, 0, 0x09, b"\x01" + write_var_string("cells") + write_var_string("guid") + b"\x7f"), "subdocuments"),
@@ -193,8 +194,9 @@ async def test_mutated_updates_are_refused_or_leave_a_sound_document() -> None:
         peer.apply_update(doc.get_update())
         relayed: list[bytes] = []
         doc.observe(lambda event: relayed.append(event.update))
+        guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
         try:
-            apply_checked(doc, update, await read_checked(update))
+            await guard.apply(update)
         except DocumentDamaged as exc:  # pragma: no cover - would be a finding
             pytest.fail(f"{update.hex()} damaged the document: {exc}")
         except BadUpdate:
@@ -231,3 +233,121 @@ def test_missing_dependencies_names_pending_structs_and_deletions() -> None:
     deletes_only = pycrdt.Doc()
     deletes_only.apply_update(updates[2])
     assert "refer to items that are not stored" in (missing_dependencies(deletes_only, updates[2:]) or "")
+
+
+def _between(left: tuple[int, int], right: tuple[int, int], tail: bytes) -> bytes:
+    """An item's origin and right origin, then ``tail`` (its content)."""
+    return b"".join(write_var_uint(n) for n in (*left, *right)) + tail
+
+
+def _placed(doc: pycrdt.Doc) -> ItemIndex:
+    return ItemIndex.of_update(doc.get_update(), DOCUMENT_ROOTS["notebook"])
+
+
+def _ids(doc: pycrdt.Doc) -> dict[str, tuple[int, int]]:
+    """Ids of a few items of the loaded notebook: a character of cell 0's source, one of
+    cell 1's, the cells array's first element (a map type) and an entry of ``meta``."""
+    index = _placed(doc)
+    found: dict[str, tuple[int, int]] = {}
+    for client, runs in index._runs.items():
+        for run in runs:
+            ident = (client, run.start)
+            if run.ref == 4 and "text0" not in found:
+                found["text0"] = ident
+            elif run.ref == 4 and run.parent != index.find(found["text0"]).parent and "text1" not in found:
+                found["text1"] = ident
+            elif run.ref == 7 and run.parent == "cells" and "cell" not in found:
+                found["cell"] = ident
+            elif run.parent == "meta" and run.keyed and "entry" not in found:
+                found["entry"] = ident
+    return found
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        # neighbours in two different cells' sources
+        (lambda ids: _item(7, 0, 0xC4, _between(ids["text0"], ids["text1"], write_var_string("x"))), "not in one list"),
+        # left and right neighbour the same item
+        (lambda ids: _item(7, 0, 0xC4, _between(ids["text0"], ids["text0"], write_var_string("x"))), "both its left and its right"),
+        # a string straight into the cells array
+        (lambda ids: _item(7, 0, 0x04, b"\x01" + write_var_string("cells") + write_var_string("x")), "string content does not belong in a array"),
+        # a root the notebook does not have
+        (lambda ids: _item(7, 0, 0x08, b"\x01" + write_var_string("fuzz") + b"\x01\x7e"), "no shared type 'fuzz'"),
+        # a map entry without a key, and a key in an array
+        (lambda ids: _item(7, 0, 0x08, b"\x01" + write_var_string("meta") + b"\x01\x7e"), "without a key in a map"),
+        (lambda ids: _item(7, 0, 0x28, b"\x01" + write_var_string("cells") + write_var_string("k") + b"\x01\x7e"), "with a key in a array"),
+        # a character as a parent
+        (lambda ids: _item(7, 0, 0x04, b"\x00" + write_var_uint(ids["text0"][0]) + write_var_uint(ids["text0"][1]) + write_var_string("x")), "not a shared type"),
+        # a value after a map entry, with a right neighbour (map entries never have one)
+        (lambda ids: _item(7, 0, 0xC8, _between(ids["entry"], ids["cell"], b"\x01\x7e")), "not in one list"),
+        # pointing at its own client's future, beyond 32-bit clocks, XML, a NaN embed
+        (lambda ids: _item(7, 0, 0x84, _string_after((7, 3), "x")), "its own future"),
+        (lambda ids: _item(7, 0, 0x01, b"\x01" + write_var_string("cells") + write_var_uint(2**32)), "2\\*\\*32"),
+        (lambda ids: _item(7, 0, 0x07, b"\x01" + write_var_string("cells") + b"\x06"), "XML"),
+        (lambda ids: _item(7, 0, 0x05, b"\x01" + write_var_string("cells") + write_var_string("NaN")), "not JSON"),
+    ],
+)
+async def test_items_that_would_land_where_they_do_not_fit_are_refused(make, reason: str) -> None:
+    doc = loaded_notebook()
+    ids = _ids(doc)
+    assert {"text0", "text1", "cell", "entry"} <= set(ids), ids
+    update = make(ids)
+    before = doc.get_update()
+    guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+    with pytest.raises(BadUpdate, match=reason) as err:
+        await guard.apply(update)
+    assert not isinstance(err.value, DocumentDamaged)
+    assert doc.get_update() == before
+
+
+async def test_generated_hostile_updates_never_leave_a_document_that_replays_differently() -> None:
+    """The fuzz generator's structured and mutated updates (tests/_fuzz_frames.py), offline
+    against a loaded notebook with a typist: whatever the guard lets through encodes and
+    replays to the same content, and a peer applying what the room relays agrees."""
+    from _fuzz_frames import FrameGenerator
+
+    base = loaded_notebook()
+    typist = pycrdt.Doc(client_id=1000003)
+    typist.apply_update(base.get_update())
+    typed: list[bytes] = []
+    typist.observe(lambda event: typed.append(event.update))
+    nb = YNotebook(typist)
+    for i in range(20):
+        source = nb.ycells[i % 2]["source"]
+        source.insert(len(str(source)) // 2, "ab"[i % 2])
+    for update in typed:
+        base.apply_update(update)
+    start = base.get_update()
+    generator = FrameGenerator(20261203, kinds=("structured", "mutated", "random", "known"))
+    generator.set_view(start)
+    for update in typed:
+        generator.capture(update)
+    accepted = refused = 0
+    for _ in range(1500):
+        update = generator.next_frame().update
+        if update is None:
+            continue
+        doc = pycrdt.Doc()
+        doc.apply_update(start)
+        peer = pycrdt.Doc()
+        peer.apply_update(start)
+        relayed: list[bytes] = []
+        doc.observe(lambda event: relayed.append(event.update))
+        guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+        try:
+            await guard.apply(update)
+        except DocumentDamaged as exc:  # pragma: no cover - would be a finding
+            pytest.fail(f"{update.hex()} damaged the document: {exc}")
+        except BadUpdate:
+            refused += 1
+            continue
+        accepted += 1
+        for change in relayed:
+            peer.apply_update(change)
+        replay = pycrdt.Doc()
+        replay.apply_update(doc.get_update())
+        live = YNotebook(doc).get()
+        assert YNotebook(replay).get() == live, update.hex()
+        assert YNotebook(peer).get() == live, update.hex()
+    assert accepted > 20 and refused > 500, (accepted, refused)
