@@ -3,8 +3,9 @@
 Two pages edit one notebook through a real ``jupyter lab`` subprocess; the server
 is SIGKILLed right after page B has seen page A's edit, restarted on the same
 root and database, and a fresh page C must still show the edit (and, after the
-save delay, the ``.ipynb`` on disk must hold it), while page A, which outlived
-the crash, is offered a reload instead of merging its stale history. Then Ctrl+S
+save delay, the ``.ipynb`` on disk must hold it). Page A, which outlived the crash
+and was typed in while the server was down (a closed laptop), reconnects by itself
+without a reload dialog, and its offline text reaches C exactly once. Then Ctrl+S
 in C must report "Saving completed" with the file written, a change made to the
 file by another program must reach C, and SIGTERM must end the server promptly
 while C is still connected. This is the test that proves the front end and our
@@ -45,6 +46,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import pytest
+
+from jupyter_ystore.sessions import history_of
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 DRIVER = BROWSER_DIR / "two_pages.mjs"
@@ -382,25 +385,25 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
                 f"document_save_delay={SAVE_DELAY} this test cannot tell whether the store "
                 "restored it"
             )
-        # A stays open across the restart, as a forgotten tab would.
+        # A stays open across the restart, as a forgotten tab (or a closed laptop) would, and
+        # is typed in while the server is down.
         driver.send("close_pages", names=["B"])
         driver.expect("closed")
+        offline = f"# offline-{uuid.uuid4().hex[:10]}"
+        driver.send("type", name="A", text=offline)
+        typed = driver.expect("typed")
+        step(f"typed in A while the server is down (dismissed {typed['dismissed']})")
 
         server.start()
         step("server restarted")
         second_session = server.open_session(NOTEBOOK)
         assert second_session["fileId"] == first_session["fileId"], (first_session, second_session)
-        assert second_session["sessionId"] != first_session["sessionId"], (
-            "the session id must change when the server restarts, or a browser that outlived the "
-            f"crash merges its stale history: {first_session} / {second_session}"
-        )
-
-        if not upstream:  # jupyter_server_ydoc lets the stale page reconnect silently
-            # A's session id is from the killed server: it must be asked to reload, not merged.
-            driver.send("stale", name="A")
-            stale = driver.expect("stale")
-            step(f"stale page A: {stale['buttons']} after {stale['roomSockets']} room sockets")
-            assert [c.count(marker) for c in stale["code"]] == [1], stale
+        if not upstream:
+            # the session id names the stored history, which the restart kept
+            assert history_of(second_session["sessionId"]) == history_of(first_session["sessionId"]), (
+                first_session,
+                second_session,
+            )
 
         driver.send("reopen")
         reopened = driver.expect("reopened")
@@ -409,6 +412,14 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
             f"expected the notebook's 2 cells after restart, page shows {reopened}"
         )
         assert sum(text.count(marker) for text in reopened["code"]) == 1, reopened
+        # A reconnected by itself: what it typed offline reaches C, once, and A shows no
+        # "Session expired" dialog.
+        merged = driver.expect_after("expect_text", "text_seen", name="C", text=offline)
+        step("page C shows what A typed offline")
+        assert sum(text.count(offline) for text in merged["code"]) == 1, merged
+        assert sum(text.count(marker) for text in merged["code"]) == 1, merged
+        on_a = driver.expect_after("expect_text", "text_seen", name="A", text=offline)
+        assert not any("expired" in d.lower() or "reload" in d.lower() for d in on_a["dialogs"]), on_a
 
         sources = _wait_for(
             "the restarted server to write the edit into the .ipynb",
@@ -418,6 +429,7 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         step(".ipynb on disk holds the edit")
         assert len(sources) == 2 and sources[1].count(marker) == 1, sources
         assert sources[1].startswith("x = 1"), sources
+        _wait_for("A's offline text in the .ipynb", lambda: offline in "".join(_cell_sources(notebook)), 30)
 
         # An explicit save (Ctrl+S) answered "success" means the file holds the text now.
         marker2 = f"# saved-{uuid.uuid4().hex[:10]}"
@@ -433,8 +445,7 @@ def test_two_pages_edit_survives_sigkill(tmp_path: Path) -> None:
         )
 
         # Another program rewrites the file while page C has it open: the change reaches the
-        # page as a normal update (the file wins because it changed after the store's last
-        # update), with no dialog.
+        # page as a small edit merged from the last save, with no dialog.
         marker3 = f"# on-disk-{uuid.uuid4().hex[:10]}"
         _edit_on_disk(notebook, f"y = 3  {marker3}")
         seen = driver.expect_after("expect_text", "text_seen", name="C", text=marker3)

@@ -200,3 +200,30 @@ async def test_an_edit_on_disk_is_imported_once(tmp_path: Path, pg_config: dict[
             assert await stored_content(pg_config, sessions[0]["fileId"]) == content(c1)
     imports = [server.log().count("changed on disk while open") for server in (s1, s2)]
     assert sorted(imports) == [0, 1], imports
+
+
+async def test_a_tab_moves_to_another_server_without_a_reload(tmp_path: Path, pg_config: dict[str, Any]) -> None:
+    """The session id names the stored history, which both servers share: a tab whose server
+    went away reconnects to the other one (the proxy sends it there) and carries on, with
+    what it typed while disconnected."""
+    nb_path = tmp_path / "root" / "shared.ipynb"
+    write_notebook(nb_path, ["a = 1"])
+    async with two_servers(tmp_path, pg_config) as ((s1, s2), sessions):
+        from jupyter_ystore.sessions import history_of
+
+        assert history_of(sessions[0]["sessionId"]) == history_of(sessions[1]["sessionId"]) != ""
+        async with yclient(s1.room_url(sessions[0])) as tab:
+            with anyio.fail_after(30):
+                await tab.synced.wait()
+            append(tab.document.ycells[0]["source"], "  # on server 1")
+            await tab.acknowledged()
+        append(tab.document.ycells[0]["source"], "  # while moving")  # disconnected
+        moved = dict(sessions[1], sessionId=sessions[0]["sessionId"])  # the tab's own session id
+        async with yclient(s2.room_url(moved), client=tab), yclient(s1.room_url(sessions[0])) as other:
+            with anyio.fail_after(30):
+                await tab.synced.wait()
+                await other.synced.wait()
+            assert not tab.closed.is_set()
+            expected = ["a = 1  # on server 1  # while moving"]
+            await wait_until(lambda: other.sources() == expected, timeout=20)
+            assert tab.sources() == expected

@@ -8,6 +8,7 @@
 //   start  (automatic)     -> {"event":"edited", ...}   pages A and B open, text typed in A seen in B
 //   {"cmd":"close_pages"}  -> {"event":"closed"}        A and B closed (server is dead by now)
 //   {"cmd":"stale","name":"A"} -> {"event":"stale", text, buttons, roomSockets}  A's session dialog
+//   {"cmd":"type","name":n,"text":t} -> {"event":"typed", code, dismissed}  t typed in page n (offline too)
 //   {"cmd":"reopen"}       -> {"event":"reopened", ...} fresh page C on the restarted server
 //   {"cmd":"save","text":t}  -> {"event":"saved", saving, dialogs, dirty}  t typed in C, then Ctrl+S
 //   {"cmd":"expect_text","name":n,"text":t} -> {"event":"text_seen", code, dialogs}  page n shows t
@@ -129,6 +130,30 @@ async function staleDialog(page, name) {
   }
 }
 
+// Close whatever dialogs the page shows (e.g. "Server Connection Error" while the server is
+// down), so that typing reaches the editor; returns their first lines.
+async function dismissDialogs(page) {
+  const dismissed = [];
+  for (let i = 0; i < 5; i++) {
+    const dialog = page.locator('.jp-Dialog').first();
+    if (!(await dialog.isVisible())) break;
+    const handle = await dialog.elementHandle();
+    dismissed.push((await dialog.innerText()).split('\n')[0]);
+    await page.keyboard.press('Escape');
+    await page.waitForFunction((el) => !el.isConnected, handle);
+  }
+  return dismissed;
+}
+
+async function typeInto(page, name, text) {
+  const dismissed = await dismissDialogs(page);
+  await page.locator(CODE_EDITOR).first().click();
+  await page.keyboard.press('Control+End');
+  await page.keyboard.type(`  ${text}`, { delay: 20 });
+  await waitForText(page, name, text);
+  return { code: await editorTexts(page), dismissed };
+}
+
 async function editorTexts(page) {
   return page.locator(CODE_EDITOR).allInnerTexts();
 }
@@ -205,6 +230,8 @@ async function main() {
         emit('closed');
       } else if (cmd.cmd === 'stale') {
         emit('stale', await staleDialog(pages.get(cmd.name ?? 'A'), cmd.name ?? 'A'));
+      } else if (cmd.cmd === 'type') {
+        emit('typed', await typeInto(pages.get(cmd.name), cmd.name, cmd.text));
       } else if (cmd.cmd === 'reopen') {
         const c = await openNotebook(browser, 'C');
         await waitForMarker(c, 'C');
