@@ -31,9 +31,9 @@ from typing import Any, Callable
 import anyio
 import pycrdt
 
-from jupyter_ystore import ydoc as _ydoc
-from jupyter_ystore.codec import iter_var_bytes
-from jupyter_ystore.stores.postgres import PostgresYStore
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.core.codec import iter_var_bytes
+from jupyter_ystore.stores.postgres.store import PostgresYStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stores import (  # noqa: E402

@@ -40,7 +40,7 @@ from bench_stores import (  # noqa: E402
 )
 
 from jupyter_ystore import SQLiteYStore  # noqa: E402
-from jupyter_ystore.codec import iter_var_bytes  # noqa: E402
+from jupyter_ystore.core.codec import iter_var_bytes  # noqa: E402
 
 DOCS = 20
 

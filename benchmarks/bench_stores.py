@@ -31,8 +31,8 @@ import anyio
 import pycrdt
 
 from jupyter_ystore import SQLiteYStore
-from jupyter_ystore import ydoc as _ydoc
-from jupyter_ystore.codec import iter_var_bytes
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.core.codec import iter_var_bytes
 
 STREAM = Path(__file__).parent / "data" / "updates-50000.bin"
 CONCURRENT_DOCS = 20
@@ -210,7 +210,7 @@ class CommitSizes:
 
     @asynccontextmanager
     async def counting(self) -> AsyncIterator[None]:
-        from jupyter_ystore.stores import _sqlite_db
+        from jupyter_ystore.stores.sqlite import db as _sqlite_db
 
         original = _sqlite_db.SharedDatabase._commit_writes
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (
+from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreConnectionError,
     YStoreCorruptError,
@@ -20,8 +20,8 @@ from .errors import (
     YStorePermissionError,
     YStoreVersionError,
 )
-from .stores.base import BaseYStore, DocumentInfo
-from .stores.memory import MemoryYStore
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores.memory import MemoryYStore
 
 __version__ = "0.1.0"
 
@@ -30,7 +30,7 @@ _LAZY = {
     "TempFileYStore": ".stores.file",
     "SQLiteYStore": ".stores.sqlite",
     "PostgresYStore": ".stores.postgres",
-    "YStoreExtension": ".app",
+    "YStoreExtension": ".server.app",
 }
 
 __all__ = [
@@ -61,6 +61,6 @@ def __getattr__(name: str) -> Any:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .app import YStoreExtension
+    from jupyter_ystore.server.app import YStoreExtension
 
     return [{"module": "jupyter_ystore", "app": YStoreExtension}]

@@ -32,7 +32,7 @@ from jupyter_ydoc import ydocs as YDOCS
 from pycrdt import Awareness, Doc
 from websockets.asyncio.client import ClientConnection, connect
 
-from jupyter_ystore import sync
+from jupyter_ystore.server import protocol as sync
 
 
 def free_port() -> int:

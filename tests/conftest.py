@@ -62,7 +62,7 @@ def legacy_expected() -> dict:
 @pytest.fixture(scope="session")
 def bench_updates() -> list[bytes]:
     """The first 5,000 updates of the realistic benchmark stream (a notebook being typed)."""
-    from jupyter_ystore.codec import iter_var_bytes
+    from jupyter_ystore.core.codec import iter_var_bytes
 
     updates = []
     for update in iter_var_bytes(BENCH_STREAM.read_bytes()):

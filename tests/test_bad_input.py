@@ -13,7 +13,7 @@ from pycrdt import Doc
 from traitlets.config import Config
 
 from _server_helpers import append, wait_until, write_notebook, yclient
-from jupyter_ystore import sync
+from jupyter_ystore.server import protocol as sync
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
 pytestmark = pytest.mark.timeout(120)

@@ -47,7 +47,7 @@ from typing import Any, Callable, TypeVar
 
 import pytest
 
-from jupyter_ystore.sessions import history_of
+from jupyter_ystore.server.sessions import history_of
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 DRIVER = BROWSER_DIR / "two_pages.mjs"
@@ -488,8 +488,8 @@ def test_binder_config_sets_real_traits(tmp_path: Path, monkeypatch: pytest.Monk
     from jupyter_server.serverapp import ServerApp
     from traitlets.config.loader import PyFileConfigLoader
 
-    from jupyter_ystore.app import YStoreExtension
-    from jupyter_ystore.stores.sqlite import SQLiteYStore
+    from jupyter_ystore.server.app import YStoreExtension
+    from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
     monkeypatch.setenv("HOME", str(tmp_path))
     config = PyFileConfigLoader(

@@ -28,8 +28,8 @@ from traitlets.config import Config
 
 from jupyter_ystore import FileYStore, SQLiteYStore
 from jupyter_ystore.cli import main
-from jupyter_ystore.cli_content import to_py
-from jupyter_ystore.codec import read_var_bytes
+from jupyter_ystore.core.content import to_py
+from jupyter_ystore.core.codec import read_var_bytes
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
 
 NB_KEY = "json:notebook:0aaa-nb"
@@ -291,7 +291,7 @@ def test_export_and_restore_at_recorded_times(tmp_path: Path, env: Any, capsys: 
     for at, content in recorded[TEXT_KEY]:
         assert export_to(capsys, args, TEXT_KEY, out, "--at", repr(at)).decode() == content
         # Printed times (ISO, rounded up to the millisecond) name the same state.
-        from jupyter_ystore.history import format_time
+        from jupyter_ystore.core.history import format_time
 
         assert export_to(capsys, args, TEXT_KEY, out, "--at", format_time(at)).decode() == content
 
@@ -619,8 +619,8 @@ def test_delete_asks_first(tmp_path: Path, env: Any, capsys: Any, monkeypatch: A
 
 
 def test_server_defaults_and_options_before_the_subcommand(tmp_path: Path, env: Any, capsys: Any, monkeypatch: Any) -> None:
-    from jupyter_ystore import app
-    from jupyter_ystore import cli_base
+    from jupyter_ystore.server import app
+    from jupyter_ystore.cli import base as cli_base
 
     # The command finds the store where the server puts it by default.
     assert cli_base.DEFAULT_DB_NAME == app.DEFAULT_DB_NAME

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pycrdt
 import pytest
 
-from jupyter_ystore import ydoc
-from jupyter_ystore.codec import (
+from jupyter_ystore.core import ydoc
+from jupyter_ystore.core.codec import (
     TruncatedError,
     iter_var_bytes,
     read_var_bytes,

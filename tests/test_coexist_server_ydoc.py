@@ -127,7 +127,7 @@ async def test_its_rooms_persist_in_our_store(tmp_path: Path, store: str, sectio
 
     # what its room wrote is in our store, under jupyter-collaboration's key
     from jupyter_ystore import FileYStore
-    from jupyter_ystore.stores.sqlite import SQLiteYStore
+    from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
     key = f".notebook:{session['fileId']}.y"
     if section == "SQLiteYStore":

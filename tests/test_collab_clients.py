@@ -20,8 +20,8 @@ from pycrdt import Doc, Text
 from traitlets.config import Config
 
 from _server_helpers import append, read_sources, wait_until, write_notebook, yclient
-from jupyter_ystore.sessions import history_of
-from jupyter_ystore.app import DEFAULT_DB_NAME, store_key
+from jupyter_ystore.server.sessions import history_of
+from jupyter_ystore.server.app import DEFAULT_DB_NAME, store_key
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
 pytestmark = pytest.mark.timeout(120)
@@ -254,7 +254,7 @@ def test_restart_finds_content_in_store_and_file(
     server.add_sockets([sock])
 
     async def second_run() -> None:
-        from jupyter_ystore.stores.sqlite import SQLiteYStore
+        from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
         # a browser tab that outlived the restart reconnects with its old session id: the
         # history it knew is still in the store

@@ -24,7 +24,7 @@ from _server_helpers import (
     write_notebook,
     yclient,
 )
-from jupyter_ystore.app import DEFAULT_DB_NAME, store_key
+from jupyter_ystore.server.app import DEFAULT_DB_NAME, store_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -33,7 +33,7 @@ SAVE_DELAY = 1.0
 
 async def stored_history(db_path: Path, file_id: str) -> tuple[int, dict]:
     """(number of stored records, the notebook replayed from them into a fresh document)."""
-    from jupyter_ystore.stores.sqlite import SQLiteYStore
+    from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
     store = SQLiteYStore(path=store_key("notebook", file_id), db_path=str(db_path))
     async with store:

@@ -35,10 +35,10 @@ from jupyter_ystore import (
     YStorePermissionError,
     YStoreVersionError,
 )
-from jupyter_ystore.stores import _sqlite_recover
-from jupyter_ystore.stores._damaged import is_damaged_copy, replays_cleanly
-from jupyter_ystore.stores._sqlite_errors import is_damage
-from jupyter_ystore.stores.file import HEADER, encode_record
+from jupyter_ystore.stores.sqlite import recover as _sqlite_recover
+from jupyter_ystore.stores.damaged import is_damaged_copy, replays_cleanly
+from jupyter_ystore.stores.sqlite.errors import is_damage
+from jupyter_ystore.stores.file.store import HEADER, encode_record
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from traitlets.config import Config
 
 from _server_helpers import JupyterServerProcess, append, read_sources, write_notebook, yclient
 from jupyter_ystore import FileYStore, SQLiteYStore
-from jupyter_ystore.app import YStoreExtension
+from jupyter_ystore.server.app import YStoreExtension
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
 REPO = Path(__file__).parents[1]
@@ -108,7 +108,7 @@ def test_stores_get_the_default_places_and_the_configured_values(
     "section,value,trait",
     [
         ("ystore_class", "no.such.module.Store", "ystore_class"),
-        ("ystore_class", "jupyter_ystore.loaders.DocumentFile", "ystore_class"),
+        ("ystore_class", "jupyter_ystore.server.rooms.files.DocumentFile", "ystore_class"),
         ("document_save_delay", -1.0, "document_save_delay"),
         ("file_poll_interval", -5.0, "file_poll_interval"),
     ],

@@ -23,8 +23,8 @@ from jupyter_ystore import (
     YStorePermissionError,
     YStoreVersionError,
 )
-from jupyter_ystore.codec import read_var_bytes
-from jupyter_ystore.stores.file import HEADER, encode_record, parse_log
+from jupyter_ystore.core.codec import read_var_bytes
+from jupyter_ystore.stores.file.store import HEADER, encode_record, parse_log
 
 pytestmark = pytest.mark.anyio
 
@@ -613,7 +613,7 @@ async def test_a_file_held_by_a_stuck_process_raises_locked(
 ) -> None:
     import fcntl
 
-    from jupyter_ystore.stores import file as file_module
+    from jupyter_ystore.stores.file import store as file_module
 
     monkeypatch.setattr(file_module, "LOCK_TIMEOUT", 0.05)
     target = tmp_path / "doc.y"

@@ -12,7 +12,7 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Array, Doc, Map, Text
 
 from jupyter_ystore import MemoryYStore
-from jupyter_ystore.cli_content import (
+from jupyter_ystore.core.content import (
     ContentError,
     detect_kind,
     document_type,
@@ -22,7 +22,7 @@ from jupyter_ystore.cli_content import (
     root_types,
     to_py,
 )
-from jupyter_ystore.history import (
+from jupyter_ystore.core.history import (
     History,
     HistoryError,
     Record,

@@ -12,7 +12,7 @@ import pycrdt
 import pytest
 
 from jupyter_ystore import FileYStore, YDocNotFound
-from jupyter_ystore.stores.file import HEADER
+from jupyter_ystore.stores.file.store import HEADER
 
 pytestmark = pytest.mark.anyio
 

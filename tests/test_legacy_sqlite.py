@@ -15,7 +15,7 @@ import pytest
 import y_py
 
 from jupyter_ystore import SQLiteYStore, YStoreVersionError
-from jupyter_ystore.stores import compat
+from jupyter_ystore.stores.sqlite import compat
 
 pytestmark = pytest.mark.anyio
 

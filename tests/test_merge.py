@@ -10,7 +10,7 @@ import pytest
 from jupyter_ydoc import YFile, YNotebook, YUnicode
 from pycrdt import Doc, Map, Text
 
-from jupyter_ystore.merge import Conflict, apply_text, merge_into, merge_text
+from jupyter_ystore.core.merge import Conflict, apply_text, merge_into, merge_text
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from traitlets.config import Config
 
 from _server_helpers import append, write_notebook, yclient
-from jupyter_ystore.stores.sqlite import SQLiteYStore
+from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 from test_timeline import Api
 

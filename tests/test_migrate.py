@@ -12,15 +12,15 @@ from postgres_helpers import pg_config  # noqa: F401 (fixture)
 
 from jupyter_ystore import MemoryYStore
 from jupyter_ystore.errors import YStoreError
-from jupyter_ystore.migrate import (
+from jupyter_ystore.stores.migrate import (
     ContentMismatch,
     content_signature,
     copy_documents,
     main,
     store_factory,
 )
-from jupyter_ystore.stores.file import FileYStore
-from jupyter_ystore.stores.postgres import PostgresYStore
+from jupyter_ystore.stores.file.store import FileYStore
+from jupyter_ystore.stores.postgres.store import PostgresYStore
 
 pytestmark = pytest.mark.anyio
 

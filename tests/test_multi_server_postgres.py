@@ -41,7 +41,7 @@ from jupyter_ydoc import YNotebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
 from pycrdt import Doc
 
-from jupyter_ystore.app import store_key
+from jupyter_ystore.server.app import store_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -89,7 +89,7 @@ async def two_servers(
 
 async def stored_content(pg: dict[str, Any], file_id: str) -> dict:
     """The notebook as the store's history replays it (a fresh store of this process)."""
-    from jupyter_ystore.stores.postgres import PostgresYStore
+    from jupyter_ystore.stores.postgres.store import PostgresYStore
 
     doc = YNotebook(Doc())
     async with PostgresYStore(store_key("notebook", file_id), **pg) as store:
@@ -209,7 +209,7 @@ async def test_a_tab_moves_to_another_server_without_a_reload(tmp_path: Path, pg
     nb_path = tmp_path / "root" / "shared.ipynb"
     write_notebook(nb_path, ["a = 1"])
     async with two_servers(tmp_path, pg_config) as ((s1, s2), sessions):
-        from jupyter_ystore.sessions import history_of
+        from jupyter_ystore.server.sessions import history_of
 
         assert history_of(sessions[0]["sessionId"]) == history_of(sessions[1]["sessionId"]) != ""
         async with yclient(s1.room_url(sessions[0])) as tab:

@@ -28,7 +28,7 @@ def expected_text(count: int) -> str:
 
 
 async def worker(dsn: str, schema: str, index: int, count: int, compact_after: int) -> None:
-    from jupyter_ystore.stores.postgres import PostgresYStore
+    from jupyter_ystore.stores.postgres.store import PostgresYStore
 
     doc = pycrdt.Doc(client_id=1000 + index)
     text = doc.get(f"t{index}", type=pycrdt.Text)
@@ -98,7 +98,7 @@ def run_workers(pg_config: dict[str, Any], count: int, compact_after: int, n: in
 if __name__ != "__main__":
     from postgres_helpers import pg_config  # noqa: F401 (fixture)
 
-    from jupyter_ystore.stores.postgres import PostgresYStore
+    from jupyter_ystore.stores.postgres.store import PostgresYStore
 
     async def stored(pg_config: dict[str, Any]) -> tuple[list[Any], pycrdt.Doc]:
         async with PostgresYStore("shared.ipynb", **pg_config) as store:

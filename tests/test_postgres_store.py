@@ -16,8 +16,8 @@ from jupyter_ystore.errors import (
     YStoreConnectionError,
     YStoreVersionError,
 )
-from jupyter_ystore.stores import _pg_compact
-from jupyter_ystore.stores.postgres import PostgresYStore
+from jupyter_ystore.stores.postgres import compact as _pg_compact
+from jupyter_ystore.stores.postgres.store import PostgresYStore
 
 pytestmark = pytest.mark.anyio
 
@@ -186,7 +186,7 @@ class FakeClock:
 
 
 async def test_document_ttl_squashes_an_idle_document(pg_config, monkeypatch):
-    from jupyter_ystore.stores import postgres
+    from jupyter_ystore.stores.postgres import store as postgres
 
     clock = FakeClock()
     monkeypatch.setattr(postgres, "time", clock)
@@ -516,7 +516,7 @@ async def test_watch_survives_dropped_connections(pg_config, pg_dsn):
 async def test_cancelled_queued_write_is_dropped_others_commit(pg_config, monkeypatch):
     """A writer cancelled while its update waits for the running commit: that update is not
     stored, the in-flight batch and the writers after it are, and nobody hangs."""
-    from jupyter_ystore.stores import _pg_commit
+    from jupyter_ystore.stores.postgres import commit as _pg_commit
 
     updates, _ = text_updates(4)
     entered, release = anyio.Event(), anyio.Event()

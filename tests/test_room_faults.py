@@ -24,9 +24,9 @@ from _server_helpers import (
     write_notebook,
     yclient,
 )
-from jupyter_ystore import sync
-from jupyter_ystore.app import DEFAULT_DB_NAME
-from jupyter_ystore.stores.sqlite import SQLiteYStore
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server.app import DEFAULT_DB_NAME
+from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
 pytestmark = pytest.mark.anyio
 

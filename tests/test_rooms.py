@@ -19,9 +19,10 @@ from pycrdt import Doc
 
 from _server_helpers import append, read_sources, wait_until, write_notebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
-from jupyter_ystore import MemoryYStore, YStoreCorruptError, sync
-from jupyter_ystore.loaders import DocumentFile
-from jupyter_ystore.rooms import RoomError, RoomManager, RoomSettings
+from jupyter_ystore import MemoryYStore, YStoreCorruptError
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server.rooms.files import DocumentFile
+from jupyter_ystore.server.rooms import RoomError, RoomManager, RoomSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -549,7 +550,7 @@ async def test_a_document_damaged_by_an_update_resets_its_room_only(
     """If an update got past the checks and still damaged the document (never seen with
     yrs; simulated here), nothing of it is stored or relayed, its room closes without saving,
     its clients are told to reconnect, and the document reopens from the store."""
-    from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged
+    from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged
 
     write_notebook(setup.root / "other.ipynb", ["other"])
     setup.ids.paths["id-2"] = "other.ipynb"
@@ -588,7 +589,7 @@ async def test_a_document_damaged_by_an_update_resets_its_room_only(
 async def test_a_room_that_fails_does_not_end_the_manager(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from jupyter_ystore.rooms import DocumentRoom
+    from jupyter_ystore.server.rooms import DocumentRoom
 
     write_notebook(setup.root / "other.ipynb", ["other"])
     setup.ids.paths["id-2"] = "other.ipynb"

@@ -22,7 +22,7 @@ from _server_helpers import (
     write_notebook,
     yclient,
 )
-from jupyter_ystore.sessions import history_of
+from jupyter_ystore.server.sessions import history_of
 
 pytestmark = pytest.mark.anyio
 
@@ -105,8 +105,8 @@ async def test_a_tab_whose_history_was_deleted_is_asked_to_reload(server) -> Non
         await wait_until(lambda: read_sources(nb_path) == ["x = 1  # typed"], timeout=20)
     server.terminate()
     # the document's history is deleted while the server is down
-    from jupyter_ystore.app import DEFAULT_DB_NAME
-    from jupyter_ystore.stores.sqlite import SQLiteYStore
+    from jupyter_ystore.server.app import DEFAULT_DB_NAME
+    from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
     key = f".notebook:{session['fileId']}.y"
     async with SQLiteYStore(key, db_path=str(server.root / DEFAULT_DB_NAME)) as store:

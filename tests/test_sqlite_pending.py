@@ -17,8 +17,8 @@ import pycrdt
 import pytest
 
 from jupyter_ystore import SQLiteYStore
-from jupyter_ystore import ydoc as _ydoc
-from jupyter_ystore.stores import _sqlite_pending
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.stores.sqlite import pending as _sqlite_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -236,7 +236,7 @@ async def test_a_bug_in_the_fold_neither_stops_the_thread_nor_hangs_close(
 ) -> None:
     """Folds run between jobs, outside any job's error handling: a bug there must be logged
     and must not kill the database thread (every later writer would wait for ever)."""
-    from jupyter_ystore.stores import _sqlite_db
+    from jupyter_ystore.stores.sqlite import db as _sqlite_db
 
     monkeypatch.setattr(_sqlite_pending, "FOLD_IDLE", 0.01)
     calls = []

@@ -28,9 +28,10 @@ from jupyter_ystore import (
     YStoreLockedError,
     YStorePermissionError,
 )
-from jupyter_ystore import ydoc as _ydoc
-from jupyter_ystore.stores import _sqlite_compact, _sqlite_db
-from jupyter_ystore.stores._sqlite_errors import map_error
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.stores.sqlite import compact as _sqlite_compact
+from jupyter_ystore.stores.sqlite import db as _sqlite_db
+from jupyter_ystore.stores.sqlite.errors import map_error
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +80,7 @@ def assert_same(doc: Any, ref: pycrdt.Doc) -> None:
 
 
 def _state_vector(data: bytes) -> dict[int, int]:
-    from jupyter_ystore.codec import read_var_uint
+    from jupyter_ystore.core.codec import read_var_uint
 
     count, pos = read_var_uint(data)
     vector = {}
@@ -602,7 +603,7 @@ async def test_list_compact_delete(tmp_path: Path) -> None:
 
 def test_waiter_outside_asyncio_uses_a_thread_event() -> None:
     """Where no asyncio loop runs (e.g. trio), results come through a threading.Event."""
-    from jupyter_ystore.stores._sqlite_bridge import Waiter, deliver
+    from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
 
     made: dict[str, Waiter] = {}
     thread = threading.Thread(target=lambda: made.setdefault("waiter", Waiter()))
@@ -650,7 +651,7 @@ async def test_the_wal_stays_bounded_under_continuous_writes(
     """Checkpoints must complete while writes keep coming, or the WAL grows without end
     (about 8 KiB a commit: 5,000 writes would leave ~40 MiB; a checkpoint every
     WAL_AUTOCHECKPOINT pages keeps it near 16 MiB)."""
-    from jupyter_ystore.stores._sqlite_schema import WAL_AUTOCHECKPOINT
+    from jupyter_ystore.stores.sqlite.schema import WAL_AUTOCHECKPOINT
 
     db = tmp_path / "y.db"
     async with store(db) as st:

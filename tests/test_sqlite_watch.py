@@ -18,8 +18,9 @@ import pycrdt
 import pytest
 
 from _server_helpers import append, wait_until, write_notebook
-from jupyter_ystore import SQLiteYStore, sync
-from jupyter_ystore.rooms import RoomManager
+from jupyter_ystore import SQLiteYStore
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server.rooms import RoomManager
 
 pytestmark = pytest.mark.anyio
 
@@ -315,9 +316,10 @@ SECOND_SERVER = textwrap.dedent(
     import logging, sys
     import anyio
     from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
-    from jupyter_ystore import SQLiteYStore, sync
-    from jupyter_ystore.loaders import DocumentFile
-    from jupyter_ystore.rooms import RoomManager, RoomSettings
+    from jupyter_ystore import SQLiteYStore
+    from jupyter_ystore.server import protocol as sync
+    from jupyter_ystore.server.rooms.files import DocumentFile
+    from jupyter_ystore.server.rooms import RoomManager, RoomSettings
     from test_sqlite_watch import FileIds, NullClient, client_edit
 
     root, db = sys.argv[1], sys.argv[2]
@@ -412,8 +414,8 @@ async def test_two_servers_in_two_processes_share_a_document_through_sqlite(
     edits through watch(), and neither writes the other's back."""
     from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
-    from jupyter_ystore.loaders import DocumentFile
-    from jupyter_ystore.rooms import RoomSettings
+    from jupyter_ystore.server.rooms.files import DocumentFile
+    from jupyter_ystore.server.rooms import RoomSettings
     import logging
 
     write_notebook(tmp_path / "nb.ipynb", ["shared"])

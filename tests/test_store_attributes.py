@@ -30,9 +30,10 @@ from jupyter_ystore import (
     YStoreError,
 )
 from jupyter_ystore.errors import YStorePermissionError
-from jupyter_ystore.migrate import ContentMismatch, copy_documents
-from jupyter_ystore.stores import _file_attrs, _sqlite_attributes
-from jupyter_ystore.stores import _sqlite_pending
+from jupyter_ystore.stores.migrate import ContentMismatch, copy_documents
+from jupyter_ystore.stores.file import attrs as _file_attrs
+from jupyter_ystore.stores.sqlite import attributes as _sqlite_attributes
+from jupyter_ystore.stores.sqlite import pending as _sqlite_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -633,7 +634,7 @@ def _old_layout(schema: str) -> None:
     """The tables as a jupyter_ystore without attributes made them (layout version 1)."""
     from postgres_helpers import run_sql
 
-    from jupyter_ystore.stores._pg_names import Names
+    from jupyter_ystore.stores.postgres.names import Names
 
     names = Names(schema, "yupdates")
     run_sql(*[sql for sql in names.create_statements() if sql != names.create_attributes])
@@ -689,7 +690,7 @@ async def test_postgres_without_create_privilege_updates_work_and_a_set_says_why
     from postgres_helpers import run_sql
 
     from jupyter_ystore import PostgresYStore
-    from jupyter_ystore.stores._pg_names import Names
+    from jupyter_ystore.stores.postgres.names import Names
 
     schema = pg_config["schema"]
     dsn, role = pg_limited

@@ -22,9 +22,9 @@ from jupyter_server.auth import Authorizer, IdentityProvider, User
 from traitlets.config import Config
 
 from _server_helpers import YClient, append, read_sources, wait_until, write_notebook, yclient
-from jupyter_ystore.sessions import history_of
-from jupyter_ystore.history import read_history
-from jupyter_ystore.cli_content import to_py
+from jupyter_ystore.server.sessions import history_of
+from jupyter_ystore.core.history import read_history
+from jupyter_ystore.core.content import to_py
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
 pytestmark = pytest.mark.timeout(120)

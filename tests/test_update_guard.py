@@ -9,13 +9,13 @@ import pycrdt
 import pytest
 from jupyter_ydoc import YNotebook
 
-from jupyter_ystore import sync
-from jupyter_ystore.codec import write_var_bytes, write_var_string, write_var_uint
-from jupyter_ystore.rooms import _scratch_document
-from jupyter_ystore.item_index import DOCUMENT_ROOTS, ItemIndex
-from jupyter_ystore.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, apply_checked, read_checked
-from jupyter_ystore.ydoc import CRDTError, crdt_errors, missing_dependencies
-from jupyter_ystore.yupdate import (
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.core.codec import write_var_bytes, write_var_string, write_var_uint
+from jupyter_ystore.core.content import file_document
+from jupyter_ystore.core.item_index import DOCUMENT_ROOTS, ItemIndex
+from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, apply_checked, read_checked
+from jupyter_ystore.core.ydoc import CRDTError, crdt_errors, missing_dependencies
+from jupyter_ystore.core.yupdate import (
     InvalidUpdate,
     MissingDependencies,
     parse_state_vector,
@@ -36,7 +36,7 @@ def loaded_notebook() -> pycrdt.Doc:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = 1\nprint(x)"), nbformat.v4.new_markdown_cell("# hi é😀")]
     doc = pycrdt.Doc()
-    doc.apply_update(_scratch_document("notebook", nbformat.from_dict(nb)).ydoc.get_update())
+    doc.apply_update(file_document("notebook", nbformat.from_dict(nb)).ydoc.get_update())
     return doc
 
 

@@ -23,8 +23,8 @@ import pycrdt
 from anyio.abc import TaskGroup, TaskStatus
 from traitlets.config import LoggingConfigurable
 
-from .. import ydoc as _ydoc
-from ..errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator, ClassVar
 
-from .. import ydoc as _ydoc
-from ..errors import YDocNotFound
-from .base import BaseYStore, DocumentInfo
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import YDocNotFound
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 
 Record = tuple[bytes, bytes, float]
 

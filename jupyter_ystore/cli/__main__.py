@@ -1,0 +1,3 @@
+from jupyter_ystore.cli.main import main
+
+main()

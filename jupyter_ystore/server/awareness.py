@@ -1,0 +1,91 @@
+"""Awareness (who is here, cursors) relayed between the clients of one room.
+
+Every awareness frame is sent to every client, the sender included (the front end waits for
+its own echo). A client may only set or remove the states of the awareness ids it uses: the
+first client to set an id owns it until it removes it or leaves, and a frame touching an id
+another user owns is refused. When a socket closes, the removal of its states is broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pycrdt import Awareness, Doc
+
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.core.ydoc import crdt_errors
+
+#: Awareness ids one client may hold at once (a tab uses one).
+MAX_IDS_PER_CLIENT = 8
+
+
+class AwarenessRelay:
+    """The awareness states of one room and which client owns each of them."""
+
+    def __init__(self) -> None:
+        self.awareness = Awareness(Doc())
+        self.awareness.set_local_state(None)  # the server is not a peer
+        self.clients: set[Any] = set()
+        self._owned: dict[Any, set[int]] = {}
+        self._owner: dict[int, Any] = {}
+
+    def broadcast(self, message: bytes) -> None:
+        for client in list(self.clients):
+            client.send(message)
+
+    def add(self, client: Any) -> None:
+        self.clients.add(client)
+        self._owned.setdefault(client, set())
+        ids = [cid for cid, state in self.awareness.states.items() if state is not None]
+        if ids:
+            client.send(sync.awareness_message(self.awareness, ids))
+
+    def handle(self, client: Any, message: sync.AwarenessMessage) -> None:
+        """Relay one awareness frame of ``client``; ``ProtocolError`` if it is malformed or
+        touches ids the client may not change."""
+        entries = sync.check_awareness_update(message.update)
+        owned = self._owned.setdefault(client, set())
+        claims = []
+        for client_id, _clock, state in entries:
+            owner = self._owner.get(client_id)
+            if owner is not None and owner is not client:
+                if getattr(owner, "username", None) != getattr(client, "username", None):
+                    raise sync.ProtocolError(f"awareness id {client_id} belongs to another user")
+                claims.append(client_id)  # the same user's new socket (a reload, a reconnect)
+            elif owner is None and state is not None:
+                claims.append(client_id)
+        if len(owned) + len(claims) > MAX_IDS_PER_CLIENT:
+            raise sync.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
+        with crdt_errors():
+            self.awareness.apply_awareness_update(message.update, origin=client)
+        for client_id, _clock, state in entries:
+            previous = self._owner.get(client_id)
+            if state is None:
+                if previous is client or client_id in claims:
+                    self._release(client_id)
+                continue
+            if previous is not client:
+                if previous is not None:
+                    self._owned.get(previous, set()).discard(client_id)
+                self._owner[client_id] = client
+                owned.add(client_id)
+        self.broadcast(message.frame)
+
+    def _release(self, client_id: int) -> None:
+        owner = self._owner.pop(client_id, None)
+        if owner is not None:
+            self._owned.get(owner, set()).discard(client_id)
+
+    def query(self, client: Any) -> None:
+        ids = list(self.awareness.states)
+        client.send(sync.awareness_message(self.awareness, ids))
+
+    def remove(self, client: Any) -> None:
+        self.clients.discard(client)
+        ids = [cid for cid in self._owned.pop(client, set()) if cid in self.awareness.states]
+        for client_id in ids:
+            if self._owner.get(client_id) is client:
+                del self._owner[client_id]
+        if ids:
+            self.awareness.remove_awareness_states(ids, origin=client)
+            self.broadcast(sync.awareness_message(self.awareness, ids))

@@ -1,0 +1,333 @@
+"""The two endpoints the JupyterLab collaboration front end calls.
+
+``PUT /api/collaboration/session/{path}`` gives a file its id and a session id naming the
+document's stored history (``sessions``); ``/api/collaboration/room/{format}:{type}:{fileId}``
+is the y-websocket room. Authentication and the ``contents`` permission come from
+jupyter_server: reading opens a room, writing is needed for one's updates to be accepted.
+
+A client that sends something the room refuses is disconnected with the reason, and the log
+says who sent what. Sockets have Nagle's algorithm off (small frames go out at once, not after
+the peer's delayed ACK) and a bound on what may wait unsent for a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.utils import ensure_async
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from jupyter_ystore.server import metrics
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server.rooms.document import GLOBAL_AWARENESS_ROOM, DocumentRoom, RoomError, check_room_format
+from jupyter_ystore.server.sessions import history_of, new_session_id
+from jupyter_ystore.core.update_guard import BadUpdate, describe
+from jupyter_ystore.core.ydoc import is_panic
+
+if TYPE_CHECKING:
+    from jupyter_ystore.server.app import YStoreExtension
+
+#: A websocket close reason is limited to 123 bytes.
+_MAX_REASON = 123
+
+
+def close_reason(text: str) -> str:
+    data = text.encode("utf-8")[:_MAX_REASON]
+    return data.decode("utf-8", "ignore")
+
+
+class SessionHandler(APIHandler):
+    """``PUT`` a path: ``{"format","type","fileId","sessionId"}`` (201 if newly indexed)."""
+
+    auth_resource = "contents"
+
+    def initialize(self, extension: YStoreExtension) -> None:
+        self.extension = extension
+
+    @web.authenticated
+    @authorized("read")
+    async def put(self, path: str) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON: {\"format\": ..., \"type\": ...}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        file_format, file_type = body.get("format"), body.get("type")
+        try:
+            if not isinstance(file_format, str) or not isinstance(file_type, str):
+                raise ValueError("format and type must be strings")
+            check_room_format(file_format, file_type)
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        path = path.strip("/")
+        if not await self._exists(path):
+            raise web.HTTPError(404, f"file {path!r} does not exist")
+        file_ids = self.extension.file_id_manager
+        file_id = file_ids.get_id(path)
+        status = 200
+        if file_id is None:
+            file_id = file_ids.index(path)
+            status = 201
+        if file_id is None:
+            raise web.HTTPError(404, f"file {path!r} does not exist")
+        # The room opens now (the websocket follows at once): its history id is the session's.
+        history_id = ""
+        try:
+            manager = await self.extension.rooms()
+            room = await manager.get_room(f"{file_format}:{file_type}:{file_id}")
+            history_id = room.history_id or ""
+        except RoomError as exc:
+            if exc.code in (4404, 4400):
+                raise web.HTTPError({4404: 404, 4400: 400}[exc.code], str(exc)) from None
+            # The websocket that follows tells the front end why (it shows that error).
+            self.log.warning("Collaboration session for %r: the room cannot open: %s", path, exc)
+        self.set_status(status)
+        self.finish(
+            json.dumps(
+                {
+                    "format": file_format,
+                    "type": file_type,
+                    "fileId": file_id,
+                    "sessionId": new_session_id(history_id),
+                }
+            )
+        )
+
+    async def _exists(self, path: str) -> bool:
+        contents = self.contents_manager
+        try:
+            return bool(await ensure_async(contents.file_exists(path)))
+        except web.HTTPError as exc:  # e.g. a path outside the root
+            self.log.warning("Collaboration session refused for %r: %s", path, exc.log_message)
+            return False
+
+
+class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """One client of one room: frames in, frames out; the room does the rest."""
+
+    auth_resource = "contents"
+
+    def initialize(self, extension: YStoreExtension) -> None:
+        self.extension = extension
+        self.room: Any = None
+        self.username = "anonymous"
+        self.can_write = False
+        self._told_read_only = False
+        self._closed = False
+
+    _tornado_asks = False
+
+    def get_websocket_protocol(self) -> Any:
+        # jupyter_server's WebSocketMixin pings on its own, in milliseconds; tornado reads the
+        # same properties as seconds for pings of its own and warns at every connection that
+        # the timeout (90000) exceeds the interval (30000). Tornado's pings are left off.
+        self._tornado_asks = True
+        try:
+            return super().get_websocket_protocol()
+        finally:
+            self._tornado_asks = False
+
+    @property
+    def ping_interval(self) -> Any:  # type: ignore[override]
+        return None if self._tornado_asks else WebSocketMixin.ping_interval.fget(self)  # type: ignore[attr-defined]
+
+    @property
+    def ping_timeout(self) -> Any:  # type: ignore[override]
+        return None if self._tornado_asks else WebSocketMixin.ping_timeout.fget(self)  # type: ignore[attr-defined]
+
+    @property
+    def max_message_size(self) -> int:  # type: ignore[override]
+        # Tornado drops bigger frames silently (1009); up to twice the limit we read them and
+        # say why we refuse them, in the log and in the close reason.
+        return 2 * self.extension.max_message_size
+
+    @ws_authenticated
+    @authorized("read")
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        session_id = self.get_query_argument("sessionId", None)
+        if session_id is not None and session_id in self.extension.refused_sessions:
+            # That browser was told to reload once already; it keeps retrying every ~110 ms.
+            raise web.HTTPError(409, "stale collaboration session: reload the page")
+        await ensure_async(super().get(*args, **kwargs))
+
+    async def open(self, room_id: str) -> None:  # type: ignore[override]
+        self.set_nodelay(True)  # small frames out at once, not after the peer's delayed ACK
+        user = self.current_user
+        self.username = getattr(user, "username", None) or "anonymous"
+        self.can_write = bool(
+            await ensure_async(self.authorizer.is_authorized(self, user, "write", "contents"))
+        )
+        try:
+            manager = await self.extension.rooms()
+            room = await manager.get_room(room_id)
+        except RoomError as exc:
+            self.log.error("Collaboration room %s cannot open: %s", room_id, exc)
+            self.close(exc.code, close_reason(f"{exc}"))
+            return
+        except Exception as exc:
+            self.log.error("Collaboration room %s cannot open: %s", room_id, exc, exc_info=exc)
+            self.close(4500, close_reason(f"{type(exc).__name__}: {exc}"))
+            return
+        session_id = self.get_query_argument("sessionId", None)
+        if (
+            isinstance(room, DocumentRoom)
+            and session_id is not None
+            and history_of(session_id) != room.history_id
+        ):
+            self.log.warning(
+                "Collaboration client %s of room %s knew a history this server does not hold "
+                "(session %s): asked to reload",
+                self.username,
+                room_id,
+                session_id,
+            )
+            self._refuse_session("session_expired")
+            return
+        if self._closed:
+            return
+        self.room = room
+        self.extension.connections.add(self)
+        room.join(self)
+
+    def _refuse_session(self, reason: str) -> None:
+        """Close with 1003 and a reason the front end shows with a Reload button, once;
+        then refuse this session id at the handshake (the front end retries every ~110 ms
+        while its dialog is open). The front end's own texts say what to do ("Reload the
+        browser tab to continue"; for "initialization_error": close and reopen the file)."""
+        session_id = self.get_query_argument("sessionId", None) or ""
+        if session_id:
+            refused = self.extension.refused_sessions
+            refused[session_id] = None
+            if len(refused) > 10_000:
+                del refused[next(iter(refused))]
+        payload = {"reason": reason, "sessionId": session_id[:64], "reloadable": True}
+        self.close(1003, close_reason(json.dumps(payload, separators=(",", ":"))))
+
+    async def on_message(self, message: str | bytes) -> None:
+        room = self.room
+        if room is None or self._closed:
+            return
+        limit = self.extension.max_message_size
+        if len(message) > limit:
+            self.log.warning(
+                "Collaboration room %s: bad message from %s, disconnecting it: %d bytes is over "
+                "YStoreExtension.max_message_size (%d)",
+                room.room_id,
+                self.username,
+                len(message),
+                limit,
+            )
+            self.close(1009, f"message too big: over {limit} bytes")
+            return
+        try:
+            await room.handle(self, sync.parse_message(message))  # type: ignore[arg-type]
+        except sync.ProtocolError as exc:
+            self.log.warning(
+                "Collaboration room %s: bad message from %s, disconnecting it: %s",
+                room.room_id,
+                self.username,
+                exc,
+            )
+            self.close(1002, close_reason(f"protocol error: {exc}"))
+        except BadUpdate as exc:
+            metrics.REFUSED_UPDATES.inc()
+            self.log.warning(
+                "Collaboration room %s: update from %s refused, disconnecting it: %s (%s)",
+                room.room_id,
+                self.username,
+                exc,
+                describe(_update_of(message)),
+            )
+            self._refuse_session("session_expired" if exc.stale else "initialization_error")
+        except PermissionError as exc:
+            if not self._told_read_only:
+                self._told_read_only = True
+                self.log.info(
+                    "Collaboration room %s: update from read-only user %s refused",
+                    room.room_id,
+                    self.username,
+                )
+                self.send(sync.raw_json_message({"type": "error", "reason": "read_only", "message": str(exc)}))
+        except Exception as exc:
+            self.log.error(
+                "Collaboration room %s: message from %s failed: %s",
+                room.room_id,
+                self.username,
+                exc,
+                exc_info=exc,
+            )
+            self.close(1011, close_reason(f"internal error: {type(exc).__name__}"))
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            self.log.error(
+                "Collaboration room %s: message from %s made the CRDT library panic: %s",
+                room.room_id,
+                self.username,
+                exc,
+            )
+            self.close(1011, close_reason("internal error: CRDT panic"))
+
+    def send(self, message: bytes) -> None:
+        """Queue a frame for this client; a closed socket drops it."""
+        if self._closed:
+            return
+        if self._unsent() > self.extension.max_unsent_size:
+            # The client stopped reading (or its network stalled): what waits for it would
+            # grow without limit. Drop it; it reconnects and syncs afresh.
+            self.log.warning(
+                "Collaboration room %s: %s reads too slowly (over %d bytes unsent), "
+                "disconnecting it",
+                getattr(self.room, "room_id", "?"),
+                self.username,
+                self.extension.max_unsent_size,
+            )
+            self._closed = True
+            stream = getattr(self.ws_connection, "stream", None)
+            if stream is not None:
+                stream.close()  # a close frame would only queue behind the backlog
+            return
+        try:
+            future = self.write_message(message, binary=True)
+        except WebSocketClosedError:
+            self._closed = True
+            return
+        future.add_done_callback(_ignore_closed)
+
+    def _unsent(self) -> int:
+        """Bytes written to this socket that the client has not taken yet. A single frame
+        of any size is always sent; only a backlog already past the bound counts."""
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is None:
+            return 0
+        return getattr(stream, "_total_write_index", 0) - getattr(stream, "_total_write_done_index", 0)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self._closed = True
+        super().close(code, reason)
+
+    def on_close(self) -> None:
+        self._closed = True
+        self.extension.connections.discard(self)
+        if self.room is not None:
+            room, self.room = self.room, None
+            room.leave(self)
+
+
+def _update_of(message: Any) -> bytes:
+    try:
+        parsed = sync.parse_message(message)
+    except sync.ProtocolError:
+        return b""
+    return getattr(parsed, "update", b"")
+
+
+def _ignore_closed(future: Any) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so a closed socket is not logged as unhandled

@@ -1,0 +1,331 @@
+"""A room's durable write pipeline: every change is stored before anyone receives it.
+
+The room queues each change of its shared document (``queue``); one writer task writes the
+queue in order, consecutive changes of one origin merged into one write, and only then
+relays them to the clients, so whatever a client receives (its own echo included) is
+durable. ``flush()`` waits for the writer.
+
+When the store fails, the pipeline goes on without it: each batch is appended (fsynced) to
+the document's spill file (``spill.py``) and relayed, so an acknowledged edit is never only
+in memory. Every ``retry_delay`` seconds the writer tries to write the spilled records back;
+once that works the outage is over. Without a spill file (none configured, or it fails too)
+changes stay queued in memory and are relayed anyway, as before. A store that refuses an
+update as invalid (``YStoreInvalidUpdate``) is not failing: that batch is dropped and
+logged, never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import anyio
+
+from jupyter_ystore.server import metrics
+from jupyter_ystore.errors import YStoreInvalidUpdate
+from jupyter_ystore.server.rooms.spill import Spill
+from jupyter_ystore.stores.base import BaseYStore
+from jupyter_ystore.core.ydoc import CRDTError, merge_updates
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who made a change; stored as each update's metadata."""
+
+    kind: str  # "client" | "server" | "remote"
+    user: str | None = None
+    reason: str | None = None
+
+    def metadata(self) -> bytes:
+        data: dict[str, Any] = {"origin": self.kind}
+        if self.user is not None:
+            data["user"] = self.user
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Change:
+    """One change of the shared document waiting for the writer."""
+
+    update: bytes
+    origin: Origin
+    relayed: bool = False
+
+
+class WritePipeline:
+    """Writes one room's changes to its store (or its spill file) in order, then relays them."""
+
+    def __init__(
+        self,
+        room_id: str,
+        store: BaseYStore,
+        relay: Callable[[bytes], None],
+        log: logging.Logger,
+        *,
+        spill: Spill | None = None,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.room_id = room_id
+        self.store = store
+        self.relay = relay
+        self.log = log
+        self.spill = spill
+        self.retry_delay = retry_delay
+        self.queued = 0
+        self.written = 0
+        #: Set while the store fails; ``error`` only while changes cannot be kept at all.
+        self.outage: Exception | None = None
+        self.error: Exception | None = None
+        self._pending: list[_Change] = []
+        self._wakeup = anyio.Event()
+        self._progress = anyio.Event()
+        self._metadata = b""
+        self._spill_log: Any = None
+        self._tasks: Any = None
+        self._spilled = 0
+        self._spill_failed = False
+        self._retry_at = 0.0
+        label = metrics.store_label(store)
+        self._write_seconds = metrics.WRITE_SECONDS.labels(label)
+        self._updates_written = metrics.UPDATES_WRITTEN.labels(label)
+        self._write_errors = metrics.STORE_WRITE_ERRORS.labels(label)
+        self._spilled_total = metrics.SPILLED_UPDATES.labels(label)
+        if store.metadata_callback is None:  # a user's own callback keeps working
+            store.metadata_callback = lambda: self._metadata
+
+    # ------------------------------------------------------------------ the queue
+
+    def queue(self, update: bytes, origin: Origin) -> None:
+        """A change of the shared document (called from its observer)."""
+        self._pending.append(_Change(update, origin))
+        self.queued += 1
+        self._wakeup.set()
+
+    def drop_since(self, mark: int) -> None:
+        """Forget changes queued after ``queued`` was ``mark`` (a refused client update);
+        they must not have reached the writer yet (it only takes changes at an await)."""
+        extra = self.queued - mark
+        if extra > 0:
+            del self._pending[-extra:]
+            self.queued = mark
+
+    async def flush(self) -> None:
+        """Return once every change queued so far is durable (in the store or spilled).
+        Raises the store's error when changes can be kept nowhere."""
+        target = self.queued
+        while self.written < target:
+            if self.error is not None:
+                raise self.error
+            await self._progress.wait()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) for the queue to be durable; never raises. Saving to
+        the file and answering a sync use this: they must not wait for a failing store."""
+        target = self.queued
+        with anyio.move_on_after(timeout):
+            while self.written < target and self.error is None:
+                await self._progress.wait()
+        return self.written >= target
+
+    @property
+    def unstored(self) -> int:
+        """Changes kept only in memory (neither stored nor spilled)."""
+        return self.queued - self.written
+
+    # ------------------------------------------------------------------ the writer
+
+    async def run(self) -> None:
+        """The writer task (runs until cancelled; ``close()`` ends an outage cleanly)."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks  # the spill log runs in here while it is open
+            await self._write_forever()
+
+    async def _write_forever(self) -> None:
+        while True:
+            if not self._pending:
+                if self.outage is not None and self._spilled:
+                    # idle during an outage: try writing the spill back now and then
+                    with anyio.move_on_after(max(0.0, self._retry_at - time.monotonic())):
+                        await self._wakeup.wait()
+                    if not self._pending:
+                        self._retry_at = time.monotonic() + self.retry_delay
+                        await self._end_outage()
+                        continue
+                else:
+                    await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                continue
+            origin = self._pending[0].origin
+            count = 1
+            while count < len(self._pending) and self._pending[count].origin == origin:
+                count += 1
+            batch = self._pending[:count]
+            update = self._merged(batch)
+            self._metadata = origin.metadata()
+            try:
+                if update is not None:
+                    await self._write(update)
+            except YStoreInvalidUpdate as exc:
+                self.log.error(
+                    "Room %s: the store refused %d change(s) by %s as invalid; dropped: %s",
+                    self.room_id, count, self._metadata.decode(), exc,
+                )
+                update = None
+            except Exception:
+                for change in self._pending:
+                    self._relay(change)  # collaboration goes on; the writes are retried
+                self._notify()
+                await anyio.sleep(self.retry_delay)
+                continue
+            if update is not None:
+                if not any(change.relayed for change in batch):
+                    self.relay(update)
+                else:
+                    for change in batch:
+                        self._relay(change)
+            del self._pending[:count]
+            self.written += count
+            self._notify()
+
+    async def _write(self, update: bytes) -> None:
+        """Store ``update``; during an outage spill it, trying the store every
+        ``retry_delay`` s. Raises when it could be kept nowhere."""
+        if self.outage is not None and time.monotonic() < self._retry_at:
+            if self._spill_works:
+                await self._spill(update)
+                return
+            raise self.outage
+        try:
+            started = time.perf_counter()
+            await self.store.write(update)
+        except YStoreInvalidUpdate:
+            raise
+        except Exception as exc:
+            self._outage_begins(exc)
+            if self._spill_works:
+                try:
+                    await self._spill(update)
+                    return
+                except Exception as spill_exc:
+                    self._spill_fails(exc, spill_exc)
+            self.error = exc
+            raise
+        self._write_seconds.observe(time.perf_counter() - started)
+        self._updates_written.inc()
+        if self.outage is not None:
+            await self._end_outage()
+
+    def _merged(self, batch: list[_Change]) -> bytes | None:
+        if len(batch) == 1:
+            return batch[0].update
+        try:
+            return merge_updates([change.update for change in batch])
+        except CRDTError as exc:  # never seen: every change came out of the room's document
+            self.log.error("Room %s: %d changes do not merge (%s); dropped", self.room_id, len(batch), exc)
+            return None
+
+    def _relay(self, change: _Change) -> None:
+        if not change.relayed:
+            change.relayed = True
+            self.relay(change.update)
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    # ------------------------------------------------------------------ outages
+
+    @property
+    def _spill_works(self) -> bool:
+        return self.spill is not None and not self._spill_failed
+
+    def _outage_begins(self, exc: Exception) -> None:
+        """The store failed a write: log the first failure, count every one."""
+        self._write_errors.inc()
+        self._retry_at = time.monotonic() + self.retry_delay
+        if self.outage is None:
+            self.outage = exc
+            metrics.ROOMS_IN_OUTAGE.inc()
+            where = (
+                f"changes go to the spill file in {self.spill.folder} until it works again"
+                if self._spill_works and self.spill is not None
+                else "changes are kept in memory (no spill_dir), relayed, and retried"
+            )
+            self.log.error(
+                "Room %s: writing to the store failed (%s: %s); %s",
+                self.room_id, type(self.store).__name__, exc, where,
+            )
+
+    def _spill_fails(self, exc: Exception, spill_exc: Exception) -> None:
+        self._spill_failed = True
+        self.log.error(
+            "Room %s: the spill file failed too (%s); changes are kept in memory, relayed, "
+            "and retried until %s works again (%s)",
+            self.room_id, spill_exc, type(self.store).__name__, exc,
+        )
+
+    async def _spill(self, update: bytes) -> None:
+        assert self.spill is not None
+        if self._spill_log is None:
+            spill_log = self.spill.log_for(self.store.path)
+            assert self._tasks is not None
+            await self._tasks.start(spill_log.start)
+            self._spill_log = spill_log
+        self._spill_log.next_metadata = self._metadata
+        await self._spill_log.write(update)
+        self._spilled += 1
+        self._spilled_total.inc()
+
+    async def _end_outage(self) -> None:
+        """The store works again: write the spill back; on success the outage is over."""
+        try:
+            await self._close_spill_log()
+            count = 0
+            if self.spill is not None:
+                count = await self.spill.replay(self.store.path, self.store, self._set_metadata)
+        except Exception as exc:
+            self.log.debug("Room %s: the store still fails: %s", self.room_id, exc)
+            return
+        self.log.warning(
+            "Room %s: the store accepts writes again; %d spilled change(s) written back",
+            self.room_id, count,
+        )
+        self.outage = None
+        self.error = None
+        self._spilled = 0
+        self._spill_failed = False
+        metrics.ROOMS_IN_OUTAGE.dec()
+
+    def _set_metadata(self, metadata: bytes) -> None:
+        self._metadata = metadata
+
+    async def _close_spill_log(self) -> None:
+        spill_log, self._spill_log = self._spill_log, None
+        if spill_log is not None:
+            with anyio.CancelScope(shield=True):
+                await spill_log.stop()
+
+    async def close(self) -> None:
+        """The room closes: one last try to write the spill back; else it stays on disk for
+        the next open of this document (or the next start of the server)."""
+        if self.outage is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._end_outage()
+        if self.outage is not None:
+            await self._close_spill_log()
+            lost = self.unstored
+            self.log.error(
+                "Room %s: closing while its store fails; %d change(s) wait in the spill file "
+                "and are written back when the document next opens%s",
+                self.room_id, self._spilled,
+                f"; {lost} change(s) could be kept nowhere and are only in the saved file"
+                if lost else "",
+            )
+            metrics.ROOMS_IN_OUTAGE.dec()
+            self.outage = None

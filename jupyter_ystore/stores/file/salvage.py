@@ -1,0 +1,216 @@
+"""FileYStore: a log damaged in the middle is set aside and its intact records kept.
+
+A crash tears only the last record (``file._LogFile`` cuts that back). A record that cannot
+be decoded with intact records after it is damage: a bad disk block, a stray write. Then,
+under the file's exclusive ``flock``:
+
+* the records before the damage are kept, and the ones after it when decoding can resume:
+  from some offset after the damage, records decode one after the other to the very end of
+  the file, each with a plausible time and a Yjs update (looked for within
+  ``RESYNC_WINDOW`` bytes of the damage);
+* the damaged file keeps its bytes under ``<name>.damaged-<UTC time>`` (a hard link, or a
+  copy where links are not supported), never deleted;
+* the kept records become a fresh file at the original path (temporary file, fsync,
+  ``os.replace``, fsync of the folder): the path always names a whole file. If the records
+  after the damage need updates lost with it (structs left pending), only those before it
+  are kept; if even those do not replay, nothing is kept (its attributes go with the copy)
+  and the document opens from its file.
+
+A file named ``*.damaged-<time>`` is only read: its intact records, nothing repaired.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_ystore.core.codec import read_var_uint
+from jupyter_ystore.errors import YStoreCorruptError
+from jupyter_ystore.stores.file import attrs as _file_attrs
+from jupyter_ystore.stores.damaged import copy_name, replays_cleanly, usable_update
+from jupyter_ystore.stores.file.store import (
+    _TIMESTAMP,
+    _TMP_SUFFIX,
+    HEADER,
+    Record,
+    _fsync_dir,
+    _parse_records,
+    _Scan,
+    encode_record,
+    parse_log,
+)
+
+#: How far past the damage decoding tries to resume (bytes).
+RESYNC_WINDOW = 1 << 20
+
+
+@dataclass
+class Found:
+    """The intact records of a damaged log."""
+
+    before: list[Record] = field(default_factory=list)
+    after: list[Record] = field(default_factory=list)
+    damaged_at: int = 0  # offset of the first record that does not decode
+    resumed_at: int | None = None  # offset from which records decode again
+    invalid: int = 0  # records that decode but hold no Yjs update
+
+    @property
+    def records(self) -> list[Record]:
+        return self.before + self.after
+
+
+def intact_records(buf: bytes, path: str) -> Found:
+    """The records of a log (its ``VERSION:2`` header checked) before and after damage."""
+    found = Found()
+    scan = _Scan(size=len(buf), intact_end=len(HEADER))
+    try:
+        _parse_records(buf, len(HEADER), 0, scan, path)
+        found.damaged_at = len(buf)  # none (a torn tail at most)
+    except YStoreCorruptError:
+        found.damaged_at = scan.intact_end
+    found.before = _usable(scan.records, found)
+    end = min(len(buf), found.damaged_at + RESYNC_WINDOW)
+    for offset in range(found.damaged_at + 1, end):
+        chain = _chain(buf, offset)
+        if chain:
+            found.resumed_at = offset
+            found.after = _usable(chain, found)
+            break
+    return found
+
+
+def _usable(records: list[Record], found: Found) -> list[Record]:
+    kept = [record for record in records if usable_update(record[0])]
+    found.invalid += len(records) - len(kept)
+    return kept
+
+
+def _chain(buf: bytes, pos: int) -> list[Record] | None:
+    """Records decoding from ``pos`` exactly to the end of ``buf``, each plausible."""
+    records: list[Record] = []
+    end = len(buf)
+    while pos < end:
+        try:
+            size, pos = read_var_uint(buf, pos)
+            update = buf[pos : pos + size]
+            pos += size
+            size, pos = read_var_uint(buf, pos)
+            metadata = buf[pos : pos + size]
+            pos += size
+        except ValueError:  # (TruncatedError too)
+            return None
+        if pos + 9 > end or buf[pos] != 8:
+            return None
+        (timestamp,) = _TIMESTAMP.unpack_from(buf, pos + 1)
+        pos += 9
+        if not (1e8 < timestamp < 1e11) or not usable_update(update):
+            return None
+        records.append((update, metadata, timestamp))
+    return records or None
+
+
+def kept_records(found: Found) -> list[Record]:
+    """What the fresh file holds: everything that replays cleanly (see the module)."""
+    if found.after and replays_cleanly([r[0] for r in found.records]):
+        return found.records
+    if found.before and replays_cleanly([r[0] for r in found.before]):
+        return found.before
+    return []
+
+
+def salvage(
+    logfile: Any, fd: int, buf: bytes, key: str | None
+) -> tuple[_Scan, tuple[int, int, int] | None]:
+    """Set the damaged log held exclusively as ``fd`` aside and write what is kept.
+
+    Returns the new file's scan and identity (None: no file, the document opens from its
+    file). ``buf`` is the file's content, read under the lock.
+    """
+    path = logfile.path
+    try:
+        scan = parse_log(buf, path)
+        st = os.fstat(fd)
+        scan.tail = buf[scan.intact_end :]
+        return scan, (st.st_dev, st.st_ino, len(buf))  # intact after all (raced a repair)
+    except YStoreCorruptError:
+        pass
+    found = intact_records(buf, path)
+    kept = kept_records(found)
+    copy = copy_name(path)
+    _keep_damaged_bytes(path, copy, buf)
+    folder, name = os.path.split(path)
+    identity: tuple[int, int, int] | None = None
+    if kept:
+        data = HEADER + b"".join(encode_record(*record) for record in kept)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(out, data)
+                os.fsync(out)
+                st = os.fstat(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        identity = (st.st_dev, st.st_ino, len(data))
+    else:
+        os.unlink(path)  # its bytes live on under the copy's name
+        attributes = _file_attrs.sidecar(path)
+        if os.path.exists(attributes):  # nothing stored for the document: they go with it
+            os.rename(attributes, _file_attrs.sidecar(copy))
+    _fsync_dir(folder)
+    logfile.log.warning(_announcement(path, copy, key, found, kept))
+    fresh = _Scan(records=kept, size=identity[2] if identity else 0)
+    fresh.intact_end = fresh.size
+    return fresh, identity
+
+
+def _keep_damaged_bytes(path: str, copy: str, buf: bytes) -> None:
+    """``copy`` names the damaged bytes: the same file (a link), or a copy of them."""
+    try:
+        os.link(path, copy)
+        return
+    except OSError:  # no hard links here (some network and FAT file systems)
+        pass
+    out = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(out, view) :]
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _announcement(path: str, copy: str, key: str | None, found: Found, kept: list[Record]) -> str:
+    """The one line saying what happened and what to run."""
+    if kept:
+        after = len(kept) - len(found.before)  # kept: all records, or those before
+        what = (
+            f"kept {len(kept)} intact records in a fresh file ({len(found.before)} before the "
+            f"damage, {after} after it)"
+        )
+        if len(found.after) > after:
+            what += (
+                f"; the {len(found.after)} records after it were left out: they need "
+                "records that were lost"
+            )
+    else:
+        what = "nothing could be kept (the document opens from its file)"
+    read_copy = (
+        f"`jupyter ystore verify {shlex.quote(key + copy[len(path):])}`" if key else copy
+    )
+    return (
+        f"ystore log {path} was damaged at byte {found.damaged_at} (a record that cannot be "
+        f"decoded, intact records after it): moved it to {copy}, never deleted, and {what}. "
+        f"Check the store with `jupyter ystore verify --all`; read the damaged copy with "
+        f"{read_copy}"
+    )

@@ -1,0 +1,938 @@
+"""FileYStore and TempFileYStore: one append-only log file per document.
+
+The format is ypy-websocket's (also pycrdt-store's), so their files open in place::
+
+    VERSION:2\\n
+    then per update: varbytes(update) varbytes(metadata) varbytes(8-byte LE double timestamp)
+
+What we add: each batch of records is ONE ``os.write`` on an ``O_APPEND`` descriptor followed
+by ``fsync`` before ``write()`` returns, with concurrent writers sharing that write and fsync
+(group commit). A crash mid-write can only leave a torn last record: on open we keep the
+intact records, set the torn bytes aside next to the file and truncate it, and say so in the
+log. Damage anywhere else sets the file aside as ``<name>.damaged-<UTC time>`` and keeps its
+intact records in a fresh file (``_file_salvage``); such copies are only ever read. Version
+headers we do not know raise and touch nothing.
+
+Other processes using the same files (a second server, ``jupyter ystore compact``) are
+coordinated with ``flock`` (see ``_LogFile``). ``compact()`` and ``document_ttl`` rewrite a
+log atomically (temporary file, fsync, ``os.replace``, fsync of the folder).
+
+A document's attributes (``set_attributes``) live in a sidecar file beside its log,
+``<file>.attrs``, replaced whole the same way (see ``_file_attrs``); listings skip it (it
+does not start with ``VERSION:``).
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import math
+import os
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, AsyncIterator, ClassVar
+
+import anyio
+from traitlets import Float, TraitError, Unicode, observe, validate
+
+from jupyter_ystore.core.codec import TruncatedError, read_var_uint, write_var_bytes
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import (
+    YDocNotFound,
+    YStoreCorruptError,
+    YStoreError,
+    YStoreInvalidPath,
+    YStoreLockedError,
+    YStorePermissionError,
+    YStoreVersionError,
+)
+from jupyter_ystore.server.metrics import record_compaction_of
+from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+
+Record = tuple[bytes, bytes, float]
+
+HEADER_PREFIX = b"VERSION:"
+VERSION = 2
+HEADER = b"VERSION:%d\n" % VERSION
+_TIMESTAMP = struct.Struct("<d")
+_TORN_MARK = ".torn-"
+_TMP_SUFFIX = ".compact.tmp"
+
+
+# ---------------------------------------------------------------------- format
+
+
+def encode_record(update: bytes, metadata: bytes, timestamp: float) -> bytes:
+    """One log record: the three length-prefixed fields."""
+    return (
+        write_var_bytes(update)
+        + write_var_bytes(metadata)
+        + write_var_bytes(_TIMESTAMP.pack(timestamp))
+    )
+
+
+@dataclass
+class _Scan:
+    """What a log file holds: its intact records and where the intact part ends."""
+
+    records: list[Record] = field(default_factory=list)
+    intact_end: int = 0  # byte offset just after the header / the last intact record
+    size: int = 0
+    tail: bytes = b""  # the torn bytes after intact_end, if any
+
+    @property
+    def torn(self) -> bool:
+        return self.intact_end < self.size
+
+
+def _looks_like_record_end(buf: bytes, start: int) -> bool:
+    """Whether ``buf`` ends the way an intact record does (a plausible 8-byte timestamp).
+
+    A crash tears the LAST record, so a torn tail ends at an arbitrary byte. If instead the
+    file still ends in a well-formed timestamp field, intact records follow the place where
+    decoding failed: the damage is in the middle and truncating would throw good data away.
+    """
+    if len(buf) - 9 < start or buf[-9] != 8:
+        return False
+    (timestamp,) = _TIMESTAMP.unpack(buf[-8:])
+    return math.isfinite(timestamp) and 1e8 < timestamp < 1e11
+
+
+def parse_log(buf: bytes, path: str, base: int = 0) -> _Scan:
+    """Decode a log file. Raise for unknown versions and damage before the tail.
+
+    ``buf`` is the file's content from byte ``base`` on: the whole file (``base`` 0) or the
+    part after records already checked (``base`` then falls on a record boundary).
+    """
+    scan = _Scan(size=base + len(buf), intact_end=base)
+    if base:
+        return _parse_records(buf, 0, base, scan, path)
+    if not buf:
+        return scan
+    newline = buf.find(b"\n", 0, 64)
+    if newline < 0:
+        if HEADER.startswith(buf):  # a crash while the file was being created
+            return scan
+        raise YStoreVersionError(
+            "not a ystore log: no 'VERSION:' header line",
+            path=path,
+            hint="the file was left untouched; move it away if it is not a document store",
+        )
+    header = buf[: newline + 1]
+    if header != HEADER:
+        found = header[len(HEADER_PREFIX) : -1] if header.startswith(HEADER_PREFIX) else None
+        what = (
+            f"format version {found.decode('ascii', 'replace')!r}"
+            if found is not None
+            else "no 'VERSION:' header line"
+        )
+        raise YStoreVersionError(
+            f"cannot read this ystore log: {what}, this code reads version {VERSION}",
+            path=path,
+            hint="the file was left untouched; open it with the software that wrote it, "
+            "or move it away to start this document afresh",
+        )
+    scan.intact_end = len(header)
+    return _parse_records(buf, len(header), 0, scan, path)
+
+
+def _parse_records(buf: bytes, pos: int, base: int, scan: _Scan, path: str) -> _Scan:
+    """Decode records from ``pos`` on (inlined: loading is bound by this loop)."""
+    end = len(buf)
+    records = scan.records
+    append = records.append
+    unpack_from = _TIMESTAMP.unpack_from
+    while pos < end:
+        start = pos
+        try:
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = read_var_uint(buf, pos)
+            update = buf[pos : pos + size]
+            pos += size
+            if pos >= end:
+                raise TruncatedError("no metadata field")
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = read_var_uint(buf, pos)
+            metadata = buf[pos : pos + size]
+            pos += size
+            if pos + 9 > end:
+                raise TruncatedError("no complete timestamp field")
+            if buf[pos] != 8:
+                raise ValueError("a timestamp field is not 8 bytes")
+            timestamp = unpack_from(buf, pos + 1)[0]
+            pos += 9
+        except ValueError:  # cut short (TruncatedError), or bytes we never wrote
+            if _looks_like_record_end(buf, start):
+                raise _corrupt(path, base + start) from None
+            # The last record is torn (a crash mid-write; zeros the file system added
+            # after a power loss): the caller sets it aside.
+            return scan
+        append((update, metadata, timestamp))
+        scan.intact_end = base + pos
+    return scan
+
+
+def _corrupt(path: str, offset: int) -> YStoreCorruptError:
+    return YStoreCorruptError(
+        f"damaged ystore log: the record at byte {offset} cannot be decoded and intact "
+        "records follow it",
+        path=path,
+        hint="the file was left untouched; restore it from a backup, or move it away to "
+        "rebuild the document from its notebook file (edits not saved to the notebook are "
+        "then lost)",
+    )
+
+
+# ---------------------------------------------------------------------- OS helpers
+
+
+def _os_error(exc: OSError, path: str, doing: str) -> YStoreError:
+    """Our error for an OSError, keeping the OS's words and adding what to do."""
+    if isinstance(exc, PermissionError):
+        return YStorePermissionError(
+            f"permission denied while {doing}: {exc.strerror}",
+            path=path,
+            hint="give the server's user read and write access to the file and its folder",
+        )
+    if exc.errno == errno.ENOSPC:
+        return YStoreError(
+            f"no space left on the device while {doing}",
+            path=path,
+            hint="free some disk space; nothing partial was kept",
+        )
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError, FileExistsError)):
+        return YStoreError(
+            f"cannot use this path while {doing}: {exc.strerror}",
+            path=path,
+            hint="a file stands where a folder is needed (or the reverse); move it away",
+        )
+    return YStoreError(f"{doing} failed: {exc}", path=path)
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process coordination; one server per folder
+    fcntl = None  # type: ignore[assignment]
+
+_SHARED, _EXCLUSIVE, _UNLOCK = (
+    (fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_UN) if fcntl is not None else (0, 0, 0)
+)
+
+
+#: Seconds to wait for another process to release a log file before giving up.
+LOCK_TIMEOUT = 30.0
+
+
+def _flock(fd: int, how: int, path: str = "") -> None:
+    """Coordinate with other processes using the same file (blocks: call in a thread).
+
+    Locks are held only for one append, repair or compaction, so a wait is short; a file
+    held longer than ``LOCK_TIMEOUT`` (a process stuck with it) raises YStoreLockedError.
+    """
+    if fcntl is None:
+        return
+    if how == _UNLOCK:
+        fcntl.flock(fd, how)
+        return
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise YStoreLockedError(
+                    f"another process has held the ystore log for over {LOCK_TIMEOUT:g} s",
+                    path=path,
+                    hint="find the process using the file (e.g. `fuser` or `lsof`), "
+                    "and retry once it is done",
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a create / rename / unlink in ``folder`` durable."""
+    if os.name == "nt":  # Windows cannot open a folder; NTFS journals the entry itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, offset: int = 0) -> bytes:
+    size = os.fstat(fd).st_size - offset
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, max(size, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------- one log file
+
+
+@dataclass
+class _Pending:
+    record: bytes
+    timestamp: float
+    done: bool = False
+    error: BaseException | None = None
+
+
+class _LogFile:
+    """One log file, shared by every store of this process that names it.
+
+    Sharing lets concurrent writers of one document join one write+fsync, and keeps the
+    append descriptor right after a compaction swaps the file. The blocking methods run in
+    a worker thread while ``lock`` is held.
+
+    Other processes (a second server, ``jupyter ystore compact``) are coordinated with
+    ``flock``: appends, repairs, compaction and deletion hold the file exclusively, reads
+    hold it shared. Before appending, a writer checks that the path still names its open
+    file and that the file has not changed since its last write; if it has, it reopens
+    and checks what was added (a torn tail left by a process that crashed is set aside
+    before anything is appended after it).
+    """
+
+    def __init__(self, path: str, log: Any):
+        self.path = path
+        self.log = log
+        self.lock = anyio.Lock()
+        self.queue: list[_Pending] = []
+        self.users = 0
+        self.fd: int | None = None  # O_APPEND descriptor, opened on the first write
+        # (device, inode, size) of the file as last checked or written by us: a file that
+        # still matches needs no check before the next append.
+        self.verified: tuple[int, int, int] | None = None
+        # What the check at open parsed, handed to the first read if the file is unchanged
+        # (a room reads right after it opens: this saves parsing the file twice).
+        self._kept: tuple[tuple[int, int, int], list[Record]] | None = None
+        self.last_timestamp: float | None = None
+        self.damaged_copy = is_damaged_copy(path)  # set aside earlier: only ever read
+        self.key: str | None = None  # the document's key (for what the log says to run)
+
+    # -- reading and recovery
+
+    def load_kept(self) -> list[Record]:
+        """``load()``, reusing what the open check parsed when the file has not changed."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                pass
+            else:
+                if (st.st_dev, st.st_ino, st.st_size) == kept[0]:
+                    return kept[1]
+        return self.load()
+
+    def load(self, *, keep: bool = False) -> list[Record]:
+        """Every intact record; a torn tail is set aside (or, read-only, skipped)."""
+        self._kept = None
+        writable = not self.damaged_copy
+        try:
+            try:
+                fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+            except PermissionError:
+                writable = False  # a read-only file is still readable
+                fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self.last_timestamp = None
+            return []
+        except OSError as exc:
+            raise _os_error(exc, self.path, "opening the ystore log") from exc
+        try:
+            _flock(fd, _SHARED, self.path)  # writers of other processes hold it exclusively
+            try:
+                scan, key = self._scan(fd, 0)
+            except YStoreCorruptError:  # damaged in the middle
+                if not writable:
+                    if not self.damaged_copy:
+                        raise
+                    scan, key = self._scan_copy(fd)
+                else:
+                    from jupyter_ystore.stores.file import salvage as _file_salvage  # (it imports this module)
+
+                    _flock(fd, _EXCLUSIVE, self.path)
+                    if not self._is_current(fd):  # set aside by another process meanwhile
+                        return self.load(keep=keep)
+                    scan, found = _file_salvage.salvage(self, fd, _read_all(fd), self.key)
+                    if found is None:  # nothing kept: the document opens from its file
+                        self.verified = None
+                        self.last_timestamp = None
+                        return []
+                    key = found
+            if scan.torn and writable:
+                _flock(fd, _EXCLUSIVE, self.path)
+                scan, key = self._scan(fd, 0)  # as it is now that we hold it alone
+                if scan.torn:
+                    key = self._set_aside(fd, scan)
+            elif scan.torn:
+                self.log.warning(
+                    "ystore log %s ends with a torn record (%d bytes) that cannot be "
+                    "repaired (read-only); reading the %d intact records",
+                    self.path,
+                    scan.size - scan.intact_end,
+                    len(scan.records),
+                )
+        except OSError as exc:
+            raise _os_error(exc, self.path, "reading the ystore log") from exc
+        finally:
+            os.close(fd)  # releases the lock
+        if not scan.torn or writable:
+            self.verified = key
+        self.last_timestamp = scan.records[-1][2] if scan.records else None
+        if keep and not scan.torn:
+            self._kept = (key, scan.records)
+        return scan.records
+
+    def _scan_copy(self, fd: int) -> tuple[_Scan, tuple[int, int, int]]:
+        """The intact records of a damaged copy, read without touching it."""
+        from jupyter_ystore.stores.file import salvage as _file_salvage  # (it imports this module)
+
+        buf = _read_all(fd)
+        st = os.fstat(fd)
+        scan = _Scan(records=_file_salvage.intact_records(buf, self.path).records, size=len(buf))
+        scan.intact_end = scan.size  # nothing of a copy is ever set aside
+        return scan, (st.st_dev, st.st_ino, len(buf))
+
+    def _refuse_copy(self, doing: str) -> None:
+        if self.damaged_copy:
+            raise YStorePermissionError(
+                f"a damaged copy is only ever read, not {doing}",
+                path=self.path,
+                hint="the document's store is the file without the .damaged-<time> suffix",
+            )
+
+    def _scan(self, fd: int, offset: int) -> tuple[_Scan, tuple[int, int, int]]:
+        """Parse the file from ``offset`` (0, or a checked record boundary)."""
+        buf = _read_all(fd, offset)
+        st = os.fstat(fd)
+        scan = parse_log(buf, self.path, offset)
+        scan.tail = buf[scan.intact_end - offset :]
+        return scan, (st.st_dev, st.st_ino, offset + len(buf))
+
+    def _set_aside(self, fd: int, scan: _Scan) -> tuple[int, int, int]:
+        """Keep the torn bytes in ``<name>.torn-<UTC time>`` and cut the log back to intact.
+
+        The caller holds the file exclusively. Returns the file's new identity and size.
+        """
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        base = f"{self.path}{_TORN_MARK}{stamp}"
+        aside, n = base, 0
+        while True:
+            try:
+                out = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                n += 1
+                aside = f"{base}-{n}"
+        try:
+            os.write(out, scan.tail)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.ftruncate(fd, scan.intact_end)
+        os.fsync(fd)
+        _fsync_dir(os.path.dirname(self.path))
+        self.log.warning(
+            "ystore log %s ended with a torn record (a crash while writing?): kept its %d "
+            "intact records, moved the %d torn bytes to %s",
+            self.path,
+            len(scan.records),
+            len(scan.tail),
+            aside,
+        )
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino, st.st_size)
+
+    # -- appending
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether the path still names the file open as ``fd`` (not replaced or removed)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _open_locked(self) -> int:
+        """The append descriptor, held exclusively, naming the current file."""
+        while True:
+            if self.fd is None:
+                folder = os.path.dirname(self.path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            _flock(self.fd, _EXCLUSIVE, self.path)
+            if self._is_current(self.fd):
+                return self.fd
+            self.close_fd()  # replaced by another process's compaction, or deleted
+
+    def _check_before_append(self, fd: int) -> None:
+        """Make sure what we append follows intact records (the caller holds the file)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size)
+        if key == self.verified and st.st_size:
+            return
+        if st.st_size == 0:  # a new (or emptied) file: its header first
+            self._write_all(fd, HEADER, 0)
+            os.fsync(fd)
+            _fsync_dir(os.path.dirname(self.path))
+            self.verified = (st.st_dev, st.st_ino, len(HEADER))
+            return
+        known = self.verified
+        offset = known[2] if known and known[:2] == key[:2] and known[2] <= key[2] else 0
+        scan, key = self._scan(fd, offset)  # only what others added, when we can
+        if scan.torn:
+            key = self._set_aside(fd, scan)
+        if scan.records:
+            self.last_timestamp = scan.records[-1][2]
+        self.verified = key
+
+    def _write_all(self, fd: int, data: bytes, size_before: int) -> None:
+        """One ``os.write``; if the OS takes less (disk full), undo the partial record."""
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            try:
+                os.ftruncate(fd, size_before)
+            except OSError:
+                pass  # the next open sets a torn tail aside
+            raise
+
+    def append(self, batch: list[_Pending], ttl: float | None) -> None:
+        """Write a batch of records with one write and one fsync (runs in a thread)."""
+        self._kept = None
+        self._refuse_copy("appended to")
+        data = b"".join(p.record for p in batch)
+        try:
+            fd = self._open_locked()
+            try:
+                self._check_before_append(fd)
+                if (
+                    ttl is not None
+                    and self.last_timestamp is not None
+                    and time.time() - self.last_timestamp > ttl
+                ):
+                    self._compact_locked(fd)
+                    fd = self._open_locked()
+                    self._check_before_append(fd)
+                size_before = os.fstat(fd).st_size
+                self._write_all(fd, data, size_before)
+                os.fsync(fd)
+                st = os.fstat(fd)
+                self.verified = (st.st_dev, st.st_ino, size_before + len(data))
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "appending to the ystore log") from exc
+        self.last_timestamp = batch[-1].timestamp
+
+    def close_fd(self) -> None:
+        self._kept = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    # -- administration
+
+    def compact(self) -> None:
+        """Replace the log by one record holding the squashed state, atomically."""
+        self._kept = None
+        self._refuse_copy("compacted")
+        if not os.path.exists(self.path):
+            return
+        try:
+            fd = self._open_locked()
+            try:
+                self._check_before_append(fd)
+                self._compact_locked(fd)
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "compacting the ystore log") from exc
+
+    def _compact_locked(self, fd: int) -> None:
+        """Compact the checked file held exclusively as ``fd``; closes ``fd`` after."""
+        scan, _key = self._scan(fd, 0)
+        if len(scan.records) <= 1:
+            return
+        updates = [record[0] for record in scan.records]
+        try:
+            squashed = _ydoc.squash(updates)
+        except Exception as exc:
+            raise YStoreCorruptError(
+                f"cannot compact: a stored update does not decode ({exc})",
+                path=self.path,
+                hint="the file was left untouched",
+            ) from exc
+        _update, metadata, timestamp = scan.records[-1]
+        data = HEADER + encode_record(squashed, metadata, timestamp)
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self._write_all(out, data, 0)
+                os.fsync(out)
+                st = os.fstat(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.close_fd()  # points at the replaced file; writers waiting on it will reopen
+        self.verified = (st.st_dev, st.st_ino, len(data))
+        self.last_timestamp = timestamp
+        record_compaction_of("FileYStore")
+
+    def delete(self) -> None:
+        self._kept = None
+        self._refuse_copy("deleted")
+        try:
+            if os.path.exists(self.path):
+                self._open_locked()
+                os.unlink(self.path)
+                self.close_fd()  # releases the lock: waiting writers find the file gone
+                _fsync_dir(os.path.dirname(self.path))
+        except OSError as exc:
+            self.close_fd()
+            raise _os_error(exc, self.path, "deleting the ystore log") from exc
+        self.verified = None
+        self.last_timestamp = None
+
+
+_registry: dict[str, _LogFile] = {}
+_registry_lock = threading.Lock()
+
+
+def _acquire(path: str, log: Any) -> _LogFile:
+    with _registry_lock:
+        logfile = _registry.get(path)
+        if logfile is None:
+            logfile = _registry[path] = _LogFile(path, log)
+        logfile.users += 1
+        return logfile
+
+
+def _release(logfile: _LogFile) -> bool:
+    """Drop one user; True when it was the last (the caller then closes the file)."""
+    with _registry_lock:
+        logfile.users -= 1
+        if logfile.users > 0:
+            return False
+        if _registry.get(logfile.path) is logfile:
+            del _registry[logfile.path]
+        return True
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def _resolve(path: str, root_dir: str | None) -> str:
+    """The absolute file of document ``path``; refuse paths that leave ``root_dir``."""
+    if "\x00" in path:
+        raise YStoreInvalidPath("a document path cannot contain a NUL character", path=repr(path))
+    if root_dir is None:
+        return os.path.abspath(path)
+    root = os.path.realpath(os.path.expanduser(root_dir))
+    if os.path.isabs(path):  # ("~" is not expanded: "~/x" is a folder named "~")
+        raise YStoreInvalidPath(
+            f"a document path must be relative to the store's folder {root}",
+            path=path,
+        )
+    target = os.path.normpath(os.path.join(root, path))
+    real = os.path.realpath(target)  # a symlink inside the root must not lead out of it
+    for candidate in (target, real):
+        if candidate == root or os.path.commonpath([root, candidate]) != root:
+            raise YStoreInvalidPath(f"document path leaves the store's folder {root}", path=path)
+    if path.endswith(("/", os.sep)) or os.path.basename(target) in ("", ".", ".."):
+        raise YStoreInvalidPath("a document path must name a file", path=path)
+    return target
+
+
+# ---------------------------------------------------------------------- stores
+
+
+class FileYStore(BaseYStore):
+    """One document per file, in ypy-websocket's ``VERSION:2`` log format.
+
+    ``path`` is the document's file: as given when ``root_dir`` is unset (the seed's
+    behaviour), else relative to ``root_dir``, which it may not leave.
+    """
+
+    root_dir = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Folder holding the document files. When set, a document path is relative
+        to it and may not leave it ('..', absolute paths). Unset: paths are used as given.""",
+    )
+    document_ttl = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Seconds of idleness after which a document's history is squashed into one
+        update before the next write (None: keep the whole history).""",
+    )
+
+    @validate("root_dir")
+    def _check_root_dir(self, proposal: Any) -> str | None:
+        value = proposal["value"]
+        if value is None:
+            return None
+        if not value or "\x00" in value:
+            raise TraitError(f"root_dir must be a non-empty folder path without NUL, got {value!r}")
+        ancestor = os.path.abspath(os.path.expanduser(value))
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise TraitError(f"root_dir {value!r} cannot be used as a folder: {ancestor} is a file")
+        return value
+
+    @validate("document_ttl")
+    def _check_ttl(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise TraitError(
+                f"document_ttl must be None or a number of seconds >= 0, got {value!r}"
+            )
+        return value
+
+    def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
+        super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+        self._file = _resolve(self.path, self._root())
+        self._logfile: _LogFile | None = None
+
+    def _root(self) -> str | None:
+        return self.root_dir
+
+    @observe("root_dir")
+    def _root_changed(self, change: Any) -> None:
+        if hasattr(self, "_file"):
+            if self._logfile is not None:
+                raise YStoreError("cannot change root_dir of a running store", path=self._file)
+            self._file = _resolve(self.path, self._root())
+
+    @property
+    def file_path(self) -> Path:
+        """The document's file on disk."""
+        return Path(self._file)
+
+    # -- lifecycle hooks
+
+    async def _open(self) -> None:
+        logfile = self._logfile = _acquire(os.path.realpath(self._file), self.log)
+        logfile.key = logfile.key or self.path
+        async with logfile.lock:
+            if logfile.verified is None:  # check the header, set a torn tail aside
+                await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
+
+    async def _close(self) -> None:
+        logfile, self._logfile = self._logfile, None
+        if logfile is None:
+            return
+        try:
+            if logfile.queue:  # writes whose writers were cancelled while waiting
+                async with logfile.lock:
+                    await self._flush(logfile)
+        finally:
+            if _release(logfile):
+                logfile.close_fd()
+
+    # -- the log
+
+    async def write(self, data: bytes) -> None:
+        await self._ensure_running()
+        data = self._checked_update(data)
+        metadata = await self.get_metadata()
+        logfile = self._logfile
+        assert logfile is not None
+        timestamp = time.time()
+        pending = _Pending(encode_record(bytes(data), metadata, timestamp), timestamp)
+        logfile.queue.append(pending)
+        async with logfile.lock:
+            if not pending.done:
+                await self._flush(logfile)
+        if pending.error is not None:
+            error = copy.copy(pending.error)  # each writer raises its own instance
+            raise error from pending.error.__cause__
+
+    async def _flush(self, logfile: _LogFile) -> None:
+        """Write everything queued as one batch (the caller holds the lock)."""
+        batch, logfile.queue = logfile.queue, []
+        if not batch:
+            return
+        try:
+            await anyio.to_thread.run_sync(logfile.append, batch, self.document_ttl)
+        except Exception as exc:
+            for pending in batch:
+                pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done = True
+
+    async def _records(self) -> list[Record]:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            return await anyio.to_thread.run_sync(logfile.load_kept)
+
+    async def read(self) -> AsyncIterator[Record]:
+        records = await self._records()
+        if not records:
+            raise YDocNotFound(self.path)
+        for record in records:
+            yield record
+
+    # -- administration
+
+    async def compact(self) -> None:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            await anyio.to_thread.run_sync(logfile.compact)
+
+    async def delete(self) -> None:
+        from jupyter_ystore.stores.file import attrs as _file_attrs
+
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            # Attributes first: a crash in between may leave the history without its
+            # attributes, never attributes (an id of that history, say) outliving it.
+            await anyio.to_thread.run_sync(_file_attrs.remove, _file_attrs.sidecar(logfile.path))
+            await anyio.to_thread.run_sync(logfile.delete)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        """From the sidecar file ``<log>.attrs`` (see ``_file_attrs``)."""
+        from jupyter_ystore.stores.file import attrs as _file_attrs
+
+        assert self._logfile is not None
+        path = _file_attrs.sidecar(self._logfile.path)
+        return await anyio.to_thread.run_sync(_file_attrs.read, path)
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        from jupyter_ystore.stores.file import attrs as _file_attrs
+
+        assert self._logfile is not None
+        path = _file_attrs.sidecar(self._logfile.path)
+        await anyio.to_thread.run_sync(_file_attrs.update, path, values)
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        await self._ensure_running()
+        root = self._root()
+        if root is None:
+            # paths used as given: list this file's folder only (it may be a user's home),
+            # naming each document by its absolute path, which opens it again
+            folder = os.path.dirname(self._file)
+            return await anyio.to_thread.run_sync(_list_folder, folder, self.log, False)
+        return await anyio.to_thread.run_sync(_list_folder, os.path.realpath(root), self.log, True)
+
+
+def _list_folder(folder: str, log: Any, recursive: bool) -> list[DocumentInfo]:
+    """Every ystore log in ``folder``, read without repairing anything.
+
+    Paths are relative to ``folder`` when ``recursive`` (a store root), else absolute.
+    """
+    found: list[DocumentInfo] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if not recursive:
+            dirnames.clear()
+        dirnames.sort()
+        for name in sorted(filenames):
+            if _TORN_MARK in name or name.endswith(_TMP_SUFFIX) or is_damaged_copy(name):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                with open(full, "rb") as f:
+                    if f.read(len(HEADER_PREFIX)) != HEADER_PREFIX:
+                        continue  # not a ystore log
+                    f.seek(0)
+                    buf = f.read()
+                records = parse_log(buf, full).records
+            except (OSError, YStoreError) as exc:
+                log.warning("ystore log %s cannot be listed: %s", full, exc)
+                continue
+            found.append(
+                DocumentInfo(
+                    path=Path(os.path.relpath(full, folder)).as_posix() if recursive else full,
+                    updates=len(records),
+                    bytes=sum(len(r[0]) for r in records),
+                    first_timestamp=records[0][2] if records else None,
+                    last_timestamp=records[-1][2] if records else None,
+                )
+            )
+    return found
+
+
+class TempFileYStore(FileYStore):
+    """A FileYStore in a temporary folder made once per class.
+
+    Set ``prefix_dir`` in a subclass to name the folder (``tempfile.mkdtemp(prefix=...)``), or
+    ``base_dir`` to choose it. ``path`` is relative to ``base_dir`` and may not leave it.
+    """
+
+    prefix_dir: ClassVar[str | None] = None
+    base_dir: ClassVar[str | None] = None
+    _made_base_dirs: ClassVar[set[str]] = set()
+
+    def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
+        self.get_base_dir()
+        super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+
+    def _root(self) -> str | None:
+        return self.get_base_dir()
+
+    @classmethod
+    def get_base_dir(cls) -> str:
+        """The class's folder, made on first use (a subclass gets its own)."""
+        base = cls.base_dir
+        inherited_temp = "base_dir" not in cls.__dict__ and base in cls._made_base_dirs
+        if base is None or inherited_temp:
+            base = cls.make_directory()
+        return base
+
+    @classmethod
+    def make_directory(cls) -> str:
+        cls.base_dir = tempfile.mkdtemp(prefix=cls.prefix_dir)
+        cls._made_base_dirs.add(cls.base_dir)
+        return cls.base_dir

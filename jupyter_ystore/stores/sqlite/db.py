@@ -1,0 +1,776 @@
+"""One sqlite3 connection per database file per process, driven by a dedicated thread.
+
+Why a thread of its own: sqlite3 calls block, and the event loop must not. Every document of
+the process that uses the same file shares this object (a refcounted registry keyed by the
+file's real path); its thread owns the connection and works through a queue:
+
+* **Pending rows.** A commit inserts into ``ystore_pending`` (no secondary index), folded
+  into ``yupdates`` in bulk; reads fold first (``_sqlite_pending`` says why and what holds).
+* **Group commit.** Writes queue up while a commit is in flight; the thread takes every
+  queued write and commits them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then
+  wakes all their writers. A write's coroutine returns only after its commit.
+* **No loop-bound state.** The registry is process-global but each anyio test runs its own
+  event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
+  task (see ``_sqlite_bridge``).
+* **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 4000
+  WAL pages, see ``_sqlite_schema``) runs in this thread between commits, when no write of
+  ours is in flight, so it completes and the WAL restarts. (A checkpointer running beside a continuous writer never catches up: the WAL
+  then grows without bound.)
+* **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
+  makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
+  and nothing is half-written.
+
+* **Live updates.** While a store watches, the loop also polls other processes' commits
+  every ``poll_interval`` and wakes watchers after our own commits (``_sqlite_watch``).
+
+Compaction (``_sqlite_compact``) reads in this thread, squashes in a worker thread and swaps
+the rows in one transaction here. A ``document_ttl`` squash is done inline in the write's
+transaction, as the seed did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+from jupyter_ystore.errors import YStoreError, YStorePermissionError
+from jupyter_ystore.server.metrics import record_compaction_of
+from jupyter_ystore.stores.sqlite import attributes
+from jupyter_ystore.stores.sqlite import compact as compaction
+from jupyter_ystore.stores.sqlite import pending
+from jupyter_ystore.stores.sqlite import queries
+from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
+from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.sqlite.errors import map_error
+from jupyter_ystore.stores.sqlite.recover import note_damage, open_database
+from jupyter_ystore.stores.sqlite.schema import Options, Schema
+from jupyter_ystore.stores.sqlite.watch import Hub, Owner, Watch
+from jupyter_ystore.stores.base import DocumentInfo
+
+__all__ = [
+    "Options",
+    "Owner",
+    "Policy",
+    "SharedDatabase",
+    "Watch",
+    "acquire",
+    "release",
+    "open_connections",
+]
+
+log = logging.getLogger("jupyter_ystore.sqlite")
+
+Outcome = tuple[Waiter, Any, Any]
+
+#: Milliseconds a read waits for the write lock to fold pending rows first (see
+#: ``SharedDatabase._fold_for_read``).
+_READ_FOLD_WAIT_MS = 50
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a store wants done around its writes (from its traits)."""
+
+    ttl: float | None = None
+    max_updates: int | None = None
+    max_bytes: int | None = None
+
+
+class _Stats:
+    """A document's history after its snapshot, as this process has seen it."""
+
+    __slots__ = ("count", "nbytes", "last_ts")
+
+    def __init__(self, count: int, nbytes: int, last_ts: float | None):
+        self.count = count
+        self.nbytes = nbytes
+        self.last_ts = last_ts
+
+
+class _Write:
+    __slots__ = ("waiter", "path", "update", "metadata", "timestamp", "policy", "owner")
+
+    def __init__(
+        self,
+        waiter: Waiter,
+        path: str,
+        update: bytes,
+        metadata: bytes,
+        timestamp: float,
+        policy: Policy,
+        owner: Owner | None,
+    ):
+        self.waiter = waiter
+        self.path = path
+        self.update = update
+        self.metadata = metadata
+        self.timestamp = timestamp
+        self.policy = policy
+        self.owner = owner
+
+
+class _Call:
+    __slots__ = ("waiter", "fn", "action", "fold")
+
+    def __init__(self, waiter: Waiter, fn: Callable[..., Any], action: str, fold: bool = True):
+        self.waiter = waiter
+        self.fn = fn  # fn(connection, schema)
+        self.action = action
+        self.fold = fold  # move pending rows into yupdates first
+
+
+class _Close:
+    __slots__ = ("waiter",)
+
+    def __init__(self, waiter: Waiter):
+        self.waiter = waiter
+
+
+class SharedDatabase:
+    """The connection, thread and per-document counters of one database file."""
+
+    def __init__(self, key: str, db_path: str, options: Options):
+        self.key = key
+        self.db_path = db_path
+        self.options = options
+        self.refs = 0
+        self.closing = False
+        self.failed: BaseException | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._schema: Schema | None = None
+        self._stats: dict[str, _Stats] = {}
+        self._compacting: set[str] = set()
+        self._compacting_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._hub = Hub()  # live updates: touched by the database thread only
+        self._poll_failing = False
+        self._pending = 0  # rows this process committed into ystore_pending since its fold
+        # A second connection for compaction reads, used from worker threads: reading a
+        # document's rows (~3 µs a row) then does not hold up the writers' queue.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
+        self._fold_failing = False
+        self._fold_retry_at = 0.0  # after a failed fold, not before this time.monotonic()
+        name = "ystore-sqlite:" + os.path.basename(db_path)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ event-loop side
+
+    async def call(
+        self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str, *, fold: bool = True
+    ) -> Any:
+        """Run ``fn(connection, schema)`` on the database thread; its exception is raised
+        here (sqlite3 errors as ``YStoreError``s naming ``action``). ``fold=False``: for
+        work that reads no updates, so pending rows are left as they are."""
+        if self.closing:
+            raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
+        waiter = Waiter()
+        self._queue.put(_Call(waiter, fn, action, fold))
+        return await waiter.wait()
+
+    def write(
+        self,
+        path: str,
+        update: bytes,
+        metadata: bytes,
+        timestamp: float,
+        policy: Policy,
+        owner: Owner | None = None,
+    ) -> Awaitable[bool]:
+        """Commit one update (sharing the commit with concurrent writes); ``owner`` is the
+        writing store (its watch() must not see this row). Await the result.
+
+        It resolves to True when the document's history after its snapshot passed a
+        compaction threshold of ``policy``. (A plain function returning the waiter's future:
+        one coroutine less per write on the hot path.)
+        """
+        if self.closing:
+            raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
+        waiter = Waiter()
+        self._queue.put(_Write(waiter, path, update, metadata, timestamp, policy, owner))
+        return waiter.wait()
+
+    def post(self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str) -> None:
+        """Queue ``fn`` without waiting for it (cleanup from a ``finally`` being cancelled)."""
+        if not self.closing:
+            self._queue.put(_Call(Waiter(), fn, action))
+
+    async def close(self) -> None:
+        """Finish every queued job, close the connection and end the thread."""
+        waiter = Waiter()
+        self._queue.put(_Close(waiter))
+        await waiter.wait()
+
+    async def read_rows(
+        self, path: str, owner: Owner | None = None
+    ) -> list[tuple[bytes, bytes, float]]:
+        """Every record of ``path``; ``owner``'s later watch() starts after them."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> list[tuple[bytes, bytes, float]]:
+            records, last_row = queries.read_rows(conn, schema, path)
+            if owner is not None:
+                owner.loaded(last_row)
+            return records
+
+        return await self.call(job, f"reading {path!r}")
+
+    # ------------------------------------------------------------------ live updates
+
+    async def start_watch(self, watch: Watch) -> None:
+        await self.call(lambda conn, schema: self._hub.start(conn, watch), "starting to watch")
+
+    async def fetch_watched(self, watch: Watch, waiter: Waiter) -> list[bytes]:
+        """Updates for ``watch`` from other writers; none: ``waiter`` is armed."""
+        return await self.call(
+            lambda conn, schema: self._hub.fetch(conn, watch, waiter),
+            f"reading new updates of {watch.owner.path!r}",
+        )
+
+    def stop_watch(self, watch: Watch) -> None:
+        """Unregister ``watch`` (from anywhere, without waiting) and release its waiter."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> None:
+            deliver(self._hub.stop(watch))
+
+        self.post(job, "stopping a watch")
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        return await self.call(queries.list_documents, "listing documents")
+
+    async def read_attributes(self, path: str) -> dict[str, bytes]:
+        """``path``'s attributes; touches no update (no fold, no watch cursor)."""
+        return await self.call(
+            lambda conn, schema: attributes.read(conn, schema, path),
+            f"reading the attributes of {path!r}",
+            fold=False,
+        )
+
+    async def write_attributes(self, path: str, values: dict[str, bytes | None]) -> None:
+        """Set or remove ``path``'s attributes in one transaction of their own."""
+        await self.call(
+            lambda conn, schema: attributes.write(conn, schema, self.db_path, path, values),
+            f"storing the attributes of {path!r}",
+            fold=False,
+        )
+
+    async def delete(self, path: str, owner: Owner | None = None) -> None:
+        await self.call(self._delete_job(path, owner), f"deleting {path!r}")
+
+    async def compact(self, path: str, *, policy: Policy | None = None) -> bool:
+        """Replace ``path``'s history by one snapshot. Returns False if there was nothing to do.
+
+        With a ``policy`` (automatic compaction) it is skipped unless the document still
+        passes its thresholds and no other compaction of it runs in this process; explicit
+        ones always run (both are safe together).
+        """
+        automatic = policy is not None
+        if is_damaged_copy(self.db_path):  # read into memory, read-only
+            if automatic:
+                return False
+            raise YStorePermissionError("a damaged copy cannot be compacted", path=self.db_path)
+        if automatic:
+            with self._compacting_lock:
+                if path in self._compacting:
+                    return False
+                self._compacting.add(path)
+        try:
+            for _attempt in range(5):
+                wanted = await self.call(
+                    self._wants_compaction_job(path, policy), f"reading {path!r} to compact it"
+                )
+                if not wanted:
+                    data = None
+                elif self.db_path == ":memory:":  # no second connection sees that database
+                    data = await self.call(
+                        lambda conn, schema: compaction.read(conn, schema, path),
+                        f"reading {path!r} to compact it",
+                    )
+                else:
+                    data = await anyio.to_thread.run_sync(self._read_for_compaction, path)
+                if data is None or (automatic and not data.worth_it):
+                    return False
+                snapshot = await anyio.to_thread.run_sync(compaction.squash, path, data.updates)
+                replace = self._replace_job(path, data, snapshot, automatic)
+                if await self.call(replace, f"compacting {path!r}"):
+                    return True
+            raise YStoreError(
+                f"document {path!r} kept changing under compaction (5 attempts)",
+                path=self.db_path,
+                hint="another process is rewriting it; nothing was lost, try again later",
+            )
+        finally:
+            if automatic:
+                with self._compacting_lock:
+                    self._compacting.discard(path)
+
+    # ------------------------------------------------------------------ jobs (database thread)
+
+    def _wants_compaction_job(self, path: str, policy: Policy | None) -> Callable[..., bool]:
+        """Whether to go on (run after the usual fold of pending rows, so the read that
+        follows sees them)."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> bool:
+            # False: a compaction that finished meanwhile already did it
+            return policy is None or self._wants_compaction(path, policy)
+
+        return job
+
+    def _read_for_compaction(self, path: str) -> compaction.CompactionInput | None:
+        """In a worker thread, on the reader connection, in one read transaction. (Rows
+        committed after it come after the snapshot; ``replace`` checks the rows read.)"""
+        with self._reader_lock:
+            schema = self._schema
+            if self.closing or schema is None:
+                raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(
+                        self.db_path,
+                        timeout=self.options.busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                conn = self._reader
+                conn.execute("BEGIN")
+                try:
+                    return compaction.read(conn, schema, path)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc, f"reading {path!r} to compact it") from exc
+
+    def _replace_job(
+        self, path: str, data: compaction.CompactionInput, snapshot: bytes, automatic: bool
+    ) -> Callable[..., bool]:
+        def job(conn: sqlite3.Connection, schema: Schema) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                compaction.replace(conn, schema, path, data, snapshot)
+                conn.execute("COMMIT")
+            except compaction.Changed:
+                conn.execute("ROLLBACK")
+                return False
+            finally:
+                self._stats.pop(path, None)
+            compaction.reclaim(conn, self.db_path, automatic=automatic)
+            return True
+
+        return job
+
+    def _delete_job(self, path: str, owner: Owner | None) -> Callable[..., None]:
+        def job(conn: sqlite3.Connection, schema: Schema) -> None:
+            try:
+                queries.delete_document(conn, schema, path)
+            finally:
+                self._stats.pop(path, None)
+                deliver(self._hub.deleted(path, owner))
+            compaction.reclaim(conn, self.db_path)
+
+        return job
+
+    # ------------------------------------------------------------------ database thread
+
+    def _main(self) -> None:
+        try:
+            self._conn, self._schema = open_database(self.db_path, self.options)
+        except BaseException as exc:  # reported to every job
+            self.failed = self._error(exc, "opening the database")
+        hub = self._hub
+        while True:
+            timeout = hub.timeout()  # None unless someone watches: then poll other processes
+            if self._pending:  # fold once writes pause for FOLD_IDLE
+                idle = max(0.0, self._fold_at - time.monotonic())
+                timeout = idle if timeout is None else min(timeout, idle)
+            try:
+                jobs = [self._queue.get(timeout=timeout)]
+            except queue.Empty:
+                jobs = []
+            while not self._queue.empty():
+                jobs.append(self._queue.get())
+            i = 0
+            while i < len(jobs):
+                job = jobs[i]
+                if isinstance(job, _Write):
+                    j = i + 1
+                    while j < len(jobs) and isinstance(jobs[j], _Write):
+                        j += 1
+                    self._guarded(self._commit_writes, jobs[i:j])
+                    i = j
+                elif isinstance(job, _Close):
+                    try:
+                        self._shutdown()
+                    except BaseException:  # a bug: the closing store must still be released
+                        log.exception("closing the SQLite connection to %s", self.db_path)
+                    gone = RuntimeError(f"the SQLite connection to {self.db_path} is closed")
+                    deliver(
+                        [(job.waiter, None, None)]
+                        + [(other.waiter, None, gone) for other in jobs[i + 1 :]]
+                    )
+                    return
+                else:
+                    self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
+                    i += 1
+            try:
+                if self._pending and (
+                    self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
+                ) and time.monotonic() >= self._fold_retry_at:
+                    self._fold_quietly()
+                if hub.active and self._conn is not None:
+                    self._poll_others()
+            except Exception:  # a bug: log it and keep serving (nothing was lost)
+                log.exception("SQLite thread for %s, between jobs", self.db_path)
+                self._rollback()
+                self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
+
+    def _poll_others(self) -> None:
+        """Wake watchers of documents another process committed to (when a poll is due)."""
+        try:
+            wakes = self._hub.poll(self._conn, self._fold_for_read)  # type: ignore[arg-type]
+        except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
+            note_damage(self.db_path, exc, "polling for other processes' updates")
+            if not self._poll_failing:  # once, not every poll_interval
+                log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
+            self._poll_failing = True
+            return
+        if self._poll_failing:
+            log.info("polling %s for other processes' updates works again", self.db_path)
+            self._poll_failing = False
+        deliver(wakes)
+
+    def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
+        """Run ``work`` and deliver its outcomes; an unexpected error fails these jobs
+        instead of killing the thread (which would leave every later writer waiting)."""
+        try:
+            outcomes = work(jobs)
+        except BaseException as exc:  # a bug: report it, keep serving
+            log.exception("SQLite thread for %s", self.db_path)
+            self._rollback()
+            error = YStoreError(f"internal error: {exc!r}", path=self.db_path)
+            outcomes = [(job.waiter, None, error) for job in jobs]
+        deliver(outcomes)
+
+    def _error(self, exc: BaseException, action: str) -> BaseException:
+        note_damage(self.db_path, exc, action)  # set aside at the file's next open
+        return map_error(exc, self.db_path, action, self.options.busy_timeout)
+
+    def _run_call(self, job: _Call) -> Outcome:
+        if self.failed is not None:
+            return job.waiter, None, self.failed
+        assert self._conn is not None and self._schema is not None
+        try:
+            if job.fold:
+                self._fold_for_read()
+            return job.waiter, job.fn(self._conn, self._schema), None
+        except Exception as exc:
+            self._rollback()
+            return job.waiter, None, self._error(exc, job.action)
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _shutdown(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        if self._conn is not None:
+            self._rollback()
+            self._fold_quietly()  # so that other libraries reading the file see every row
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:  # nothing pending: every write was committed
+                log.warning("closing %s: %s", self.db_path, exc)
+            self._conn = None
+
+    # ------------------------------------------------------------------ pending rows
+
+    def _may_have_pending(self) -> bool:
+        """Whether ``ystore_pending`` may hold rows (ours, counted; or another process's)."""
+        conn, schema = self._conn, self._schema
+        assert conn is not None and schema is not None
+        return schema.has_pending and (self._pending > 0 or pending.any_pending(conn))
+
+    def _fold_within(self) -> None:
+        """Inside a write transaction: fold pending rows (ours or another process's)."""
+        if self._may_have_pending():
+            if not pending.fold(self._conn):  # type: ignore[arg-type]
+                log.info(
+                    "%s: pending rows renumbered (a legacy writer took their rowids)",
+                    self.db_path,
+                )
+            self._pending = 0
+
+    def _fold_now(self) -> None:
+        """Fold in a transaction of its own; a sqlite3 error is raised, rolled back."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._fold_within()
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _fold_for_read(self) -> None:
+        """Before a read: every committed row in ``yupdates``.
+
+        A read must not wait for another process's write lock (WAL readers never do), so the
+        fold waits at most ``_READ_FOLD_WAIT_MS``; if it cannot run (locked, or a read-only
+        file), the read goes ahead: loading a document reads both tables (see
+        ``queries.read_rows``), and every other read sees the rows once they are folded
+        (their rowids are above what it reads now, so nothing is skipped).
+        """
+        if not self._may_have_pending():
+            return
+        conn = self._conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout = {_READ_FOLD_WAIT_MS}")
+        try:
+            self._fold_now()
+        except sqlite3.OperationalError as exc:  # locked, busy, read-only
+            log.debug("%s: pending rows not folded before a read: %s", self.db_path, exc)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.options.busy_timeout * 1000)}")
+
+    def _fold_quietly(self) -> None:
+        """Fold when nobody waits on it (idle, threshold, close): a failure loses nothing,
+        the rows stay pending and the next read or fold retries; it is logged once."""
+        if not self._may_have_pending():
+            return
+        try:
+            self._fold_now()
+        except sqlite3.Error as exc:
+            note_damage(self.db_path, exc, "moving pending rows into yupdates")
+            if not self._fold_failing:
+                log.warning(
+                    "moving pending rows of %s into yupdates: %s (they are safe; retried in "
+                    "%g s)",
+                    self.db_path,
+                    exc,
+                    pending.FOLD_RETRY,
+                )
+                self._fold_failing = True
+            self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
+            return
+        if self._fold_failing:
+            log.info("moving pending rows of %s into yupdates works again", self.db_path)
+            self._fold_failing = False
+
+    # ------------------------------------------------------------------ writes
+
+    def _commit_writes(self, batch: list[_Write]) -> list[Outcome]:
+        """One transaction for the whole batch (the hot path: kept to plain loops)."""
+        if self.failed is not None:
+            return [(job.waiter, None, self.failed) for job in batch]
+        conn = self._conn
+        assert conn is not None
+        all_stats = self._stats
+        outcomes: list[Outcome] = []
+        written: list[_Write] = []
+        owned: list[tuple[Owner, int, bytes]] = []  # rows of stores that may watch
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            chunk: list[_Write] = []
+            for job in batch:
+                path = job.path
+                stats = all_stats.get(path) or self._stats_for(path)
+                ttl = job.policy.ttl
+                if (
+                    ttl is not None
+                    and stats.last_ts is not None
+                    and stats.count > 0
+                    and job.timestamp - stats.last_ts > ttl
+                ):
+                    if chunk:
+                        self._insert(conn, chunk, owned)
+                        chunk = []
+                    error = self._ttl_squash(path)
+                    if error is not None:
+                        outcomes.append((job.waiter, None, error))
+                        continue
+                    stats = self._stats_for(path)
+                chunk.append(job)
+                stats.count += 1
+                stats.nbytes += len(job.update)
+                if stats.last_ts is None or job.timestamp > stats.last_ts:
+                    stats.last_ts = job.timestamp
+                written.append(job)
+            if chunk:
+                self._insert(conn, chunk, owned)
+            conn.execute("COMMIT")
+            if self._schema is not None and self._schema.has_pending:
+                self._pending += len(written)
+                self._fold_at = time.monotonic() + pending.FOLD_IDLE
+        except Exception as exc:
+            self._rollback()
+            for job in batch:
+                all_stats.pop(job.path, None)
+            error = self._error(exc, "committing updates")
+            failed = {id(waiter) for waiter, _, _ in outcomes}
+            return outcomes + [
+                (job.waiter, None, error) for job in batch if id(job.waiter) not in failed
+            ]
+        for owner, rowid, update in owned:
+            owner.wrote(rowid, update)
+        for job in written:
+            stats = all_stats.get(job.path)
+            policy = job.policy
+            wanted = stats is not None and bool(
+                (policy.max_updates and stats.count >= policy.max_updates)
+                or (policy.max_bytes and stats.nbytes >= policy.max_bytes)
+            )
+            outcomes.append((job.waiter, wanted, None))
+        if self._hub.active:
+            outcomes += self._hub.committed((job.path, job.owner) for job in written)
+        return outcomes
+
+    def _insert(
+        self, conn: sqlite3.Connection, chunk: list[_Write], owned: list[tuple[Owner, int, bytes]]
+    ) -> None:
+        """Insert ``chunk``'s rows (pending, with the rowids they keep); note the rowids of
+        those whose store may watch."""
+        schema = self._schema
+        assert schema is not None
+        if schema.has_pending:
+            first = pending.newest_row(conn) + 1
+            conn.executemany(
+                pending.INSERT,
+                [
+                    (first + i, job.path, job.update, job.metadata, job.timestamp)
+                    for i, job in enumerate(chunk)
+                ],
+            )
+        else:  # a legacy file we could not add the table to
+            conn.executemany(
+                queries.INSERT,
+                [(job.path, job.update, job.metadata, job.timestamp) for job in chunk],
+            )
+        tracked = [
+            (i, job) for i, job in enumerate(chunk) if job.owner is not None and job.owner.mark is not None
+        ]
+        if tracked:
+            if not schema.has_pending:
+                # consecutive rowids (max(rowid) + 1 each, under the write lock)
+                (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+                first = last - len(chunk) + 1
+            owned.extend((job.owner, first + i, job.update) for i, job in tracked)  # type: ignore[misc]
+
+    def _ttl_squash(self, path: str) -> BaseException | None:
+        """Squash ``path`` inside the current transaction (seed ``document_ttl`` meaning)."""
+        conn, schema = self._conn, self._schema
+        assert conn is not None and schema is not None
+        conn.execute("SAVEPOINT ttl_squash")
+        try:
+            self._fold_within()
+            data = compaction.read(conn, schema, path)
+            if data is not None:
+                snapshot = compaction.squash(path, data.updates)
+                compaction.replace(conn, schema, path, data, snapshot)
+            conn.execute("RELEASE ttl_squash")
+            if data is not None:
+                record_compaction_of("SQLiteYStore")
+        except Exception as exc:
+            conn.execute("ROLLBACK TO ttl_squash")
+            conn.execute("RELEASE ttl_squash")
+            return self._error(exc, f"squashing {path!r} after document_ttl")
+        finally:
+            self._stats.pop(path, None)
+        return None
+
+    def _wants_compaction(self, path: str, policy: Policy) -> bool:
+        if not (policy.max_updates or policy.max_bytes):
+            return False
+        stats = self._stats_for(path)
+        if policy.max_updates and stats.count >= policy.max_updates:
+            return True
+        return bool(policy.max_bytes and stats.nbytes >= policy.max_bytes)
+
+    def _stats_for(self, path: str) -> _Stats:
+        stats = self._stats.get(path)
+        if stats is None:
+            assert self._conn is not None and self._schema is not None
+            if self._conn.in_transaction:
+                self._fold_within()
+            else:
+                self._fold_for_read()
+            stats = _Stats(*queries.tail_stats(self._conn, self._schema, path))
+            self._stats[path] = stats
+        return stats
+
+
+# ---------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, SharedDatabase] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of the parent's threads: it opens its own connections."""
+    global _REGISTRY_LOCK
+    _REGISTRY.clear()
+    _REGISTRY_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def resolve_path(db_path: str) -> str:
+    """The key of a database file: its real absolute path (``:memory:`` stays itself)."""
+    if db_path == ":memory:":
+        return db_path
+    return os.path.realpath(os.path.abspath(os.path.expanduser(db_path)))
+
+
+def acquire(key: str, options: Options) -> SharedDatabase:
+    """The process's connection to the file ``key`` (a ``resolve_path`` result), opened on
+    first use; pair with ``release``. No file system access here: safe on the event loop."""
+    with _REGISTRY_LOCK:
+        db = _REGISTRY.get(key)
+        if db is None or db.failed is not None or db.closing:
+            db = SharedDatabase(key, key, options)
+            _REGISTRY[key] = db
+        elif db.options != options:
+            log.warning(
+                "%s is already open with %s; a store asking for %s shares that connection",
+                key,
+                db.options,
+                options,
+            )
+        db.refs += 1
+    return db
+
+
+async def release(db: SharedDatabase) -> None:
+    """Drop one reference; the last one closes the connection (after its queued jobs)."""
+    with _REGISTRY_LOCK:
+        db.refs -= 1
+        last = db.refs <= 0
+        if last:
+            db.closing = True
+            if _REGISTRY.get(db.key) is db:
+                del _REGISTRY[db.key]
+    if last:
+        await db.close()
+
+
+def open_connections() -> int:
+    """How many database files this process holds open (for tests)."""
+    with _REGISTRY_LOCK:
+        return len(_REGISTRY)

@@ -1,0 +1,169 @@
+"""Opening a database file: refuse what we do not know, create or adopt the layout.
+
+A refused file is left exactly as it was: the layout is read with read-only statements before
+anything (journal mode, tables) is changed. New files get ``auto_vacuum = INCREMENTAL`` (so
+compaction can shrink them), WAL, and the tables described in ``compat``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from jupyter_ystore.errors import YStorePermissionError
+from jupyter_ystore.stores.sqlite import attributes
+from jupyter_ystore.stores.sqlite import pending
+from jupyter_ystore.stores.sqlite import compat
+
+log = logging.getLogger("jupyter_ystore.sqlite")
+
+
+#: WAL pages after which a commit of ours copies the WAL back into the database (SQLite's
+#: default is 1000). A checkpoint costs two fsyncs and one copy of every page changed since
+#: the last one, and a commit of 20 documents' updates dirties ~20 index pages: at 1000 the
+#: checkpoints were a large share of concurrent writing (measured: ~25% more updates/s at
+#: 4000). The WAL then peaks at ~16 MiB instead of ~4 MiB, and is reused, not grown.
+WAL_AUTOCHECKPOINT = 4000
+
+
+@dataclass(frozen=True)
+class Options:
+    """Connection settings, fixed by the first store that opens the file."""
+
+    busy_timeout: float = 10.0
+    synchronous: str = "NORMAL"
+
+
+class Schema:
+    """What the open database holds (tables can appear while it is open)."""
+
+    def __init__(self, layout: compat.DatabaseLayout):
+        self.layout = layout
+        self.has_snapshots = layout.has_snapshots
+        # False only on a read-only legacy file we could not add the table to: writes then
+        # go straight to yupdates (and fail there, read-only).
+        self.has_pending = pending.TABLE in layout.tables
+        # False on a read-only legacy file (until another process adds the table)
+        self.has_attributes = attributes.TABLE in layout.tables
+
+    @property
+    def has_checkpoints(self) -> bool:
+        return self.layout.has_checkpoints
+
+    def ensure_snapshots_table(self, conn: sqlite3.Connection) -> None:
+        if not self.has_snapshots:
+            conn.execute(compat.CREATE_SNAPSHOTS)
+            self.has_snapshots = True
+
+    def snapshot_row(self, conn: sqlite3.Connection, path: str) -> int | None:
+        """The rowid of ``path``'s snapshot, if that row is still there (another library
+        may have rewritten the document since)."""
+        if not self.has_snapshots:
+            return None
+        row = conn.execute(
+            "SELECT s.row FROM ystore_snapshots AS s JOIN yupdates AS u "
+            "ON u.rowid = s.row AND u.path = s.path WHERE s.path = ?",
+            (path,),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+
+def open_database(
+    db_path: str, options: Options, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> tuple[sqlite3.Connection, Schema]:
+    """A connection for the database thread, with the layout checked or created (see
+    ``_sqlite_recover`` for what comes first: a damaged file is set aside)."""
+    if db_path != ":memory:":
+        try:
+            os.makedirs(os.path.dirname(db_path), exist_ok=True)
+        except OSError as exc:
+            raise YStorePermissionError(
+                f"cannot create the folder of SQLiteYStore.db_path: {exc}",
+                path=db_path,
+                hint="set SQLiteYStore.db_path to a file in a folder this process can create "
+                "and write",
+            ) from exc
+    conn = sqlite3.connect(
+        db_path,
+        timeout=options.busy_timeout,
+        isolation_level=None,  # we say BEGIN/COMMIT ourselves
+        check_same_thread=False,  # made in the database thread, used only there
+        cached_statements=64,
+        factory=factory,
+    )
+    deadline = time.monotonic() + options.busy_timeout
+    try:
+        while True:
+            try:
+                return conn, _prepare(conn, db_path, options)
+            except sqlite3.OperationalError as exc:
+                # Two processes opening a new file at once: switching to WAL (and creating
+                # the tables) can meet SQLITE_BUSY without SQLite's busy handler being asked.
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                time.sleep(random.uniform(0.005, 0.05))
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _prepare(conn: sqlite3.Connection, db_path: str, options: Options) -> Schema:
+    layout = compat.inspect_layout(conn)  # reads only: a refused file stays as it was
+    compat.check_layout(layout, db_path)
+    if layout.empty:
+        _create(conn, db_path)
+    else:
+        _adopt(conn, layout, db_path)
+    conn.execute(f"PRAGMA synchronous = {options.synchronous}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+    return Schema(compat.inspect_layout(conn))
+
+
+def _create(conn: sqlite3.Connection, db_path: str) -> None:
+    # auto_vacuum must be chosen before the first table; INCREMENTAL lets compaction give
+    # pages back to the file system (the file shrinks) without a full VACUUM.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        layout = compat.inspect_layout(conn)  # another process may have been first
+        compat.check_layout(layout, db_path)
+        for statement in (
+            compat.CREATE_UPDATES,
+            compat.CREATE_UPDATES_INDEX,
+            compat.CREATE_CHECKPOINTS,
+            compat.CREATE_SNAPSHOTS,
+            pending.CREATE,
+            attributes.CREATE,
+        ):
+            conn.execute(statement)
+        if layout.empty:
+            conn.execute(f"PRAGMA user_version = {compat.LEGACY_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _adopt(conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str) -> None:
+    """WAL and our snapshots table on a database we accept (ours or a legacy one)."""
+    try:
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        if not layout.has_snapshots:
+            conn.execute(compat.CREATE_SNAPSHOTS)
+        if pending.TABLE not in layout.tables:
+            conn.execute(pending.CREATE)
+        if attributes.TABLE not in layout.tables:
+            conn.execute(attributes.CREATE)
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc).lower():
+            raise
+        # Reads still work; the first write raises YStorePermissionError.
+        log.warning("%s is read-only: documents can be read, not written", db_path)

@@ -1,0 +1,389 @@
+"""SQLiteYStore: every document of a server in one SQLite database file.
+
+Storage layout (and why)
+------------------------
+We keep ypy-websocket's table unchanged: ``yupdates(path, yupdate, metadata, timestamp)``,
+its index, ``user_version = 2``. A document's stored form is its newest **snapshot** (the
+squashed state, ``jupyter_ystore.ydoc.squash``) as an ordinary ``yupdates`` row, followed by
+the updates written after it. Compaction deletes the rows a snapshot covers and gives the
+snapshot the rowid of the newest of them, so insertion (rowid) order is still oldest first
+and the snapshot comes first. Which row is a snapshot is recorded in a side table,
+``ystore_snapshots(path, row, timestamp, covered)``, used only for listings and counters.
+A document's attributes (``set_attributes``) are rows of another table of ours,
+``ystore_attributes(path, name, value)``, see ``_sqlite_attributes``.
+
+Chosen so that ypy-websocket 0.12.4 and pycrdt-store 0.1.5 can still open, read and even
+write a database we wrote (a user can downgrade without losing documents): both read every
+``yupdates`` row of a path and apply them all, which restores the same document (checked
+by hand against both). New files also get an empty ``ycheckpoints`` table: pycrdt-store,
+finding none, would try to create the whole schema again and fail.
+Databases written by those libraries are opened in place (see ``compat``), never renamed.
+
+A write commits first into ``ystore_pending`` (the same columns, no secondary index), and
+rows are moved into ``yupdates`` in bulk with the rowids they were given: once 2,000 are
+pending, 0.25 s after the last write, when the store closes, and before any read of ours.
+``yupdates``' index made a commit of 20 documents' updates dirty 20 index pages; see
+``_sqlite_pending`` for the figures and for what stays true (durability, rowid order, a
+crash before the move). Other libraries reading the file see a row once it is moved.
+
+Compaction
+----------
+Automatic once ``compact_after_updates`` updates or ``compact_after_bytes`` bytes were
+written after the snapshot (so busy documents compact too), after ``document_ttl`` idle
+seconds (before the next write, as in the seed), and on ``compact()``. Each replaces the
+covered rows by one squashed snapshot in ONE transaction; an update committed meanwhile,
+by this process or another, stays after it. Freed pages go back to the file system
+(``auto_vacuum = INCREMENTAL``; a legacy file without auto_vacuum is converted in place by
+one VACUUM once a quarter of it is free), so the file shrinks: at once after ``compact()``;
+after an automatic compaction only once a quarter of the file is free (below that, the next
+writes reuse the freed pages, and SQLite's own checkpoint shrinks the WAL). The rows to
+squash are read on a second connection in a worker thread, so writers keep committing.
+
+Live updates
+------------
+``watch()`` yields the updates other writers commit to the document: other processes on the
+file (a second server, ``jupyter ystore restore``), other store instances here. The database
+thread asks SQLite every ``poll_interval`` seconds whether another connection committed
+(``PRAGMA data_version``: one query per database while anyone watches, nothing per
+document), reads the new rows of the watched documents by rowid (rowids follow commit order;
+a compaction's snapshot keeps the rowid of the newest row it covers, so nothing is skipped),
+and wakes this process's watchers at once when another store here commits. A store never
+gets its own rows back: the thread records which rows each watching store wrote.
+See ``_sqlite_watch``.
+
+Durability
+----------
+WAL journal. ``synchronous = NORMAL`` (the default): ``await write()`` returns after COMMIT;
+the update survives a crash of the process, but a power loss or OS crash may roll back the
+last commits (the file stays consistent). ``synchronous = FULL``: every commit is fsynced
+before ``write()`` returns, so it also survives power loss; group commit shares that fsync
+among concurrent writers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, AsyncIterator
+
+import anyio
+from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, validate
+
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
+from jupyter_ystore.server.metrics import record_compaction
+from jupyter_ystore.stores.sqlite import db as _sqlite_db
+from jupyter_ystore.stores.sqlite.bridge import Waiter
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+
+
+class SQLiteYStore(BaseYStore):
+    """Stores the updates of every document in one SQLite database (``db_path``).
+
+    Configure with traitlets (``c.SQLiteYStore.db_path = "…"``) or, as in ypy-websocket,
+    with a subclass that sets ``db_path = "…"``.
+    """
+
+    supports_live_updates = True
+
+    db_path = Unicode(
+        "ystore.db",
+        config=True,
+        help="The SQLite database file holding every document's updates. Its folder is "
+        "created if needed. Databases written by ypy-websocket 0.12.4, pycrdt-store 0.1.5 "
+        "and jupyter-collaboration (.jupyter_ystore.db) are opened in place.",
+    )
+    document_ttl = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Seconds. A write more than this long after a document's last update first "
+        "squashes its history into one snapshot (the seed's meaning). None: never.",
+    )
+    compact_after_updates = Int(
+        1000,
+        allow_none=True,
+        config=True,
+        help="Compact a document (snapshot replaces history) once this many updates were "
+        "written after its last snapshot, so that loading costs the document's size, not "
+        "its history. None or 0: never by count.",
+    )
+    compact_after_bytes = Int(
+        1024 * 1024,
+        allow_none=True,
+        config=True,
+        help="Compact a document once the updates written after its last snapshot hold this "
+        "many bytes. None or 0: never by size.",
+    )
+    synchronous = CaselessStrEnum(
+        ["NORMAL", "FULL"],
+        "NORMAL",
+        config=True,
+        help="SQLite synchronous mode (WAL journal). NORMAL: a committed update survives a "
+        "crash of the process, the last commits may be lost on power loss. FULL: every commit "
+        "is on disk before write() returns.",
+    )
+    busy_timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds to wait for another process holding the database's write lock before "
+        "a write fails with YStoreLockedError.",
+    )
+    poll_interval = Float(
+        0.5,
+        config=True,
+        help="Seconds between the checks by which watch() sees updates other processes "
+        "committed to the database (one cheap query per database, whatever the number of "
+        "documents watched). Other stores of this process are seen at once.",
+    )
+
+    @validate("document_ttl")
+    def _check_ttl(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(
+                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {value}"
+            )
+        return value
+
+    @validate("compact_after_updates", "compact_after_bytes", "busy_timeout")
+    def _check_non_negative(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            name = proposal["trait"].name
+            raise TraitError(f"SQLiteYStore.{name} must be >= 0, got {value}")
+        return value
+
+    @validate("poll_interval")
+    def _check_poll_interval(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if not value > 0:
+            raise TraitError(f"SQLiteYStore.poll_interval must be > 0 seconds, got {value}")
+        return value
+
+    @validate("db_path")
+    def _check_db_path(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        problem = _db_path_problem(value)
+        if problem:
+            raise TraitError(f"SQLiteYStore.db_path {value!r}: {problem}")
+        return value
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._db: _sqlite_db.SharedDatabase | None = None
+        self._compaction_wanted: anyio.Event | None = None
+        # This store as the database thread knows it: what it loaded and the rows it wrote,
+        # so that watch() starts after the load and never hands back our own writes.
+        self._owner = _sqlite_db.Owner(self.path)
+        self._watches: set[_sqlite_db.Watch] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _settings(self) -> tuple[str, _sqlite_db.Options, _sqlite_db.Policy]:
+        """Values of the traits, checked again (a subclass may set plain class attributes),
+        and the database's real path. Touches the file system: run in a worker thread."""
+        db_path = self.db_path
+        problem = _db_path_problem(db_path)
+        if problem:
+            raise TraitError(f"SQLiteYStore.db_path {db_path!r}: {problem}")
+        ttl = self.document_ttl
+        if ttl is not None and ttl < 0:
+            raise TraitError(
+                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {ttl}"
+            )
+        options = _sqlite_db.Options(
+            busy_timeout=float(self.busy_timeout), synchronous=str(self.synchronous).upper()
+        )
+        policy = _sqlite_db.Policy(
+            ttl=None if ttl is None else float(ttl),
+            max_updates=self.compact_after_updates or None,
+            max_bytes=self.compact_after_bytes or None,
+        )
+        return _sqlite_db.resolve_path(db_path), options, policy
+
+    async def _open(self) -> None:
+        db_path, options, self._policy = await anyio.to_thread.run_sync(self._settings)
+        db = _sqlite_db.acquire(db_path, options)
+        try:
+            await db.call(lambda conn, schema: None, "opening the database")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _sqlite_db.release(db)
+            raise
+        self._db = db
+        self._compaction_wanted = anyio.Event()
+
+    async def _run(self) -> None:
+        """Compact in the background when a write passed a threshold."""
+        while True:
+            assert self._compaction_wanted is not None
+            await self._compaction_wanted.wait()
+            self._compaction_wanted = anyio.Event()
+            try:
+                if await self._require_db().compact(self.path, policy=self._policy):
+                    record_compaction(self)
+            except Exception as exc:  # the updates are intact; the next threshold retries
+                self.log.error(
+                    "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
+                )
+
+    async def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            for watch in list(self._watches):  # their generators end
+                db.stop_watch(watch)
+            await _sqlite_db.release(db)
+
+    def _require_db(self) -> _sqlite_db.SharedDatabase:
+        if self._db is None:
+            raise RuntimeError(f"YStore not running ({type(self).__name__} {self.path!r})")
+        return self._db
+
+    # ------------------------------------------------------------------ the seed's API
+
+    async def write(self, data: bytes) -> None:
+        """Append one update; returns once it is committed (see the module's Durability).
+
+        A caller cancelled while waiting may still see its update committed.
+        """
+        if not self._running:
+            await self._ensure_running()
+        data = self._checked_update(data)
+        metadata = b"" if self.metadata_callback is None else await self.get_metadata()
+        db = self._db or self._require_db()
+        wanted = await db.write(
+            self.path, data, metadata, time.time(), self._policy, self._owner
+        )
+        if wanted and self._compaction_wanted is not None:
+            self._compaction_wanted.set()
+
+    async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
+        """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""
+        await self._ensure_running()
+        records = await self._require_db().read_rows(self.path, self._owner)
+        if not records:
+            raise YDocNotFound(self.path)
+        for record in records:
+            yield record
+
+    async def _load(self) -> list[bytes]:
+        return [update async for update, _metadata, _timestamp in self.read()]
+
+    async def apply_updates(self, ydoc: Any) -> None:
+        """Apply the snapshot, then the updates after it merged into one (in a worker thread).
+
+        Merging the tail alone is cheap; merging it INTO the snapshot would decode and
+        re-encode the whole document, costing more than applying the snapshot as it is. A
+        long history nobody compacted yet (a legacy database) is squashed instead.
+        """
+        updates = await self._load()  # YDocNotFound when nothing is stored
+        limit = self._policy.max_updates
+        if limit and len(updates) > limit and self._compaction_wanted is not None:
+            self._compaction_wanted.set()  # e.g. a legacy database's long history
+        _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
+        head, tail = updates[0], updates[1:]
+        try:
+            if len(tail) > _LONG_TAIL:  # e.g. a legacy history: squashing is much faster
+                head, tail = await anyio.to_thread.run_sync(_ydoc.squash, updates), []
+            merged = await anyio.to_thread.run_sync(_merge_tail, tail) if tail else None
+            _ydoc.apply_update(ydoc, head)  # a record that does not decode changes nothing
+        except Exception as exc:
+            raise YStoreCorruptError(
+                f"document {self.path!r} holds an update that is not valid Yjs ({exc})",
+                path=self._require_db().db_path,
+                hint="the rows were left as they are; export or delete the document",
+            ) from exc
+        if merged is not None:
+            _ydoc.apply_update(ydoc, merged)
+        self._check_loaded(ydoc, [head] if merged is None else [head, merged])
+
+    async def watch(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        """Updates committed by other writers (other processes on the file, other stores
+        here), in commit order, for as long as the store runs; never this store's own.
+
+        Starts after what this store last loaded (``apply_updates``/``read``), so nothing
+        committed between loading and watching is missed; without a load, starts now. A
+        compaction's snapshot is yielded when it covers updates not yet yielded (applying
+        known content again changes nothing).
+        """
+        await self._ensure_running()
+        db = self._require_db()
+        watch = _sqlite_db.Watch(self._owner, float(self.poll_interval))
+        self._watches.add(watch)
+        try:
+            await db.start_watch(watch)
+            while self._db is db and not watch.closed:
+                waiter = Waiter()
+                updates = await db.fetch_watched(watch, waiter)
+                for update in updates:
+                    yield update
+                if not updates:
+                    await waiter.wait_for_wake(watch.interval)
+        finally:
+            self._watches.discard(watch)
+            db.stop_watch(watch)
+
+    # ------------------------------------------------------------------ admin API
+
+    async def list_documents(self) -> list[DocumentInfo]:
+        """Every document in the database with its record count, bytes, time span and
+        snapshots (a pycrdt-store checkpoint counts as a record and a snapshot)."""
+        await self._ensure_running()
+        return await self._require_db().list_documents()
+
+    async def compact(self) -> None:
+        """Replace this document's history by one snapshot, in one transaction."""
+        await self._ensure_running()
+        done = await self._require_db().compact(self.path)
+        if not done:
+            raise YDocNotFound(self.path)
+        record_compaction(self)
+
+    async def delete(self) -> None:
+        """Forget everything stored for this document (its pycrdt-store checkpoint and its
+        attributes too)."""
+        await self._ensure_running()
+        await self._require_db().delete(self.path, self._owner)
+
+    async def _read_attributes(self) -> dict[str, bytes]:
+        return await self._require_db().read_attributes(self.path)
+
+    async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
+        await self._require_db().write_attributes(self.path, values)
+
+
+#: Above this many updates after the snapshot, loading squashes them all in a worker thread
+#: (50,000 updates: ~0.2 s) instead of merging them (seconds).
+_LONG_TAIL = 2000
+
+
+def _merge_tail(tail: list[bytes]) -> bytes:
+    """The updates after the snapshot as one (checked: merging one update checks nothing)."""
+    if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):
+        raise ValueError("a stored record does not decode")
+    return _ydoc.merge_updates(tail)
+
+
+def _db_path_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a database path (None when it can), without touching disk."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty file path"
+    if value == ":memory:":
+        return None
+    if "\0" in value:
+        return "contains a NUL character"
+    path = os.path.abspath(os.path.expanduser(value))
+    if os.path.isdir(path):
+        return "is a folder; name a database file inside it"
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    if not os.path.isdir(folder):
+        return f"its folder cannot be created: {folder!r} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder cannot be created or written: no write access to {folder!r}"
+    return None
