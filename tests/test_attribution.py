@@ -22,7 +22,7 @@ from jupyter_server.auth import IdentityProvider, User
 from traitlets.config import Config
 
 from _server_helpers import append, write_notebook, yclient, wait_until
-from jupyter_ystore.server.app import store_key
+from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 from test_timeline import Api

@@ -24,7 +24,8 @@ from _server_helpers import (
     write_notebook,
     yclient,
 )
-from jupyter_ystore.server.app import DEFAULT_DB_NAME, store_key
+from jupyter_ystore.core.keys import store_key
+from jupyter_ystore.server.app import DEFAULT_DB_NAME
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 

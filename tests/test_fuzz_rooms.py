@@ -72,7 +72,7 @@ from pycrdt import Array, Awareness, Doc, Map
 from _fuzz_frames import HONEST_CHARS, Frame, FrameGenerator, Lib0Reader
 from _server_helpers import JupyterServerProcess, YClient, yclient
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.app import store_key
+from jupyter_ystore.core.keys import store_key
 
 SEED = int(os.environ.get("JUPYTER_YSTORE_FUZZ_SEED", "20261128"))
 TOTAL_SECONDS = float(os.environ.get("JUPYTER_YSTORE_FUZZ_SECONDS", "60"))

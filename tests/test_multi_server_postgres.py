@@ -41,7 +41,7 @@ from jupyter_ydoc import YNotebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
 from pycrdt import Doc
 
-from jupyter_ystore.server.app import store_key
+from jupyter_ystore.core.keys import store_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 

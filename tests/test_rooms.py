@@ -589,7 +589,7 @@ async def test_a_document_damaged_by_an_update_resets_its_room_only(
 async def test_a_room_that_fails_does_not_end_the_manager(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from jupyter_ystore.server.rooms import DocumentRoom
+    from jupyter_ystore.server.rooms.filesync import FileSync
 
     write_notebook(setup.root / "other.ipynb", ["other"])
     setup.ids.paths["id-2"] = "other.ipynb"
@@ -598,16 +598,16 @@ async def test_a_room_that_fails_does_not_end_the_manager(
     async with anyio.create_task_group() as tg:
         await run_manager(manager, tg)
         other_room = await manager.get_room("json:notebook:id-2")
-        real_poller = DocumentRoom._poller
+        real_poller = FileSync.poller
         failed = anyio.Event()
 
         async def broken_poller(self: Any) -> None:
             failed.set()
             raise RuntimeError("a bug in a room task")
 
-        monkeypatch.setattr(DocumentRoom, "_poller", broken_poller)
+        monkeypatch.setattr(FileSync, "poller", broken_poller)
         room = await manager.get_room(ROOM)
-        monkeypatch.setattr(DocumentRoom, "_poller", real_poller)
+        monkeypatch.setattr(FileSync, "poller", real_poller)
         client = ClosableClient()
         room.join(client)
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # kept"))

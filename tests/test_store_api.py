@@ -521,3 +521,39 @@ async def test_memory_store_has_one_database_per_class() -> None:
         assert len(await read_all(a_again)) == 1
         with pytest.raises(YDocNotFound):
             await read_all(b)
+
+
+# ---------------------------------------------------------------------- metadata
+
+
+async def test_write_takes_metadata_else_the_callback_else_nothing(make: Make) -> None:
+    updates, _ = typed_updates(3)
+    async with make("doc") as store:
+        await store.write(updates[0], metadata=b'{"user":"alice"}')
+        await store.write(updates[1])
+        store.metadata_callback = lambda: b"from the callback"
+        await store.write(updates[2])
+        with pytest.raises(TypeError):
+            await store.write(updates[2], metadata="text")  # type: ignore[arg-type]
+        assert [m for _u, m, _t in await read_all(store)] == [
+            b'{"user":"alice"}',
+            b"",
+            b"from the callback",
+        ]
+
+
+async def test_a_subclass_with_the_old_write_signature_gets_the_metadata() -> None:
+    """ypy-websocket's ``write(self, data)``: written before ``metadata=`` existed, it still
+    stores what callers pass (through the callback, for that one call)."""
+
+    class Legacy(MemoryYStore):
+        async def write(self, data: bytes) -> None:  # type: ignore[override]
+            await super().write(data)
+
+    store_class = type("LegacyForTest", (Legacy,), {})
+    updates, _ = typed_updates(2)
+    async with store_class("doc", metadata_callback=lambda: b"mine") as store:
+        await store.write(updates[0], metadata=b"passed")
+        await store.write(updates[1])
+        assert [m for _u, m, _t in await read_all(store)] == [b"passed", b"mine"]
+        assert store.metadata_callback() == b"mine"  # restored after the call

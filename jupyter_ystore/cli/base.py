@@ -25,6 +25,7 @@ from traitlets.config.loader import ArgumentError
 from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
 from traitlets.utils.importstring import import_item
 
+from jupyter_ystore.core.keys import key_file_id
 from jupyter_ystore.errors import YStoreError
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 
@@ -376,11 +377,10 @@ class FileIdMapper:
         return path
 
     def path_of(self, key: str) -> str | None:
-        from jupyter_ystore.core.content import file_id
 
         if key in self._cache:
             return self._cache[key]
-        ident = file_id(key)
+        ident = key_file_id(key)
         path = None
         con = self._connect() if ident else None
         if con is not None:

@@ -15,6 +15,7 @@ from typing import Any, Collection, Union
 import pycrdt
 from pycrdt import Array, Doc, Map, Text
 
+from jupyter_ystore.core.keys import key_document_type
 from jupyter_ystore.core.ydoc import crdt_errors
 
 SharedType = Union[Text, Array, Map]
@@ -89,32 +90,6 @@ def to_py(update: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- export
 
 
-def document_type(key: str) -> str | None:
-    """The type part of a room key: ``json:notebook:<id>`` → ``notebook``.
-
-    Also reads jupyter-collaboration 1.x keys (``.notebook:<id>.y``) and ``notebook:<name>``.
-    """
-    name = key.rsplit("/", 1)[-1]
-    parts = name.split(":")
-    if len(parts) >= 3:
-        return parts[1].lower() or None
-    if len(parts) == 2:
-        return parts[0].lstrip(".").lower() or None
-    return None
-
-
-def file_id(key: str) -> str | None:
-    """The file id part of a room key (``{format}:{type}:{fileId}``), if it has one."""
-    name = key.rsplit("/", 1)[-1]
-    parts = name.split(":")
-    if len(parts) < 2:
-        return None
-    last = parts[-1]
-    if last.endswith(".y"):
-        last = last[:-2]
-    return last or None
-
-
 def _looks_like_notebook(doc: Doc, types: dict[str, type]) -> bool:
     if types.get("cells") is not Array:
         return False
@@ -139,7 +114,7 @@ def detect_kind(key: str, update: bytes) -> str:
         "text": types.get("source") is Text and "cells" not in types,
         "blob": types.get("source") is Map and "cells" not in types,
     }
-    declared = document_type(key)
+    declared = key_document_type(key)
     aliases = {"file": "text", "unicode": "text", "notebook": "notebook", "blob": "blob"}
     wanted = aliases.get(declared or "")
     if wanted and fits[wanted]:

@@ -22,9 +22,10 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 
 from jupyter_ystore.server import metrics
+from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
 from jupyter_ystore.server.rooms.files import DocumentFile
-from jupyter_ystore.server.rooms.document import RoomManager, RoomSettings
+from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.server.timeline import timeline_handlers
@@ -35,11 +36,6 @@ DEFAULT_DB_NAME = ".jupyter_ystore.db"
 #: Folder for file-per-document stores, relative to the server root.
 DEFAULT_STORE_DIR = ".jupyter_ystore"
 DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
-
-
-def store_key(file_type: str, file_id: str) -> str:
-    """The document key jupyter-collaboration uses for a room (``.notebook:<file id>.y``)."""
-    return f".{file_type}:{file_id}.y"
 
 
 def _store_setting(store: BaseYStore) -> str:

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
+import anyio
+from anyio.abc import TaskStatus
 from pycrdt import Awareness, Doc
 
-from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server import protocol
+from jupyter_ystore.server.rooms.room import Client
 from jupyter_ystore.core.ydoc import crdt_errors
 
 #: Awareness ids one client may hold at once (a tab uses one).
@@ -38,24 +43,24 @@ class AwarenessRelay:
         self._owned.setdefault(client, set())
         ids = [cid for cid, state in self.awareness.states.items() if state is not None]
         if ids:
-            client.send(sync.awareness_message(self.awareness, ids))
+            client.send(protocol.awareness_message(self.awareness, ids))
 
-    def handle(self, client: Any, message: sync.AwarenessMessage) -> None:
+    def handle(self, client: Any, message: protocol.AwarenessMessage) -> None:
         """Relay one awareness frame of ``client``; ``ProtocolError`` if it is malformed or
         touches ids the client may not change."""
-        entries = sync.check_awareness_update(message.update)
+        entries = protocol.check_awareness_update(message.update)
         owned = self._owned.setdefault(client, set())
         claims = []
         for client_id, _clock, state in entries:
             owner = self._owner.get(client_id)
             if owner is not None and owner is not client:
                 if getattr(owner, "username", None) != getattr(client, "username", None):
-                    raise sync.ProtocolError(f"awareness id {client_id} belongs to another user")
+                    raise protocol.ProtocolError(f"awareness id {client_id} belongs to another user")
                 claims.append(client_id)  # the same user's new socket (a reload, a reconnect)
             elif owner is None and state is not None:
                 claims.append(client_id)
         if len(owned) + len(claims) > MAX_IDS_PER_CLIENT:
-            raise sync.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
+            raise protocol.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
         with crdt_errors():
             self.awareness.apply_awareness_update(message.update, origin=client)
         for client_id, _clock, state in entries:
@@ -78,7 +83,7 @@ class AwarenessRelay:
 
     def query(self, client: Any) -> None:
         ids = list(self.awareness.states)
-        client.send(sync.awareness_message(self.awareness, ids))
+        client.send(protocol.awareness_message(self.awareness, ids))
 
     def remove(self, client: Any) -> None:
         self.clients.discard(client)
@@ -88,4 +93,43 @@ class AwarenessRelay:
                 del self._owner[client_id]
         if ids:
             self.awareness.remove_awareness_states(ids, origin=client)
-            self.broadcast(sync.awareness_message(self.awareness, ids))
+            self.broadcast(protocol.awareness_message(self.awareness, ids))
+
+
+class AwarenessRoom:
+    """A room without a document (``JupyterLab:globalAwareness``): awareness relay only."""
+
+    def __init__(self, room_id: str, log: logging.Logger) -> None:
+        self.room_id = room_id
+        self.log = log
+        self.relay = AwarenessRelay()
+        self.closed = anyio.Event()
+        self.closing = False
+
+    @property
+    def clients(self) -> set[Any]:
+        return self.relay.clients
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.closed.wait()
+
+    def join(self, client: Client) -> None:
+        self.relay.add(client)
+
+    def leave(self, client: Client) -> None:
+        self.relay.remove(client)
+
+    async def handle(self, client: Client, message: protocol.Message) -> None:
+        if isinstance(message, protocol.AwarenessMessage):
+            self.relay.handle(client, message)
+        elif isinstance(message, protocol.QueryAwareness):
+            self.relay.query(client)
+        elif isinstance(message, protocol.SyncStep1):
+            # y-websocket clients sync every room; answer with an empty document.
+            client.send(protocol.sync_step2(Doc(), message.state_vector))
+        # Updates and RAW messages have nothing to act on here.
+
+    async def close(self) -> None:
+        self.closing = True
+        self.closed.set()

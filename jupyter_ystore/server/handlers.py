@@ -24,7 +24,8 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from jupyter_ystore.server import metrics
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.rooms.document import GLOBAL_AWARENESS_ROOM, DocumentRoom, RoomError, check_room_format
+from jupyter_ystore.server.rooms import DocumentRoom, RoomError
+from jupyter_ystore.core.keys import check_format
 from jupyter_ystore.server.sessions import history_of, new_session_id
 from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
@@ -62,7 +63,7 @@ class SessionHandler(APIHandler):
         try:
             if not isinstance(file_format, str) or not isinstance(file_type, str):
                 raise ValueError("format and type must be strings")
-            check_room_format(file_format, file_type)
+            check_format(file_format, file_type)
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from None
         path = path.strip("/")

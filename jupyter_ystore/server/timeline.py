@@ -35,7 +35,8 @@ from jupyter_ystore.core import content as cli_content
 from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.server.rooms.forks import ForkInfo, ForkRoom
 from jupyter_ystore.core.history import History, HistoryError, group_points, read_history
-from jupyter_ystore.server.rooms.document import DocumentRoom, Origin, RoomError, check_room_format
+from jupyter_ystore.server.rooms import DocumentRoom, Origin, RoomError
+from jupyter_ystore.core.keys import check_format
 from jupyter_ystore.server.sessions import new_session_id
 from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
 
@@ -185,7 +186,7 @@ class TimelineHandler(_Base):
         file_format = self.get_query_argument("format", "")
         file_type = self.get_query_argument("type", "")
         try:
-            check_room_format(file_format, file_type)
+            check_format(file_format, file_type)
         except ValueError as exc:
             return self.fail(400, str(exc))
         path = path.strip("/")

@@ -130,11 +130,8 @@ async def _write_records(store: BaseYStore, records: list[tuple[bytes, bytes, fl
         await importer(records)
         return
     # Generic path: one write each, in order, with the record's own metadata.
-    current = [b""]
-    store.metadata_callback = lambda: current[0]
     for update, metadata, _timestamp in records:
-        current[0] = metadata
-        await store.write(update)
+        await store.write(update, metadata=metadata)
 
 
 async def copy_documents(

@@ -39,8 +39,6 @@ async def set_aside(store: BaseYStore) -> SetAside:
     Raises when the copy fails; the document is then left where it was.
     """
     target = store.with_path(aside_key(store.path))
-    metadata = b""
-    target.metadata_callback = lambda: metadata
     copied = skipped = 0
     async with target:
         try:
@@ -49,7 +47,7 @@ async def set_aside(store: BaseYStore) -> SetAside:
             records = []
         for update, metadata, _timestamp in records:
             try:
-                await target.write(update)
+                await target.write(update, metadata=metadata)
             except YStoreInvalidUpdate:
                 skipped += 1
                 continue

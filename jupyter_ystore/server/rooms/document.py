@@ -28,13 +28,11 @@ and stops the store.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-import zlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -46,111 +44,25 @@ from jupyter_ystore.server import protocol as sync
 from jupyter_ystore.server.rooms.aside import set_aside
 from jupyter_ystore.server.awareness import AwarenessRelay
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
-from jupyter_ystore.server.rooms.files import DocumentFile, FileGone, FileState
+from jupyter_ystore.server.rooms.files import DocumentFile, FileGone
+from jupyter_ystore.server.rooms.filesync import BASE, SERVER_SAVE, FileSync, decode_base, encode_base, is_empty
 from jupyter_ystore.core.content import file_document
-from jupyter_ystore.core.merge import MergeResult, merge_into
+from jupyter_ystore.server.rooms.room import Client, RoomError
 from jupyter_ystore.server.rooms.writer import Origin, WritePipeline
 from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.core.item_index import DOCUMENT_ROOTS
 from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, describe
-from jupyter_ystore.core.ydoc import CRDTError, crdt_errors, is_panic
+from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
 
-__all__ = [
-    "GLOBAL_AWARENESS_ROOM",
-    "AwarenessRelay",
-    "AwarenessRoom",
-    "BadUpdate",
-    "DocumentRoom",
-    "Origin",
-    "RoomError",
-    "RoomManager",
-    "RoomSettings",
-]
 
-GLOBAL_AWARENESS_ROOM = "JupyterLab:globalAwareness"
 
-#: The one format each document type is opened in (the front end's ``format:type`` pairs).
-#: Any other pair would open the same file and store key as a second, separate document.
-DOCUMENT_FORMATS = {"notebook": "json", "file": "text", "unicode": "text", "blob": "base64"}
-
-#: Store attributes a room keeps beside the history.
+#: The store attribute naming the stored history (what session ids name).
 HISTORY_ID = "history_id"
-BASE = "base"
-
-
-class Client(Protocol):
-    """A connected peer, as rooms see it (the websocket handler in production)."""
-
-    username: str
-    can_write: bool
-
-    def send(self, message: bytes) -> None: ...
-
-
-class RoomError(Exception):
-    """A room could not open. ``code`` is the websocket close code the front end knows."""
-
-    def __init__(self, message: str, code: int = 4500):
-        super().__init__(message)
-        self.code = code
 
 
 SERVER_LOAD = Origin("server", reason="load")
-SERVER_FILE = Origin("server", reason="file-changed")
-SERVER_SAVE = Origin("server", reason="save")
 REMOTE = Origin("remote")
-
-
-def check_room_format(file_format: str, file_type: str) -> None:
-    """Raise ``ValueError`` unless ``format:type`` is how that type of document is opened."""
-    expected = DOCUMENT_FORMATS.get(file_type)
-    if expected is None:
-        raise ValueError(f"unknown document type {file_type!r}")
-    if file_format != expected:
-        raise ValueError(f"a {file_type} is opened as {expected!r}, not {file_format!r}")
-
-
-# ---------------------------------------------------------------------------- awareness
-
-
-class AwarenessRoom:
-    """A room without a document (``JupyterLab:globalAwareness``): awareness relay only."""
-
-    def __init__(self, room_id: str, log: logging.Logger) -> None:
-        self.room_id = room_id
-        self.log = log
-        self.relay = AwarenessRelay()
-        self.closed = anyio.Event()
-        self.closing = False
-
-    @property
-    def clients(self) -> set[Any]:
-        return self.relay.clients
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await self.closed.wait()
-
-    def join(self, client: Any) -> None:
-        self.relay.add(client)
-
-    def leave(self, client: Any) -> None:
-        self.relay.remove(client)
-
-    async def handle(self, client: Any, message: sync.Message) -> None:
-        if isinstance(message, sync.AwarenessMessage):
-            self.relay.handle(client, message)
-        elif isinstance(message, sync.QueryAwareness):
-            self.relay.query(client)
-        elif isinstance(message, sync.SyncStep1):
-            # y-websocket clients sync every room; answer with an empty document.
-            client.send(sync.sync_step2(Doc(), message.state_vector))
-        # Updates and RAW messages have nothing to act on here.
-
-    async def close(self) -> None:
-        self.closing = True
-        self.closed.set()
 
 
 # ---------------------------------------------------------------------------- documents
@@ -169,24 +81,6 @@ class RoomSettings:
     save_retry_delay: float = 2.0
     #: Longest a save or a sync answer waits for the store (it never waits for a failing one).
     store_wait: float = 10.0
-
-
-def encode_base(content: Any) -> bytes:
-    """The base content as a store attribute: compressed JSON (bytes for blobs)."""
-    if isinstance(content, (bytes, bytearray)):
-        return b"B" + zlib.compress(bytes(content), 6)
-    return b"J" + zlib.compress(json.dumps(content, separators=(",", ":")).encode(), 6)
-
-
-def decode_base(data: bytes | None) -> Any:
-    """The inverse of ``encode_base``; None for no (or an unreadable) base."""
-    if not data:
-        return None
-    try:
-        raw = zlib.decompress(data[1:])
-        return raw if data[:1] == b"B" else json.loads(raw)
-    except (zlib.error, ValueError):
-        return None
 
 
 class DocumentRoom:
@@ -229,16 +123,9 @@ class DocumentRoom:
         self._work: TaskGroup | None = None
         self._origin: Origin | None = None
         self._changed_by_people = False
-        # saving
-        self._save_lock = anyio.Lock()
-        self._save_wakeup = anyio.Event()
-        self._last_change = 0.0
-        self._base: Any = None  # the content last saved to or loaded from the file
-        self._file_mtime: Any = None
-        self._save_failure: str | None = None
+        self.files = FileSync(self)
         self._cleanup_scope: anyio.CancelScope | None = None
         self._subscription: Any = None
-        self._claim = uuid.uuid4().hex  # names this room in file-import claims
 
     @property
     def clients(self) -> set[Any]:
@@ -288,9 +175,9 @@ class DocumentRoom:
             async with anyio.create_task_group() as work:
                 self._work = work
                 work.start_soon(anyio.sleep_forever)  # open until cancelled, even if idle
-                work.start_soon(self._saver)
+                work.start_soon(self.files.saver)
                 if self.settings.poll_interval:
-                    work.start_soon(self._poller)
+                    work.start_soon(self.files.poller)
                 if getattr(self.store, "supports_live_updates", False):
                     work.start_soon(self._watch_store)
                 if not self.clients:  # opened by a session request, a timeline, a fork...
@@ -329,7 +216,7 @@ class DocumentRoom:
             if self._fault is None:
                 try:
                     with anyio.fail_after(30):
-                        await self.save(reason="close")
+                        await self.files.save(reason="close")
                 except Exception as exc:  # the store still holds every change
                     self.log.error("Room %s: final save failed: %s", self.room_id, exc)
             try:
@@ -360,16 +247,15 @@ class DocumentRoom:
         started = time.perf_counter()
         trusted = await self._load_from_store(file_content)
         attributes = await self._attributes()
-        self._file_mtime = file_state.last_modified
         if not trusted:
             # A fixed client id makes the loaded history the same for the same content.
             file_doc = file_document(self.file.file_type, file_state.content)
             with self._changes_by(SERVER_LOAD):
                 self.ydoc.apply_update(file_doc.ydoc.get_update())
                 self._set_state(hash=file_state.hash, path=self.file.path)
-            self._base = file_content
+            self.files.loaded(file_state, file_content)
             self.history_id = uuid.uuid4().hex
-            await self._store_attributes({HISTORY_ID: self.history_id.encode(), BASE: encode_base(file_content)})
+            await self.store_attributes({HISTORY_ID: self.history_id.encode(), BASE: encode_base(file_content)})
             self.log.info("Room %s: loaded %s from disk", self.room_id, self.file.path)
         else:
             metrics.LOAD_SECONDS.labels(metrics.store_label(self.store)).observe(
@@ -379,8 +265,9 @@ class DocumentRoom:
             self.history_id = stored_id.decode("ascii", "replace") if stored_id else None
             if self.history_id is None:  # a history written before histories had an id
                 self.history_id = uuid.uuid4().hex
-                await self._store_attributes({HISTORY_ID: self.history_id.encode()})
-            await self._reconcile(file_state, file_content, decode_base(attributes.get(BASE)))
+                await self.store_attributes({HISTORY_ID: self.history_id.encode()})
+            self.files.opened(file_state)
+            await self.files.reconcile(file_state, file_content, decode_base(attributes.get(BASE)))
         await self.writer.flush()
 
     async def _replay_spill(self) -> None:
@@ -388,7 +275,7 @@ class DocumentRoom:
         it recovered) go into the store before the history is read."""
         if self.spill is None:
             return
-        count = await self.spill.replay(self.store.path, self.store, self.writer._set_metadata)
+        count = await self.spill.replay(self.store.path, self.store)
         if count:
             self.log.warning(
                 "Room %s: wrote %d change(s) spilled during a store outage back to the store",
@@ -408,7 +295,7 @@ class DocumentRoom:
             problem = f"it does not load ({exc})"
         else:
             problem = self.store.load_problem
-            if problem is None and _is_empty(self.document.get()) and not _is_empty(file_content):
+            if problem is None and is_empty(self.document.get()) and not is_empty(file_content):
                 problem = "it holds an empty document while the file is not empty"
             if problem is None:
                 return True
@@ -454,75 +341,11 @@ class DocumentRoom:
         except NotImplementedError:  # a store class of a user's own, without attributes
             return {}
 
-    async def _store_attributes(self, values: dict[str, bytes | None]) -> None:
+    async def store_attributes(self, values: dict[str, bytes | None]) -> None:
         try:
             await self.store.set_attributes(values)
         except NotImplementedError:
             pass
-
-    async def _reconcile(self, file_state: FileState, file_content: Any, base: Any) -> None:
-        """After loading from the store, bring in what changed in the file since the last
-        save: the change from the base to the file, merged (never simply replaced)."""
-        content = self.document.get()
-        if _comparable(content) == _comparable(file_content):
-            self._adopt_base(file_content, stored=base)
-            if self.document.hash != file_state.hash or self.document.path != self.file.path:
-                with self._changes_by(SERVER_SAVE):
-                    self._set_state(hash=file_state.hash, path=self.file.path)
-            self.log.info("Room %s: store and %s agree", self.room_id, self.file.path)
-            return
-        unchanged = self.document.hash == file_state.hash or (
-            base is not None and _comparable(file_content) == _comparable(base)
-        )
-        if unchanged:
-            self.log.warning(
-                "Room %s: the store holds edits newer than %s (e.g. after a crash); "
-                "the file will be rewritten",
-                self.room_id,
-                self.file.path,
-            )
-            self._adopt_base(file_content, stored=base)
-            self._schedule_save()
-            return
-        await self._merge_file(file_state, file_content, base, when="since the last save")
-
-    async def _merge_file(self, state: FileState, file_content: Any, base: Any, *, when: str) -> None:
-        """Merge the file's change since ``base`` into the document (one update)."""
-        with self._changes_by(SERVER_FILE):
-            try:
-                result = merge_into(self.document, base, state.content)
-            except Exception as exc:  # a file the merge cannot read: the file wins outright
-                self.log.error("Room %s: merging %s failed (%s); taking the file as it is", self.room_id, self.file.path, exc)
-                self.document.set(state.content)
-                result = MergeResult(changed=True)
-            self._set_state(hash=state.hash, path=self.file.path)
-        self._log_merge(result, when, with_base=base is not None)
-        self._adopt_base(file_content)
-        if self.document.get() != file_content:
-            self._schedule_save()  # live edits kept: the file must get them too
-        else:
-            with self._changes_by(SERVER_SAVE):
-                self._set_state(dirty=False)
-
-    def _log_merge(self, result: MergeResult, when: str, *, with_base: bool) -> None:
-        how = "merged into the open document" if with_base else "applied (no earlier save to merge from)"
-        self.log.warning("Room %s: %s changed on disk %s; %s", self.room_id, self.file.path, when, how)
-        for conflict in result.conflicts:
-            self.log.warning(
-                "Room %s: %s and an edit since the last save changed the same text%s; the file's "
-                "version was kept: %s",
-                self.room_id,
-                self.file.path,
-                f" (cell {conflict.cell_id})" if conflict.cell_id else "",
-                conflict.description,
-            )
-
-    def _adopt_base(self, content: Any, *, stored: Any = None) -> None:
-        """``content`` is what the file holds now; remember it (in the store too)."""
-        self._base = content
-        if stored is None or stored != content:
-            self._pending_base = content
-            self._save_wakeup.set()  # the saver stores it (off the open path)
 
     # ------------------------------------------------------------------ changes and the store
 
@@ -556,7 +379,7 @@ class DocumentRoom:
             return
         self.writer.queue(update, origin)
         if origin is not SERVER_SAVE and origin is not SERVER_LOAD:
-            self._schedule_save()
+            self.files.schedule_save()
 
     def _relay_update(self, update: bytes) -> None:
         self.relay.broadcast(sync.update_message(update))
@@ -574,7 +397,7 @@ class DocumentRoom:
         self._changed_by_people = True
         await self.writer.flush()
 
-    async def receive_update(self, client: Any, update: bytes) -> None:
+    async def receive_update(self, client: Client, update: bytes) -> None:
         """A client's update: checked against the document, applied, stored, relayed.
         ``BadUpdate`` when refused (nothing of it applied, stored or relayed)."""
         if self._fault is not None:
@@ -614,14 +437,14 @@ class DocumentRoom:
 
     # ------------------------------------------------------------------ clients
 
-    def join(self, client: Any) -> None:
+    def join(self, client: Client) -> None:
         if self._cleanup_scope is not None:
             self._cleanup_scope.cancel()
             self._cleanup_scope = None
         self.relay.add(client)
         client.send(sync.sync_step1(self.ydoc))
 
-    def leave(self, client: Any) -> None:
+    def leave(self, client: Client) -> None:
         self.relay.remove(client)
         if not self.clients and not self.closing:
             self._schedule_cleanup()
@@ -639,7 +462,7 @@ class DocumentRoom:
                 self.closing = True
                 self._close_requested.set()
 
-    async def handle(self, client: Any, message: sync.Message) -> None:
+    async def handle(self, client: Client, message: sync.Message) -> None:
         """Act on one parsed message of ``client``. ``ProtocolError`` and ``BadUpdate`` are
         the client's fault (the caller disconnects it)."""
         if isinstance(message, sync.SyncStep1):
@@ -663,419 +486,16 @@ class DocumentRoom:
             else:
                 self._work.start_soon(self._answer_save, client, message.request_id)
 
-    async def _answer_save(self, client: Any, request_id: int) -> None:
+    async def _answer_save(self, client: Client, request_id: int) -> None:
         if not client.can_write:
             client.send(sync.save_reply(request_id, "failed"))
             return
         try:
-            await self.save(reason="request")
+            await self.files.save(reason="request")
             status = "success"
         except Exception as exc:
-            self._save_failed(exc, f"requested by {client.username}")
+            self.files.save_failed(exc, f"requested by {client.username}")
             status = "failed"
         client.send(sync.save_reply(request_id, status))
 
     # ------------------------------------------------------------------ saving
-
-    def _schedule_save(self) -> None:
-        self._last_change = time.monotonic()
-        self._save_wakeup.set()
-
-    async def _saver(self) -> None:
-        """Debounced autosave: save once no change came for ``save_delay`` seconds; a failed
-        save is retried (every ``save_retry_delay`` s, doubling up to a minute)."""
-        delay = self.settings.save_delay
-        retry = self.settings.save_retry_delay
-        while True:
-            await self._save_wakeup.wait()
-            self._save_wakeup = anyio.Event()
-            await self._store_pending_base()
-            if delay is None and self._save_failure is None:
-                continue
-            while (wait := self._last_change + (delay or 0) - time.monotonic()) > 0:
-                await anyio.sleep(wait)
-            if self._base is not None and self.document.get() == self._base and self._save_failure is None:
-                continue  # nothing new since the last save (e.g. only the state map changed)
-            try:
-                await self.save(reason="auto")
-            except Exception as exc:
-                self._save_failed(exc, "autosave")
-                await anyio.sleep(retry)
-                retry = min(60.0, retry * 2)
-                self._save_wakeup.set()
-            else:
-                retry = self.settings.save_retry_delay
-
-    def _save_failed(self, exc: Exception, what: str) -> None:
-        """Log a failing save once (not at every retry); the document stays dirty."""
-        reason = f"{type(exc).__name__}: {exc}"
-        if self._save_failure != reason:
-            self.log.error(
-                "Room %s: cannot save %s (%s): %s; edits are kept in the store, the tab shows "
-                "unsaved changes, and saving is retried",
-                self.room_id,
-                self.file.path if not isinstance(exc, FileGone) else "the file",
-                what,
-                reason,
-            )
-        self._save_failure = reason
-
-    async def save(self, *, reason: str = "auto") -> bool:
-        """Write the document to its file if it changed; whether the file was written.
-
-        Waits for the store at most ``store_wait`` seconds and never for a failing one: the
-        file is the users' copy and must not fall behind because the store is down. Raises
-        if the file could not be written.
-        """
-        async with self._save_lock:
-            await self.writer.settle(self.settings.store_wait)
-            try:
-                disk = await self.file.stat()
-            except FileGone as exc:
-                raise RoomError(f"cannot save: {exc}", code=4404) from None
-            if self._file_mtime is not None and disk.last_modified != self._file_mtime:
-                if disk.hash is None or disk.hash != self.document.hash:
-                    if not await self._settled_elsewhere(disk):
-                        await self._apply_file_change()
-                        return False
-                    await self._adopt_saved_file()  # unchanged since: nothing to write
-            content = self.document.get()
-            written = False
-            if content != self._base or disk.hash != self.document.hash:
-                if _is_empty(content) and not self._changed_by_people and disk.size:
-                    raise RuntimeError(
-                        "refusing to write an empty document over a non-empty file that no "
-                        "collaborator emptied"
-                    )
-                self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
-                state = await self.file.save(content)
-                self._file_mtime = state.last_modified
-                self._base = content
-                self._pending_base = content
-                written = True
-                hash_ = state.hash
-            else:
-                hash_ = disk.hash
-            with self._changes_by(SERVER_SAVE):
-                self._set_state(hash=hash_, dirty=False)
-            if self._save_failure is not None:
-                self.log.info("Room %s: %s saved again", self.room_id, self.file.path)
-                self._save_failure = None
-            await self._store_pending_base()
-            return written
-
-    _pending_base: Any = None
-
-    async def _store_pending_base(self) -> None:
-        """Store the base (the content last saved or loaded) as a document attribute, so
-        that a merge after a restart starts from it. A failing store is logged by the
-        writer; the base is then stored with the next save."""
-        content, self._pending_base = self._pending_base, None
-        if content is None:
-            return
-        try:
-            data = await anyio.to_thread.run_sync(encode_base, content)
-            await self._store_attributes({BASE: data})
-        except Exception as exc:
-            if self._pending_base is None:
-                self._pending_base = content
-            self.log.debug("Room %s: the base was not stored: %s", self.room_id, exc)
-
-    async def _apply_file_change(self) -> None:
-        """The file changed on disk behind our back: merge its change since the base."""
-        state = await self.file.load()
-        self._file_mtime = state.last_modified
-        file_content = file_document(self.file.file_type, state.content).get()
-        if _comparable(file_content) == _comparable(self._base):  # touched, or saved again
-            with self._changes_by(SERVER_SAVE):
-                self._set_state(hash=state.hash)
-            return
-        await self._merge_file(state, file_content, self._base, when="while open")
-        await self.writer.settle(self.settings.store_wait)
-
-    async def _settled_elsewhere(self, disk: FileState) -> bool:
-        """Whether a file change that lacks our document's hash is in the document already.
-
-        With a store shared by several servers (``supports_live_updates``) it usually is:
-        another server saved the document (its new hash comes through the store a moment
-        after the file), or imported an out-of-band edit. Taking either for a new edit
-        would merge the file again, so wait for the hash; if it does not come, claim the
-        import in the shared state: every server sees the same winning claim, and only its
-        owner imports (the others import only if the winner never does).
-        """
-        if not getattr(self.store, "supports_live_updates", False) or disk.hash is None:
-            return False
-        grace = self.settings.shared_file_grace
-        if await self._hash_arrives(disk.hash, grace):
-            return True
-        claim = f"{disk.hash}:{self._claim}"
-        with self._changes_by(SERVER_SAVE):
-            self._set_state(file_import=claim)
-        await self.writer.settle(self.settings.store_wait)
-        if await self._hash_arrives(disk.hash, grace):
-            return True
-        if self.document.ystate.get("file_import") == claim:
-            return False  # our claim won: we import
-        return await self._hash_arrives(disk.hash, grace)
-
-    async def _hash_arrives(self, hash_: str, timeout: float) -> bool:
-        with anyio.move_on_after(timeout):
-            while self.document.hash != hash_:
-                await anyio.sleep(0.02)
-        return self.document.hash == hash_
-
-    async def _adopt_saved_file(self) -> None:
-        """Another server wrote the file: remember what it holds, so that we write it only
-        if our document differs (not the same content again)."""
-        state = await self.file.load()
-        self._file_mtime = state.last_modified
-        self._base = file_document(self.file.file_type, state.content).get()
-        if self.document.get() != self._base:
-            self._schedule_save()  # it saved before our latest changes reached it
-
-    async def _poller(self) -> None:
-        """Notice out-of-band file changes and renames every ``poll_interval`` seconds."""
-        failures = 0
-        while True:
-            await anyio.sleep(self.settings.poll_interval)
-            try:
-                async with self._save_lock:
-                    disk = await self.file.stat()
-                    path = self.file.path
-                    if self.document.path != path:
-                        with self._changes_by(SERVER_SAVE):
-                            self._set_state(path=path)
-                    if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
-                        if await self._settled_elsewhere(disk):
-                            await self._adopt_saved_file()
-                        else:
-                            await self._apply_file_change()
-                    elif disk.last_modified != self._file_mtime:
-                        self._file_mtime = disk.last_modified
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
-
-
-def _comparable(content: Any) -> Any:
-    """``content`` without what the contents manager adds on reading and drops on saving
-    (cells' ``metadata.trusted``, from the notebook's signature): not a change of the file."""
-    if not isinstance(content, dict) or not any(
-        "trusted" in cell.get("metadata", {}) for cell in content.get("cells", ())
-    ):
-        return content
-    cells = []
-    for cell in content["cells"]:
-        metadata = cell.get("metadata", {})
-        if "trusted" in metadata:
-            cell = {**cell, "metadata": {k: v for k, v in metadata.items() if k != "trusted"}}
-        cells.append(cell)
-    return {**content, "cells": cells}
-
-
-def _is_empty(content: Any) -> bool:
-    """A document with nothing in it (no cells, no text)."""
-    if isinstance(content, dict):
-        return not content.get("cells")
-    return not content
-
-
-# ---------------------------------------------------------------------------- manager
-
-
-def _room_kind(room: Any) -> str:
-    if isinstance(room, DocumentRoom):
-        return "document"
-    if isinstance(room, AwarenessRoom):
-        return "awareness"
-    return "fork"
-
-
-class _StartStatus:
-    """Passes ``started()`` on, remembering that it was called."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self.inner = inner
-        self.started_ = False
-
-    def started(self, value: Any = None) -> None:
-        self.started_ = True
-        self.inner.started(value)
-
-
-@dataclass
-class RoomManager:
-    """Opens each room once, closes it when unused, and closes them all on shutdown.
-
-    A room that fails (a bug, a damaged document) closes alone: its clients are
-    disconnected with a reason and the next connection opens it afresh.
-    """
-
-    make_store: Callable[[str, str], BaseYStore]  # (file_type, file_id) -> store
-    make_file: Callable[[str, str, str], DocumentFile]  # (format, type, file_id) -> file
-    settings: RoomSettings
-    log: logging.Logger
-    spill: Optional[Spill] = None
-    rooms: dict[str, Any] = field(default_factory=dict)
-    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
-    _tg: Optional[TaskGroup] = None
-    _stop: Optional[anyio.Event] = None
-    _stopped: Optional[anyio.Event] = None
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                task_status.started()
-                if self.spill is not None:
-                    tg.start_soon(self._replay_spills)
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            self._tg = None
-            self.rooms.clear()
-            self._stopped.set()
-
-    @property
-    def running(self) -> bool:
-        return self._tg is not None
-
-    async def get_room(self, room_id: str) -> Any:
-        """The open room for ``room_id``, opening it if needed. Raises ``RoomError``."""
-        if self._tg is None:
-            raise RoomError("the room manager is not running", code=4500)
-        lock = self._locks.setdefault(room_id, anyio.Lock())
-        try:
-            async with lock:
-                return await self._get_room_locked(room_id)
-        finally:
-            # one lock per room id, not per id ever asked for (ids come from clients)
-            if room_id not in self.rooms and not lock.locked() and not lock.statistics().tasks_waiting:
-                self._locks.pop(room_id, None)
-
-    async def _get_room_locked(self, room_id: str) -> Any:
-        assert self._tg is not None
-        room = self.rooms.get(room_id)
-        if room is not None and room.closing:
-            await room.closed.wait()
-            room = None
-        if room is not None:
-            return room
-        room = self._create(room_id)
-        try:
-            await self._tg.start(self._serve, room)
-        except RoomError:
-            raise
-        except Exception as exc:
-            self.log.error("Room %s failed to open: %s", room_id, exc, exc_info=exc)
-            raise RoomError(f"{type(exc).__name__}: {exc}", code=4500) from exc
-        self.rooms[room_id] = room
-        return room
-
-    def _create(self, room_id: str) -> Any:
-        if room_id == GLOBAL_AWARENESS_ROOM:
-            return AwarenessRoom(room_id, self.log)
-        parts = room_id.split(":", 2)
-        if len(parts) != 3 or not all(parts):
-            raise RoomError(f"unknown room {room_id!r}: expected format:type:fileId", code=4400)
-        file_format, file_type, file_id = parts
-        try:
-            check_room_format(file_format, file_type)
-        except ValueError as exc:
-            raise RoomError(f"room {room_id!r}: {exc}", code=4400) from None
-        file = self.make_file(file_format, file_type, file_id)
-        try:
-            file.path  # noqa: B018  (an unknown file id never reaches the store)
-        except FileGone as exc:
-            raise RoomError(f"unknown room {room_id!r}: {exc}", code=4404) from None
-        try:
-            store = self.make_store(file_type, file_id)
-        except ValueError as exc:
-            raise RoomError(f"room {room_id!r} has no valid store name: {exc}", code=4400) from None
-        return DocumentRoom(room_id, file, store, self.settings, self.log, spill=self.spill)
-
-    async def _serve(self, room: Any, *, task_status: TaskStatus[None]) -> None:
-        """Run one room; a failure after it opened stays in it (logged, clients closed)."""
-        gauge = metrics.OPEN_ROOMS.labels(_room_kind(room))
-        gauge.inc()
-        status = _StartStatus(task_status)
-        try:
-            await room.run(task_status=status)
-        except BaseException as exc:
-            if not status.started_ or not (isinstance(exc, Exception) or is_panic(exc)):
-                raise  # an open that failed goes to its opener; cancellation goes on
-            self.log.error("Room %s failed: %s", room.room_id, exc, exc_info=exc)
-            room.closing = True
-            for client in list(getattr(room, "clients", ())):
-                close = getattr(client, "close", None)
-                if close is not None:
-                    close(1011, "the room failed; reconnecting")
-            closed = getattr(room, "closed", None)
-            if closed is not None:
-                closed.set()
-        finally:
-            gauge.dec()
-            if self.rooms.get(room.room_id) is room:
-                del self.rooms[room.room_id]
-            if isinstance(room, DocumentRoom):
-                metrics.request_bytes_refresh()
-
-    async def _replay_spills(self) -> None:
-        """At start-up: spills left by rooms that closed (or a server that died) during a
-        store outage go back into the store, whether or not their documents are reopened."""
-        assert self.spill is not None
-        spill = self.spill
-        keys = await anyio.to_thread.run_sync(spill.keys)
-        for key in keys:
-            store = self.make_store_for_key(key)
-            if store is None:
-                continue
-            try:
-                async with store:
-                    metadata = b""
-                    store.metadata_callback = lambda: metadata
-
-                    def set_metadata(value: bytes) -> None:
-                        nonlocal metadata
-                        metadata = value
-
-                    count = await spill.replay(key, store, set_metadata)
-                self.log.warning(
-                    "jupyter_ystore: wrote %d change(s) spilled during a store outage back to %s",
-                    count,
-                    key,
-                )
-            except Exception as exc:
-                self.log.error("jupyter_ystore: the spill of %s stays for later: %s", key, exc)
-
-    #: Set by the extension: a store for a document key (spill replay at start-up).
-    make_store_for_key: Callable[[str], Optional[BaseYStore]] = lambda self, key: None  # type: ignore[assignment]
-
-    async def add_room(self, room: Any) -> None:
-        """Serve a room made elsewhere (a fork) under its id, until it closes."""
-        if self._tg is None:
-            raise RoomError("the room manager is not running", code=4500)
-        if room.room_id in self.rooms:
-            raise RoomError(f"room {room.room_id!r} exists already", code=4500)
-        await self._tg.start(self._serve, room)
-        if not room.closing:
-            self.rooms[room.room_id] = room
-
-    async def close_all(self, timeout: float = 10.0) -> None:
-        """Close every room (save, flush, stop its store), then stop the manager."""
-        rooms = list(self.rooms.values())
-        with anyio.move_on_after(timeout) as scope:
-            async with anyio.create_task_group() as tg:
-                for room in rooms:
-                    tg.start_soon(room.close)
-        if scope.cancelled_caught:
-            self.log.error("Closing rooms took longer than %ss; stopping anyway", timeout)
-        if self._stop is not None:
-            self._stop.set()
-        if self._stopped is not None:
-            with anyio.move_on_after(timeout):
-                await self._stopped.wait()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any, Callable
 
 import anyio
 
@@ -39,14 +38,6 @@ def store_identity(store: BaseYStore) -> str:
     return f"{type(store).__name__}-{digest}"
 
 
-class _SpillLog(FileYStore):
-    """A spill file: a FileYStore whose metadata is set per record."""
-
-    def __init__(self, path: str, root_dir: str, log: Any) -> None:
-        self.next_metadata = b""
-        super().__init__(path, metadata_callback=lambda: self.next_metadata, log=log, root_dir=root_dir)
-
-
 class Spill:
     """The spill files of one store location (one folder of logs named by document key)."""
 
@@ -54,9 +45,9 @@ class Spill:
         self.folder = os.path.join(os.path.abspath(os.path.expanduser(spill_dir)), store_identity(store))
         self.log = log
 
-    def log_for(self, key: str) -> _SpillLog:
+    def log_for(self, key: str) -> FileYStore:
         """The spill log of one document (not started)."""
-        return _SpillLog(key, self.folder, self.log)
+        return FileYStore(key, log=self.log, root_dir=self.folder)
 
     def keys(self) -> list[str]:
         """Documents that have a spill file (blocking: call in a worker thread)."""
@@ -69,11 +60,11 @@ class Spill:
     def has(self, key: str) -> bool:
         return os.path.exists(os.path.join(self.folder, key))
 
-    async def replay(self, key: str, store: BaseYStore, set_metadata: Callable[[bytes], None]) -> int:
-        """Write ``key``'s spilled records into ``store`` (running), then delete the spill
-        file; returns how many were written. ``set_metadata`` makes the store's next write
-        carry a record's metadata. A failure leaves the spill file as it was, to be replayed
-        again (an update written twice changes nothing)."""
+    async def replay(self, key: str, store: BaseYStore) -> int:
+        """Write ``key``'s spilled records into ``store`` (running), each with its metadata,
+        then delete the spill file; returns how many were written. A failure leaves the
+        spill file as it was, to be replayed again (an update written twice changes
+        nothing)."""
         if not await anyio.to_thread.run_sync(self.has, key):
             return 0
         spill = self.log_for(key)
@@ -83,7 +74,6 @@ class Spill:
             except YDocNotFound:
                 records = []
             for update, metadata, _timestamp in records:
-                set_metadata(metadata)
-                await store.write(update)
+                await store.write(update, metadata=metadata)
             await spill.delete()
         return len(records)

@@ -95,8 +95,6 @@ class WritePipeline:
         self._updates_written = metrics.UPDATES_WRITTEN.labels(label)
         self._write_errors = metrics.STORE_WRITE_ERRORS.labels(label)
         self._spilled_total = metrics.SPILLED_UPDATES.labels(label)
-        if store.metadata_callback is None:  # a user's own callback keeps working
-            store.metadata_callback = lambda: self._metadata
 
     # ------------------------------------------------------------------ the queue
 
@@ -202,7 +200,10 @@ class WritePipeline:
             raise self.outage
         try:
             started = time.perf_counter()
-            await self.store.write(update)
+            # Attribution rides on the write; a store with a metadata callback of its own
+            # (a user's subclass) keeps storing what that callback says.
+            metadata = None if self.store.metadata_callback is not None else self._metadata
+            await self.store.write(update, metadata=metadata)
         except YStoreInvalidUpdate:
             raise
         except Exception as exc:
@@ -276,8 +277,7 @@ class WritePipeline:
             assert self._tasks is not None
             await self._tasks.start(spill_log.start)
             self._spill_log = spill_log
-        self._spill_log.next_metadata = self._metadata
-        await self._spill_log.write(update)
+        await self._spill_log.write(update, metadata=self._metadata)
         self._spilled += 1
         self._spilled_total.inc()
 
@@ -287,7 +287,7 @@ class WritePipeline:
             await self._close_spill_log()
             count = 0
             if self.spill is not None:
-                count = await self.spill.replay(self.store.path, self.store, self._set_metadata)
+                count = await self.spill.replay(self.store.path, self.store)
         except Exception as exc:
             self.log.debug("Room %s: the store still fails: %s", self.room_id, exc)
             return
@@ -300,9 +300,6 @@ class WritePipeline:
         self._spilled = 0
         self._spill_failed = False
         metrics.ROOMS_IN_OUTAGE.dec()
-
-    def _set_metadata(self, metadata: bytes) -> None:
-        self._metadata = metadata
 
     async def _close_spill_log(self) -> None:
         spill_log, self._spill_log = self._spill_log, None

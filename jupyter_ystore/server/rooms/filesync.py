@@ -1,0 +1,359 @@
+"""The file side of a document room: loading, saving, and changes made to the file outside.
+
+The room keeps the content it last saved to or loaded from the file (the *base*), also as a
+store attribute, so that it survives restarts. When the file changes on disk (``git pull``,
+an editor, a script), with the room open or not, the change from the base to the file is
+merged into the document as minimal edits (``core.merge``); the merged document is saved
+back if collaborators' edits were kept. A save that fails keeps the document dirty, is logged
+once and retried. With a store shared by several servers, one server's save is not taken
+for an edit by the others, and a change on disk is imported by one server only (a claim in
+the shared ``state`` map).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from jupyter_ystore.core.content import file_document
+from jupyter_ystore.core.merge import MergeResult, merge_into
+from jupyter_ystore.server.rooms.files import FileGone, FileState
+from jupyter_ystore.server.rooms.writer import Origin
+
+if TYPE_CHECKING:
+    from jupyter_ystore.server.rooms.document import DocumentRoom
+
+#: The store attribute holding the base.
+BASE = "base"
+
+SERVER_FILE = Origin("server", reason="file-changed")
+SERVER_SAVE = Origin("server", reason="save")
+
+
+class SaveRefused(RuntimeError):
+    """A save that would lose content (an empty document over a file with content)."""
+
+
+def encode_base(content: Any) -> bytes:
+    """The base content as a store attribute: compressed JSON (bytes for blobs)."""
+    if isinstance(content, (bytes, bytearray)):
+        return b"B" + zlib.compress(bytes(content), 6)
+    return b"J" + zlib.compress(json.dumps(content, separators=(",", ":")).encode(), 6)
+
+
+def decode_base(data: bytes | None) -> Any:
+    """The inverse of ``encode_base``; None for no (or an unreadable) base."""
+    if not data:
+        return None
+    try:
+        raw = zlib.decompress(data[1:])
+        return raw if data[:1] == b"B" else json.loads(raw)
+    except (zlib.error, ValueError):
+        return None
+
+
+class FileSync:
+    """Keeps one room's document and its file in step (see the module)."""
+
+    def __init__(self, room: DocumentRoom) -> None:
+        self.room = room
+        self.file = room.file
+        self.settings = room.settings
+        self.log = room.log
+        self.room_id = room.room_id
+        self.writer = room.writer
+        self._save_lock = anyio.Lock()
+        self._save_wakeup = anyio.Event()
+        self._last_change = 0.0
+        self._base: Any = None  # the content last saved to or loaded from the file
+        self._pending_base: Any = None  # a base not stored yet
+        self._file_mtime: Any = None
+        self._save_failure: str | None = None
+        self._claim = uuid.uuid4().hex  # names this room in file-import claims
+
+    @property
+    def document(self) -> Any:
+        return self.room.document
+
+    def _changes_by(self, origin: Origin) -> Any:
+        return self.room._changes_by(origin)
+
+    def _set_state(self, **fields: Any) -> None:
+        self.room._set_state(**fields)
+
+    def loaded(self, state: FileState, content: Any) -> None:
+        """The document was just loaded from the file (``content``, as the document has it)."""
+        self._file_mtime = state.last_modified
+        self._base = content
+
+    def opened(self, state: FileState) -> None:
+        """The document was loaded from the store; the file is as ``state`` says."""
+        self._file_mtime = state.last_modified
+
+    async def reconcile(self, file_state: FileState, file_content: Any, base: Any) -> None:
+        """After loading from the store, bring in what changed in the file since the last
+        save: the change from the base to the file, merged (never simply replaced)."""
+        content = self.document.get()
+        if _comparable(content) == _comparable(file_content):
+            self._adopt_base(file_content, stored=base)
+            if self.document.hash != file_state.hash or self.document.path != self.file.path:
+                with self._changes_by(SERVER_SAVE):
+                    self._set_state(hash=file_state.hash, path=self.file.path)
+            self.log.info("Room %s: store and %s agree", self.room_id, self.file.path)
+            return
+        unchanged = self.document.hash == file_state.hash or (
+            base is not None and _comparable(file_content) == _comparable(base)
+        )
+        if unchanged:
+            self.log.warning(
+                "Room %s: the store holds edits newer than %s (e.g. after a crash); "
+                "the file will be rewritten",
+                self.room_id,
+                self.file.path,
+            )
+            self._adopt_base(file_content, stored=base)
+            self.schedule_save()
+            return
+        await self._merge_file(file_state, file_content, base, when="since the last save")
+
+    async def _merge_file(self, state: FileState, file_content: Any, base: Any, *, when: str) -> None:
+        """Merge the file's change since ``base`` into the document (one update)."""
+        with self._changes_by(SERVER_FILE):
+            try:
+                result = merge_into(self.document, base, state.content)
+            except Exception as exc:  # a file the merge cannot read: the file wins outright
+                self.log.error("Room %s: merging %s failed (%s); taking the file as it is", self.room_id, self.file.path, exc)
+                self.document.set(state.content)
+                result = MergeResult(changed=True)
+            self._set_state(hash=state.hash, path=self.file.path)
+        self._log_merge(result, when, with_base=base is not None)
+        self._adopt_base(file_content)
+        if self.document.get() != file_content:
+            self.schedule_save()  # live edits kept: the file must get them too
+        else:
+            with self._changes_by(SERVER_SAVE):
+                self._set_state(dirty=False)
+
+    def _log_merge(self, result: MergeResult, when: str, *, with_base: bool) -> None:
+        how = "merged into the open document" if with_base else "applied (no earlier save to merge from)"
+        self.log.warning("Room %s: %s changed on disk %s; %s", self.room_id, self.file.path, when, how)
+        for conflict in result.conflicts:
+            self.log.warning(
+                "Room %s: %s and an edit since the last save changed the same text%s; the file's "
+                "version was kept: %s",
+                self.room_id,
+                self.file.path,
+                f" (cell {conflict.cell_id})" if conflict.cell_id else "",
+                conflict.description,
+            )
+
+    def _adopt_base(self, content: Any, *, stored: Any = None) -> None:
+        """``content`` is what the file holds now; remember it (in the store too)."""
+        self._base = content
+        if stored is None or stored != content:
+            self._pending_base = content
+            self._save_wakeup.set()  # the saver stores it (off the open path)
+
+    def schedule_save(self) -> None:
+        self._last_change = time.monotonic()
+        self._save_wakeup.set()
+
+    async def saver(self) -> None:
+        """Debounced autosave: save once no change came for ``save_delay`` seconds; a failed
+        save is retried (every ``save_retry_delay`` s, doubling up to a minute)."""
+        delay = self.settings.save_delay
+        retry = self.settings.save_retry_delay
+        while True:
+            await self._save_wakeup.wait()
+            self._save_wakeup = anyio.Event()
+            await self._store_pending_base()
+            if delay is None and self._save_failure is None:
+                continue
+            while (wait := self._last_change + (delay or 0) - time.monotonic()) > 0:
+                await anyio.sleep(wait)
+            if self._base is not None and self.document.get() == self._base and self._save_failure is None:
+                continue  # nothing new since the last save (e.g. only the state map changed)
+            try:
+                await self.save(reason="auto")
+            except Exception as exc:
+                self.save_failed(exc, "autosave")
+                await anyio.sleep(retry)
+                retry = min(60.0, retry * 2)
+                self._save_wakeup.set()
+            else:
+                retry = self.settings.save_retry_delay
+
+    def save_failed(self, exc: Exception, what: str) -> None:
+        """Log a failing save once (not at every retry); the document stays dirty."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if self._save_failure != reason:
+            self.log.error(
+                "Room %s: cannot save %s (%s): %s; edits are kept in the store, the tab shows "
+                "unsaved changes, and saving is retried",
+                self.room_id,
+                self.file.path if not isinstance(exc, FileGone) else "the file",
+                what,
+                reason,
+            )
+        self._save_failure = reason
+
+    async def save(self, *, reason: str = "auto") -> bool:
+        """Write the document to its file if it changed; whether the file was written.
+
+        Waits for the store at most ``store_wait`` seconds and never for a failing one: the
+        file is the users' copy and must not fall behind because the store is down. Raises
+        if the file could not be written.
+        """
+        async with self._save_lock:
+            await self.writer.settle(self.settings.store_wait)
+            disk = await self.file.stat()  # FileGone: the file was deleted
+            if self._file_mtime is not None and disk.last_modified != self._file_mtime:
+                if disk.hash is None or disk.hash != self.document.hash:
+                    if not await self._settled_elsewhere(disk):
+                        await self._apply_file_change()
+                        return False
+                    await self._adopt_saved_file()  # unchanged since: nothing to write
+            content = self.document.get()
+            written = False
+            if content != self._base or disk.hash != self.document.hash:
+                if is_empty(content) and not self.room._changed_by_people and disk.size:
+                    raise SaveRefused(
+                        "refusing to write an empty document over a non-empty file that no "
+                        "collaborator emptied"
+                    )
+                self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
+                state = await self.file.save(content)
+                self._file_mtime = state.last_modified
+                self._base = content
+                self._pending_base = content
+                written = True
+                hash_ = state.hash
+            else:
+                hash_ = disk.hash
+            with self._changes_by(SERVER_SAVE):
+                self._set_state(hash=hash_, dirty=False)
+            if self._save_failure is not None:
+                self.log.info("Room %s: %s saved again", self.room_id, self.file.path)
+                self._save_failure = None
+            await self._store_pending_base()
+            return written
+
+    async def _store_pending_base(self) -> None:
+        """Store the base (the content last saved or loaded) as a document attribute, so
+        that a merge after a restart starts from it. A failing store is logged by the
+        writer; the base is then stored with the next save."""
+        content, self._pending_base = self._pending_base, None
+        if content is None:
+            return
+        try:
+            data = await anyio.to_thread.run_sync(encode_base, content)
+            await self.room.store_attributes({BASE: data})
+        except Exception as exc:
+            if self._pending_base is None:
+                self._pending_base = content
+            self.log.debug("Room %s: the base was not stored: %s", self.room_id, exc)
+
+    async def _apply_file_change(self) -> None:
+        """The file changed on disk behind our back: merge its change since the base."""
+        state = await self.file.load()
+        self._file_mtime = state.last_modified
+        file_content = file_document(self.file.file_type, state.content).get()
+        if _comparable(file_content) == _comparable(self._base):  # touched, or saved again
+            with self._changes_by(SERVER_SAVE):
+                self._set_state(hash=state.hash)
+            return
+        await self._merge_file(state, file_content, self._base, when="while open")
+        await self.writer.settle(self.settings.store_wait)
+
+    async def _settled_elsewhere(self, disk: FileState) -> bool:
+        """Whether a file change that lacks our document's hash is in the document already.
+
+        With a store shared by several servers (``supports_live_updates``) it usually is:
+        another server saved the document (its new hash comes through the store a moment
+        after the file), or imported an out-of-band edit. Taking either for a new edit
+        would merge the file again, so wait for the hash; if it does not come, claim the
+        import in the shared state: every server sees the same winning claim, and only its
+        owner imports (the others import only if the winner never does).
+        """
+        if not getattr(self.room.store, "supports_live_updates", False) or disk.hash is None:
+            return False
+        grace = self.settings.shared_file_grace
+        if await self._hash_arrives(disk.hash, grace):
+            return True
+        claim = f"{disk.hash}:{self._claim}"
+        with self._changes_by(SERVER_SAVE):
+            self._set_state(file_import=claim)
+        await self.writer.settle(self.settings.store_wait)
+        if await self._hash_arrives(disk.hash, grace):
+            return True
+        if self.document.ystate.get("file_import") == claim:
+            return False  # our claim won: we import
+        return await self._hash_arrives(disk.hash, grace)
+
+    async def _hash_arrives(self, hash_: str, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            while self.document.hash != hash_:
+                await anyio.sleep(0.02)
+        return self.document.hash == hash_
+
+    async def _adopt_saved_file(self) -> None:
+        """Another server wrote the file: remember what it holds, so that we write it only
+        if our document differs (not the same content again)."""
+        state = await self.file.load()
+        self._file_mtime = state.last_modified
+        self._base = file_document(self.file.file_type, state.content).get()
+        if self.document.get() != self._base:
+            self.schedule_save()  # it saved before our latest changes reached it
+
+    async def poller(self) -> None:
+        """Notice out-of-band file changes and renames every ``poll_interval`` seconds."""
+        failures = 0
+        while True:
+            await anyio.sleep(self.settings.poll_interval)
+            try:
+                async with self._save_lock:
+                    disk = await self.file.stat()
+                    path = self.file.path
+                    if self.document.path != path:
+                        with self._changes_by(SERVER_SAVE):
+                            self._set_state(path=path)
+                    if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
+                        if await self._settled_elsewhere(disk):
+                            await self._adopt_saved_file()
+                        else:
+                            await self._apply_file_change()
+                    elif disk.last_modified != self._file_mtime:
+                        self._file_mtime = disk.last_modified
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
+
+
+def _comparable(content: Any) -> Any:
+    """``content`` without what the contents manager adds on reading and drops on saving
+    (cells' ``metadata.trusted``, from the notebook's signature): not a change of the file."""
+    if not isinstance(content, dict) or not any(
+        "trusted" in cell.get("metadata", {}) for cell in content.get("cells", ())
+    ):
+        return content
+    cells = []
+    for cell in content["cells"]:
+        metadata = cell.get("metadata", {})
+        if "trusted" in metadata:
+            cell = {**cell, "metadata": {k: v for k, v in metadata.items() if k != "trusted"}}
+        cells.append(cell)
+    return {**content, "cells": cells}
+
+
+def is_empty(content: Any) -> bool:
+    """A document with nothing in it (no cells, no text)."""
+    if isinstance(content, dict):
+        return not content.get("cells")
+    return not content
