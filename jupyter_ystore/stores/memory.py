@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator, ClassVar
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores import upstream_names
 
 Record = tuple[bytes, bytes, float]
 
@@ -29,6 +30,10 @@ class MemoryYStore(BaseYStore):
             cls._documents = {}
         if "_attributes" not in cls.__dict__:
             cls._attributes = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        upstream_names.apply(self)  # a foreign ``version`` is reported, not ignored silently
 
     async def write(self, data: bytes) -> None:
         await self._ensure_running()

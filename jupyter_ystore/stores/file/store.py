@@ -55,6 +55,7 @@ from jupyter_ystore.errors import (
 from jupyter_ystore.server.metrics import record_compaction_of
 from jupyter_ystore.stores.damaged import is_damaged_copy
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores import upstream_names
 
 Record = tuple[bytes, bytes, float]
 
@@ -705,8 +706,10 @@ class FileYStore(BaseYStore):
         allow_none=True,
         config=True,
         help="""Seconds of idleness after which a document's history is squashed into one
-        update before the next write (None: keep the whole history).""",
+        update before the next write (None: keep the whole history). Alias:
+        squash_after_inactivity_of.""",
     )
+    squash_after_inactivity_of = upstream_names.ttl_alias()  # pycrdt-store's name
 
     @validate("root_dir")
     def _check_root_dir(self, proposal: Any) -> str | None:
@@ -733,6 +736,7 @@ class FileYStore(BaseYStore):
 
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
         super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+        upstream_names.apply(self)
         self._file = _resolve(self.path, self._root())
         self._logfile: _LogFile | None = None
 
@@ -868,6 +872,21 @@ class FileYStore(BaseYStore):
         return await anyio.to_thread.run_sync(_list_folder, os.path.realpath(root), self.log, True)
 
 
+def _name_in(base: str, path: Any) -> Any:
+    """``path`` relative to a TempFileYStore's ``base``: an absolute path inside ``base``
+    (e.g. another store's ``path``, which is absolute) becomes relative; anything else is
+    returned for ``_resolve`` to check."""
+    if not isinstance(path, str) or "\x00" in path or not os.path.isabs(path):
+        return path
+    target = os.path.normpath(path)
+    for folder in {os.path.normpath(os.path.abspath(base)), os.path.realpath(base)}:
+        if target != folder and os.path.commonpath([folder, target]) == folder:
+            return os.path.relpath(target, folder)
+    raise YStoreInvalidPath(
+        f"an absolute document path must be inside the store's folder {base}", path=path
+    )
+
+
 def _list_folder(folder: str, log: Any, recursive: bool) -> list[DocumentInfo]:
     """Every ystore log in ``folder``, read without repairing anything.
 
@@ -908,7 +927,9 @@ class TempFileYStore(FileYStore):
     """A FileYStore in a temporary folder made once per class.
 
     Set ``prefix_dir`` in a subclass to name the folder (``tempfile.mkdtemp(prefix=...)``), or
-    ``base_dir`` to choose it. ``path`` is relative to ``base_dir`` and may not leave it.
+    ``base_dir`` to choose it. The ``path`` given is relative to ``base_dir`` (or an absolute
+    path inside it) and may not leave it; ``store.path`` is then ``base_dir/path``, as in
+    ypy-websocket and pycrdt-store. ``root_dir`` does not apply.
     """
 
     prefix_dir: ClassVar[str | None] = None
@@ -916,11 +937,17 @@ class TempFileYStore(FileYStore):
     _made_base_dirs: ClassVar[set[str]] = set()
 
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
-        self.get_base_dir()
-        super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
+        base = self.get_base_dir()
+        name = _name_in(base, path)
+        super().__init__(name, metadata_callback=metadata_callback, log=log, **kwargs)
+        self.path = str(Path(base) / name)  # the upstreams' value: base_dir/name
 
     def _root(self) -> str | None:
         return self.get_base_dir()
+
+    @observe("root_dir")
+    def _root_changed(self, change: Any) -> None:
+        """Nothing to do: the files live in ``base_dir`` whatever ``root_dir`` says."""
 
     @classmethod
     def get_base_dir(cls) -> str:

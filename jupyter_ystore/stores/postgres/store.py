@@ -53,6 +53,7 @@ from jupyter_ystore.stores.postgres.listen import Listener
 from jupyter_ystore.stores.postgres.names import Names, check_identifier, describe_dsn
 from jupyter_ystore.server.metrics import record_compaction
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores import upstream_names
 
 DSN_ENV = "JUPYTER_YSTORE_DSN"
 _IMPORT_CHUNK = 10_000  # rows per INSERT statement of import_records
@@ -90,8 +91,10 @@ class PostgresYStore(BaseYStore):
         allow_none=True,
         config=True,
         help="""A write coming more than this many seconds after the document's last update
-        first squashes the document's history into one snapshot. None: never.""",
+        first squashes the document's history into one snapshot. None: never. Alias:
+        squash_after_inactivity_of.""",
     )
+    squash_after_inactivity_of = upstream_names.ttl_alias()  # pycrdt-store's name
     compact_after_updates = Int(
         500,
         allow_none=True,
@@ -146,6 +149,7 @@ class PostgresYStore(BaseYStore):
 
     def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(path, *args, **kwargs)
+        upstream_names.apply(self)
         if "\0" in path:
             raise ValueError(f"a document path cannot contain NUL characters: {path!r}")
         self._shared: _pg_pool.SharedPool | None = None

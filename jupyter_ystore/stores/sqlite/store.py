@@ -75,6 +75,7 @@ from jupyter_ystore.server.metrics import record_compaction
 from jupyter_ystore.stores.sqlite import db as _sqlite_db
 from jupyter_ystore.stores.sqlite.bridge import Waiter
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores import upstream_names
 
 
 class SQLiteYStore(BaseYStore):
@@ -98,8 +99,19 @@ class SQLiteYStore(BaseYStore):
         allow_none=True,
         config=True,
         help="Seconds. A write more than this long after a document's last update first "
-        "squashes its history into one snapshot (the seed's meaning). None: never.",
+        "squashes its history into one snapshot (the seed's meaning). None: never. "
+        "Alias: squash_after_inactivity_of.",
     )
+    # pycrdt-store 0.1.5's and jupyter-server-ydoc 3.x's names: an alias, and settings
+    # refused unless off, each saying what to use instead (see upstream_names).
+    squash_after_inactivity_of = upstream_names.ttl_alias()
+    squash_history_older_than = upstream_names.unsupported("squash_history_older_than")
+    squash_no_more_often_than = upstream_names.unsupported("squash_no_more_often_than")
+    checkpoint_interval = upstream_names.unsupported("checkpoint_interval")
+    cleanup_when_db_size_above = upstream_names.unsupported("cleanup_when_db_size_above")
+    _compress = upstream_names.unsupported("_compress")
+    _decompress = upstream_names.unsupported("_decompress")
+    register_compression_callbacks = upstream_names.refuse_compression
     compact_after_updates = Int(
         1000,
         allow_none=True,
@@ -171,6 +183,7 @@ class SQLiteYStore(BaseYStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        upstream_names.apply(self)
         self._db: _sqlite_db.SharedDatabase | None = None
         self._compaction_wanted: anyio.Event | None = None
         # This store as the database thread knows it: what it loaded and the rows it wrote,
