@@ -17,6 +17,7 @@ from jupyter_ystore.errors import (
     YStoreVersionError,
 )
 from jupyter_ystore.stores.postgres import compact as _pg_compact
+from jupyter_ystore.stores.postgres import pool as _pg_pool
 from jupyter_ystore.stores.postgres.store import PostgresYStore
 
 pytestmark = pytest.mark.anyio
@@ -111,7 +112,7 @@ async def test_durable_across_pools(pg_config, pg_dsn):
 async def test_stores_of_a_process_share_one_pool(pg_config):
     async with PostgresYStore("a", **pg_config) as a, PostgresYStore("b", **pg_config) as b:
         assert a._shared is b._shared
-        assert a._shared.refs == 2
+        assert _pg_pool._POOLS.users(a._shared) == 2
     assert a._shared is None and b._shared is None
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from typing import Any, Callable
+
+import anyio
 
 from jupyter_ystore.errors import YStoreConnectionError, YStoreError, YStoreVersionError
 from jupyter_ystore.stores.postgres.names import SCHEMA_VERSION, Names, describe_dsn
+from jupyter_ystore.stores.shared import SharedMap
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,10 @@ def is_connection_failure(exc: BaseException) -> bool:
 class SharedPool:
     """The pool of one DSN on one event loop, with the per-table helpers built on it."""
 
-    def __init__(self, dsn: str, pool: Any):
+    def __init__(self, dsn: str):
         self.dsn = dsn
-        self.pool = pool
-        self.refs = 0
+        self.pool: Any = None  # connected by the first store that opens it (``connect``)
+        self._connect_lock = asyncio.Lock()
         self.tables_ready: set[Names] = set()
         self.attributes_ready: set[Names] = set()  # <table>_attrs known to exist
         self._attributes_warned: set[Names] = set()
@@ -86,6 +88,33 @@ class SharedPool:
         if found is None:
             found = self.helpers[key] = factory()
         return found
+
+    async def connect(
+        self, *, max_size: int, connect_timeout: float, command_timeout: float | None
+    ) -> None:
+        """Create the asyncpg pool unless a store sharing this one already did."""
+        async with self._connect_lock:
+            if self.pool is not None:
+                return
+            asyncpg = _asyncpg()
+            try:
+                self.pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=max(1, max_size),
+                    timeout=connect_timeout,
+                    command_timeout=command_timeout,
+                    reset=_keep_session,
+                )
+            except Exception as exc:
+                if is_connection_failure(exc) or isinstance(exc, asyncpg.exceptions.PostgresError):
+                    raise connection_error(self.dsn, exc) from None
+                if isinstance(exc, ValueError):  # asyncpg's DSN parser
+                    raise YStoreConnectionError(
+                        f"invalid PostgreSQL DSN: {exc}",
+                        hint="expected postgresql://user@host:port/database",
+                    ) from None
+                raise
 
     async def ensure_table(self, names: Names) -> None:
         """Create the table on first use, or check the version of the one found."""
@@ -176,13 +205,8 @@ async def _ensure_table(pool: Any, names: Names) -> None:
         )
 
 
-# event loop -> DSN -> SharedPool. Weak on the loop, so a closed test loop is forgotten.
-_POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPool]]" = (
-    weakref.WeakKeyDictionary()
-)
-_LOCKS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
-    weakref.WeakKeyDictionary()
-)
+#: (event loop, DSN) -> SharedPool: asyncpg pools belong to one loop.
+_POOLS: SharedMap[tuple[asyncio.AbstractEventLoop, str], SharedPool] = SharedMap()
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -194,55 +218,33 @@ async def _keep_session(_conn: Any) -> None:
     """
 
 
-async def acquire(dsn: str, *, max_size: int, connect_timeout: float, command_timeout: float | None) -> SharedPool:
+async def acquire(
+    dsn: str, *, max_size: int, connect_timeout: float, command_timeout: float | None
+) -> SharedPool:
     """The shared pool of ``dsn`` on the running loop, created (and connected) on first use."""
-    asyncpg = _asyncpg()
-    loop = asyncio.get_running_loop()
-    lock = _LOCKS.get(loop)
-    if lock is None:
-        lock = _LOCKS[loop] = asyncio.Lock()
-    async with lock:
-        pools = _POOLS.setdefault(loop, {})
-        shared = pools.get(dsn)
-        if shared is None:
-            try:
-                pool = await asyncpg.create_pool(
-                    dsn,
-                    min_size=1,
-                    max_size=max(1, max_size),
-                    timeout=connect_timeout,
-                    command_timeout=command_timeout,
-                    reset=_keep_session,
-                )
-            except Exception as exc:
-                if is_connection_failure(exc) or isinstance(exc, asyncpg.exceptions.PostgresError):
-                    raise connection_error(dsn, exc) from None
-                if isinstance(exc, ValueError):  # asyncpg's DSN parser
-                    raise YStoreConnectionError(
-                        f"invalid PostgreSQL DSN: {exc}",
-                        hint="expected postgresql://user@host:port/database",
-                    ) from None
-                raise
-            shared = pools[dsn] = SharedPool(dsn, pool)
-        shared.refs += 1
-        return shared
+    key = (asyncio.get_running_loop(), dsn)
+    shared = _POOLS.acquire(key, lambda: SharedPool(dsn))
+    try:
+        await shared.connect(
+            max_size=max_size, connect_timeout=connect_timeout, command_timeout=command_timeout
+        )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await release(shared)
+        raise
+    return shared
 
 
 async def release(shared: SharedPool) -> None:
     """Drop one reference; the last one closes the listener connections and the pool."""
-    loop = asyncio.get_running_loop()
-    lock = _LOCKS.get(loop) or asyncio.Lock()
-    async with lock:
-        shared.refs -= 1
-        if shared.refs > 0:
-            return
-        pools = _POOLS.get(loop, {})
-        if pools.get(shared.dsn) is shared:
-            del pools[shared.dsn]
+    if not _POOLS.release((asyncio.get_running_loop(), shared.dsn), shared):
+        return
     for helper in list(shared.helpers.values()):
         aclose = getattr(helper, "aclose", None)
         if aclose is not None:
             await aclose()
+    if shared.pool is None:
+        return
     try:
         await asyncio.wait_for(shared.pool.close(), timeout=10)
     except Exception:

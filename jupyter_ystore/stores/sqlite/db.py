@@ -49,6 +49,7 @@ from jupyter_ystore.stores.sqlite import pending
 from jupyter_ystore.stores.sqlite import queries
 from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
 from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.shared import SharedMap
 from jupyter_ystore.stores.sqlite.errors import map_error
 from jupyter_ystore.stores.sqlite.recover import note_damage, open_database
 from jupyter_ystore.stores.sqlite.schema import Options, Schema
@@ -141,7 +142,6 @@ class SharedDatabase:
         self.key = key
         self.db_path = db_path
         self.options = options
-        self.refs = 0
         self.closing = False
         self.failed: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
@@ -716,19 +716,8 @@ class SharedDatabase:
 
 # ---------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, SharedDatabase] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _forget_after_fork() -> None:
-    """A forked child has none of the parent's threads: it opens its own connections."""
-    global _REGISTRY_LOCK
-    _REGISTRY.clear()
-    _REGISTRY_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+#: The process's open database files, by ``resolve_path`` key.
+_DATABASES: SharedMap[str, SharedDatabase] = SharedMap(forget_after_fork=True)
 
 
 def resolve_path(db_path: str) -> str:
@@ -741,36 +730,28 @@ def resolve_path(db_path: str) -> str:
 def acquire(key: str, options: Options) -> SharedDatabase:
     """The process's connection to the file ``key`` (a ``resolve_path`` result), opened on
     first use; pair with ``release``. No file system access here: safe on the event loop."""
-    with _REGISTRY_LOCK:
-        db = _REGISTRY.get(key)
-        if db is None or db.failed is not None or db.closing:
-            db = SharedDatabase(key, key, options)
-            _REGISTRY[key] = db
-        elif db.options != options:
-            log.warning(
-                "%s is already open with %s; a store asking for %s shares that connection",
-                key,
-                db.options,
-                options,
-            )
-        db.refs += 1
+    db = _DATABASES.acquire(
+        key,
+        lambda: SharedDatabase(key, key, options),
+        lambda db: db.failed is None and not db.closing,
+    )
+    if db.options != options:
+        log.warning(
+            "%s is already open with %s; a store asking for %s shares that connection",
+            key,
+            db.options,
+            options,
+        )
     return db
 
 
 async def release(db: SharedDatabase) -> None:
     """Drop one reference; the last one closes the connection (after its queued jobs)."""
-    with _REGISTRY_LOCK:
-        db.refs -= 1
-        last = db.refs <= 0
-        if last:
-            db.closing = True
-            if _REGISTRY.get(db.key) is db:
-                del _REGISTRY[db.key]
-    if last:
+    if _DATABASES.release(db.key, db):
+        db.closing = True
         await db.close()
 
 
 def open_connections() -> int:
     """How many database files this process holds open (for tests)."""
-    with _REGISTRY_LOCK:
-        return len(_REGISTRY)
+    return len(_DATABASES)
