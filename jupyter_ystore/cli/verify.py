@@ -1,17 +1,17 @@
 """`jupyter ystore verify`: read every record, report damage and what can still be used.
 
 Verification never changes the store. That matters for file stores: opening a log repairs a
-torn tail (sets the bytes aside), so their files are first scanned here read-only, with the
-framing of the ``VERSION:2`` format, and opened through the store only when intact. (A SQLite
-database is opened as every command opens it: a damaged one is first moved aside and
-salvaged, see ``stores/_sqlite_recover``; ``--SQLiteYStore.db_path=<copy>`` verifies the copy.)
+torn tail (sets the bytes aside), so their files are first scanned here read-only, by the
+store's own reader of the ``VERSION:2`` format (``stores/file/format``), and opened through
+the store only when intact. (A SQLite database is opened as every command opens it: a
+damaged one is first moved aside and salvaged, see ``stores/sqlite/recover``;
+``--SQLiteYStore.db_path=<copy>`` verifies the copy.)
 """
 
 from __future__ import annotations
 
 import math
 import os
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,15 +22,15 @@ from traitlets import Bool
 
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.cli.base import CliError, StoreCommand, flags, usage_error
-from jupyter_ystore.core.codec import TruncatedError, read_var_bytes, read_var_uint
+from jupyter_ystore.core.codec import read_var_uint
 from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.core.history import format_time
 from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.file import format as log_format
+from jupyter_ystore.stores.file import FileYStore
 
 Row = tuple[bytes, bytes, float]
-FILE_HEADER = b"VERSION:2\n"
-_TIMESTAMP = struct.Struct("<d")
 
 
 @dataclass
@@ -116,60 +116,27 @@ class FileScan:
     problem: str | None = None
 
 
-def _parse_records(buf: bytes, pos: int) -> tuple[list[Row], int, bool]:
-    """Records from ``pos`` on: ``(rows, where decoding stopped, stopped by a truncation)``."""
-    rows: list[Row] = []
-    while pos < len(buf):
-        start = pos
-        try:
-            update, pos = read_var_bytes(buf, pos)
-            metadata, pos = read_var_bytes(buf, pos)
-            stamp, pos = read_var_bytes(buf, pos)
-        except TruncatedError:
-            return rows, start, True
-        except ValueError:
-            return rows, start, False
-        if len(stamp) != 8:
-            return rows, start, False
-        rows.append((update, metadata, _TIMESTAMP.unpack(stamp)[0]))
-    return rows, pos, False
-
-
-def _plausible(rows: list[Row]) -> bool:
-    return bool(rows) and all(
-        1e8 < ts < 1e11 and _ydoc.is_valid_update(update) for update, _m, ts in rows
-    )
-
-
-#: How far past a damaged spot verification looks for intact records again.
-RESYNC_WINDOW = 1 << 16
-
-
 def scan_log_file(path: Path) -> FileScan:
-    """Decode a ``VERSION:2`` log without opening it for writing.
-
-    At damage, look for the next offset from which the rest of the file decodes into
-    plausible records to the very end: those records are reported as usable too.
-    """
+    """Decode a ``VERSION:2`` log without opening it for writing, judging it as the store
+    will (``stores.file.format``): a torn last record, or damage with the intact records
+    after it, which are reported as usable too."""
     buf = path.read_bytes()
     if not buf:
         return FileScan([], "the file is empty")
-    if not buf.startswith(FILE_HEADER):
+    if not buf.startswith(log_format.HEADER):
         line = buf.split(b"\n", 1)[0][:40].decode("ascii", "replace")
         return FileScan([], f"not a version 2 ystore log (first line {line!r})")
-    rows, stop, truncated = _parse_records(buf, len(FILE_HEADER))
+    found = log_format.find_intact(buf, str(path))
+    rows, stop, index = found.records, found.stop, len(found.before)
     if stop >= len(buf):
         return FileScan(rows)
-    index = len(rows)
-    for offset in range(stop + 1, min(len(buf), stop + RESYNC_WINDOW)):
-        tail, end, _ = _parse_records(buf, offset)
-        if end == len(buf) and _plausible(tail):
-            return FileScan(
-                rows + tail,
-                f"record #{index} at byte {stop} is damaged ({offset - stop} bytes lost); "
-                f"{len(tail)} intact records follow from byte {offset}",
-            )
-    if truncated:
+    if found.resumed_at is not None:
+        return FileScan(
+            rows,
+            f"record #{index} at byte {stop} is damaged ({found.resumed_at - stop} bytes "
+            f"lost); {len(found.after)} intact records follow from byte {found.resumed_at}",
+        )
+    if not found.damaged:
         return FileScan(
             rows,
             f"the file ends inside record #{index} ({len(buf) - stop} bytes from byte {stop}): "
@@ -209,9 +176,8 @@ class VerifyApp(StoreCommand):
         return 0 if all(r.ok for r in reports) else 1
 
     async def _key(self, doc: str) -> str:
-        store = self.make_store(doc)
-        path = getattr(store, "file_path", None)
-        if path is not None and Path(path).is_file():
+        path = self._log_file(doc)
+        if path is not None and path.is_file():
             return doc  # a file store document, even one too damaged to be listed
         info = await self.find_document(doc)
         self._snapshots[info.path] = info.snapshots
@@ -232,14 +198,21 @@ class VerifyApp(StoreCommand):
         return sorted(keys)
 
     def _log_folder(self) -> Path | None:
-        path = getattr(self.make_store("jupyter-ystore-verify"), "file_path", None)
-        return Path(path).parent if path is not None else None
+        """The folder of a file store's logs (None for database stores)."""
+        store = self.make_store(None)
+        root = store._root() if isinstance(store, FileYStore) else None
+        return Path(os.path.realpath(os.path.expanduser(root))) if root else None
+
+    def _log_file(self, key: str) -> Path | None:
+        """The log of document ``key`` in a file store (None for database stores)."""
+        store = self.make_store(key)
+        return store.file_path if isinstance(store, FileYStore) else None
 
     async def verify(self, key: str) -> Report:
         report = Report(key)
-        path = getattr(self.make_store(key), "file_path", None)
-        if path is not None and Path(path).is_file():
-            scan = await anyio.to_thread.run_sync(scan_log_file, Path(path))
+        path = self._log_file(key)
+        if path is not None and path.is_file():
+            scan = await anyio.to_thread.run_sync(scan_log_file, path)
             if scan.problem:
                 report.problems.append(scan.problem)
                 check_rows(report, scan.rows)

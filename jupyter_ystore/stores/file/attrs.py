@@ -23,7 +23,8 @@ import os
 
 from jupyter_ystore.core.codec import read_var_bytes, write_var_bytes
 from jupyter_ystore.errors import YStoreCorruptError, YStoreError
-from jupyter_ystore.stores.file.store import _EXCLUSIVE, HEADER_PREFIX, _flock, _fsync_dir, _os_error, _read_all
+from jupyter_ystore.stores.file.format import HEADER_PREFIX
+from jupyter_ystore.stores.file.store import _EXCLUSIVE, _flock, _fsync_dir, _os_error, _read_all
 
 SUFFIX = ".attrs"
 MAGIC = b"YSTORE-ATTRS:1\n"

@@ -7,7 +7,7 @@ under the file's exclusive ``flock``:
 * the records before the damage are kept, and the ones after it when decoding can resume:
   from some offset after the damage, records decode one after the other to the very end of
   the file, each with a plausible time and a Yjs update (looked for within
-  ``RESYNC_WINDOW`` bytes of the damage);
+  ``format.RESYNC_WINDOW`` bytes of the damage);
 * the damaged file keeps its bytes under ``<name>.damaged-<UTC time>`` (a hard link, or a
   copy where links are not supported), never deleted;
 * the kept records become a fresh file at the original path (temporary file, fsync,
@@ -23,95 +23,32 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_ystore.core.codec import read_var_uint
 from jupyter_ystore.errors import YStoreCorruptError
 from jupyter_ystore.stores.file import attrs as _file_attrs
 from jupyter_ystore.stores.damaged import copy_name, replays_cleanly, usable_update
-from jupyter_ystore.stores.file.store import (
-    _TIMESTAMP,
-    _TMP_SUFFIX,
+from jupyter_ystore.stores.file.format import (
     HEADER,
+    Intact,
     Record,
-    _fsync_dir,
-    _parse_records,
-    _Scan,
+    Scan,
     encode_record,
+    find_intact,
     parse_log,
 )
-
-#: How far past the damage decoding tries to resume (bytes).
-RESYNC_WINDOW = 1 << 20
+from jupyter_ystore.stores.file.store import _TMP_SUFFIX, _fsync_dir
 
 
-@dataclass
-class Found:
-    """The intact records of a damaged log."""
-
-    before: list[Record] = field(default_factory=list)
-    after: list[Record] = field(default_factory=list)
-    damaged_at: int = 0  # offset of the first record that does not decode
-    resumed_at: int | None = None  # offset from which records decode again
-    invalid: int = 0  # records that decode but hold no Yjs update
-
-    @property
-    def records(self) -> list[Record]:
-        return self.before + self.after
-
-
-def intact_records(buf: bytes, path: str) -> Found:
-    """The records of a log (its ``VERSION:2`` header checked) before and after damage."""
-    found = Found()
-    scan = _Scan(size=len(buf), intact_end=len(HEADER))
-    try:
-        _parse_records(buf, len(HEADER), 0, scan, path)
-        found.damaged_at = len(buf)  # none (a torn tail at most)
-    except YStoreCorruptError:
-        found.damaged_at = scan.intact_end
-    found.before = _usable(scan.records, found)
-    end = min(len(buf), found.damaged_at + RESYNC_WINDOW)
-    for offset in range(found.damaged_at + 1, end):
-        chain = _chain(buf, offset)
-        if chain:
-            found.resumed_at = offset
-            found.after = _usable(chain, found)
-            break
+def intact_records(buf: bytes, path: str) -> Intact:
+    """The records of a log (its ``VERSION:2`` header checked) before and after damage;
+    records that hold no Yjs update are left out."""
+    found = find_intact(buf, path)
+    found.before = [record for record in found.before if usable_update(record[0])]
     return found
 
 
-def _usable(records: list[Record], found: Found) -> list[Record]:
-    kept = [record for record in records if usable_update(record[0])]
-    found.invalid += len(records) - len(kept)
-    return kept
-
-
-def _chain(buf: bytes, pos: int) -> list[Record] | None:
-    """Records decoding from ``pos`` exactly to the end of ``buf``, each plausible."""
-    records: list[Record] = []
-    end = len(buf)
-    while pos < end:
-        try:
-            size, pos = read_var_uint(buf, pos)
-            update = buf[pos : pos + size]
-            pos += size
-            size, pos = read_var_uint(buf, pos)
-            metadata = buf[pos : pos + size]
-            pos += size
-        except ValueError:  # (TruncatedError too)
-            return None
-        if pos + 9 > end or buf[pos] != 8:
-            return None
-        (timestamp,) = _TIMESTAMP.unpack_from(buf, pos + 1)
-        pos += 9
-        if not (1e8 < timestamp < 1e11) or not usable_update(update):
-            return None
-        records.append((update, metadata, timestamp))
-    return records or None
-
-
-def kept_records(found: Found) -> list[Record]:
+def kept_records(found: Intact) -> list[Record]:
     """What the fresh file holds: everything that replays cleanly (see the module)."""
     if found.after and replays_cleanly([r[0] for r in found.records]):
         return found.records
@@ -122,7 +59,7 @@ def kept_records(found: Found) -> list[Record]:
 
 def salvage(
     logfile: Any, fd: int, buf: bytes, key: str | None
-) -> tuple[_Scan, tuple[int, int, int] | None]:
+) -> tuple[Scan, tuple[int, int, int] | None]:
     """Set the damaged log held exclusively as ``fd`` aside and write what is kept.
 
     Returns the new file's scan and identity (None: no file, the document opens from its
@@ -168,7 +105,7 @@ def salvage(
             os.rename(attributes, _file_attrs.sidecar(copy))
     _fsync_dir(folder)
     logfile.log.warning(_announcement(path, copy, key, found, kept))
-    fresh = _Scan(records=kept, size=identity[2] if identity else 0)
+    fresh = Scan(records=kept, size=identity[2] if identity else 0)
     fresh.intact_end = fresh.size
     return fresh, identity
 
@@ -190,7 +127,7 @@ def _keep_damaged_bytes(path: str, copy: str, buf: bytes) -> None:
         os.close(out)
 
 
-def _announcement(path: str, copy: str, key: str | None, found: Found, kept: list[Record]) -> str:
+def _announcement(path: str, copy: str, key: str | None, found: Intact, kept: list[Record]) -> str:
     """The one line saying what happened and what to run."""
     if kept:
         after = len(kept) - len(found.before)  # kept: all records, or those before
@@ -209,7 +146,7 @@ def _announcement(path: str, copy: str, key: str | None, found: Found, kept: lis
         f"`jupyter ystore verify {shlex.quote(key + copy[len(path):])}`" if key else copy
     )
     return (
-        f"ystore log {path} was damaged at byte {found.damaged_at} (a record that cannot be "
+        f"ystore log {path} was damaged at byte {found.stop} (a record that cannot be "
         f"decoded, intact records after it): moved it to {copy}, never deleted, and {what}. "
         f"Check the store with `jupyter ystore verify --all`; read the damaged copy with "
         f"{read_copy}"

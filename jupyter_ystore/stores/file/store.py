@@ -1,9 +1,7 @@
 """FileYStore and TempFileYStore: one append-only log file per document.
 
-The format is ypy-websocket's (also pycrdt-store's), so their files open in place::
-
-    VERSION:2\\n
-    then per update: varbytes(update) varbytes(metadata) varbytes(8-byte LE double timestamp)
+The format is ypy-websocket's (also pycrdt-store's), so their files open in place: see
+``format``, shared with ``jupyter ystore verify``.
 
 What we add: each batch of records is ONE ``os.write`` on an ``O_APPEND`` descriptor followed
 by ``fsync`` before ``write()`` returns, with concurrent writers sharing that write and fsync
@@ -28,11 +26,9 @@ import copy
 import errno
 import math
 import os
-import struct
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -41,7 +37,6 @@ from typing import Any, AsyncIterator, ClassVar
 import anyio
 from traitlets import Float, TraitError, Unicode, observe, validate
 
-from jupyter_ystore.core.codec import TruncatedError, read_var_uint, write_var_bytes
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import (
     YDocNotFound,
@@ -50,151 +45,25 @@ from jupyter_ystore.errors import (
     YStoreInvalidPath,
     YStoreLockedError,
     YStorePermissionError,
-    YStoreVersionError,
 )
 from jupyter_ystore.server.metrics import record_compaction_of
 from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.shared import SharedMap
+from jupyter_ystore.stores.file.format import (  # (encode_record, parse_log: public names)
+    HEADER,
+    HEADER_PREFIX,
+    Record,
+    Scan,
+    encode_record,
+    parse_log,
+)
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores import upstream_names
 
-Record = tuple[bytes, bytes, float]
-
-HEADER_PREFIX = b"VERSION:"
-VERSION = 2
-HEADER = b"VERSION:%d\n" % VERSION
-_TIMESTAMP = struct.Struct("<d")
+#: The folder, in a server's root, that holds one file per document by default.
+DEFAULT_FOLDER = ".jupyter_ystore"
 _TORN_MARK = ".torn-"
 _TMP_SUFFIX = ".compact.tmp"
-
-
-# ---------------------------------------------------------------------- format
-
-
-def encode_record(update: bytes, metadata: bytes, timestamp: float) -> bytes:
-    """One log record: the three length-prefixed fields."""
-    return (
-        write_var_bytes(update)
-        + write_var_bytes(metadata)
-        + write_var_bytes(_TIMESTAMP.pack(timestamp))
-    )
-
-
-@dataclass
-class _Scan:
-    """What a log file holds: its intact records and where the intact part ends."""
-
-    records: list[Record] = field(default_factory=list)
-    intact_end: int = 0  # byte offset just after the header / the last intact record
-    size: int = 0
-    tail: bytes = b""  # the torn bytes after intact_end, if any
-
-    @property
-    def torn(self) -> bool:
-        return self.intact_end < self.size
-
-
-def _looks_like_record_end(buf: bytes, start: int) -> bool:
-    """Whether ``buf`` ends the way an intact record does (a plausible 8-byte timestamp).
-
-    A crash tears the LAST record, so a torn tail ends at an arbitrary byte. If instead the
-    file still ends in a well-formed timestamp field, intact records follow the place where
-    decoding failed: the damage is in the middle and truncating would throw good data away.
-    """
-    if len(buf) - 9 < start or buf[-9] != 8:
-        return False
-    (timestamp,) = _TIMESTAMP.unpack(buf[-8:])
-    return math.isfinite(timestamp) and 1e8 < timestamp < 1e11
-
-
-def parse_log(buf: bytes, path: str, base: int = 0) -> _Scan:
-    """Decode a log file. Raise for unknown versions and damage before the tail.
-
-    ``buf`` is the file's content from byte ``base`` on: the whole file (``base`` 0) or the
-    part after records already checked (``base`` then falls on a record boundary).
-    """
-    scan = _Scan(size=base + len(buf), intact_end=base)
-    if base:
-        return _parse_records(buf, 0, base, scan, path)
-    if not buf:
-        return scan
-    newline = buf.find(b"\n", 0, 64)
-    if newline < 0:
-        if HEADER.startswith(buf):  # a crash while the file was being created
-            return scan
-        raise YStoreVersionError(
-            "not a ystore log: no 'VERSION:' header line",
-            path=path,
-            hint="the file was left untouched; move it away if it is not a document store",
-        )
-    header = buf[: newline + 1]
-    if header != HEADER:
-        found = header[len(HEADER_PREFIX) : -1] if header.startswith(HEADER_PREFIX) else None
-        what = (
-            f"format version {found.decode('ascii', 'replace')!r}"
-            if found is not None
-            else "no 'VERSION:' header line"
-        )
-        raise YStoreVersionError(
-            f"cannot read this ystore log: {what}, this code reads version {VERSION}",
-            path=path,
-            hint="the file was left untouched; open it with the software that wrote it, "
-            "or move it away to start this document afresh",
-        )
-    scan.intact_end = len(header)
-    return _parse_records(buf, len(header), 0, scan, path)
-
-
-def _parse_records(buf: bytes, pos: int, base: int, scan: _Scan, path: str) -> _Scan:
-    """Decode records from ``pos`` on (inlined: loading is bound by this loop)."""
-    end = len(buf)
-    records = scan.records
-    append = records.append
-    unpack_from = _TIMESTAMP.unpack_from
-    while pos < end:
-        start = pos
-        try:
-            size = buf[pos]
-            if size < 0x80:
-                pos += 1
-            else:
-                size, pos = read_var_uint(buf, pos)
-            update = buf[pos : pos + size]
-            pos += size
-            if pos >= end:
-                raise TruncatedError("no metadata field")
-            size = buf[pos]
-            if size < 0x80:
-                pos += 1
-            else:
-                size, pos = read_var_uint(buf, pos)
-            metadata = buf[pos : pos + size]
-            pos += size
-            if pos + 9 > end:
-                raise TruncatedError("no complete timestamp field")
-            if buf[pos] != 8:
-                raise ValueError("a timestamp field is not 8 bytes")
-            timestamp = unpack_from(buf, pos + 1)[0]
-            pos += 9
-        except ValueError:  # cut short (TruncatedError), or bytes we never wrote
-            if _looks_like_record_end(buf, start):
-                raise _corrupt(path, base + start) from None
-            # The last record is torn (a crash mid-write; zeros the file system added
-            # after a power loss): the caller sets it aside.
-            return scan
-        append((update, metadata, timestamp))
-        scan.intact_end = base + pos
-    return scan
-
-
-def _corrupt(path: str, offset: int) -> YStoreCorruptError:
-    return YStoreCorruptError(
-        f"damaged ystore log: the record at byte {offset} cannot be decoded and intact "
-        "records follow it",
-        path=path,
-        hint="the file was left untouched; restore it from a backup, or move it away to "
-        "rebuild the document from its notebook file (edits not saved to the notebook are "
-        "then lost)",
-    )
 
 
 # ---------------------------------------------------------------------- OS helpers
@@ -321,7 +190,6 @@ class _LogFile:
         self.log = log
         self.lock = anyio.Lock()
         self.queue: list[_Pending] = []
-        self.users = 0
         self.fd: int | None = None  # O_APPEND descriptor, opened on the first write
         # (device, inode, size) of the file as last checked or written by us: a file that
         # still matches needs no check before the next append.
@@ -408,13 +276,13 @@ class _LogFile:
             self._kept = (key, scan.records)
         return scan.records
 
-    def _scan_copy(self, fd: int) -> tuple[_Scan, tuple[int, int, int]]:
+    def _scan_copy(self, fd: int) -> tuple[Scan, tuple[int, int, int]]:
         """The intact records of a damaged copy, read without touching it."""
         from jupyter_ystore.stores.file import salvage as _file_salvage  # (it imports this module)
 
         buf = _read_all(fd)
         st = os.fstat(fd)
-        scan = _Scan(records=_file_salvage.intact_records(buf, self.path).records, size=len(buf))
+        scan = Scan(records=_file_salvage.intact_records(buf, self.path).records, size=len(buf))
         scan.intact_end = scan.size  # nothing of a copy is ever set aside
         return scan, (st.st_dev, st.st_ino, len(buf))
 
@@ -426,7 +294,7 @@ class _LogFile:
                 hint="the document's store is the file without the .damaged-<time> suffix",
             )
 
-    def _scan(self, fd: int, offset: int) -> tuple[_Scan, tuple[int, int, int]]:
+    def _scan(self, fd: int, offset: int) -> tuple[Scan, tuple[int, int, int]]:
         """Parse the file from ``offset`` (0, or a checked record boundary)."""
         buf = _read_all(fd, offset)
         st = os.fstat(fd)
@@ -434,7 +302,7 @@ class _LogFile:
         scan.tail = buf[scan.intact_end - offset :]
         return scan, (st.st_dev, st.st_ino, offset + len(buf))
 
-    def _set_aside(self, fd: int, scan: _Scan) -> tuple[int, int, int]:
+    def _set_aside(self, fd: int, scan: Scan) -> tuple[int, int, int]:
         """Keep the torn bytes in ``<name>.torn-<UTC time>`` and cut the log back to intact.
 
         The caller holds the file exclusively. Returns the file's new identity and size.
@@ -635,28 +503,8 @@ class _LogFile:
         self.last_timestamp = None
 
 
-_registry: dict[str, _LogFile] = {}
-_registry_lock = threading.Lock()
-
-
-def _acquire(path: str, log: Any) -> _LogFile:
-    with _registry_lock:
-        logfile = _registry.get(path)
-        if logfile is None:
-            logfile = _registry[path] = _LogFile(path, log)
-        logfile.users += 1
-        return logfile
-
-
-def _release(logfile: _LogFile) -> bool:
-    """Drop one user; True when it was the last (the caller then closes the file)."""
-    with _registry_lock:
-        logfile.users -= 1
-        if logfile.users > 0:
-            return False
-        if _registry.get(logfile.path) is logfile:
-            del _registry[logfile.path]
-        return True
+#: The open log files of the process, by real path (one per file, shared by its stores).
+_LOGS: SharedMap[str, _LogFile] = SharedMap()
 
 
 # ---------------------------------------------------------------------- paths
@@ -737,15 +585,26 @@ class FileYStore(BaseYStore):
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
         super().__init__(path, metadata_callback=metadata_callback, log=log, **kwargs)
         upstream_names.apply(self)
-        self._file = _resolve(self.path, self._root())
+        self._file = _resolve(self.path, self._root()) if self.path is not None else None
         self._logfile: _LogFile | None = None
+
+    @classmethod
+    def default_settings(cls, server_root: str) -> dict[str, Any]:
+        return {"root_dir": os.path.join(server_root, DEFAULT_FOLDER)}
+
+    def location(self) -> str:
+        return f"c.{type(self).__name__}.root_dir = {self._root()!r}"
+
+    def missing_location(self) -> str | None:
+        root = self._root()
+        return root if root and not os.path.isdir(os.path.expanduser(root)) else None
 
     def _root(self) -> str | None:
         return self.root_dir
 
     @observe("root_dir")
     def _root_changed(self, change: Any) -> None:
-        if hasattr(self, "_file"):
+        if hasattr(self, "_file") and self.path is not None:
             if self._logfile is not None:
                 raise YStoreError("cannot change root_dir of a running store", path=self._file)
             self._file = _resolve(self.path, self._root())
@@ -753,12 +612,15 @@ class FileYStore(BaseYStore):
     @property
     def file_path(self) -> Path:
         """The document's file on disk."""
-        return Path(self._file)
+        return Path(self._file if self._file is not None else self._document())
 
     # -- lifecycle hooks
 
     async def _open(self) -> None:
-        logfile = self._logfile = _acquire(os.path.realpath(self._file), self.log)
+        if self._file is None:  # a backend handle: no log of its own
+            return
+        path = os.path.realpath(self._file)
+        logfile = self._logfile = _LOGS.acquire(path, lambda: _LogFile(path, self.log))
         logfile.key = logfile.key or self.path
         async with logfile.lock:
             if logfile.verified is None:  # check the header, set a torn tail aside
@@ -773,15 +635,15 @@ class FileYStore(BaseYStore):
                 async with logfile.lock:
                     await self._flush(logfile)
         finally:
-            if _release(logfile):
+            if _LOGS.release(logfile.path, logfile):
                 logfile.close_fd()
 
     # -- the log
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
         await self._ensure_running()
         data = self._checked_update(data)
-        metadata = await self.get_metadata()
+        metadata = await self._metadata_for(metadata)
         logfile = self._logfile
         assert logfile is not None
         timestamp = time.time()
@@ -938,9 +800,14 @@ class TempFileYStore(FileYStore):
 
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
         base = self.get_base_dir()
-        name = _name_in(base, path)
+        name = _name_in(base, path) if path is not None else None
         super().__init__(name, metadata_callback=metadata_callback, log=log, **kwargs)
-        self.path = str(Path(base) / name)  # the upstreams' value: base_dir/name
+        if name is not None:
+            self.path = str(Path(base) / name)  # the upstreams' value: base_dir/name
+
+    @classmethod
+    def default_settings(cls, server_root: str) -> dict[str, Any]:
+        return {}  # its own temporary folder
 
     def _root(self) -> str | None:
         return self.get_base_dir()
