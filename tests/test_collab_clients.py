@@ -22,7 +22,7 @@ from traitlets.config import Config
 from _server_helpers import append, read_sources, wait_until, write_notebook, yclient
 from jupyter_ystore.server.sessions import history_of
 from jupyter_ystore.core.keys import store_key
-from jupyter_ystore.server.app import DEFAULT_DB_NAME
+from jupyter_ystore.stores.sqlite.store import DEFAULT_DB_NAME
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures, by name; see _server_helpers)
 
 pytestmark = pytest.mark.timeout(120)

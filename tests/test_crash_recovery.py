@@ -25,7 +25,7 @@ from _server_helpers import (
     yclient,
 )
 from jupyter_ystore.core.keys import store_key
-from jupyter_ystore.server.app import DEFAULT_DB_NAME
+from jupyter_ystore.stores.sqlite.store import DEFAULT_DB_NAME
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 

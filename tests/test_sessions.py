@@ -105,7 +105,7 @@ async def test_a_tab_whose_history_was_deleted_is_asked_to_reload(server) -> Non
         await wait_until(lambda: read_sources(nb_path) == ["x = 1  # typed"], timeout=20)
     server.terminate()
     # the document's history is deleted while the server is down
-    from jupyter_ystore.server.app import DEFAULT_DB_NAME
+    from jupyter_ystore.stores.sqlite.store import DEFAULT_DB_NAME
     from jupyter_ystore.stores.sqlite.store import SQLiteYStore
 
     key = f".notebook:{session['fileId']}.y"

@@ -557,3 +557,74 @@ async def test_a_subclass_with_the_old_write_signature_gets_the_metadata() -> No
         await store.write(updates[1])
         assert [m for _u, m, _t in await read_all(store)] == [b"passed", b"mine"]
         assert store.metadata_callback() == b"mine"  # restored after the call
+
+
+# ---------------------------------------------------------------------- the whole store
+
+
+async def test_a_backend_handle_lists_documents_and_names_none(make: Make) -> None:
+    updates, _ = typed_updates(2)
+    async with make("a") as a, make("b") as b:
+        await a.write(updates[0])
+        await b.write(updates[1])
+    async with make(None) as backend:
+        assert backend.path is None
+        assert {"a", "b"} <= {info.path.rsplit("/", 1)[-1] for info in await backend.list_documents()}
+        with pytest.raises(RuntimeError, match="backend handle"):
+            await backend.write(updates[0])
+
+
+async def test_info_summarises_a_document_without_reading_it_for_watch(make: Make) -> None:
+    updates, _ = typed_updates(3)
+    async with make("doc") as store:
+        with pytest.raises(YDocNotFound):
+            await store.info()
+        for update in updates:
+            await store.write(update)
+        info = await store.info()
+        assert info.path.endswith("doc") and info.updates >= 1
+        assert info.bytes > 0 and info.last_timestamp is not None
+
+
+LIVE = [b for b in BACKENDS if b.id in ("sqlite", "postgres")]
+
+
+@pytest.fixture(params=LIVE, ids=[b.id for b in LIVE])
+def make_live(request: Any, tmp_path: Path) -> Make:
+    """The backends whose watch() yields other writers' updates."""
+    return request.param.factory(tmp_path, request)
+
+
+async def test_info_does_not_move_where_watch_goes_on(make_live: Make) -> None:
+    """The race of the architecture issue: reading the history through a room's own store
+    moved its watch() cursor, so an update another writer committed meanwhile never reached
+    the room. info() (what a room may ask after loading) must leave the cursor alone."""
+    make = make_live
+    updates, text = typed_updates(3)
+    async with make("doc") as writer, make("doc") as room:
+        await writer.write(updates[0])
+        doc = pycrdt.Doc()
+        await room.apply_updates(doc)  # the room opens: watch() goes on from here
+        await writer.write(updates[1])  # another server commits meanwhile
+        await room.info()
+        await writer.write(updates[2])
+        seen: list[bytes] = []
+        with anyio.fail_after(10):
+            async for update in room.watch():
+                seen.append(update)
+                for one in seen:
+                    doc.apply_update(one)
+                if str(doc.get("source", type=pycrdt.Text)) == text:
+                    break
+
+
+def test_default_settings_put_the_store_in_the_server_root(tmp_path: Path) -> None:
+    from jupyter_ystore import SQLiteYStore
+
+    root = str(tmp_path)
+    assert SQLiteYStore.default_settings(root) == {"db_path": f"{root}/.jupyter_ystore.db"}
+    assert FileYStore.default_settings(root) == {"root_dir": f"{root}/.jupyter_ystore"}
+    assert TempFileYStore.default_settings(root) == {} and MemoryYStore.default_settings(root) == {}
+    store = SQLiteYStore(None, **SQLiteYStore.default_settings(root))
+    assert store.location() == f"c.SQLiteYStore.db_path = '{root}/.jupyter_ystore.db'"
+    assert store.missing_location() == f"{root}/.jupyter_ystore.db"

@@ -32,11 +32,8 @@ from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 #: The store class when neither the config nor the command line names one (the server's).
 FALLBACK_STORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
 #: Store locations relative to the server root when unconfigured (as in ``app.py``).
-DEFAULT_DB_NAME = ".jupyter_ystore.db"
-DEFAULT_STORE_DIR = ".jupyter_ystore"
 
 #: A document key used only to open a store for listing (never read or written).
-LISTING_KEY = "jupyter-ystore-cli-listing"
 
 
 class CliError(Exception):
@@ -206,18 +203,14 @@ class StoreCommand(JupyterApp):
     def store_class(self) -> type[BaseYStore]:
         return resolve_store_class(YStoreExtension(config=self.config).ystore_class)
 
-    def make_store(self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
-        """A store of the configured class for document ``key`` (not started).
-
-        Unconfigured locations default as in the server (``YStoreExtension.create_store``):
-        ``<server root>/.jupyter_ystore.db`` and ``<server root>/.jupyter_ystore/``.
-        """
+    def make_store(self, key: str | None, cls: type[BaseYStore] | None = None, **kwargs: Any) -> BaseYStore:
+        """A store of the configured class for document ``key`` (None: the whole store),
+        not started; unconfigured locations default as in the server (the store class's
+        ``default_settings``: ``<server root>/.jupyter_ystore.db`` for SQLite...)."""
         cls = cls or self.store_class
-        traits = cls.class_traits()
-        if "db_path" in traits and not self._configured(cls, "db_path"):
-            kwargs.setdefault("db_path", os.path.join(self.server_root, DEFAULT_DB_NAME))
-        if "root_dir" in traits and not self._configured(cls, "root_dir"):
-            kwargs.setdefault("root_dir", os.path.join(self.server_root, DEFAULT_STORE_DIR))
+        for name, value in cls.default_settings(self.server_root).items():
+            if not self._configured(cls, name):
+                kwargs.setdefault(name, value)
         try:
             return cls(key, config=self.config, log=self.log, **kwargs)
         except (YStoreError, ValueError, TraitError) as exc:
@@ -237,22 +230,22 @@ class StoreCommand(JupyterApp):
 
     @asynccontextmanager
     async def open_store(
-        self, key: str, cls: type[BaseYStore] | None = None, **kwargs: Any
+        self, key: str | None, cls: type[BaseYStore] | None = None, **kwargs: Any
     ) -> AsyncIterator[BaseYStore]:
         """A started store. Its database or folder must exist: looking at a mistyped path
         must not create an empty store there (only the migrate target is created)."""
         store = self.make_store(key, cls, **kwargs)
-        missing = missing_location(store)
+        missing = store.missing_location()
         if missing is not None:
             raise CliError(
-                f"no {type(store).__name__} at {missing} (check the store settings, e.g. "
-                f"--{type(store).__name__}.{'db_path' if hasattr(store, 'db_path') else 'root_dir'}=…)"
+                f"no {type(store).__name__} at {missing} (check the store settings: "
+                f"{store.location()})"
             )
         async with store:
             yield store
 
     async def list_documents(self, cls: type[BaseYStore] | None = None) -> list[DocumentInfo]:
-        async with self.open_store(LISTING_KEY, cls) as store:
+        async with self.open_store(None, cls) as store:
             try:
                 infos = await store.list_documents()
             except NotImplementedError as exc:
@@ -392,19 +385,6 @@ class FileIdMapper:
                 path = self._relative(str(row[0]))
         self._cache[key] = path
         return path
-
-
-def missing_location(store: BaseYStore) -> str | None:
-    """The database file or folder a store would create on opening, if it does not exist."""
-    db_path = getattr(store, "db_path", None)
-    if isinstance(db_path, str) and db_path and db_path != ":memory:":
-        return None if os.path.exists(os.path.expanduser(db_path)) else db_path
-    if hasattr(type(store), "get_base_dir"):  # TempFileYStore: its own temporary folder
-        return None
-    root_dir = getattr(store, "root_dir", None)
-    if isinstance(root_dir, str) and root_dir:
-        return None if os.path.isdir(os.path.expanduser(root_dir)) else root_dir
-    return None
 
 
 def _terminal_width() -> int:

@@ -12,12 +12,10 @@ from __future__ import annotations
 from traitlets import Bool, Unicode
 
 from jupyter_ystore.cli.base import (
-    LISTING_KEY,
     CliError,
     StoreCommand,
     aliases,
     flags,
-    missing_location,
     resolve_store_class,
     usage_error,
 )
@@ -57,7 +55,7 @@ class MigrateApp(StoreCommand):
             raise usage_error("--skip-existing and --overwrite exclude each other")
         keys = [info.path for info in await self.list_documents(source_cls)]
         existing: set[str] = set()
-        target_missing = missing_location(self.make_store(LISTING_KEY, target_cls)) is not None
+        target_missing = self.make_store(None, target_cls).missing_location() is not None
         if self.skip_existing and not target_missing:
             existing = {info.path for info in await self.list_documents(target_cls)} & set(keys)
 

@@ -30,24 +30,7 @@ from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.server.timeline import timeline_handlers
 
-#: Where jupyter-collaboration keeps its SQLite store by default (relative to the server root):
-#: using the same file finds its users' existing histories.
-DEFAULT_DB_NAME = ".jupyter_ystore.db"
-#: Folder for file-per-document stores, relative to the server root.
-DEFAULT_STORE_DIR = ".jupyter_ystore"
 DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
-
-
-def _store_setting(store: BaseYStore) -> str:
-    """The setting that says where ``store`` keeps its data, for start-up errors."""
-    cls = type(store).__name__
-    traits = store.trait_names()
-    if "dsn" in traits:  # the value may hold a password: the error names host and database
-        return f"c.{cls}.dsn or JUPYTER_YSTORE_DSN"
-    for name in ("db_path", "root_dir"):
-        if name in traits:
-            return f"c.{cls}.{name} = {getattr(store, name)!r}"
-    return f"c.YStoreExtension.ystore_class = {type(store).__module__}.{cls}"
 
 
 class YStoreExtension(ExtensionApp):
@@ -169,7 +152,7 @@ class YStoreExtension(ExtensionApp):
         try:
             # The store's own settings (c.SQLiteYStore.db_path, document_ttl...) are checked
             # now too, by creating one store (creating opens nothing).
-            self.create_store("notebook", "configuration-check")
+            self._store_for_key(None)
         except (TraitError, ValueError, TypeError) as exc:
             message = f"jupyter_ystore: invalid configuration of {cls.__name__}: {exc}"
             serverapp.log.critical(message)
@@ -182,7 +165,7 @@ class YStoreExtension(ExtensionApp):
         that an unreachable database, an unknown layout version or an unwritable SQLite
         folder stops start-up with one line naming the setting, instead of failing every
         room later with a traceback each. Cheap: a connection, or a file opened."""
-        store = self.create_store("notebook", "startup-check")
+        store = self._store_for_key(None)
 
         async def probe() -> None:
             async with store:
@@ -196,7 +179,7 @@ class YStoreExtension(ExtensionApp):
             except Exception as exc:
                 message = (
                     f"jupyter_ystore: cannot open the store {type(store).__name__} "
-                    f"({_store_setting(store)}): {exc}"
+                    f"({store.location()}): {exc}"
                 )
                 serverapp.log.critical(message)
                 raise SystemExit(1) from None  # logged once: no second copy on stderr
@@ -204,7 +187,7 @@ class YStoreExtension(ExtensionApp):
         serverapp.log.info(
             "jupyter_ystore: real-time collaboration on; every edit is stored by %s (%s)",
             type(store).__name__,
-            _store_setting(store),
+            store.location(),
         )
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -227,7 +210,7 @@ class YStoreExtension(ExtensionApp):
         self.yielded_to_server_ydoc = self._server_ydoc_enabled()
         spill = None
         if self.spill_dir:
-            spill = Spill(self.spill_dir, self.create_store("notebook", "spill-check"), self.log)
+            spill = Spill(self.spill_dir, self._store_for_key(None), self.log)
         self.manager = RoomManager(
             make_store=self.create_store,
             make_file=self._make_file,
@@ -273,16 +256,17 @@ class YStoreExtension(ExtensionApp):
         """A store for one document; configuration reaches it through ``parent=self``."""
         return self._store_for_key(store_key(file_type, file_id))
 
-    def _store_for_key(self, key: str) -> BaseYStore:
+    def _store_for_key(self, key: str | None) -> BaseYStore:
+        """A store for document ``key`` (None: the whole store, see ``BaseYStore.backend``),
+        in the store's default place under the server root unless configured."""
         cls = self.ystore_class
-        traits = cls.class_traits()
         root = os.path.abspath(os.path.expanduser(self.serverapp.root_dir))
-        kwargs: dict[str, Any] = {}
-        if "db_path" in traits and not self._configured(cls, "db_path"):
-            kwargs["db_path"] = os.path.join(root, DEFAULT_DB_NAME)
-        if "root_dir" in traits and not self._configured(cls, "root_dir"):
-            kwargs["root_dir"] = os.path.join(root, DEFAULT_STORE_DIR)
-        return cls(path=key, log=self.log, parent=self, **kwargs)
+        defaults = {
+            name: value
+            for name, value in cls.default_settings(root).items()
+            if not self._configured(cls, name)
+        }
+        return cls(key, log=self.log, parent=self, **defaults)
 
     def _configured(self, cls: type, trait: str) -> bool:
         config = self.config
@@ -338,7 +322,7 @@ class YStoreExtension(ExtensionApp):
         async with anyio.create_task_group() as tg:
             tg.start_soon(
                 metrics.refresh_bytes_stored,
-                lambda: self.create_store("notebook", "metrics"),
+                lambda: self._store_for_key(None),
                 self.log,
             )
             while not self._stopping:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 import logging
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence, Union
 
 import anyio
 import pycrdt
@@ -96,9 +96,15 @@ class BaseYStore(LoggingConfigurable):
 
     version = 2
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        write = cls.__dict__.get("write")
+        if write is not None and "metadata" not in inspect.signature(write).parameters:
+            cls.write = _with_metadata(write)  # type: ignore[method-assign]
+
     def __init__(
         self,
-        path: str,
+        path: str | None,
         metadata_callback: MetadataCallback | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
         **kwargs: Any,
@@ -106,9 +112,9 @@ class BaseYStore(LoggingConfigurable):
         if log is not None:
             kwargs["log"] = log
         super().__init__(**kwargs)
-        if not isinstance(path, str) or not path:
+        if path is not None and (not isinstance(path, str) or not path):
             raise ValueError(f"a store path must be a non-empty string, got {path!r}")
-        self.path = path
+        self.path = path  # type: ignore[assignment]  (None: a backend handle, see backend())
         self.metadata_callback = metadata_callback
         self._started: anyio.Event | None = None
         self._closed: anyio.Event | None = None
@@ -236,8 +242,9 @@ class BaseYStore(LoggingConfigurable):
     async def _close(self) -> None:
         """Flush what is pending and release files or connections. Runs shielded."""
 
-    async def write(self, data: bytes) -> None:
-        """Append one update; returns once it is durable."""
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
+        """Append one update with ``metadata`` (None: what ``metadata_callback`` returns, or
+        nothing); returns once it is durable."""
         raise NotImplementedError
 
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
@@ -262,10 +269,64 @@ class BaseYStore(LoggingConfigurable):
     #: True when ``watch()`` yields updates written by other processes (e.g. PostgreSQL).
     supports_live_updates: bool = False
 
+    # ------------------------------------------------------------------ the whole store
+
+    @classmethod
+    def backend(cls, **kwargs: Any) -> BaseYStore:
+        """A store of this class that names no document: for work on the whole store
+        (``list_documents``, opening it to check it works, the bytes it holds). Reading or
+        writing a document through it is refused."""
+        return cls(None, **kwargs)
+
+    @classmethod
+    def default_settings(cls, server_root: str) -> dict[str, Any]:
+        """Where this store keeps a server's documents when nothing is configured (the
+        server and ``jupyter ystore`` both ask here)."""
+        return {}
+
+    def location(self) -> str:
+        """The setting that says where this store keeps its data, for messages."""
+        return f"c.YStoreExtension.ystore_class = {type(self).__module__}.{type(self).__name__}"
+
+    def missing_location(self) -> str | None:
+        """The configured place, when it does not exist yet (nothing was ever stored there)."""
+        return None
+
     async def list_documents(self) -> list[DocumentInfo]:
         """Every document stored beside this one (same folder or database); ``self.path`` is
         irrelevant. Works on a started store."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its documents")
+
+    async def info(self) -> DocumentInfo:
+        """This document's summary (records, bytes, first and last time), read without side
+        effects: ``watch()`` goes on from where it was. ``YDocNotFound`` when nothing is
+        stored."""
+        if self.supports_live_updates:  # reading would move watch(): ask the listing
+            path = self._document()
+            for info in await self.list_documents():
+                if info.path == path:
+                    return info
+            raise YDocNotFound(path)
+        count = size = 0
+        first = last = None
+        async for update, _metadata, timestamp in self.read():
+            count += 1
+            size += len(update)
+            first = timestamp if first is None else min(first, timestamp)
+            last = timestamp if last is None else max(last, timestamp)
+        return DocumentInfo(self._document(), count, size, first, last)
+
+    async def import_records(self, records: Sequence[tuple[bytes, bytes, float]]) -> None:
+        """Append records copied from another store (update, metadata, timestamp), in order;
+        each keeps its metadata (its timestamp where the backend can keep it)."""
+        for update, metadata, _timestamp in records:
+            await self.write(update, metadata=metadata)
+
+    def _document(self) -> str:
+        """This store's document key; a backend handle has none."""
+        if self.path is None:
+            raise RuntimeError(f"this {type(self).__name__} is a backend handle: it names no document")
+        return self.path
 
     async def compact(self) -> None:
         """Replace this document's history by one snapshot, atomically (content unchanged)."""
@@ -292,6 +353,14 @@ class BaseYStore(LoggingConfigurable):
         raise NotImplementedError(f"{type(self).__name__} cannot store document attributes")
 
     # ------------------------------------------------------------------ shared API
+
+    async def _metadata_for(self, metadata: bytes | None) -> bytes:
+        """The metadata one write stores: the caller's, else the callback's."""
+        if metadata is None:
+            return b"" if self.metadata_callback is None else await self.get_metadata()
+        if not isinstance(metadata, (bytes, bytearray, memoryview)):
+            raise TypeError(f"metadata must be bytes, got {type(metadata).__name__}")
+        return bytes(metadata)
 
     async def get_metadata(self) -> bytes:
         """The metadata to store with the next update (``b""`` without a callback)."""
@@ -331,6 +400,7 @@ class BaseYStore(LoggingConfigurable):
         """The per-write check every backend runs first: bytes, and a Yjs v1 update (decoded
         natively, about a microsecond for a keystroke). Garbage never reaches the log, where
         it would make the document impossible to load."""
+        self._document()
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"an update is bytes, got {type(data).__name__}")
@@ -389,6 +459,24 @@ class BaseYStore(LoggingConfigurable):
             hint="the store was left untouched; restore it from a backup, or delete this "
             "document's history to rebuild it from its file",
         )
+
+
+def _with_metadata(write: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A subclass's ``write(self, data)`` written before ``metadata=`` existed keeps working:
+    the metadata of one call reaches it through ``metadata_callback``."""
+
+    async def adapted(self: BaseYStore, data: bytes, *, metadata: bytes | None = None) -> None:
+        if metadata is None:
+            return await write(self, data)
+        saved = self.metadata_callback
+        self.metadata_callback = lambda: metadata
+        try:
+            return await write(self, data)
+        finally:
+            self.metadata_callback = saved
+
+    adapted.__doc__ = write.__doc__
+    return adapted
 
 
 def _register_with_pycrdt_store() -> None:

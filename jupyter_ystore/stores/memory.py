@@ -35,10 +35,10 @@ class MemoryYStore(BaseYStore):
         super().__init__(*args, **kwargs)
         upstream_names.apply(self)  # a foreign ``version`` is reported, not ignored silently
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
         await self._ensure_running()
         data = self._checked_update(data)
-        metadata = await self.get_metadata()
+        metadata = await self._metadata_for(metadata)
         self._documents.setdefault(self.path, []).append((data, metadata, time.time()))
 
     async def read(self) -> AsyncIterator[Record]:

@@ -124,16 +124,6 @@ async def _write_attributes(store: BaseYStore, attributes: dict[str, bytes]) -> 
         ) from None
 
 
-async def _write_records(store: BaseYStore, records: list[tuple[bytes, bytes, float]]) -> None:
-    importer = getattr(store, "import_records", None)
-    if importer is not None:
-        await importer(records)
-        return
-    # Generic path: one write each, in order, with the record's own metadata.
-    for update, metadata, _timestamp in records:
-        await store.write(update, metadata=metadata)
-
-
 async def copy_documents(
     source: StoreFactory,
     target: StoreFactory,
@@ -181,7 +171,7 @@ async def copy_documents(
             async with target(info.path) as dst:
                 if info.path in existing:
                     await dst.delete()
-                await _write_records(dst, records)
+                await dst.import_records(records)
                 await _write_attributes(dst, attributes)
                 if verify:
                     copied = await _read_records(dst)

@@ -47,6 +47,7 @@ from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
 from jupyter_ystore.server.rooms.files import DocumentFile, FileGone
 from jupyter_ystore.server.rooms.filesync import BASE, SERVER_SAVE, FileSync, decode_base, encode_base, is_empty
 from jupyter_ystore.core.content import file_document
+from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.server.rooms.room import Client, RoomError
 from jupyter_ystore.server.rooms.writer import Origin, WritePipeline
 from jupyter_ystore.server.rooms.spill import Spill
@@ -113,6 +114,7 @@ class DocumentRoom:
             log,
             spill=spill,
             retry_delay=settings.store_retry_delay,
+            key=store_key(file.file_type, file.file_id),
         )
         #: Identity of the stored history (what session ids name); set once open.
         self.history_id: str | None = None
@@ -275,7 +277,7 @@ class DocumentRoom:
         it recovered) go into the store before the history is read."""
         if self.spill is None:
             return
-        count = await self.spill.replay(self.store.path, self.store)
+        count = await self.spill.replay(self.writer.key, self.store)
         if count:
             self.log.warning(
                 "Room %s: wrote %d change(s) spilled during a store outage back to the store",

@@ -46,7 +46,8 @@ class Spill:
         self.log = log
 
     def log_for(self, key: str) -> FileYStore:
-        """The spill log of one document (not started)."""
+        """The spill log of one document (not started); ``key`` is a document key, never a
+        path (a FileYStore refuses one that would leave the spill folder)."""
         return FileYStore(key, log=self.log, root_dir=self.folder)
 
     def keys(self) -> list[str]:
@@ -58,6 +59,8 @@ class Spill:
         return sorted(n for n in names if not n.startswith(".~") and ".torn-" not in n and not n.endswith(".tmp"))
 
     def has(self, key: str) -> bool:
+        if os.path.isabs(key) or os.sep in key:
+            raise ValueError(f"a spill is named by a document key, not a path: {key!r}")
         return os.path.exists(os.path.join(self.folder, key))
 
     async def replay(self, key: str, store: BaseYStore) -> int:

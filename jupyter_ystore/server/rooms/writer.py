@@ -69,8 +69,11 @@ class WritePipeline:
         *,
         spill: Spill | None = None,
         retry_delay: float = 1.0,
+        key: str | None = None,
     ) -> None:
         self.room_id = room_id
+        #: The document's key, naming its spill file (``store.path`` may be a full path).
+        self.key = key or store.path
         self.store = store
         self.relay = relay
         self.log = log
@@ -273,7 +276,7 @@ class WritePipeline:
     async def _spill(self, update: bytes) -> None:
         assert self.spill is not None
         if self._spill_log is None:
-            spill_log = self.spill.log_for(self.store.path)
+            spill_log = self.spill.log_for(self.key)
             assert self._tasks is not None
             await self._tasks.start(spill_log.start)
             self._spill_log = spill_log
@@ -287,7 +290,7 @@ class WritePipeline:
             await self._close_spill_log()
             count = 0
             if self.spill is not None:
-                count = await self.spill.replay(self.store.path, self.store)
+                count = await self.spill.replay(self.key, self.store)
         except Exception as exc:
             self.log.debug("Room %s: the store still fails: %s", self.room_id, exc)
             return

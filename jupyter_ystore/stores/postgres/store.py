@@ -147,10 +147,10 @@ class PostgresYStore(BaseYStore):
     def _check_table(self, proposal: Any) -> str:
         return check_identifier(proposal["value"], "PostgresYStore.table_name", 55)
 
-    def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, path: str | None, *args: Any, **kwargs: Any) -> None:
         super().__init__(path, *args, **kwargs)
         upstream_names.apply(self)
-        if "\0" in path:
+        if path is not None and "\0" in path:
             raise ValueError(f"a document path cannot contain NUL characters: {path!r}")
         self._shared: _pg_pool.SharedPool | None = None
         self._names: Names | None = None
@@ -301,11 +301,11 @@ class PostgresYStore(BaseYStore):
 
     # ------------------------------------------------------------------ the store API
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
         """Append one update; returns once it is committed."""
         await self._ensure_running()
         update = self._checked_update(data)
-        metadata = await self.get_metadata()
+        metadata = await self._metadata_for(metadata)
         now = time.time()
         if self.document_ttl is not None:
             await self._squash_if_idle(now)
@@ -377,6 +377,10 @@ class PostgresYStore(BaseYStore):
         self._check_loaded(ydoc, [head] if merged is None else [head, merged])
 
     # ------------------------------------------------------------------ optional API
+
+    def location(self) -> str:
+        # the DSN may hold a password: the setting is named, not shown
+        return f"c.{type(self).__name__}.dsn or JUPYTER_YSTORE_DSN"
 
     async def list_documents(self) -> list[DocumentInfo]:
         await self._ensure_running()

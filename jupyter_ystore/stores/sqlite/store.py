@@ -67,7 +67,7 @@ import time
 from typing import Any, AsyncIterator
 
 import anyio
-from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, validate
+from traitlets import CaselessStrEnum, TraitError, Unicode, validate
 
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
@@ -76,6 +76,13 @@ from jupyter_ystore.stores.sqlite import db as _sqlite_db
 from jupyter_ystore.stores.sqlite.bridge import Waiter
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores import upstream_names
+from jupyter_ystore.stores.compaction import Policy
+from jupyter_ystore.stores.settings import Count, Seconds, checked
+
+
+#: Where a server keeps its documents by default, in its root folder: jupyter-collaboration's
+#: file, so that its users' histories are found.
+DEFAULT_DB_NAME = ".jupyter_ystore.db"
 
 
 class SQLiteYStore(BaseYStore):
@@ -94,7 +101,7 @@ class SQLiteYStore(BaseYStore):
         "created if needed. Databases written by ypy-websocket 0.12.4, pycrdt-store 0.1.5 "
         "and jupyter-collaboration (.jupyter_ystore.db) are opened in place.",
     )
-    document_ttl = Float(
+    document_ttl = Seconds(
         None,
         allow_none=True,
         config=True,
@@ -112,7 +119,7 @@ class SQLiteYStore(BaseYStore):
     _compress = upstream_names.unsupported("_compress")
     _decompress = upstream_names.unsupported("_decompress")
     register_compression_callbacks = upstream_names.refuse_compression
-    compact_after_updates = Int(
+    compact_after_updates = Count(
         1000,
         allow_none=True,
         config=True,
@@ -120,7 +127,7 @@ class SQLiteYStore(BaseYStore):
         "written after its last snapshot, so that loading costs the document's size, not "
         "its history. None or 0: never by count.",
     )
-    compact_after_bytes = Int(
+    compact_after_bytes = Count(
         1024 * 1024,
         allow_none=True,
         config=True,
@@ -135,43 +142,20 @@ class SQLiteYStore(BaseYStore):
         "crash of the process, the last commits may be lost on power loss. FULL: every commit "
         "is on disk before write() returns.",
     )
-    busy_timeout = Float(
+    busy_timeout = Seconds(
         10.0,
         config=True,
         help="Seconds to wait for another process holding the database's write lock before "
         "a write fails with YStoreLockedError.",
     )
-    poll_interval = Float(
+    poll_interval = Seconds(
         0.5,
+        positive=True,
         config=True,
         help="Seconds between the checks by which watch() sees updates other processes "
         "committed to the database (one cheap query per database, whatever the number of "
         "documents watched). Other stores of this process are seen at once.",
     )
-
-    @validate("document_ttl")
-    def _check_ttl(self, proposal: Any) -> Any:
-        value = proposal["value"]
-        if value is not None and value < 0:
-            raise TraitError(
-                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {value}"
-            )
-        return value
-
-    @validate("compact_after_updates", "compact_after_bytes", "busy_timeout")
-    def _check_non_negative(self, proposal: Any) -> Any:
-        value = proposal["value"]
-        if value is not None and value < 0:
-            name = proposal["trait"].name
-            raise TraitError(f"SQLiteYStore.{name} must be >= 0, got {value}")
-        return value
-
-    @validate("poll_interval")
-    def _check_poll_interval(self, proposal: Any) -> Any:
-        value = proposal["value"]
-        if not value > 0:
-            raise TraitError(f"SQLiteYStore.poll_interval must be > 0 seconds, got {value}")
-        return value
 
     @validate("db_path")
     def _check_db_path(self, proposal: Any) -> Any:
@@ -193,27 +177,18 @@ class SQLiteYStore(BaseYStore):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _settings(self) -> tuple[str, _sqlite_db.Options, _sqlite_db.Policy]:
+    def _settings(self) -> tuple[str, _sqlite_db.Options, Policy]:
         """Values of the traits, checked again (a subclass may set plain class attributes),
         and the database's real path. Touches the file system: run in a worker thread."""
         db_path = self.db_path
         problem = _db_path_problem(db_path)
         if problem:
             raise TraitError(f"SQLiteYStore.db_path {db_path!r}: {problem}")
-        ttl = self.document_ttl
-        if ttl is not None and ttl < 0:
-            raise TraitError(
-                f"SQLiteYStore.document_ttl must be None or a number of seconds >= 0, got {ttl}"
-            )
         options = _sqlite_db.Options(
-            busy_timeout=float(self.busy_timeout), synchronous=str(self.synchronous).upper()
+            busy_timeout=float(checked(self, "busy_timeout")),
+            synchronous=str(self.synchronous).upper(),
         )
-        policy = _sqlite_db.Policy(
-            ttl=None if ttl is None else float(ttl),
-            max_updates=self.compact_after_updates or None,
-            max_bytes=self.compact_after_bytes or None,
-        )
-        return _sqlite_db.resolve_path(db_path), options, policy
+        return _sqlite_db.resolve_path(db_path), options, Policy.of(self)
 
     async def _open(self) -> None:
         db_path, options, self._policy = await anyio.to_thread.run_sync(self._settings)
@@ -255,7 +230,7 @@ class SQLiteYStore(BaseYStore):
 
     # ------------------------------------------------------------------ the seed's API
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
         """Append one update; returns once it is committed (see the module's Durability).
 
         A caller cancelled while waiting may still see its update committed.
@@ -263,7 +238,7 @@ class SQLiteYStore(BaseYStore):
         if not self._running:
             await self._ensure_running()
         data = self._checked_update(data)
-        metadata = b"" if self.metadata_callback is None else await self.get_metadata()
+        metadata = await self._metadata_for(metadata)
         db = self._db or self._require_db()
         wanted = await db.write(
             self.path, data, metadata, time.time(), self._policy, self._owner
@@ -338,6 +313,19 @@ class SQLiteYStore(BaseYStore):
             db.stop_watch(watch)
 
     # ------------------------------------------------------------------ admin API
+
+    @classmethod
+    def default_settings(cls, server_root: str) -> dict[str, Any]:
+        return {"db_path": os.path.join(server_root, DEFAULT_DB_NAME)}
+
+    def location(self) -> str:
+        return f"c.{type(self).__name__}.db_path = {self.db_path!r}"
+
+    def missing_location(self) -> str | None:
+        path = self.db_path
+        if path == ":memory:" or os.path.exists(os.path.expanduser(path)):
+            return None
+        return path
 
     async def list_documents(self) -> list[DocumentInfo]:
         """Every document in the database with its record count, bytes, time span and
