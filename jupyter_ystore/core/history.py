@@ -60,12 +60,6 @@ class History:
             )
         return cls(path, updates, records)
 
-    def count_at(self, at: float | None) -> int:
-        """How many records were written at or before ``at`` (all when ``at`` is None)."""
-        if at is None:
-            return len(self.records)
-        return sum(1 for record in self.records if record.timestamp <= at)
-
     def state_at(self, at: float | None = None) -> bytes:
         """The document as it was at ``at`` (epoch seconds), as one merged Yjs update.
 
@@ -101,10 +95,6 @@ class History:
                 f"{self.path}: {which} does not decode as a Yjs update "
                 "(see `jupyter ystore verify` for what is recoverable)"
             ) from None
-
-    @property
-    def oldest_time(self) -> float | None:
-        return min((r.timestamp for r in self.records), default=None)
 
 
 async def read_history(store: BaseYStore, snapshots: int = 0) -> History:
