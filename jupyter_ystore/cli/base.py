@@ -21,8 +21,7 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Any as AnyTrait
 from traitlets import Bool, List, TraitError, Unicode, default
 from traitlets.config import Configurable
-from traitlets.config.loader import ArgumentError
-from traitlets.config.loader import KVArgParseConfigLoader, _KVArgParser
+from traitlets.config.loader import ArgumentError, KVArgParseConfigLoader, _KVArgParser
 from traitlets.utils.importstring import import_item
 
 from jupyter_ystore.core.keys import key_file_id

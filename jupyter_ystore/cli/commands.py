@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 from traitlets import Bool, Float, Integer, Unicode
 
-from jupyter_ystore.core import content as cli_content
 from jupyter_ystore.cli.base import (
     CliError,
     StoreCommand,
@@ -26,6 +25,7 @@ from jupyter_ystore.cli.base import (
     table,
     usage_error,
 )
+from jupyter_ystore.core import content as cli_content
 from jupyter_ystore.core.history import (
     History,
     HistoryError,

@@ -14,8 +14,8 @@ from jupyter_core.application import NoStart
 from jupyter_ystore import __version__
 from jupyter_ystore.cli.base import CliError, StoreCommand, aliases, flags
 from jupyter_ystore.core.content import ContentError
-from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.core.history import HistoryError
+from jupyter_ystore.errors import YDocNotFound, YStoreError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("jupyter_ystore.cli.commands.ListApp", "Every document: key, path, updates, bytes, times."),

@@ -20,8 +20,8 @@ from jupyter_ystore.cli.base import (
     usage_error,
 )
 from jupyter_ystore.errors import YStoreError
-from jupyter_ystore.stores.migrate import copy_documents
 from jupyter_ystore.stores.base import BaseYStore
+from jupyter_ystore.stores.migrate import copy_documents
 
 
 class MigrateApp(StoreCommand):

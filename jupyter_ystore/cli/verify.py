@@ -20,15 +20,15 @@ import anyio
 import pycrdt
 from traitlets import Bool
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.cli.base import CliError, StoreCommand, flags, usage_error
+from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.core.codec import read_var_uint
-from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.core.history import format_time
 from jupyter_ystore.core.ydoc import crdt_errors
+from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.stores.damaged import is_damaged_copy
-from jupyter_ystore.stores.file import format as log_format
 from jupyter_ystore.stores.file import FileYStore
+from jupyter_ystore.stores.file import format as log_format
 
 Row = tuple[bytes, bytes, float]
 

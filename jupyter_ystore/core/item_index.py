@@ -22,7 +22,13 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from jupyter_ystore.core.yupdate import ID, InvalidUpdate, ItemInfo, UpdateSummary, read_update
+from jupyter_ystore.core.yupdate import (
+    ID,
+    InvalidUpdate,
+    ItemInfo,
+    UpdateSummary,
+    read_update,
+)
 
 Parent = Union[str, ID, None]  # a root type's name, the id of the type item, None: unknown
 

@@ -17,7 +17,13 @@ from pycrdt import Doc
 
 from jupyter_ystore.core.item_index import ItemIndex
 from jupyter_ystore.core.ydoc import is_panic
-from jupyter_ystore.core.yupdate import InvalidUpdate, MissingDependencies, UpdateSummary, parse_state_vector, read_update
+from jupyter_ystore.core.yupdate import (
+    InvalidUpdate,
+    MissingDependencies,
+    UpdateSummary,
+    parse_state_vector,
+    read_update,
+)
 
 #: Updates at least this big are read in a worker thread (a whole notebook sent by a client
 #: reconnecting with offline edits: ~5 µs a struct, 60 ms for 13,000 of them).

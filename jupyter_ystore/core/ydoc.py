@@ -172,7 +172,11 @@ def missing_dependencies(doc: pycrdt.Doc, applied: Sequence[bytes]) -> str | Non
     document whose history was deleted while a room kept appending to it loads (almost)
     empty. Cheap: the part of each update beyond the document's state, read in Python.
     """
-    from jupyter_ystore.core.yupdate import InvalidUpdate, parse_state_vector, read_update
+    from jupyter_ystore.core.yupdate import (
+        InvalidUpdate,
+        parse_state_vector,
+        read_update,
+    )
 
     with crdt_errors():
         state_bytes = doc.get_state()

@@ -11,24 +11,24 @@ store (``ystore_class``). Configure it in ``jupyter_server_config.py``::
 from __future__ import annotations
 
 import asyncio
-import logging
 import concurrent.futures
+import logging
 import os
 from typing import Any
 
 import anyio
-from jupyter_server.extension.application import ExtensionApp
 from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 
-from jupyter_ystore.server import metrics
 from jupyter_ystore.core.keys import store_key
+from jupyter_ystore.server import metrics
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
-from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms import RoomManager, RoomSettings
+from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms.spill import Spill
-from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.server.timeline import timeline_handlers
+from jupyter_ystore.stores.base import BaseYStore
 
 DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
 

@@ -8,17 +8,16 @@ another user owns is refused. When a socket closes, the removal of its states is
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from pycrdt import Awareness, Doc
 
+from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.server import protocol
 from jupyter_ystore.server.rooms.room import Client
-from jupyter_ystore.core.ydoc import crdt_errors
 
 #: Awareness ids one client may hold at once (a tab uses one).
 MAX_IDS_PER_CLIENT = 8

@@ -22,13 +22,12 @@ from jupyter_server.utils import ensure_async
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from jupyter_ystore.server import metrics
-from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.rooms import DocumentRoom, RoomError
 from jupyter_ystore.core.keys import check_format
-from jupyter_ystore.server.sessions import history_of, new_session_id
 from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
+from jupyter_ystore.server import metrics, protocol
+from jupyter_ystore.server.rooms import DocumentRoom, RoomError
+from jupyter_ystore.server.sessions import history_of, new_session_id
 
 if TYPE_CHECKING:
     from jupyter_ystore.server.app import YStoreExtension
@@ -227,8 +226,8 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             self.close(1009, f"message too big: over {limit} bytes")
             return
         try:
-            await room.handle(self, sync.parse_message(message))  # type: ignore[arg-type]
-        except sync.ProtocolError as exc:
+            await room.handle(self, protocol.parse_message(message))  # type: ignore[arg-type]
+        except protocol.ProtocolError as exc:
             self.log.warning(
                 "Collaboration room %s: bad message from %s, disconnecting it: %s",
                 room.room_id,
@@ -254,7 +253,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                     room.room_id,
                     self.username,
                 )
-                self.send(sync.raw_json_message({"type": "error", "reason": "read_only", "message": str(exc)}))
+                self.send(protocol.raw_json_message({"type": "error", "reason": "read_only", "message": str(exc)}))
         except Exception as exc:
             self.log.error(
                 "Collaboration room %s: message from %s failed: %s",
@@ -323,8 +322,8 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 
 def _update_of(message: Any) -> bytes:
     try:
-        parsed = sync.parse_message(message)
-    except sync.ProtocolError:
+        parsed = protocol.parse_message(message)
+    except protocol.ProtocolError:
         return b""
     return getattr(parsed, "update", b"")
 

@@ -30,7 +30,12 @@ from pycrdt import (
     create_update_message,
 )
 
-from jupyter_ystore.core.codec import TruncatedError, read_var_bytes, read_var_string, read_var_uint
+from jupyter_ystore.core.codec import (
+    TruncatedError,
+    read_var_bytes,
+    read_var_string,
+    read_var_uint,
+)
 
 __all__ = [
     "MessageType",

@@ -32,13 +32,18 @@ from pycrdt import Doc
 from tornado import web
 
 from jupyter_ystore.core import content as cli_content
-from jupyter_ystore.errors import YDocNotFound, YStoreError
-from jupyter_ystore.server.rooms.forks import ForkInfo, ForkRoom
-from jupyter_ystore.core.history import History, HistoryError, group_points, read_history
-from jupyter_ystore.server.rooms import DocumentRoom, Origin, RoomError
+from jupyter_ystore.core.history import (
+    History,
+    HistoryError,
+    group_points,
+    read_history,
+)
 from jupyter_ystore.core.keys import check_format
-from jupyter_ystore.server.sessions import new_session_id
 from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
+from jupyter_ystore.errors import YDocNotFound, YStoreError
+from jupyter_ystore.server.rooms import DocumentRoom, Origin, RoomError
+from jupyter_ystore.server.rooms.forks import ForkInfo, ForkRoom
+from jupyter_ystore.server.sessions import new_session_id
 
 if TYPE_CHECKING:
     from jupyter_ystore.server.app import YStoreExtension

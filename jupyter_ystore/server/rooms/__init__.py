@@ -8,7 +8,12 @@ the contents manager), ``spill`` (store outages), ``aside`` (untrusted histories
 
 from jupyter_ystore.server.rooms.document import DocumentRoom, RoomSettings
 from jupyter_ystore.server.rooms.manager import RoomManager
-from jupyter_ystore.server.rooms.room import GLOBAL_AWARENESS_ROOM, Client, Room, RoomError
+from jupyter_ystore.server.rooms.room import (
+    GLOBAL_AWARENESS_ROOM,
+    Client,
+    Room,
+    RoomError,
+)
 from jupyter_ystore.server.rooms.writer import Origin
 
 __all__ = [

@@ -39,24 +39,33 @@ from anyio.abc import TaskGroup, TaskStatus
 from jupyter_ydoc import ydocs as YDOCS
 from pycrdt import Doc
 
-from jupyter_ystore.server import metrics
-from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.rooms.aside import set_aside
-from jupyter_ystore.server.awareness import AwarenessRelay
-from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
-from jupyter_ystore.server.rooms.files import DocumentFile, FileGone
-from jupyter_ystore.server.rooms.filesync import BASE, SERVER_SAVE, FileSync, decode_base, encode_base, is_empty
 from jupyter_ystore.core.content import file_document
-from jupyter_ystore.core.keys import store_key
-from jupyter_ystore.server.rooms.room import Client, RoomError
-from jupyter_ystore.server.rooms.writer import Origin, WritePipeline
-from jupyter_ystore.server.rooms.spill import Spill
-from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.core.item_index import DOCUMENT_ROOTS
-from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, describe
+from jupyter_ystore.core.keys import store_key
+from jupyter_ystore.core.update_guard import (
+    BadUpdate,
+    DocumentDamaged,
+    DocumentGuard,
+    describe,
+)
 from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
-
-
+from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
+from jupyter_ystore.server import metrics, protocol
+from jupyter_ystore.server.awareness import AwarenessRelay
+from jupyter_ystore.server.rooms.aside import set_aside
+from jupyter_ystore.server.rooms.files import DocumentFile, FileGone
+from jupyter_ystore.server.rooms.filesync import (
+    BASE,
+    SERVER_SAVE,
+    FileSync,
+    decode_base,
+    encode_base,
+    is_empty,
+)
+from jupyter_ystore.server.rooms.room import Client, RoomError
+from jupyter_ystore.server.rooms.spill import Spill
+from jupyter_ystore.server.rooms.writer import Origin, WritePipeline
+from jupyter_ystore.stores.base import BaseYStore
 
 #: The store attribute naming the stored history (what session ids name).
 HISTORY_ID = "history_id"
@@ -384,7 +393,7 @@ class DocumentRoom:
             self.files.schedule_save()
 
     def _relay_update(self, update: bytes) -> None:
-        self.relay.broadcast(sync.update_message(update))
+        self.relay.broadcast(protocol.update_message(update))
 
     async def flush(self) -> None:
         """Return once every change made so far is durable in the store (or spilled)."""
@@ -444,7 +453,7 @@ class DocumentRoom:
             self._cleanup_scope.cancel()
             self._cleanup_scope = None
         self.relay.add(client)
-        client.send(sync.sync_step1(self.ydoc))
+        client.send(protocol.sync_step1(self.ydoc))
 
     def leave(self, client: Client) -> None:
         self.relay.remove(client)
@@ -464,33 +473,33 @@ class DocumentRoom:
                 self.closing = True
                 self._close_requested.set()
 
-    async def handle(self, client: Client, message: sync.Message) -> None:
+    async def handle(self, client: Client, message: protocol.Message) -> None:
         """Act on one parsed message of ``client``. ``ProtocolError`` and ``BadUpdate`` are
         the client's fault (the caller disconnects it)."""
-        if isinstance(message, sync.SyncStep1):
+        if isinstance(message, protocol.SyncStep1):
             # A step 2 answers once what the client sent before is durable (never waiting
             # for a failing store: collaboration goes on during an outage).
             await self.writer.settle(self.settings.store_wait)
-            client.send(sync.sync_step2(self.ydoc, message.state_vector))
-        elif isinstance(message, (sync.SyncStep2, sync.SyncUpdate)):
+            client.send(protocol.sync_step2(self.ydoc, message.state_vector))
+        elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
             if message.update == b"\x00\x00":
                 return  # an empty update (a peer with nothing new)
             if not client.can_write:
                 raise PermissionError("read-only access: your changes are not accepted")
             await self.receive_update(client, message.update)
-        elif isinstance(message, sync.AwarenessMessage):
+        elif isinstance(message, protocol.AwarenessMessage):
             self.relay.handle(client, message)
-        elif isinstance(message, sync.QueryAwareness):
+        elif isinstance(message, protocol.QueryAwareness):
             self.relay.query(client)
-        elif isinstance(message, sync.SaveRequest):
+        elif isinstance(message, protocol.SaveRequest):
             if self._work is None:  # closing: the final save is on its way
-                client.send(sync.save_reply(message.request_id, "skipped"))
+                client.send(protocol.save_reply(message.request_id, "skipped"))
             else:
                 self._work.start_soon(self._answer_save, client, message.request_id)
 
     async def _answer_save(self, client: Client, request_id: int) -> None:
         if not client.can_write:
-            client.send(sync.save_reply(request_id, "failed"))
+            client.send(protocol.save_reply(request_id, "failed"))
             return
         try:
             await self.files.save(reason="request")
@@ -498,6 +507,6 @@ class DocumentRoom:
         except Exception as exc:
             self.files.save_failed(exc, f"requested by {client.username}")
             status = "failed"
-        client.send(sync.save_reply(request_id, status))
+        client.send(protocol.save_reply(request_id, status))
 
     # ------------------------------------------------------------------ saving

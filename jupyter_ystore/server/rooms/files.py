@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import anyio
-
 from jupyter_server.utils import ensure_async
 from tornado.web import HTTPError
 

@@ -24,11 +24,11 @@ import anyio
 from anyio.abc import TaskStatus
 from pycrdt import Doc
 
-from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.awareness import AwarenessRelay
 from jupyter_ystore.core.item_index import DOCUMENT_ROOTS
 from jupyter_ystore.core.update_guard import DocumentDamaged, DocumentGuard
 from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
+from jupyter_ystore.server import protocol
+from jupyter_ystore.server.awareness import AwarenessRelay
 
 
 @dataclass
@@ -146,21 +146,21 @@ class ForkRoom:
     def _on_change(self, event: Any) -> None:
         if event.update != b"\x00\x00":
             self.guard.note_change(event.update)
-            self.relay.broadcast(sync.update_message(event.update))
+            self.relay.broadcast(protocol.update_message(event.update))
 
     def join(self, client: Any) -> None:
         self.relay.add(client)
         self._activity.set()
-        client.send(sync.sync_step1(self.ydoc))
+        client.send(protocol.sync_step1(self.ydoc))
 
     def leave(self, client: Any) -> None:
         self.relay.remove(client)
         self._activity.set()
 
-    async def handle(self, client: Any, message: sync.Message) -> None:
-        if isinstance(message, sync.SyncStep1):
-            client.send(sync.sync_step2(self.ydoc, message.state_vector))
-        elif isinstance(message, (sync.SyncStep2, sync.SyncUpdate)):
+    async def handle(self, client: Any, message: protocol.Message) -> None:
+        if isinstance(message, protocol.SyncStep1):
+            client.send(protocol.sync_step2(self.ydoc, message.state_vector))
+        elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
             if message.update == b"\x00\x00":
                 return
             if self.read_only or not client.can_write:
@@ -172,10 +172,10 @@ class ForkRoom:
                 self._close_requested.set()
                 self._activity.set()
                 raise
-        elif isinstance(message, sync.AwarenessMessage):
+        elif isinstance(message, protocol.AwarenessMessage):
             self.relay.handle(client, message)
-        elif isinstance(message, sync.QueryAwareness):
+        elif isinstance(message, protocol.QueryAwareness):
             self.relay.query(client)
-        elif isinstance(message, sync.SaveRequest):
+        elif isinstance(message, protocol.SaveRequest):
             # Nothing of a fork is saved to a file; the front end shows "skipped" quietly.
-            client.send(sync.save_reply(message.request_id, "skipped"))
+            client.send(protocol.save_reply(message.request_id, "skipped"))

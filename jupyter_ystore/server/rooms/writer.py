@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import anyio
 
-from jupyter_ystore.server import metrics
+from jupyter_ystore.core.ydoc import CRDTError, merge_updates
 from jupyter_ystore.errors import YStoreInvalidUpdate
+from jupyter_ystore.server import metrics
 from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.stores.base import BaseYStore
-from jupyter_ystore.core.ydoc import CRDTError, merge_updates
 
 
 @dataclass(frozen=True)
