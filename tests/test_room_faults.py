@@ -122,6 +122,9 @@ async def test_a_store_outage_spills_saves_the_file_and_writes_everything_back(s
         assert content is not None and content["cells"][0]["source"] == "x = 1  # during the outage"
         assert metric(server, "jupyter_ystore_rooms_in_outage") == 0.0
         assert (metric(server, "jupyter_ystore_spilled_updates_total") or 0) >= 1
+        # the event loop's longest pause is measured (and it never stalled for seconds)
+        lag = metric(server, "jupyter_ystore_event_loop_lag_max_seconds")
+        assert lag is not None and 0 <= lag < 5
     log = server.log()
     assert log.count("writing to the store failed") == 1, log
     assert "the store accepts writes again" in log, log

@@ -22,7 +22,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 
 from jupyter_ystore.core.keys import store_key
-from jupyter_ystore.server import metrics
+from jupyter_ystore.server import loop_lag, metrics
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
 from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.files import DocumentFile
@@ -325,6 +325,7 @@ class YStoreExtension(ExtensionApp):
                 lambda: self._store_for_key(None),
                 self.log,
             )
+            tg.start_soon(loop_lag.watch_loop, self.log)
             while not self._stopping:
                 try:
                     await self.manager.run(task_status=Notify())

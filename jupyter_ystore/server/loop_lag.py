@@ -1,0 +1,69 @@
+"""How long the server's event loop is kept from running: every room's typing, relaying and
+saving waits behind whatever holds the loop (a big document encoded, a squash holding the
+GIL), so the longest pause is what a collaborator feels as a stall.
+
+A task asks to wake every ``INTERVAL`` seconds and records how late it woke:
+``jupyter_ystore_event_loop_lag_seconds`` (a histogram) and
+``jupyter_ystore_event_loop_lag_max_seconds`` (the longest pause since the server started, or
+since ``reset_max()``), both on ``/metrics``. Pauses over ``WARN_AFTER`` are logged, at most
+once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from prometheus_client import Gauge, Histogram
+
+#: Seconds between two wake-ups (cheap: 20 a second).
+INTERVAL = 0.05
+#: A pause this long is worth a line in the log.
+WARN_AFTER = 0.5
+
+LAG = Histogram(
+    "jupyter_ystore_event_loop_lag",
+    "How late the event loop ran a task due now (seconds): time it was held by other work.",
+    unit="seconds",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LAG_MAX = Gauge(
+    "jupyter_ystore_event_loop_lag_max",
+    "The longest event-loop pause seen (seconds).",
+    unit="seconds",
+)
+
+_max = 0.0
+
+
+def longest_pause() -> float:
+    """The longest pause seen so far (seconds)."""
+    return _max
+
+
+def reset_max() -> None:
+    """Start measuring the longest pause afresh (e.g. at the start of a benchmark step)."""
+    global _max
+    _max = 0.0
+    LAG_MAX.set(0.0)
+
+
+async def watch_loop(log: logging.Logger) -> None:
+    """Measure the event loop's pauses for as long as the server runs."""
+    global _max
+    warned_at = 0.0
+    while True:
+        due = time.monotonic() + INTERVAL
+        await anyio.sleep(INTERVAL)
+        lag = max(0.0, time.monotonic() - due)
+        LAG.observe(lag)
+        if lag > _max:
+            _max = lag
+            LAG_MAX.set(lag)
+        if lag > WARN_AFTER and time.monotonic() - warned_at > 60:
+            warned_at = time.monotonic()
+            log.warning(
+                "jupyter_ystore: the event loop was held for %.0f ms (collaborators saw a stall)",
+                lag * 1000,
+            )
