@@ -11,6 +11,7 @@ import pycrdt
 import pytest
 from postgres_helpers import pg_config, pg_dsn, pg_schema, run_sql  # noqa: F401 (fixtures)
 
+from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreConnectionError,
@@ -217,14 +218,14 @@ async def test_updates_during_compaction_are_kept(pg_config, pg_dsn, monkeypatch
     updates, expected = text_updates(120)
     squashing = threading.Event()
     release = threading.Event()
-    real_squash = _pg_compact._ydoc.squash
+    real_squash = _ydoc.squash
 
     def slow_squash(batch: list[bytes]) -> bytes:
         squashing.set()
         assert release.wait(30)
         return real_squash(batch)
 
-    monkeypatch.setattr(_pg_compact._ydoc, "squash", slow_squash)
+    monkeypatch.setattr(_ydoc, "squash", slow_squash)
     other = dict(pg_config, dsn=pg_dsn + "?application_name=writer")
     async with PostgresYStore("doc", compact_after_updates=0, **pg_config) as compactor, \
             PostgresYStore("doc", compact_after_updates=0, **other) as writer:

@@ -376,7 +376,7 @@ async def test_compaction_keeps_updates_written_meanwhile(
     squash = _sqlite_compact.squash
     calls = []
 
-    def squash_with_a_concurrent_write(path: str, batch: list[bytes]) -> bytes:
+    def squash_with_a_concurrent_write(*args: Any) -> bytes:
         if not calls:
             conn = sqlite3.connect(db)
             conn.execute(
@@ -385,7 +385,7 @@ async def test_compaction_keeps_updates_written_meanwhile(
             conn.commit()
             conn.close()
         calls.append(1)
-        return squash(path, batch)
+        return squash(*args)
 
     async with store(db) as st:
         async def write_all() -> None:
@@ -417,7 +417,7 @@ async def test_compaction_retries_when_another_process_rewrote_the_rows(
     squash = _sqlite_compact.squash
     calls = []
 
-    def squash_racing_a_legacy_ttl_squash(path: str, batch: list[bytes]) -> bytes:
+    def squash_racing_a_legacy_ttl_squash(*args: Any) -> bytes:
         if not calls:  # ypy-websocket's ttl squash: delete everything, insert the state
             conn = sqlite3.connect(db)
             conn.execute("DELETE FROM yupdates WHERE path = 'doc'")
@@ -427,7 +427,7 @@ async def test_compaction_retries_when_another_process_rewrote_the_rows(
             conn.commit()
             conn.close()
         calls.append(1)
-        return squash(path, batch)
+        return squash(*args)
 
     async with store(db) as st:
         for update in updates:

@@ -2,8 +2,9 @@
 
 jupyter_server serves prometheus_client's default registry at ``/metrics``; the metrics
 below register there on import. Recording is a counter increment or a histogram
-observation at the places the figures arise (the room writer, a room opening, a
-compaction), never a lock of ours on the write path. The bytes stored are not counted per
+observation at the places the figures arise (the room writer, a room opening; compactions
+are reported by the stores, see ``stores.compaction.observe``), never a lock of ours on the
+write path. The bytes stored are not counted per
 write (a write can replace older records, compaction drops them): they are read from the
 store's ``list_documents()`` at start-up, every ``BYTES_REFRESH`` seconds and whenever a
 room closes, off the write path.
@@ -20,6 +21,7 @@ import anyio
 from prometheus_client import Counter, Gauge, Histogram
 
 from jupyter_ystore.errors import YDocNotFound
+from jupyter_ystore.stores import compaction
 
 UPDATES_WRITTEN = Counter(
     "jupyter_ystore_updates_written",
@@ -85,14 +87,12 @@ def store_label(store: Any) -> str:
     return type(store).__name__
 
 
-def record_compaction(store: Any) -> None:
-    """Call once a compaction of ``store``'s document committed."""
-    COMPACTIONS.labels(store_label(store)).inc()
-
-
-def record_compaction_of(store_class: str) -> None:
-    """The same, where only the class name is at hand (a backend's helper, a thread)."""
+def _count_compaction(store_class: str) -> None:
     COMPACTIONS.labels(store_class).inc()
+
+
+# The stores report their compactions (from any thread); they import nothing of ours.
+compaction.observe(_count_compaction)
 
 
 async def stored_bytes(store: Any) -> int | None:

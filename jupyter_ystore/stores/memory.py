@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator, ClassVar
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound
+from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
-from jupyter_ystore.stores import upstream_names
 
 Record = tuple[bytes, bytes, float]
 
@@ -68,9 +67,10 @@ class MemoryYStore(BaseYStore):
         records = self._documents.get(self.path)
         if not records or len(records) == 1:
             return
-        squashed = _ydoc.squash([r[0] for r in records])
+        squashed = compaction.squash([r[0] for r in records], self.path)
         _update, metadata, timestamp = records[-1]
         self._documents[self.path] = [(squashed, metadata, timestamp)]
+        compaction.report(type(self).__name__)
 
     async def delete(self) -> None:
         await self._ensure_running()

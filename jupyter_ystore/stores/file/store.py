@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import math
 import os
 import tempfile
 import time
@@ -35,9 +34,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
 import anyio
-from traitlets import Float, TraitError, Unicode, observe, validate
+from traitlets import TraitError, Unicode, observe, validate
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreCorruptError,
@@ -46,9 +44,10 @@ from jupyter_ystore.errors import (
     YStoreLockedError,
     YStorePermissionError,
 )
-from jupyter_ystore.server.metrics import record_compaction_of
+from jupyter_ystore.stores import compaction, upstream_names
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.damaged import is_damaged_copy
-from jupyter_ystore.stores.shared import SharedMap
 from jupyter_ystore.stores.file.format import (  # (encode_record, parse_log: public names)
     HEADER,
     HEADER_PREFIX,
@@ -57,8 +56,8 @@ from jupyter_ystore.stores.file.format import (  # (encode_record, parse_log: pu
     encode_record,
     parse_log,
 )
-from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
-from jupyter_ystore.stores import upstream_names
+from jupyter_ystore.stores.settings import Seconds
+from jupyter_ystore.stores.shared import SharedMap
 
 #: The folder, in a server's root, that holds one file per document by default.
 DEFAULT_FOLDER = ".jupyter_ystore"
@@ -241,7 +240,9 @@ class _LogFile:
                         raise
                     scan, key = self._scan_copy(fd)
                 else:
-                    from jupyter_ystore.stores.file import salvage as _file_salvage  # (it imports this module)
+                    from jupyter_ystore.stores.file import (
+                        salvage as _file_salvage,  # (it imports this module)
+                    )
 
                     _flock(fd, _EXCLUSIVE, self.path)
                     if not self._is_current(fd):  # set aside by another process meanwhile
@@ -278,7 +279,9 @@ class _LogFile:
 
     def _scan_copy(self, fd: int) -> tuple[Scan, tuple[int, int, int]]:
         """The intact records of a damaged copy, read without touching it."""
-        from jupyter_ystore.stores.file import salvage as _file_salvage  # (it imports this module)
+        from jupyter_ystore.stores.file import (
+            salvage as _file_salvage,  # (it imports this module)
+        )
 
         buf = _read_all(fd)
         st = os.fstat(fd)
@@ -394,8 +397,9 @@ class _LogFile:
                 pass  # the next open sets a torn tail aside
             raise
 
-    def append(self, batch: list[_Pending], ttl: float | None) -> None:
-        """Write a batch of records with one write and one fsync (runs in a thread)."""
+    def append(self, batch: list[_Pending], policy: Policy) -> None:
+        """Write a batch of records with one write and one fsync (runs in a thread); an
+        idle document (``policy.ttl``) is squashed first."""
         self._kept = None
         self._refuse_copy("appended to")
         data = b"".join(p.record for p in batch)
@@ -403,11 +407,7 @@ class _LogFile:
             fd = self._open_locked()
             try:
                 self._check_before_append(fd)
-                if (
-                    ttl is not None
-                    and self.last_timestamp is not None
-                    and time.time() - self.last_timestamp > ttl
-                ):
+                if policy.idle(self.last_timestamp, time.time()):
                     self._compact_locked(fd)
                     fd = self._open_locked()
                     self._check_before_append(fd)
@@ -454,14 +454,7 @@ class _LogFile:
         if len(scan.records) <= 1:
             return
         updates = [record[0] for record in scan.records]
-        try:
-            squashed = _ydoc.squash(updates)
-        except Exception as exc:
-            raise YStoreCorruptError(
-                f"cannot compact: a stored update does not decode ({exc})",
-                path=self.path,
-                hint="the file was left untouched",
-            ) from exc
+        squashed = compaction.squash(updates, self.key or self.path, self.path)
         _update, metadata, timestamp = scan.records[-1]
         data = HEADER + encode_record(squashed, metadata, timestamp)
         folder, name = os.path.split(self.path)
@@ -485,7 +478,7 @@ class _LogFile:
         self.close_fd()  # points at the replaced file; writers waiting on it will reopen
         self.verified = (st.st_dev, st.st_ino, len(data))
         self.last_timestamp = timestamp
-        record_compaction_of("FileYStore")
+        compaction.report("FileYStore")
 
     def delete(self) -> None:
         self._kept = None
@@ -549,7 +542,7 @@ class FileYStore(BaseYStore):
         help="""Folder holding the document files. When set, a document path is relative
         to it and may not leave it ('..', absolute paths). Unset: paths are used as given.""",
     )
-    document_ttl = Float(
+    document_ttl = Seconds(
         None,
         allow_none=True,
         config=True,
@@ -571,15 +564,6 @@ class FileYStore(BaseYStore):
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor):
             raise TraitError(f"root_dir {value!r} cannot be used as a folder: {ancestor} is a file")
-        return value
-
-    @validate("document_ttl")
-    def _check_ttl(self, proposal: Any) -> float | None:
-        value = proposal["value"]
-        if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise TraitError(
-                f"document_ttl must be None or a number of seconds >= 0, got {value!r}"
-            )
         return value
 
     def __init__(self, path: str, metadata_callback: Any = None, log: Any = None, **kwargs: Any):
@@ -662,7 +646,7 @@ class FileYStore(BaseYStore):
         if not batch:
             return
         try:
-            await anyio.to_thread.run_sync(logfile.append, batch, self.document_ttl)
+            await anyio.to_thread.run_sync(logfile.append, batch, Policy.of(self))
         except Exception as exc:
             for pending in batch:
                 pending.error = exc

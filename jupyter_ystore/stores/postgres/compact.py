@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.stores.compaction import Policy, squash
 from jupyter_ystore.stores.postgres.names import Names
 
 
@@ -36,12 +36,11 @@ async def compact_document(
     names: Names,
     path: str,
     *,
-    min_updates: int = 0,
-    min_bytes: int = 0,
+    policy: Policy | None = None,
     wait: bool = False,
 ) -> CompactResult:
-    """Snapshot ``path`` if its updates after the last snapshot reach ``min_updates`` or
-    ``min_bytes`` (0 and 0: whenever there is anything to merge).
+    """Snapshot ``path`` if its updates after the last snapshot make ``policy`` due (None:
+    whenever there is anything to merge).
 
     ``wait=False`` (automatic compaction) skips a document another transaction is
     compacting; ``wait=True`` (an explicit request) waits for it, then merges what is left.
@@ -58,18 +57,14 @@ async def compact_document(
             tail = [row for row in rows if not row["snapshot"]]
             tail_updates = len(tail)
             tail_bytes = sum(len(row["yupdate"]) for row in tail)
-            wanted = tail_updates > 0 and (
-                (min_updates <= 0 and min_bytes <= 0)
-                or (min_updates > 0 and tail_updates >= min_updates)
-                or (min_bytes > 0 and tail_bytes >= min_bytes)
-            )
+            wanted = tail_updates > 0 and (policy is None or policy.due(tail_updates, tail_bytes))
             if not wanted:
                 return CompactResult(
                     done=False, tail_updates=tail_updates, tail_bytes=tail_bytes
                 )
             covered = rows[-1]["id"]
             updates = [row["yupdate"] for row in rows]
-            snapshot = await anyio.to_thread.run_sync(_ydoc.squash, updates)
+            snapshot = await anyio.to_thread.run_sync(squash, updates, path)
             await conn.execute(names.delete_upto, path, covered)
             await conn.execute(
                 names.insert_snapshot, covered, path, snapshot, b"", rows[-1]["timestamp"]

@@ -42,18 +42,24 @@ import time
 from typing import Any, AsyncIterator, Sequence
 
 import anyio
-from traitlets import Float, Int, TraitError, Unicode, default, validate
+from traitlets import Int, TraitError, Unicode, default, validate
 
 from jupyter_ystore.core import ydoc as _ydoc
-from jupyter_ystore.errors import YDocNotFound, YStoreConnectionError, YStoreError, YStorePermissionError
+from jupyter_ystore.errors import (
+    YDocNotFound,
+    YStoreConnectionError,
+    YStoreError,
+    YStorePermissionError,
+)
+from jupyter_ystore.stores import compaction, upstream_names
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.postgres import pool as _pg_pool
 from jupyter_ystore.stores.postgres.commit import GroupCommitter, Pending
 from jupyter_ystore.stores.postgres.compact import CompactResult, compact_document
 from jupyter_ystore.stores.postgres.listen import Listener
 from jupyter_ystore.stores.postgres.names import Names, check_identifier, describe_dsn
-from jupyter_ystore.server.metrics import record_compaction
-from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
-from jupyter_ystore.stores import upstream_names
+from jupyter_ystore.stores.settings import Count, Seconds
 
 DSN_ENV = "JUPYTER_YSTORE_DSN"
 _IMPORT_CHUNK = 10_000  # rows per INSERT statement of import_records
@@ -86,7 +92,7 @@ class PostgresYStore(BaseYStore):
         config=True,
         help="Most connections the process opens to this database (shared by all documents).",
     )
-    document_ttl = Float(
+    document_ttl = Seconds(
         None,
         allow_none=True,
         config=True,
@@ -95,7 +101,7 @@ class PostgresYStore(BaseYStore):
         squash_after_inactivity_of.""",
     )
     squash_after_inactivity_of = upstream_names.ttl_alias()  # pycrdt-store's name
-    compact_after_updates = Int(
+    compact_after_updates = Count(
         500,
         allow_none=True,
         config=True,
@@ -104,34 +110,35 @@ class PostgresYStore(BaseYStore):
         None or 0: never by count. Counted per process: with several servers writing one
         document, each counts its own writes.""",
     )
-    compact_after_bytes = Int(
+    compact_after_bytes = Count(
         1024 * 1024,
         allow_none=True,
         config=True,
         help="""Compact a document once the updates after its last snapshot hold this many
         bytes. None or 0: never by size.""",
     )
-    poll_interval = Float(
+    poll_interval = Seconds(
         2.0,
+        positive=True,
         config=True,
         help="""Seconds between the polls by which watch() catches updates whose
-        notification was lost (normally NOTIFY delivers them at once).""",
+        notification was lost (normally NOTIFY delivers them at once). Must be > 0, as on
+        SQLiteYStore: a watch always waits between two polls.""",
     )
-    connect_timeout = Float(10.0, config=True, help="Seconds to wait for a connection.")
-    command_timeout = Float(
-        60.0, allow_none=True, config=True, help="Seconds a statement may take (None: no limit)."
+    connect_timeout = Seconds(
+        10.0, positive=True, config=True, help="Seconds to wait for a connection (> 0)."
+    )
+    command_timeout = Seconds(
+        60.0,
+        positive=True,
+        allow_none=True,
+        config=True,
+        help="Seconds a statement may take (> 0; None: no limit).",
     )
 
     @default("dsn")
     def _default_dsn(self) -> str | None:
         return os.environ.get(DSN_ENV) or None
-
-    @validate("document_ttl", "compact_after_updates", "compact_after_bytes", "poll_interval")
-    def _check_non_negative(self, proposal: Any) -> Any:
-        value = proposal["value"]
-        if value is not None and value < 0:
-            raise TraitError(f"PostgresYStore.{proposal['trait'].name} must be >= 0, got {value}")
-        return value
 
     @validate("pool_size")
     def _check_pool_size(self, proposal: Any) -> int:
@@ -165,6 +172,7 @@ class PostgresYStore(BaseYStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self) -> None:
+        self._policy = Policy.of(self)
         dsn = self.dsn
         if not dsn:
             raise YStoreConnectionError(
@@ -203,11 +211,7 @@ class PostgresYStore(BaseYStore):
             await self._compact_wanted.wait()
             self._compact_wanted = anyio.Event()
             try:
-                result = await self._compact(
-                    min_updates=self.compact_after_updates or 0,
-                    min_bytes=self.compact_after_bytes or 0,
-                    wait=False,
-                )
+                result = await self._compact(self._policy, wait=False)
             except YStoreError as exc:
                 # The data is intact (the transaction rolled back). Retry after another
                 # threshold's worth of writes, not on every write (e.g. a corrupt record).
@@ -273,12 +277,11 @@ class PostgresYStore(BaseYStore):
         return 2 * (self.command_timeout or 60.0)
 
     def _request_compaction_if_due(self) -> None:
-        by_count = 0 < (self.compact_after_updates or 0) <= self._tail_updates
-        by_bytes = 0 < (self.compact_after_bytes or 0) <= self._tail_bytes
-        if by_count or by_bytes:
+        if self._policy.due(self._tail_updates, self._tail_bytes):
             self._compact_wanted.set()
 
-    async def _compact(self, *, min_updates: int, min_bytes: int, wait: bool) -> CompactResult:
+    async def _compact(self, policy: Policy | None, *, wait: bool) -> CompactResult:
+        """Compact if ``policy`` says it is due (None: whenever there is a tail)."""
         try:
             # Shielded: a transaction cut by cancellation (stop()) could not even roll back.
             with anyio.fail_after(self._shield_limit(), shield=True):
@@ -286,17 +289,14 @@ class PostgresYStore(BaseYStore):
                     self._pool(),
                     self._table,
                     self.path,
-                    min_updates=min_updates,
-                    min_bytes=min_bytes,
+                    policy=policy,
                     wait=wait,
                 )
-        except ValueError as exc:  # pycrdt could not decode a stored record
-            raise self._undecodable(exc) from None
         except Exception as exc:
             raise self._error(exc, "compact") from None
         if result.done:
             self._tail_updates = self._tail_bytes = 0
-            record_compaction(self)
+            compaction.report(type(self).__name__)
         return result
 
     # ------------------------------------------------------------------ the store API
@@ -307,7 +307,7 @@ class PostgresYStore(BaseYStore):
         update = self._checked_update(data)
         metadata = await self._metadata_for(metadata)
         now = time.time()
-        if self.document_ttl is not None:
+        if self._policy.ttl is not None:
             await self._squash_if_idle(now)
         item = Pending(self.path, update, metadata, now, self._origin)
         await self._committer().submit(item)
@@ -317,14 +317,12 @@ class PostgresYStore(BaseYStore):
         self._request_compaction_if_due()
 
     async def _squash_if_idle(self, now: float) -> None:
-        ttl = self.document_ttl
-        assert ttl is not None
         known = self._last_known_timestamp
-        if known is not None and now - known <= ttl:
+        if known is not None and not self._policy.idle(known, now):
             return  # this store wrote (or saw) an update recently: the document is not idle
         last = (await self._fetchrow(self._table.select_last_timestamp, self.path))[0]
-        if last is not None and now - last > ttl:
-            await self._compact(min_updates=0, min_bytes=0, wait=True)
+        if self._policy.idle(last, now):
+            await self._compact(None, wait=True)
         self._last_known_timestamp = last
 
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:
@@ -401,7 +399,7 @@ class PostgresYStore(BaseYStore):
         """Replace the document's history by one snapshot now (waits for a compaction
         running elsewhere, then merges whatever came after it)."""
         await self._ensure_running()
-        await self._compact(min_updates=0, min_bytes=0, wait=True)
+        await self._compact(None, wait=True)
 
     async def delete(self) -> None:
         """Forget the document; waits for a compaction of it to finish first."""

@@ -1,7 +1,7 @@
 """Compaction on the shared layout: a snapshot row replaces the rows it covers.
 
 Split so that the CPU work (squashing) can run outside the database thread: ``read`` the rows
-(one statement, a consistent view), ``squash`` them anywhere, then ``replace`` inside a write
+(one statement, a consistent view), squash them anywhere, then ``replace`` inside a write
 transaction, which first checks that the rows read are all still there (another process may
 have compacted meanwhile: then ``Changed`` is raised and the caller starts again). The
 snapshot takes the rowid of the newest row it covers, free once that row is deleted and lower
@@ -14,8 +14,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from jupyter_ystore.core import ydoc as _ydoc
-from jupyter_ystore.errors import YStoreCorruptError
+from jupyter_ystore.stores.compaction import squash  # noqa: F401 (called as compact.squash)
 from jupyter_ystore.stores.sqlite import compat
 from jupyter_ystore.stores.sqlite.queries import INSERT
 from jupyter_ystore.stores.sqlite.schema import Schema
@@ -70,17 +69,6 @@ def read(conn: sqlite3.Connection, schema: Schema, path: str) -> CompactionInput
         metadata=bytes(rows[-1][2] or b"") if rows else b"",
         has_snapshot=snapshot_row is not None and checkpoint is None,
     )
-
-
-def squash(path: str, updates: list[bytes]) -> bytes:
-    """The squashed state of ``updates`` (any thread); a bad update is a corrupt store."""
-    try:
-        return _ydoc.squash(updates)
-    except Exception as exc:
-        raise YStoreCorruptError(
-            f"document {path!r} holds an update that is not valid Yjs ({exc})",
-            hint="the rows were left as they are; export or delete the document",
-        ) from exc
 
 
 def replace(

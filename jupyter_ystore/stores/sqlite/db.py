@@ -36,25 +36,23 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import anyio
 
 from jupyter_ystore.errors import YStoreError, YStorePermissionError
-from jupyter_ystore.server.metrics import record_compaction_of
-from jupyter_ystore.stores.sqlite import attributes
-from jupyter_ystore.stores.sqlite import compact as compaction
-from jupyter_ystore.stores.sqlite import pending
-from jupyter_ystore.stores.sqlite import queries
-from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
+from jupyter_ystore.stores.base import DocumentInfo
+from jupyter_ystore.stores.compaction import Policy
+from jupyter_ystore.stores.compaction import report as report_compaction
 from jupyter_ystore.stores.damaged import is_damaged_copy
 from jupyter_ystore.stores.shared import SharedMap
+from jupyter_ystore.stores.sqlite import attributes, pending, queries
+from jupyter_ystore.stores.sqlite import compact as compaction
+from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
 from jupyter_ystore.stores.sqlite.errors import map_error
 from jupyter_ystore.stores.sqlite.recover import note_damage, open_database
 from jupyter_ystore.stores.sqlite.schema import Options, Schema
 from jupyter_ystore.stores.sqlite.watch import Hub, Owner, Watch
-from jupyter_ystore.stores.base import DocumentInfo
 
 __all__ = [
     "Options",
@@ -74,15 +72,6 @@ Outcome = tuple[Waiter, Any, Any]
 #: Milliseconds a read waits for the write lock to fold pending rows first (see
 #: ``SharedDatabase._fold_for_read``).
 _READ_FOLD_WAIT_MS = 50
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What a store wants done around its writes (from its traits)."""
-
-    ttl: float | None = None
-    max_updates: int | None = None
-    max_bytes: int | None = None
 
 
 class _Stats:
@@ -299,7 +288,9 @@ class SharedDatabase:
                     data = await anyio.to_thread.run_sync(self._read_for_compaction, path)
                 if data is None or (automatic and not data.worth_it):
                     return False
-                snapshot = await anyio.to_thread.run_sync(compaction.squash, path, data.updates)
+                snapshot = await anyio.to_thread.run_sync(
+                    compaction.squash, data.updates, path, self.db_path
+                )
                 replace = self._replace_job(path, data, snapshot, automatic)
                 if await self.call(replace, f"compacting {path!r}"):
                     return True
@@ -590,12 +581,11 @@ class SharedDatabase:
             for job in batch:
                 path = job.path
                 stats = all_stats.get(path) or self._stats_for(path)
-                ttl = job.policy.ttl
+                policy = job.policy
                 if (
-                    ttl is not None
-                    and stats.last_ts is not None
+                    policy.ttl is not None
                     and stats.count > 0
-                    and job.timestamp - stats.last_ts > ttl
+                    and policy.idle(stats.last_ts, job.timestamp)
                 ):
                     if chunk:
                         self._insert(conn, chunk, owned)
@@ -630,11 +620,7 @@ class SharedDatabase:
             owner.wrote(rowid, update)
         for job in written:
             stats = all_stats.get(job.path)
-            policy = job.policy
-            wanted = stats is not None and bool(
-                (policy.max_updates and stats.count >= policy.max_updates)
-                or (policy.max_bytes and stats.nbytes >= policy.max_bytes)
-            )
+            wanted = stats is not None and job.policy.due(stats.count, stats.nbytes)
             outcomes.append((job.waiter, wanted, None))
         if self._hub.active:
             outcomes += self._hub.committed((job.path, job.owner) for job in written)
@@ -680,11 +666,11 @@ class SharedDatabase:
             self._fold_within()
             data = compaction.read(conn, schema, path)
             if data is not None:
-                snapshot = compaction.squash(path, data.updates)
+                snapshot = compaction.squash(data.updates, path, self.db_path)
                 compaction.replace(conn, schema, path, data, snapshot)
             conn.execute("RELEASE ttl_squash")
             if data is not None:
-                record_compaction_of("SQLiteYStore")
+                report_compaction("SQLiteYStore")
         except Exception as exc:
             conn.execute("ROLLBACK TO ttl_squash")
             conn.execute("RELEASE ttl_squash")
@@ -694,12 +680,10 @@ class SharedDatabase:
         return None
 
     def _wants_compaction(self, path: str, policy: Policy) -> bool:
-        if not (policy.max_updates or policy.max_bytes):
+        if not policy.automatic:
             return False
         stats = self._stats_for(path)
-        if policy.max_updates and stats.count >= policy.max_updates:
-            return True
-        return bool(policy.max_bytes and stats.nbytes >= policy.max_bytes)
+        return policy.due(stats.count, stats.nbytes)
 
     def _stats_for(self, path: str) -> _Stats:
         stats = self._stats.get(path)

@@ -71,14 +71,12 @@ from traitlets import CaselessStrEnum, TraitError, Unicode, validate
 
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
-from jupyter_ystore.server.metrics import record_compaction
-from jupyter_ystore.stores.sqlite import db as _sqlite_db
-from jupyter_ystore.stores.sqlite.bridge import Waiter
+from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
-from jupyter_ystore.stores import upstream_names
 from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.settings import Count, Seconds, checked
-
+from jupyter_ystore.stores.sqlite import db as _sqlite_db
+from jupyter_ystore.stores.sqlite.bridge import Waiter
 
 #: Where a server keeps its documents by default, in its root folder: jupyter-collaboration's
 #: file, so that its users' histories are found.
@@ -154,7 +152,8 @@ class SQLiteYStore(BaseYStore):
         config=True,
         help="Seconds between the checks by which watch() sees updates other processes "
         "committed to the database (one cheap query per database, whatever the number of "
-        "documents watched). Other stores of this process are seen at once.",
+        "documents watched). Other stores of this process are seen at once. Must be > 0, "
+        "as on PostgresYStore: a watch always waits between two checks.",
     )
 
     @validate("db_path")
@@ -210,7 +209,7 @@ class SQLiteYStore(BaseYStore):
             self._compaction_wanted = anyio.Event()
             try:
                 if await self._require_db().compact(self.path, policy=self._policy):
-                    record_compaction(self)
+                    compaction.report(type(self).__name__)
             except Exception as exc:  # the updates are intact; the next threshold retries
                 self.log.error(
                     "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
@@ -339,7 +338,7 @@ class SQLiteYStore(BaseYStore):
         done = await self._require_db().compact(self.path)
         if not done:
             raise YDocNotFound(self.path)
-        record_compaction(self)
+        compaction.report(type(self).__name__)
 
     async def delete(self) -> None:
         """Forget everything stored for this document (its pycrdt-store checkpoint and its

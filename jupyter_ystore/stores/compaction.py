@@ -1,0 +1,101 @@
+"""When a document's history is squashed into one snapshot, and what a failed squash means.
+
+Three settings decide it, on every store that has them: ``compact_after_updates`` and
+``compact_after_bytes`` (the updates after the snapshot, counted by the store) and
+``document_ttl`` (a write after that many idle seconds squashes first). ``Policy`` holds
+them and answers "is it due?"; the backends only count and do the work, each its own way
+(one transaction on SQLite and PostgreSQL, an atomic rewrite of a file).
+
+Squashing decodes every stored update: one that is not valid Yjs makes the store corrupt,
+never empty (``undecodable``), and nothing is changed.
+
+Stores report each compaction they commit (``report``); whoever counts them (the server's
+Prometheus metrics) subscribes with ``observe``, so that stores import nothing of the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import YStoreCorruptError
+from jupyter_ystore.stores.settings import checked
+
+log = logging.getLogger("jupyter_ystore")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A store's compaction settings, fixed when it opens (0 and None: never)."""
+
+    ttl: float | None = None
+    max_updates: int | None = None
+    max_bytes: int | None = None
+
+    @classmethod
+    def of(cls, store: Any) -> Policy:
+        """From ``store``'s traits, checked again (a subclass may set plain attributes)."""
+        values = [
+            checked(store, name) if hasattr(store, name) else None
+            for name in ("document_ttl", "compact_after_updates", "compact_after_bytes")
+        ]
+        ttl, max_updates, max_bytes = values
+        return cls(None if ttl is None else float(ttl), max_updates or None, max_bytes or None)
+
+    @property
+    def automatic(self) -> bool:
+        """Whether a threshold is set at all."""
+        return bool(self.max_updates or self.max_bytes)
+
+    def due(self, updates: int, nbytes: int) -> bool:
+        """Whether ``updates`` updates of ``nbytes`` bytes after the snapshot call for one."""
+        return bool(
+            (self.max_updates and updates >= self.max_updates)
+            or (self.max_bytes and nbytes >= self.max_bytes)
+        )
+
+    def idle(self, last: float | None, now: float) -> bool:
+        """Whether a write at ``now`` squashes first, the last update being at ``last``."""
+        return self.ttl is not None and last is not None and now - last > self.ttl
+
+
+def undecodable(document: str, exc: BaseException, where: str | None = None) -> YStoreCorruptError:
+    """The error for a stored update of ``document`` that is not valid Yjs (found loading
+    or squashing it); ``where`` names the file or database (default: the document)."""
+    return YStoreCorruptError(
+        f"a stored update of document {document!r} is not a valid Yjs update ({exc})",
+        path=where or document,
+        hint="the store was left untouched; restore it from a backup, or delete this "
+        "document's history to rebuild it from its file",
+    )
+
+
+def squash(updates: Sequence[bytes], document: str, where: str | None = None) -> bytes:
+    """The snapshot of ``updates`` (any thread); an update that does not decode raises
+    ``undecodable``."""
+    try:
+        return _ydoc.squash(updates)
+    except Exception as exc:
+        raise undecodable(document, exc, where) from exc
+
+
+# ---------------------------------------------------------------------- figures
+
+_observers: list[Callable[[str], None]] = []
+
+
+def observe(callback: Callable[[str], None]) -> None:
+    """Call ``callback(store class name)`` after every compaction a store commits (any
+    thread: the database thread of SQLite, a worker thread of a file store)."""
+    _observers.append(callback)
+
+
+def report(store_class: str) -> None:
+    """A compaction of a ``store_class`` document committed."""
+    for callback in tuple(_observers):
+        try:
+            callback(store_class)
+        except Exception:  # a figure lost, never a compaction
+            log.exception("reporting a compaction of a %s document", store_class)
