@@ -12,11 +12,20 @@ a ``pycrdt.Doc`` or a ``y_py.YDoc``) lives here once.
 from __future__ import annotations
 
 import inspect
-import re
-from dataclasses import dataclass
 import logging
+import re
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence, Union
+from dataclasses import dataclass
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+    Union,
+)
 
 import anyio
 import pycrdt
@@ -25,6 +34,7 @@ from traitlets.config import LoggingConfigurable
 
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
+from jupyter_ystore.stores.compaction import undecodable
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
 
@@ -262,6 +272,17 @@ class BaseYStore(LoggingConfigurable):
         """
         return [update async for update, _metadata, _timestamp in self.read()]
 
+    def _prepare_load(self, updates: list[bytes]) -> tuple[bytes, bytes | None]:
+        """In a worker thread: the oldest update (a snapshot, where the store keeps them) as
+        it is, and the updates after it merged into one (None: there are none). Merging them
+        INTO the snapshot would decode and re-encode the whole document."""
+        head, tail = updates[0], updates[1:]
+        if not tail:
+            return head, None
+        if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):
+            raise ValueError("a stored update does not decode")  # merging one checks nothing
+        return head, _ydoc.merge_updates(tail)
+
     # ------------------------------------------------------------------ optional backend API
     # Administration (the `jupyter ystore` command) and multi-server rooms. A backend that
     # cannot do one of these keeps the NotImplementedError, which callers report as such.
@@ -418,26 +439,30 @@ class BaseYStore(LoggingConfigurable):
         await self.write(_ydoc.encode_state_as_update(ydoc))
 
     async def apply_updates(self, ydoc: Any) -> None:
-        """Apply everything stored to ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``), in one go.
-
-        Raises ``YDocNotFound`` when nothing is stored.
+        """Apply everything stored to ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``): the
+        oldest update (a snapshot) as it is, then the others merged into one (see
+        ``_prepare_load``). Raises ``YDocNotFound`` when nothing is stored, and
+        ``YStoreCorruptError`` with ``ydoc`` untouched when a stored update is not Yjs.
         """
         updates = await self._load()
         if not updates:
             raise YDocNotFound(self.path)
+        _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
         try:
-            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, updates)
-        except ValueError as exc:
-            raise self._undecodable(exc) from exc
-        try:
-            _ydoc.apply_update(ydoc, merged)
-        except TypeError:
-            raise
+            head, merged = await anyio.to_thread.run_sync(self._prepare_load, updates)
         except Exception as exc:
-            if _ydoc.is_valid_update(merged):
-                raise  # the document refused it, not a fault of the stored bytes
             raise self._undecodable(exc) from exc
-        self._check_loaded(ydoc, [merged])
+        applied = [head] if merged is None else [head, merged]
+        for update in applied:
+            try:
+                _ydoc.apply_update(ydoc, update)
+            except TypeError:
+                raise
+            except Exception as exc:
+                if _ydoc.is_valid_update(update):
+                    raise  # the document refused it, not a fault of the stored bytes
+                raise self._undecodable(exc) from exc
+        self._check_loaded(ydoc, applied)
 
     def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
         """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only)."""
@@ -453,12 +478,8 @@ class BaseYStore(LoggingConfigurable):
         )
 
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
-        return YStoreCorruptError(
-            f"a stored update of document {self.path!r} is not a valid Yjs update ({exc})",
-            path=self.path,
-            hint="the store was left untouched; restore it from a backup, or delete this "
-            "document's history to rebuild it from its file",
-        )
+        """The error for a stored update that is not Yjs (see ``compaction.undecodable``)."""
+        return undecodable(self.path, exc)
 
 
 def _with_metadata(write: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

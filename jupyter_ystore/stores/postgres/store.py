@@ -44,7 +44,6 @@ from typing import Any, AsyncIterator, Sequence
 import anyio
 from traitlets import Int, TraitError, Unicode, default, validate
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreConnectionError,
@@ -341,38 +340,6 @@ class PostgresYStore(BaseYStore):
         rows = await self._fetch(self._table.select_updates, self.path)
         self._seen_id = rows[-1]["id"] if rows else 0
         return [bytes(row["yupdate"]) for row in rows]
-
-    async def apply_updates(self, ydoc: Any) -> None:
-        """Apply the snapshot as it is, then the updates after it merged into one.
-
-        Merging the small tail is cheap; merging it into the snapshot would decode and
-        re-encode the whole document (half the load time of a big document). The tail is
-        decoded before anything is applied, so a stored record that is not valid Yjs raises
-        ``YStoreCorruptError`` with ``ydoc`` untouched.
-        """
-        updates = await self._load()
-        if not updates:
-            raise YDocNotFound(self.path)
-        _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
-        head, tail = updates[0], updates[1:]
-        try:
-            merged = await anyio.to_thread.run_sync(_ydoc.merge_updates, tail) if tail else None
-            if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):  # merge did not decode it
-                raise ValueError("the update after the snapshot does not decode")
-        except ValueError as exc:
-            raise self._undecodable(exc) from exc
-        for update in (head, merged):
-            if update is None:
-                continue
-            try:
-                _ydoc.apply_update(ydoc, update)
-            except TypeError:
-                raise
-            except Exception as exc:
-                if _ydoc.is_valid_update(update):
-                    raise  # the document refused it, not a fault of the stored bytes
-                raise self._undecodable(exc) from exc
-        self._check_loaded(ydoc, [head] if merged is None else [head, merged])
 
     # ------------------------------------------------------------------ optional API
 
