@@ -15,7 +15,6 @@ import pytest
 import y_py
 
 from jupyter_ystore import SQLiteYStore, YStoreVersionError
-from jupyter_ystore.stores.sqlite import compat
 
 pytestmark = pytest.mark.anyio
 
@@ -176,13 +175,6 @@ async def test_pycrdt_store_checkpoint_alone_restores_content(
         await st.apply_updates(doc)
     assert content(doc) == content(expected)
     assert content(doc)["source"]
-
-
-def test_jupyter_collaboration_keys() -> None:
-    assert compat.document_key("notebook", "11111111-aaaa") == ".notebook:11111111-aaaa.y"
-    assert compat.parse_document_key(".notebook:11111111-aaaa.y") == ("notebook", "11111111-aaaa")
-    assert compat.parse_document_key("notebook:doc-a") is None
-    assert compat.parse_document_key(".file:.y") is None
 
 
 async def test_loading_a_long_legacy_history_compacts_it(

@@ -24,7 +24,13 @@ import os
 from jupyter_ystore.core.codec import read_var_bytes, write_var_bytes
 from jupyter_ystore.errors import YStoreCorruptError, YStoreError
 from jupyter_ystore.stores.file.format import HEADER_PREFIX
-from jupyter_ystore.stores.file.store import _EXCLUSIVE, _flock, _fsync_dir, _os_error, _read_all
+from jupyter_ystore.stores.file.store import (
+    _EXCLUSIVE,
+    _flock,
+    _fsync_dir,
+    _os_error,
+    _read_all,
+)
 
 SUFFIX = ".attrs"
 MAGIC = b"YSTORE-ATTRS:1\n"
@@ -124,11 +130,6 @@ def remove(path: str) -> None:
             os.close(fd)
     except OSError as exc:
         raise _os_error(exc, path, "deleting the document's attributes") from exc
-
-
-def is_temporary(name: str) -> bool:
-    """A sidecar being written (or left behind by a crash while it was)."""
-    return name.endswith(_TMP)
 
 
 def _lock(path: str, *, create: bool) -> int | None:

@@ -79,17 +79,6 @@ class DatabaseLayout:
     def has_snapshots(self) -> bool:
         return SNAPSHOTS_TABLE in self.tables
 
-    @property
-    def writer(self) -> str:
-        """Who probably wrote it (for log messages)."""
-        if self.has_snapshots:
-            return "jupyter_ystore"
-        if self.has_checkpoints:
-            return "pycrdt-store"
-        if self.has_updates:
-            return "ypy-websocket"
-        return "unknown"
-
 
 def inspect_layout(conn: sqlite3.Connection) -> DatabaseLayout:
     """Read the schema and version of ``conn``'s database (read-only statements).
@@ -145,18 +134,3 @@ def read_checkpoint(
     if row is None or not row[0]:
         return None
     return bytes(row[0]), float(row[1])
-
-
-def document_key(file_type: str, file_id: str) -> str:
-    """The key jupyter-collaboration stores a document under: ``.{file_type}:{file_id}.y``."""
-    return f".{file_type}:{file_id}.y"
-
-
-def parse_document_key(key: str) -> tuple[str, str] | None:
-    """``(file_type, file_id)`` of a jupyter-collaboration key, or None for another key."""
-    if not (key.startswith(".") and key.endswith(".y") and ":" in key):
-        return None
-    file_type, _, file_id = key[1:-2].partition(":")
-    if not file_type or not file_id:
-        return None
-    return file_type, file_id
