@@ -226,13 +226,13 @@ def test_missing_dependencies_names_pending_structs_and_deletions() -> None:
     complete = pycrdt.Doc()
     for update in updates:
         complete.apply_update(update)
-    assert missing_dependencies(complete, updates) is None
+    assert missing_dependencies(complete.get_state(), updates) is None
     holed = pycrdt.Doc()
     holed.apply_update(updates[1])
-    assert "wait for earlier ones" in (missing_dependencies(holed, updates[1:2]) or "")
+    assert "wait for earlier ones" in (missing_dependencies(holed.get_state(), updates[1:2]) or "")
     deletes_only = pycrdt.Doc()
     deletes_only.apply_update(updates[2])
-    assert "refer to items that are not stored" in (missing_dependencies(deletes_only, updates[2:]) or "")
+    assert "refer to items that are not stored" in (missing_dependencies(deletes_only.get_state(), updates[2:]) or "")
 
 
 def _between(left: tuple[int, int], right: tuple[int, int], tail: bytes) -> bytes:

@@ -164,9 +164,10 @@ def get_state(doc: pycrdt.Doc) -> bytes:
     return doc.get_state()
 
 
-def missing_dependencies(doc: pycrdt.Doc, applied: Sequence[bytes]) -> str | None:
-    """Why ``doc`` did not integrate all of ``applied`` (updates it keeps pending because
-    what they build on is missing; deletions of items it never saw), or None.
+def missing_dependencies(state_bytes: bytes, applied: Sequence[bytes]) -> str | None:
+    """Why a document whose state vector is ``state_bytes`` did not integrate all of
+    ``applied`` (updates it keeps pending because what they build on is missing; deletions of
+    items it never saw), or None. Works on bytes only, so it runs in any thread.
 
     A history with such holes loads without an error but not as it was written: e.g. a
     document whose history was deleted while a room kept appending to it loads (almost)
@@ -179,7 +180,6 @@ def missing_dependencies(doc: pycrdt.Doc, applied: Sequence[bytes]) -> str | Non
     )
 
     with crdt_errors():
-        state_bytes = doc.get_state()
         state = parse_state_vector(state_bytes)
         for update in applied:
             try:

@@ -462,13 +462,17 @@ class BaseYStore(LoggingConfigurable):
                 if _ydoc.is_valid_update(update):
                     raise  # the document refused it, not a fault of the stored bytes
                 raise self._undecodable(exc) from exc
-        self._check_loaded(ydoc, applied)
+        await self._check_loaded(ydoc, applied)
 
-    def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
-        """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only)."""
+    async def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
+        """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only; the
+        reading happens in a worker thread, on bytes: the document stays on this one)."""
         self.load_problem = None
         if isinstance(ydoc, pycrdt.Doc):
-            self.load_problem = _ydoc.missing_dependencies(ydoc, applied)
+            state = _ydoc.get_state(ydoc)
+            self.load_problem = await anyio.to_thread.run_sync(
+                _ydoc.missing_dependencies, state, applied
+            )
 
     def with_path(self, path: str) -> BaseYStore:
         """A store of the same class and settings for another document (not started)."""
