@@ -1,33 +1,34 @@
-"""Rooms: one shared document per file, its clients, its store and its file.
+"""A document's room: one shared document per file, its clients, its store and its file.
 
-The rules this module exists for:
+The rules rooms exist for:
 
 - Every change of a shared document goes through the store. One ``Doc.observe`` callback
   sees every change (a client's update, the server loading or merging the file, the
   ``state`` map after a save) and queues it in the room's ``WritePipeline``, which stores it
-  and only then relays it (``room_writer``). Updates that came from the store itself (other
+  and only then relays it (``writer``). Updates that came from the store itself (other
   servers' updates through ``watch()``) are relayed but not written back.
-- Nothing from outside reaches the document unchecked (``update_guard``): an update that does
+- Nothing from outside reaches the document unchecked (``core.update_guard``): an update that does
   not fit the document is refused and its sender disconnected; one that damages the document
   anyway resets the room, which reopens from the store.
 - Neither the store nor the file simply wins. The room keeps the content it last saved to or
   loaded from the file (the *base*, stored with the document as an attribute, so it survives
   restarts); when the file changes on disk, the change from the base to the file is merged
-  into the document as minimal edits (``merge``), at start-up too.
+  into the document as minimal edits (``filesync``, ``core.merge``), at start-up too.
 - A stored history the room cannot trust (missing dependencies, undecodable records, empty
   while the file is not) is set aside (``aside``), never trusted and never deleted.
 - The history has an identity (``history_id``, a store attribute), which is what the session
   id a tab holds names: a tab reconnects to any server that holds that history.
 - One room's failure stays in that room.
 
-Lifecycles are task groups: the manager's group holds one task per room; a room's group holds
-its store, its writer, its saver and its file poller. Closing a room (last client gone after
+Lifecycles are task groups: the manager's group (``manager``) holds one task per room; a
+room's group holds its store, its writer, its saver and its file poller. Closing a room (last client gone after
 ``document_cleanup_delay``, however the room was opened, or server shutdown) saves, flushes
 and stops the store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -265,7 +266,7 @@ class DocumentRoom:
                 self.ydoc.apply_update(file_doc.ydoc.get_update())
                 self._set_state(hash=file_state.hash, path=self.file.path)
             self.files.loaded(file_state, file_content)
-            self.history_id = uuid.uuid4().hex
+            self.history_id = await self._new_history_id()
             await self.store_attributes({HISTORY_ID: self.history_id.encode(), BASE: encode_base(file_content)})
             self.log.info("Room %s: loaded %s from disk", self.room_id, self.file.path)
         else:
@@ -275,11 +276,28 @@ class DocumentRoom:
             stored_id = attributes.get(HISTORY_ID)
             self.history_id = stored_id.decode("ascii", "replace") if stored_id else None
             if self.history_id is None:  # a history written before histories had an id
-                self.history_id = uuid.uuid4().hex
+                self.history_id = await self._new_history_id()
                 await self.store_attributes({HISTORY_ID: self.history_id.encode()})
             self.files.opened(file_state)
             await self.files.reconcile(file_state, file_content, decode_base(attributes.get(BASE)))
         await self.writer.flush()
+
+    async def _new_history_id(self) -> str:
+        """The id of a history without one: a digest of its first stored record. Servers
+        sharing a store that open a new document at the same moment each store a load, but
+        read the same first record, so they name the history alike (a random id each would
+        split one history's sessions between servers: a tab could not move). A history
+        deleted and loaded again starts with another record, hence another id."""
+        try:
+            await self.writer.flush()
+            async for update, metadata, timestamp in self.store.read():
+                digest = hashlib.blake2b(digest_size=16)
+                for part in (update, metadata or b"", repr(timestamp).encode()):
+                    digest.update(len(part).to_bytes(8, "big") + part)
+                return digest.hexdigest()
+        except Exception:  # nothing readable yet (a store outage): a random id
+            pass
+        return uuid.uuid4().hex
 
     async def _replay_spill(self) -> None:
         """Changes spilled while the store failed (the room closed, or the server died, before
