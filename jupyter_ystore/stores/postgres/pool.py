@@ -107,7 +107,9 @@ class SharedPool:
                     reset=_keep_session,
                 )
             except Exception as exc:
-                if is_connection_failure(exc) or isinstance(exc, asyncpg.exceptions.PostgresError):
+                if is_connection_failure(exc) or isinstance(
+                    exc, asyncpg.exceptions.PostgresError
+                ):
                     raise connection_error(self.dsn, exc) from None
                 if isinstance(exc, ValueError):  # asyncpg's DSN parser
                     raise YStoreConnectionError(

@@ -5,27 +5,27 @@ the process that uses the same file shares this object (a refcounted registry ke
 file's real path); its thread owns the connection and works through a queue:
 
 * **Pending rows.** A commit inserts into ``ystore_pending`` (no secondary index), folded
-  into ``yupdates`` in bulk; reads fold first (``_sqlite_pending`` says why and what holds).
+  into ``yupdates`` in bulk; reads fold first (``pending`` says why and what holds).
 * **Group commit.** Writes queue up while a commit is in flight; the thread takes every
   queued write and commits them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then
   wakes all their writers. A write's coroutine returns only after its commit.
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
-  task (see ``_sqlite_bridge``).
+  task (see ``bridge``).
 * **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 4000
-  WAL pages, see ``_sqlite_schema``) runs in this thread between commits, when no write of
-  ours is in flight, so it completes and the WAL restarts. (A checkpointer running beside a continuous writer never catches up: the WAL
-  then grows without bound.)
+  WAL pages, see ``schema``) runs in this thread between commits, when no write of ours is
+  in flight, so it completes and the WAL restarts. (A checkpointer running beside a
+  continuous writer never catches up: the WAL then grows without bound.)
 * **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
   makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
   and nothing is half-written.
 
 * **Live updates.** While a store watches, the loop also polls other processes' commits
-  every ``poll_interval`` and wakes watchers after our own commits (``_sqlite_watch``).
+  every ``poll_interval`` and wakes watchers after our own commits (``watch``).
 
-Compaction (``_sqlite_compact``) reads in this thread, squashes in a worker thread and swaps
-the rows in one transaction here. A ``document_ttl`` squash is done inline in the write's
-transaction, as the seed did.
+Compaction is ``compact.Compactor``'s job (``self.compactor``): it keeps the counts that
+decide it, which every commit updates, and squashes an idle document (``document_ttl``)
+inside the commit of the write that finds it idle.
 """
 
 from __future__ import annotations
@@ -38,17 +38,13 @@ import threading
 import time
 from typing import Any, Awaitable, Callable
 
-import anyio
-
-from jupyter_ystore.errors import YStoreError, YStorePermissionError
+from jupyter_ystore.errors import YStoreError
 from jupyter_ystore.stores.base import DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
-from jupyter_ystore.stores.compaction import report as report_compaction
-from jupyter_ystore.stores.damaged import is_damaged_copy
 from jupyter_ystore.stores.shared import SharedMap
 from jupyter_ystore.stores.sqlite import attributes, pending, queries
-from jupyter_ystore.stores.sqlite import compact as compaction
 from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
+from jupyter_ystore.stores.sqlite.compact import Compactor, reclaim
 from jupyter_ystore.stores.sqlite.errors import map_error
 from jupyter_ystore.stores.sqlite.recover import note_damage, open_database
 from jupyter_ystore.stores.sqlite.schema import Options, Schema
@@ -57,7 +53,6 @@ from jupyter_ystore.stores.sqlite.watch import Hub, Owner, Watch
 __all__ = [
     "Options",
     "Owner",
-    "Policy",
     "SharedDatabase",
     "Watch",
     "acquire",
@@ -70,19 +65,8 @@ log = logging.getLogger("jupyter_ystore.sqlite")
 Outcome = tuple[Waiter, Any, Any]
 
 #: Milliseconds a read waits for the write lock to fold pending rows first (see
-#: ``SharedDatabase._fold_for_read``).
+#: ``SharedDatabase.fold_for_read``).
 _READ_FOLD_WAIT_MS = 50
-
-
-class _Stats:
-    """A document's history after its snapshot, as this process has seen it."""
-
-    __slots__ = ("count", "nbytes", "last_ts")
-
-    def __init__(self, count: int, nbytes: int, last_ts: float | None):
-        self.count = count
-        self.nbytes = nbytes
-        self.last_ts = last_ts
 
 
 class _Write:
@@ -125,7 +109,8 @@ class _Close:
 
 
 class SharedDatabase:
-    """The connection, thread and per-document counters of one database file."""
+    """The connection and thread of one database file: its queue of jobs, group commit
+    and folds."""
 
     def __init__(self, key: str, db_path: str, options: Options):
         self.key = key
@@ -133,19 +118,12 @@ class SharedDatabase:
         self.options = options
         self.closing = False
         self.failed: BaseException | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._schema: Schema | None = None
-        self._stats: dict[str, _Stats] = {}
-        self._compacting: set[str] = set()
-        self._compacting_lock = threading.Lock()
+        self.conn: sqlite3.Connection | None = None  # the database thread's
+        self.schema: Schema | None = None
+        self.compactor = Compactor(self)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._hub = Hub()  # live updates: touched by the database thread only
-        self._poll_failing = False
+        self._hub = Hub(db_path)  # live updates: touched by the database thread only
         self._pending = 0  # rows this process committed into ystore_pending since its fold
-        # A second connection for compaction reads, used from worker threads: reading a
-        # document's rows (~3 µs a row) then does not hold up the writers' queue.
-        self._reader: sqlite3.Connection | None = None
-        self._reader_lock = threading.Lock()
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
         self._fold_failing = False
         self._fold_retry_at = 0.0  # after a failed fold, not before this time.monotonic()
@@ -255,117 +233,16 @@ class SharedDatabase:
     async def delete(self, path: str, owner: Owner | None = None) -> None:
         await self.call(self._delete_job(path, owner), f"deleting {path!r}")
 
-    async def compact(self, path: str, *, policy: Policy | None = None) -> bool:
-        """Replace ``path``'s history by one snapshot. Returns False if there was nothing to do.
-
-        With a ``policy`` (automatic compaction) it is skipped unless the document still
-        passes its thresholds and no other compaction of it runs in this process; explicit
-        ones always run (both are safe together).
-        """
-        automatic = policy is not None
-        if is_damaged_copy(self.db_path):  # read into memory, read-only
-            if automatic:
-                return False
-            raise YStorePermissionError("a damaged copy cannot be compacted", path=self.db_path)
-        if automatic:
-            with self._compacting_lock:
-                if path in self._compacting:
-                    return False
-                self._compacting.add(path)
-        try:
-            for _attempt in range(5):
-                wanted = await self.call(
-                    self._wants_compaction_job(path, policy), f"reading {path!r} to compact it"
-                )
-                if not wanted:
-                    data = None
-                elif self.db_path == ":memory:":  # no second connection sees that database
-                    data = await self.call(
-                        lambda conn, schema: compaction.read(conn, schema, path),
-                        f"reading {path!r} to compact it",
-                    )
-                else:
-                    data = await anyio.to_thread.run_sync(self._read_for_compaction, path)
-                if data is None or (automatic and not data.worth_it):
-                    return False
-                snapshot = await anyio.to_thread.run_sync(
-                    compaction.squash, data.updates, path, self.db_path
-                )
-                replace = self._replace_job(path, data, snapshot, automatic)
-                if await self.call(replace, f"compacting {path!r}"):
-                    return True
-            raise YStoreError(
-                f"document {path!r} kept changing under compaction (5 attempts)",
-                path=self.db_path,
-                hint="another process is rewriting it; nothing was lost, try again later",
-            )
-        finally:
-            if automatic:
-                with self._compacting_lock:
-                    self._compacting.discard(path)
-
     # ------------------------------------------------------------------ jobs (database thread)
-
-    def _wants_compaction_job(self, path: str, policy: Policy | None) -> Callable[..., bool]:
-        """Whether to go on (run after the usual fold of pending rows, so the read that
-        follows sees them)."""
-
-        def job(conn: sqlite3.Connection, schema: Schema) -> bool:
-            # False: a compaction that finished meanwhile already did it
-            return policy is None or self._wants_compaction(path, policy)
-
-        return job
-
-    def _read_for_compaction(self, path: str) -> compaction.CompactionInput | None:
-        """In a worker thread, on the reader connection, in one read transaction. (Rows
-        committed after it come after the snapshot; ``replace`` checks the rows read.)"""
-        with self._reader_lock:
-            schema = self._schema
-            if self.closing or schema is None:
-                raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
-            try:
-                if self._reader is None:
-                    self._reader = sqlite3.connect(
-                        self.db_path,
-                        timeout=self.options.busy_timeout,
-                        isolation_level=None,
-                        check_same_thread=False,
-                    )
-                conn = self._reader
-                conn.execute("BEGIN")
-                try:
-                    return compaction.read(conn, schema, path)
-                finally:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._error(exc, f"reading {path!r} to compact it") from exc
-
-    def _replace_job(
-        self, path: str, data: compaction.CompactionInput, snapshot: bytes, automatic: bool
-    ) -> Callable[..., bool]:
-        def job(conn: sqlite3.Connection, schema: Schema) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                compaction.replace(conn, schema, path, data, snapshot)
-                conn.execute("COMMIT")
-            except compaction.Changed:
-                conn.execute("ROLLBACK")
-                return False
-            finally:
-                self._stats.pop(path, None)
-            compaction.reclaim(conn, self.db_path, automatic=automatic)
-            return True
-
-        return job
 
     def _delete_job(self, path: str, owner: Owner | None) -> Callable[..., None]:
         def job(conn: sqlite3.Connection, schema: Schema) -> None:
             try:
                 queries.delete_document(conn, schema, path)
             finally:
-                self._stats.pop(path, None)
+                self.compactor.tails.pop(path, None)
                 deliver(self._hub.deleted(path, owner))
-            compaction.reclaim(conn, self.db_path)
+            reclaim(conn, self.db_path)
 
         return job
 
@@ -373,9 +250,9 @@ class SharedDatabase:
 
     def _main(self) -> None:
         try:
-            self._conn, self._schema = open_database(self.db_path, self.options)
+            self.conn, self.schema = open_database(self.db_path, self.options)
         except BaseException as exc:  # reported to every job
-            self.failed = self._error(exc, "opening the database")
+            self.failed = self.error(exc, "opening the database")
         hub = self._hub
         while True:
             timeout = hub.timeout()  # None unless someone watches: then poll other processes
@@ -416,27 +293,12 @@ class SharedDatabase:
                     self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
                 ) and time.monotonic() >= self._fold_retry_at:
                     self._fold_quietly()
-                if hub.active and self._conn is not None:
-                    self._poll_others()
+                if hub.active and self.conn is not None:
+                    deliver(hub.poll(self.conn, self.fold_for_read))
             except Exception:  # a bug: log it and keep serving (nothing was lost)
                 log.exception("SQLite thread for %s, between jobs", self.db_path)
                 self._rollback()
                 self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
-
-    def _poll_others(self) -> None:
-        """Wake watchers of documents another process committed to (when a poll is due)."""
-        try:
-            wakes = self._hub.poll(self._conn, self._fold_for_read)  # type: ignore[arg-type]
-        except sqlite3.Error as exc:  # e.g. a lock during recovery: the next poll retries
-            note_damage(self.db_path, exc, "polling for other processes' updates")
-            if not self._poll_failing:  # once, not every poll_interval
-                log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
-            self._poll_failing = True
-            return
-        if self._poll_failing:
-            log.info("polling %s for other processes' updates works again", self.db_path)
-            self._poll_failing = False
-        deliver(wakes)
 
     def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
         """Run ``work`` and deliver its outcomes; an unexpected error fails these jobs
@@ -450,24 +312,24 @@ class SharedDatabase:
             outcomes = [(job.waiter, None, error) for job in jobs]
         deliver(outcomes)
 
-    def _error(self, exc: BaseException, action: str) -> BaseException:
+    def error(self, exc: BaseException, action: str) -> BaseException:
         note_damage(self.db_path, exc, action)  # set aside at the file's next open
         return map_error(exc, self.db_path, action, self.options.busy_timeout)
 
     def _run_call(self, job: _Call) -> Outcome:
         if self.failed is not None:
             return job.waiter, None, self.failed
-        assert self._conn is not None and self._schema is not None
+        assert self.conn is not None and self.schema is not None
         try:
             if job.fold:
-                self._fold_for_read()
-            return job.waiter, job.fn(self._conn, self._schema), None
+                self.fold_for_read()
+            return job.waiter, job.fn(self.conn, self.schema), None
         except Exception as exc:
             self._rollback()
-            return job.waiter, None, self._error(exc, job.action)
+            return job.waiter, None, self.error(exc, job.action)
 
     def _rollback(self) -> None:
-        conn = self._conn
+        conn = self.conn
         if conn is not None and conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
@@ -475,31 +337,28 @@ class SharedDatabase:
                 pass
 
     def _shutdown(self) -> None:
-        with self._reader_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-        if self._conn is not None:
+        self.compactor.close()
+        if self.conn is not None:
             self._rollback()
             self._fold_quietly()  # so that other libraries reading the file see every row
             try:
-                self._conn.close()
+                self.conn.close()
             except sqlite3.Error as exc:  # nothing pending: every write was committed
                 log.warning("closing %s: %s", self.db_path, exc)
-            self._conn = None
+            self.conn = None
 
     # ------------------------------------------------------------------ pending rows
 
     def _may_have_pending(self) -> bool:
         """Whether ``ystore_pending`` may hold rows (ours, counted; or another process's)."""
-        conn, schema = self._conn, self._schema
+        conn, schema = self.conn, self.schema
         assert conn is not None and schema is not None
         return schema.has_pending and (self._pending > 0 or pending.any_pending(conn))
 
-    def _fold_within(self) -> None:
+    def fold_within(self) -> None:
         """Inside a write transaction: fold pending rows (ours or another process's)."""
         if self._may_have_pending():
-            if not pending.fold(self._conn):  # type: ignore[arg-type]
+            if not pending.fold(self.conn):  # type: ignore[arg-type]
                 log.info(
                     "%s: pending rows renumbered (a legacy writer took their rowids)",
                     self.db_path,
@@ -508,17 +367,17 @@ class SharedDatabase:
 
     def _fold_now(self) -> None:
         """Fold in a transaction of its own; a sqlite3 error is raised, rolled back."""
-        conn = self._conn
+        conn = self.conn
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            self._fold_within()
+            self.fold_within()
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
 
-    def _fold_for_read(self) -> None:
+    def fold_for_read(self) -> None:
         """Before a read: every committed row in ``yupdates``.
 
         A read must not wait for another process's write lock (WAL readers never do), so the
@@ -529,7 +388,7 @@ class SharedDatabase:
         """
         if not self._may_have_pending():
             return
-        conn = self._conn
+        conn = self.conn
         assert conn is not None
         conn.execute(f"PRAGMA busy_timeout = {_READ_FOLD_WAIT_MS}")
         try:
@@ -569,9 +428,10 @@ class SharedDatabase:
         """One transaction for the whole batch (the hot path: kept to plain loops)."""
         if self.failed is not None:
             return [(job.waiter, None, self.failed) for job in batch]
-        conn = self._conn
-        assert conn is not None
-        all_stats = self._stats
+        conn, schema = self.conn, self.schema
+        assert conn is not None and schema is not None
+        compactor = self.compactor
+        tails = compactor.tails
         outcomes: list[Outcome] = []
         written: list[_Write] = []
         owned: list[tuple[Owner, int, bytes]] = []  # rows of stores that may watch
@@ -580,38 +440,38 @@ class SharedDatabase:
             chunk: list[_Write] = []
             for job in batch:
                 path = job.path
-                stats = all_stats.get(path) or self._stats_for(path)
+                tail = tails.get(path) or compactor.tail(path)
                 policy = job.policy
                 if (
                     policy.ttl is not None
-                    and stats.count > 0
-                    and policy.idle(stats.last_ts, job.timestamp)
+                    and tail.count > 0
+                    and policy.idle(tail.last_ts, job.timestamp)
                 ):
                     if chunk:
                         self._insert(conn, chunk, owned)
                         chunk = []
-                    error = self._ttl_squash(path)
+                    error = compactor.squash_idle(conn, schema, path)
                     if error is not None:
                         outcomes.append((job.waiter, None, error))
                         continue
-                    stats = self._stats_for(path)
+                    tail = compactor.tail(path)
                 chunk.append(job)
-                stats.count += 1
-                stats.nbytes += len(job.update)
-                if stats.last_ts is None or job.timestamp > stats.last_ts:
-                    stats.last_ts = job.timestamp
+                tail.count += 1
+                tail.nbytes += len(job.update)
+                if tail.last_ts is None or job.timestamp > tail.last_ts:
+                    tail.last_ts = job.timestamp
                 written.append(job)
             if chunk:
                 self._insert(conn, chunk, owned)
             conn.execute("COMMIT")
-            if self._schema is not None and self._schema.has_pending:
+            if schema.has_pending:
                 self._pending += len(written)
                 self._fold_at = time.monotonic() + pending.FOLD_IDLE
         except Exception as exc:
             self._rollback()
             for job in batch:
-                all_stats.pop(job.path, None)
-            error = self._error(exc, "committing updates")
+                tails.pop(job.path, None)
+            error = self.error(exc, "committing updates")
             failed = {id(waiter) for waiter, _, _ in outcomes}
             return outcomes + [
                 (job.waiter, None, error) for job in batch if id(job.waiter) not in failed
@@ -619,8 +479,8 @@ class SharedDatabase:
         for owner, rowid, update in owned:
             owner.wrote(rowid, update)
         for job in written:
-            stats = all_stats.get(job.path)
-            wanted = stats is not None and job.policy.due(stats.count, stats.nbytes)
+            tail = tails.get(job.path)
+            wanted = tail is not None and job.policy.due(tail.count, tail.nbytes)
             outcomes.append((job.waiter, wanted, None))
         if self._hub.active:
             outcomes += self._hub.committed((job.path, job.owner) for job in written)
@@ -631,7 +491,7 @@ class SharedDatabase:
     ) -> None:
         """Insert ``chunk``'s rows (pending, with the rowids they keep); note the rowids of
         those whose store may watch."""
-        schema = self._schema
+        schema = self.schema
         assert schema is not None
         if schema.has_pending:
             first = pending.newest_row(conn) + 1
@@ -656,47 +516,6 @@ class SharedDatabase:
                 (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
                 first = last - len(chunk) + 1
             owned.extend((job.owner, first + i, job.update) for i, job in tracked)  # type: ignore[misc]
-
-    def _ttl_squash(self, path: str) -> BaseException | None:
-        """Squash ``path`` inside the current transaction (seed ``document_ttl`` meaning)."""
-        conn, schema = self._conn, self._schema
-        assert conn is not None and schema is not None
-        conn.execute("SAVEPOINT ttl_squash")
-        try:
-            self._fold_within()
-            data = compaction.read(conn, schema, path)
-            if data is not None:
-                snapshot = compaction.squash(data.updates, path, self.db_path)
-                compaction.replace(conn, schema, path, data, snapshot)
-            conn.execute("RELEASE ttl_squash")
-            if data is not None:
-                report_compaction("SQLiteYStore")
-        except Exception as exc:
-            conn.execute("ROLLBACK TO ttl_squash")
-            conn.execute("RELEASE ttl_squash")
-            return self._error(exc, f"squashing {path!r} after document_ttl")
-        finally:
-            self._stats.pop(path, None)
-        return None
-
-    def _wants_compaction(self, path: str, policy: Policy) -> bool:
-        if not policy.automatic:
-            return False
-        stats = self._stats_for(path)
-        return policy.due(stats.count, stats.nbytes)
-
-    def _stats_for(self, path: str) -> _Stats:
-        stats = self._stats.get(path)
-        if stats is None:
-            assert self._conn is not None and self._schema is not None
-            if self._conn.in_transaction:
-                self._fold_within()
-            else:
-                self._fold_for_read()
-            stats = _Stats(*queries.tail_stats(self._conn, self._schema, path))
-            self._stats[path] = stats
-        return stats
-
 
 # ---------------------------------------------------------------------- registry
 

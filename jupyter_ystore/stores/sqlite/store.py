@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any, AsyncIterator
 
 import anyio
@@ -74,6 +75,7 @@ from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
 from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
+from jupyter_ystore.stores.filesystems import network_mount
 from jupyter_ystore.stores.settings import Count, Seconds, checked
 from jupyter_ystore.stores.sqlite import db as _sqlite_db
 from jupyter_ystore.stores.sqlite.bridge import Waiter
@@ -140,6 +142,16 @@ class SQLiteYStore(BaseYStore):
         "crash of the process, the last commits may be lost on power loss. FULL: every commit "
         "is on disk before write() returns.",
     )
+    journal_mode = CaselessStrEnum(
+        ["auto", "WAL", "DELETE"],
+        "auto",
+        config=True,
+        help="SQLite journal. auto: WAL on a local disk; on a network or FUSE file system "
+        "(NFS, SMB/CIFS, sshfs...), where WAL's shared-memory index can corrupt the database "
+        "silently, DELETE (a rollback journal) with synchronous=FULL, and a warning. DELETE: "
+        "always that safe mode. WAL: always WAL (only if every process is on one host and the "
+        "file system maps files coherently).",
+    )
     busy_timeout = Seconds(
         10.0,
         config=True,
@@ -187,6 +199,8 @@ class SQLiteYStore(BaseYStore):
             busy_timeout=float(checked(self, "busy_timeout")),
             synchronous=str(self.synchronous).upper(),
         )
+        if _safe_journal(self, db_path):  # a network file system: no WAL, fsync each commit
+            options = replace(options, journal_mode="DELETE", synchronous="FULL")
         return _sqlite_db.resolve_path(db_path), options, Policy.of(self)
 
     async def _open(self) -> None:
@@ -208,7 +222,7 @@ class SQLiteYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                if await self._require_db().compact(self.path, policy=self._policy):
+                if await self._require_db().compactor.compact(self.path, policy=self._policy):
                     compaction.report(type(self).__name__)
             except Exception as exc:  # the updates are intact; the next threshold retries
                 self.log.error(
@@ -255,35 +269,22 @@ class SQLiteYStore(BaseYStore):
             yield record
 
     async def _load(self) -> list[bytes]:
-        return [update async for update, _metadata, _timestamp in self.read()]
+        """Every record, snapshot first; a history long enough to compact (e.g. a legacy
+        database's) asks for it."""
+        updates = [update async for update, _metadata, _timestamp in self.read()]
+        if self._policy.due(len(updates) - 1, 0) and self._compaction_wanted is not None:
+            self._compaction_wanted.set()
+        return updates
 
-    async def apply_updates(self, ydoc: Any) -> None:
-        """Apply the snapshot, then the updates after it merged into one (in a worker thread).
+    def _prepare_load(self, updates: list[bytes]) -> tuple[bytes, bytes | None]:
+        """A long history nobody compacted yet (a legacy database) is squashed instead of
+        merged: much faster."""
+        if len(updates) > _LONG_TAIL + 1:
+            return _ydoc.squash(updates), None
+        return super()._prepare_load(updates)
 
-        Merging the tail alone is cheap; merging it INTO the snapshot would decode and
-        re-encode the whole document, costing more than applying the snapshot as it is. A
-        long history nobody compacted yet (a legacy database) is squashed instead.
-        """
-        updates = await self._load()  # YDocNotFound when nothing is stored
-        limit = self._policy.max_updates
-        if limit and len(updates) > limit and self._compaction_wanted is not None:
-            self._compaction_wanted.set()  # e.g. a legacy database's long history
-        _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
-        head, tail = updates[0], updates[1:]
-        try:
-            if len(tail) > _LONG_TAIL:  # e.g. a legacy history: squashing is much faster
-                head, tail = await anyio.to_thread.run_sync(_ydoc.squash, updates), []
-            merged = await anyio.to_thread.run_sync(_merge_tail, tail) if tail else None
-            _ydoc.apply_update(ydoc, head)  # a record that does not decode changes nothing
-        except Exception as exc:
-            raise YStoreCorruptError(
-                f"document {self.path!r} holds an update that is not valid Yjs ({exc})",
-                path=self._require_db().db_path,
-                hint="the rows were left as they are; export or delete the document",
-            ) from exc
-        if merged is not None:
-            _ydoc.apply_update(ydoc, merged)
-        self._check_loaded(ydoc, [head] if merged is None else [head, merged])
+    def _undecodable(self, exc: Exception) -> YStoreCorruptError:
+        return compaction.undecodable(self.path, exc, self._require_db().db_path)
 
     async def watch(self) -> AsyncIterator[bytes]:  # type: ignore[override]
         """Updates committed by other writers (other processes on the file, other stores
@@ -335,7 +336,7 @@ class SQLiteYStore(BaseYStore):
     async def compact(self) -> None:
         """Replace this document's history by one snapshot, in one transaction."""
         await self._ensure_running()
-        done = await self._require_db().compact(self.path)
+        done = await self._require_db().compactor.compact(self.path)
         if not done:
             raise YDocNotFound(self.path)
         compaction.report(type(self).__name__)
@@ -353,16 +354,9 @@ class SQLiteYStore(BaseYStore):
         await self._require_db().write_attributes(self.path, values)
 
 
-#: Above this many updates after the snapshot, loading squashes them all in a worker thread
-#: (50,000 updates: ~0.2 s) instead of merging them (seconds).
+#: Above this many updates after the snapshot, loading squashes them all in its worker
+#: thread (50,000 updates: ~0.2 s) instead of merging them (seconds).
 _LONG_TAIL = 2000
-
-
-def _merge_tail(tail: list[bytes]) -> bytes:
-    """The updates after the snapshot as one (checked: merging one update checks nothing)."""
-    if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):
-        raise ValueError("a stored record does not decode")
-    return _ydoc.merge_updates(tail)
 
 
 def _db_path_problem(value: Any) -> str | None:
@@ -387,3 +381,12 @@ def _db_path_problem(value: Any) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"its folder cannot be created or written: no write access to {folder!r}"
     return None
+
+
+def _safe_journal(store: SQLiteYStore, db_path: str) -> bool:
+    """Whether ``db_path`` gets the network-safe mode (``journal_mode``; auto: when the file
+    is on a network or FUSE file system). Reads the mount table: not on the event loop."""
+    mode = str(store.journal_mode).upper()
+    if mode == "AUTO":
+        return db_path != ":memory:" and network_mount(db_path) is not None
+    return mode == "DELETE"

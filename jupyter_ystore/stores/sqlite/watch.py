@@ -22,11 +22,15 @@ created on the event loop but only touched by jobs.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from typing import Any, Callable, Iterable
 
 from jupyter_ystore.stores.sqlite.bridge import Waiter
+from jupyter_ystore.stores.sqlite.recover import note_damage
+
+log = logging.getLogger("jupyter_ystore.sqlite")
 
 #: Own rows remembered for a store that loaded its document but does not watch (yet): past
 #: this many the record is dropped, so a later watch() may hand some back (harmless in Yjs).
@@ -90,11 +94,13 @@ Wake = tuple[Waiter, Any, Any]
 class Hub:
     """The watches of one database and the polling of other processes' commits."""
 
-    def __init__(self) -> None:
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
         self.by_path: dict[str, list[Watch]] = {}
         self._data_version: int | None = None
         self._top: int | None = None  # newest rowid seen by the last poll
         self._next_poll = 0.0
+        self._failing = False  # the last poll failed (logged once, not every poll)
 
     # ------------------------------------------------------------------ jobs
 
@@ -194,7 +200,22 @@ class Hub:
 
     def poll(self, conn: sqlite3.Connection, fold: Callable[[], None]) -> list[Wake]:
         """When due: wake the watchers of documents another connection wrote to (``fold``
-        first moves their pending rows into ``yupdates``, where the rowids are read)."""
+        first moves their pending rows into ``yupdates``, where the rowids are read). A
+        failure (e.g. a lock during recovery) is logged once; the next poll retries."""
+        try:
+            wakes = self._poll(conn, fold)
+        except sqlite3.Error as exc:
+            note_damage(self.db_path, exc, "polling for other processes' updates")
+            if not self._failing:
+                log.warning("polling %s for other processes' updates: %s", self.db_path, exc)
+            self._failing = True
+            return []
+        if self._failing:
+            log.info("polling %s for other processes' updates works again", self.db_path)
+            self._failing = False
+        return wakes
+
+    def _poll(self, conn: sqlite3.Connection, fold: Callable[[], None]) -> list[Wake]:
         now = time.monotonic()
         if not self.by_path or now < self._next_poll:
             return []
