@@ -30,6 +30,7 @@ _LAZY = {
     "TempFileYStore": ".stores.file",
     "SQLiteYStore": ".stores.sqlite",
     "PostgresYStore": ".stores.postgres",
+    "PostgresFileIdManager": ".server.fileids",
     "YStoreExtension": ".server.app",
 }
 

@@ -271,6 +271,10 @@ class StoreCommand(JupyterApp):
         raise CliError(f"{doc!r} matches {len(candidates)} documents ({names}…): give the full key")
 
     def file_ids(self) -> FileIdMapper:
+        from jupyter_ystore.cli.fileids import PostgresFileIdMapper, uses_postgres_file_ids
+
+        if uses_postgres_file_ids(self.config, self.store_class):
+            return PostgresFileIdMapper(self.config, self.server_root)
         return FileIdMapper(self.config, self.server_root)
 
     def one_doc(self) -> str:

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("jupyter_ystore.cli.verify.VerifyApp", "Read every record; report damage and what is recoverable."),
     "delete": ("jupyter_ystore.cli.commands.DeleteApp", "Forget a document (asks first; --yes)."),
     "migrate": ("jupyter_ystore.cli.migrate.MigrateApp", "Copy every document to another store class."),
+    "file-ids": ("jupyter_ystore.cli.fileids.FileIdsApp", "File ids in PostgreSQL: import from SQLite, list."),
 }
 
 

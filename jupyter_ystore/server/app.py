@@ -23,12 +23,14 @@ from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, vali
 
 from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.server import loop_lag, metrics
+from jupyter_ystore.server.fileids import choose_file_id_manager
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
 from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.server.timeline import timeline_handlers
 from jupyter_ystore.stores.base import BaseYStore
+from jupyter_ystore.stores.filesystems import network_warning
 
 DEFAULT_YSTORE_CLASS = "jupyter_ystore.stores.sqlite.SQLiteYStore"
 
@@ -159,6 +161,7 @@ class YStoreExtension(ExtensionApp):
             raise SystemExit(message) from None
         if not self._server_ydoc_enabled():
             self._probe_store(serverapp)
+            choose_file_id_manager(serverapp, cls)
 
     def _probe_store(self, serverapp: Any) -> None:
         """Open and close one store (a key no file id can take) before the server starts, so
@@ -183,6 +186,10 @@ class YStoreExtension(ExtensionApp):
                 )
                 serverapp.log.critical(message)
                 raise SystemExit(1) from None  # logged once: no second copy on stderr
+            # A store on NFS, SMB or FUSE: one line saying what that means and what to do.
+            warning = pool.submit(network_warning, store).result()
+        if warning:
+            serverapp.log.warning(warning)
         # The one line a user looks for: where their collaborative edits go.
         serverapp.log.info(
             "jupyter_ystore: real-time collaboration on; every edit is stored by %s (%s)",

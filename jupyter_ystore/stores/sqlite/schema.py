@@ -15,9 +15,7 @@ import time
 from dataclasses import dataclass
 
 from jupyter_ystore.errors import YStorePermissionError
-from jupyter_ystore.stores.sqlite import attributes
-from jupyter_ystore.stores.sqlite import pending
-from jupyter_ystore.stores.sqlite import compat
+from jupyter_ystore.stores.sqlite import attributes, compat, pending
 
 log = logging.getLogger("jupyter_ystore.sqlite")
 
@@ -36,6 +34,9 @@ class Options:
 
     busy_timeout: float = 10.0
     synchronous: str = "NORMAL"
+    #: WAL, or DELETE (a rollback journal) on network file systems, where WAL's shared
+    #: memory index is not shared between hosts (see ``stores/filesystems.py``).
+    journal_mode: str = "WAL"
 
 
 class Schema:
@@ -117,19 +118,19 @@ def _prepare(conn: sqlite3.Connection, db_path: str, options: Options) -> Schema
     layout = compat.inspect_layout(conn)  # reads only: a refused file stays as it was
     compat.check_layout(layout, db_path)
     if layout.empty:
-        _create(conn, db_path)
+        _create(conn, db_path, options.journal_mode)
     else:
-        _adopt(conn, layout, db_path)
+        _adopt(conn, layout, db_path, options.journal_mode)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     return Schema(compat.inspect_layout(conn))
 
 
-def _create(conn: sqlite3.Connection, db_path: str) -> None:
+def _create(conn: sqlite3.Connection, db_path: str, journal_mode: str = "WAL") -> None:
     # auto_vacuum must be chosen before the first table; INCREMENTAL lets compaction give
     # pages back to the file system (the file shrinks) without a full VACUUM.
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    _set_journal_mode(conn, db_path, journal_mode)
     conn.execute("BEGIN IMMEDIATE")
     try:
         layout = compat.inspect_layout(conn)  # another process may have been first
@@ -152,10 +153,12 @@ def _create(conn: sqlite3.Connection, db_path: str) -> None:
         raise
 
 
-def _adopt(conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str) -> None:
+def _adopt(
+    conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str, journal_mode: str = "WAL"
+) -> None:
     """WAL and our snapshots table on a database we accept (ours or a legacy one)."""
     try:
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        _set_journal_mode(conn, db_path, journal_mode)
         if not layout.has_snapshots:
             conn.execute(compat.CREATE_SNAPSHOTS)
         if pending.TABLE not in layout.tables:
@@ -167,3 +170,30 @@ def _adopt(conn: sqlite3.Connection, layout: compat.DatabaseLayout, db_path: str
             raise
         # Reads still work; the first write raises YStorePermissionError.
         log.warning("%s is read-only: documents can be read, not written", db_path)
+
+
+def _set_journal_mode(conn: sqlite3.Connection, db_path: str, journal_mode: str) -> None:
+    """Switch the journal mode; leaving WAL needs every other connection closed, so a file
+    another process keeps in WAL stays there, and the log says so (never silently)."""
+    if journal_mode.upper() == "WAL":
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        return
+    wait = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 500")  # a holder of the file will not let go soon
+    try:
+        found = conn.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc).lower():
+            raise
+        found = conn.execute("PRAGMA journal_mode").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(wait)}")
+    mode = str(found[0]).upper() if found else ""
+    if db_path != ":memory:" and mode != journal_mode.upper():
+        log.warning(
+            "%s stays in journal_mode=%s (asked for %s): another process has it open; "
+            "close it (other servers, jupyter ystore) and start again",
+            db_path,
+            mode,
+            journal_mode,
+        )
