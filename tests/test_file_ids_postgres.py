@@ -193,3 +193,80 @@ def test_cost_per_call(managers: Any, folder: Path) -> None:
     wait_for(lambda: two.get_id("y49.ipynb") is not None)
     print("\nPostgresFileIdManager, µs per call:", {k: round(v * 1e6, 1) for k, v in costs.items()})
     assert costs["get_id"] < 50e-6 and costs["get_path"] < 50e-6
+
+
+def test_cli_imports_sqlite_ids_and_lists_documents_by_path(
+    tmp_path: Path,
+    folder: Path,
+    pg_config: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`jupyter ystore file-ids import` copies a LocalFileIdManager database (with a deleted
+    file's row at the same path), and `list` then names documents by path from PostgreSQL."""
+    import json
+
+    import anyio
+    from pycrdt import Doc, Text
+
+    from jupyter_ystore import PostgresYStore
+    from jupyter_ystore.cli import main
+
+    for name, value in {
+        "JUPYTER_CONFIG_DIR": tmp_path / "config",
+        "JUPYTER_DATA_DIR": tmp_path / "data",
+        "JUPYTER_RUNTIME_DIR": tmp_path / "runtime",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", "")
+    root = str(tmp_path / "root1")
+    db = tmp_path / "local_ids.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE Files (id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, ino INTEGER NOT "
+        "NULL UNIQUE, crtime INTEGER, mtime INTEGER NOT NULL, is_dir TINYINT NOT NULL)"
+    )
+    ino = os.lstat(folder / "a.ipynb").st_ino
+    rows = [("gone", f"{root}/a.ipynb", 1), ("live-a", f"{root}/a.ipynb", ino), ("out", "/x/y.ipynb", 2)]
+    for ident, path, number in rows:
+        con.execute("INSERT INTO Files VALUES (?, ?, ?, NULL, 0, 0)", (ident, path, number))
+    con.commit()
+    con.close()
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    common = [
+        "--ystore-class=PostgresYStore",
+        f"--PostgresYStore.dsn={pg_config['dsn']}",
+        f"--PostgresYStore.schema={pg_config['schema']}",
+        f"--root-dir={root}",
+    ]
+    code, out, err = cli("file-ids", "import", f"--from={db}", "--json", *common)
+    assert code == 0, err
+    assert json.loads(out)["copied"] == 1 and json.loads(out)["outside_root"] == 2, out
+    code, out, err = cli("file-ids", "import", f"--from={db}", *common)
+    assert code == 0 and "copied 0 file ids" in out and "1 already there" in out, (out, err)
+    code, out, _ = cli("file-ids", "list", "--json", *common)
+    assert json.loads(out) == [{"id": "live-a", "path": "a.ipynb"}]
+
+    async def write_document() -> None:
+        doc = Doc()
+        updates: list[bytes] = []
+        doc.observe(lambda event: updates.append(event.update))
+        doc.get("source", type=Text).insert(0, "x")
+        async with PostgresYStore(".notebook:live-a.y", **pg_config) as store:
+            await store.write(updates[0])
+
+    anyio.run(write_document)
+    code, out, err = cli("list", "--json", *common)
+    assert code == 0, err
+    assert [(d["key"], d["path"]) for d in json.loads(out)] == [(".notebook:live-a.y", "a.ipynb")]
+    code, _out, err = cli("file-ids", "export", *common)
+    assert code == 2 and "import or list" in err
