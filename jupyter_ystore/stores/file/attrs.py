@@ -28,6 +28,7 @@ from jupyter_ystore.stores.file.store import (
     _EXCLUSIVE,
     _flock,
     _fsync_dir,
+    _replace_file,
     _os_error,
     _read_all,
 )
@@ -109,7 +110,7 @@ def update(path: str, values: dict[str, bytes | None]) -> None:
             if not merged:
                 os.unlink(path)  # waiting setters find it gone and lock a new one
             else:
-                _replace(path, encode(merged))
+                _replace_file(path, encode(merged), _TMP)
             _fsync_dir(folder)
         finally:
             os.close(fd)  # releases the lock
@@ -156,27 +157,6 @@ def _lock(path: str, *, create: bool) -> int | None:
             os.close(fd)
             raise
         os.close(fd)  # replaced or removed while we waited: lock what is there now
-
-
-def _replace(path: str, data: bytes) -> None:
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP}")
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:  # a write may take less than asked of a large value
-                view = view[os.write(out, view) :]
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _make_folders(folder: str) -> None:

@@ -26,8 +26,8 @@ import shlex
 from typing import Any
 
 from jupyter_ystore.errors import YStoreCorruptError
-from jupyter_ystore.stores.file import attrs as _file_attrs
 from jupyter_ystore.stores.damaged import copy_name, replays_cleanly, usable_update
+from jupyter_ystore.stores.file import attrs as _file_attrs
 from jupyter_ystore.stores.file.format import (
     HEADER,
     Intact,
@@ -37,7 +37,7 @@ from jupyter_ystore.stores.file.format import (
     find_intact,
     parse_log,
 )
-from jupyter_ystore.stores.file.store import _TMP_SUFFIX, _fsync_dir
+from jupyter_ystore.stores.file.store import _fsync_dir, _replace_file
 
 
 def intact_records(buf: bytes, path: str) -> Intact:
@@ -77,33 +77,17 @@ def salvage(
     kept = kept_records(found)
     copy = copy_name(path)
     _keep_damaged_bytes(path, copy, buf)
-    folder, name = os.path.split(path)
     identity: tuple[int, int, int] | None = None
     if kept:
         data = HEADER + b"".join(encode_record(*record) for record in kept)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
-        try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(out, data)
-                os.fsync(out)
-                st = os.fstat(out)
-            finally:
-                os.close(out)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        st = _replace_file(path, data)
         identity = (st.st_dev, st.st_ino, len(data))
     else:
         os.unlink(path)  # its bytes live on under the copy's name
         attributes = _file_attrs.sidecar(path)
         if os.path.exists(attributes):  # nothing stored for the document: they go with it
             os.rename(attributes, _file_attrs.sidecar(copy))
-    _fsync_dir(folder)
+    _fsync_dir(os.path.dirname(path))
     logfile.log.warning(_announcement(path, copy, key, found, kept))
     fresh = Scan(records=kept, size=identity[2] if identity else 0)
     fresh.intact_end = fresh.size

@@ -145,6 +145,32 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _replace_file(path: str, data: bytes, suffix: str = _TMP_SUFFIX) -> os.stat_result:
+    """Make ``data`` the content of ``path`` atomically (a temporary file beside it, written
+    whole and fsynced, renamed over it; the caller fsyncs the folder), so that the path
+    always names a whole file. Returns the new file's stat."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}{suffix}")
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a write may take less than asked (a large file, a full disk)
+                view = view[os.write(out, view) :]
+            os.fsync(out)
+            st = os.fstat(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return st
+
+
 def _read_all(fd: int, offset: int = 0) -> bytes:
     size = os.fstat(fd).st_size - offset
     os.lseek(fd, offset, os.SEEK_SET)
@@ -457,24 +483,8 @@ class _LogFile:
         squashed = compaction.squash(updates, self.key or self.path, self.path)
         _update, metadata, timestamp = scan.records[-1]
         data = HEADER + encode_record(squashed, metadata, timestamp)
-        folder, name = os.path.split(self.path)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}{_TMP_SUFFIX}")
-        try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                self._write_all(out, data, 0)
-                os.fsync(out)
-                st = os.fstat(out)
-            finally:
-                os.close(out)
-            os.replace(tmp, self.path)
-            _fsync_dir(folder)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        st = _replace_file(self.path, data)
+        _fsync_dir(os.path.dirname(self.path))
         self.close_fd()  # points at the replaced file; writers waiting on it will reopen
         self.verified = (st.st_dev, st.st_ino, len(data))
         self.last_timestamp = timestamp
@@ -601,6 +611,7 @@ class FileYStore(BaseYStore):
     # -- lifecycle hooks
 
     async def _open(self) -> None:
+        self._policy = Policy.of(self)
         if self._file is None:  # a backend handle: no log of its own
             return
         path = os.path.realpath(self._file)
@@ -646,7 +657,7 @@ class FileYStore(BaseYStore):
         if not batch:
             return
         try:
-            await anyio.to_thread.run_sync(logfile.append, batch, Policy.of(self))
+            await anyio.to_thread.run_sync(logfile.append, batch, self._policy)
         except Exception as exc:
             for pending in batch:
                 pending.error = exc
