@@ -183,7 +183,11 @@ async def test_three_servers_share_only_postgres_and_the_notebooks(
                     s3.kill()  # SIGKILL, mid-typing
                 assert s3.proc is not None and s3.proc.returncode == -9
                 for client in (c1, c2):
-                    await wait_until(lambda c=client: all(m in c.sources()[0] for m in acked), 20)
+                    try:
+                        await wait_until(lambda c=client: all(m in c.sources()[0] for m in acked), 20)
+                    except TimeoutError:
+                        missing = [m for m in acked if m not in client.sources()[0]]
+                        raise AssertionError(f"missing {missing!r}: {client.sources()[0]!r}") from None
                 append(c2.document.ycells[1]["source"], "# after the kill")
                 await wait_until(lambda: "# after the kill" in c1.sources()[1], 10)
                 await wait_until(lambda: tab.closed.is_set(), 10)

@@ -335,11 +335,16 @@ class FileIdTable:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for conn in (self._listener,):
-            if conn is not None and not conn.is_closed():
-                conn.terminate()
+        if self._listener is not None and not self._listener.is_closed():
+            try:
+                await asyncio.wait_for(self._listener.close(), 2)
+            except Exception:
+                self._listener.terminate()
         if self._pool is not None:
-            self._pool.terminate()
+            try:
+                await asyncio.wait_for(self._pool.close(), 2)
+            except Exception:
+                self._pool.terminate()
 
     # ------------------------------------------------------------------ start-up and sync
 
@@ -472,7 +477,7 @@ class FileIdTable:
     ) -> list[FileRecord]:
         """``old`` and everything below it now at ``new``; whatever ``new`` held is deleted.
         The files below ``old`` follow even if ``old`` itself had no id (a folder nobody
-        opened). ``expect_id``: only if ``old`` still holds that id (a rename found on disk,
+        opened, or a rename another server followed first). ``expect_id``: only if ``old`` still holds that id (a rename found on disk,
         which several servers may find at once). Returns the changed rows (empty: nothing
         at or below ``old``, or ``old`` no longer holds ``expect_id``)."""
         n = self.names
@@ -482,7 +487,9 @@ class FileIdTable:
                 holder = await conn.fetchval(n.select_by_path, old)
                 if expect_id is not None and holder != expect_id:
                     return []
-                rows = await conn.fetch(n.tombstone_tree, new, holder or "")
+                # What ``new`` held is replaced only by an id that moves there: when ``old``
+                # has none (another server already followed this rename), ``new`` keeps its.
+                rows = await conn.fetch(n.tombstone_tree, new, holder) if holder else []
                 rows += await conn.fetch(n.move_tree, old, new, ino)
                 if rows:
                     await conn.execute(n.notify, n.channel, "move:" + self._token)
