@@ -90,6 +90,7 @@ class YClient:
         self.raw: list[dict] = []
         self.awareness_frames = 0
         self.updates_received = 0
+        self.step2_received = 0
         self._applying = False
         self._next_save = 0
         self._sub = self.ydoc.observe(self._on_local_change)
@@ -119,6 +120,7 @@ class YClient:
                 self._applying = False
             self.updates_received += 1
             if isinstance(message, sync.SyncStep2):
+                self.step2_received += 1
                 self.synced.set()
         elif isinstance(message, sync.AwarenessMessage):
             self.awareness_frames += 1
@@ -168,9 +170,9 @@ class YClient:
     async def acknowledged(self, timeout: float = 10.0) -> None:
         """Send a step 1 and wait for its step 2: the server answers once what we sent before
         is durable in its store."""
-        before = self.updates_received
+        before = self.step2_received  # (relayed updates, our own echoes included, do not count)
         await self.send(sync.sync_step1(self.ydoc))
-        await wait_until(lambda: self.updates_received > before, timeout)
+        await wait_until(lambda: self.step2_received > before, timeout)
 
     def sources(self) -> list[str]:
         return [str(cell["source"]) for cell in self.document.ycells]
