@@ -642,6 +642,7 @@ async def run_worker(spec: dict[str, Any]) -> int:
     # order, so an edit also means every earlier edit of that sender has arrived (a later
     # edit that arrived merged into another's frame is counted at that frame's arrival).
     latencies: list[float] = []
+    slow: list[tuple[float, float, int]] = []  # (sent at, latency ms, room) over 50 ms
     negative = 0
     unattributed = 0
     owners = [
@@ -672,6 +673,8 @@ async def run_worker(spec: dict[str, Any]) -> int:
                         latency = arrival - times[k]
                         negative += latency < 0
                         latencies.append(latency)
+                        if latency > 0.05:
+                            slow.append((round(times[k] - t0, 2), round(latency * 1000, 1), r))
                     mine[sender] = max(mine[sender], n + 1)
                 seen[r][c] = len(client.updates)
                 for c2, plan in enumerate(plans[r]):
@@ -775,6 +778,9 @@ async def run_worker(spec: dict[str, Any]) -> int:
             "negative": negative,
             "unattributed": unattributed,
             "send_lag_p99_ms": _ms(percentile(lags, 99)),
+            # deliveries 38–48 ms late: the signature of Nagle's algorithm meeting delayed ACKs
+            "band_40ms_pct": round(100 * sum(0.038 <= x < 0.048 for x in latencies) / max(1, len(latencies)), 2),
+            "slow_seconds": _slow_seconds(slow),
             "client_cpu": cpu_window,
             "diverged_clients": diverged,
             "server_diverged_rooms": server_diverged,
@@ -787,6 +793,19 @@ async def run_worker(spec: dict[str, Any]) -> int:
     )
     await asyncio.sleep(0.1)
     return 0
+
+
+def _slow_seconds(slow: list[tuple[float, float, int]]) -> list[list[Any]]:
+    """When the slow deliveries (> 50 ms) happened: per second of the window, how many,
+    the worst, and in which rooms (the ten worst seconds)."""
+    seconds: dict[int, list[Any]] = {}
+    for sent, ms, room in slow:
+        entry = seconds.setdefault(int(sent), [int(sent), 0, 0.0, set()])
+        entry[1] += 1
+        entry[2] = max(entry[2], ms)
+        entry[3].add(room)
+    worst = sorted(seconds.values(), key=lambda e: -e[1])[:10]
+    return [[s, n, ms, sorted(rooms)] for s, n, ms, rooms in sorted(worst)]
 
 
 def _payload(frame: bytes) -> bytes:

@@ -93,6 +93,14 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine spent busy (all cores, /proc/stat), to tell how much
+    other processes took during a window on this shared host."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_cpu() -> float:
     """CPU of every PostgreSQL process on the machine (its backends do our SQL)."""
     total = 0.0
@@ -475,12 +483,31 @@ def run_step(
         worker = Worker(spec)
         ready = worker.expect("ready", 300)
         d["rss_synced"] = proc_rss_mib(server.pid)
+        spy = None
+        if args.py_spy and kind.store != "collab":
+            target = args.py_spy.parent / f"{args.py_spy.name}-{kind_name}-{rooms}x{clients}-r{round_no}.txt"
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(server.pid), "--format", "raw", "--rate", "200",
+                 "--nonblocking", "--threads", "--output", str(target)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
         cpu0, pg0, wcpu0 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
+        busy0 = machine_busy()
         t0 = time.monotonic()
         worker.send("go")
         done = worker.expect("done", seconds + 120)
         elapsed = time.monotonic() - t0
         cpu1, pg1, wcpu1 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
+        busy1 = machine_busy()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
         d["rss_loaded"] = proc_rss_mib(server.pid)
         out = worker.expect("result", 300)
         worker.finish()
@@ -495,9 +522,15 @@ def run_step(
         d["updates_per_s"] = out["sent"] / window
         d["relayed_per_s"] = out["relayed_in_window"] / window
         d["cpu_per_1000"] = 1000 * d["server_cpu"] / max(1, out["sent"])
+        d["pg_cpu_per_1000"] = 1000 * d["postgres_cpu"] / max(1, out["sent"])
         d["server_cpu_pct"] = 100 * d["server_cpu"] / elapsed
         d["client_cpu_pct"] = 100 * d["worker_cpu"] / elapsed
+        others = (busy1 - busy0) - d["server_cpu"] - d["worker_cpu"] - d["postgres_cpu"]
+        d["other_cpu_pct"] = max(0.0, 100 * others / elapsed)
         d["rss_per_room"] = (d["rss_loaded"] - d["rss_rest"]) / rooms
+        if spy is not None and target.exists():
+            d["profile"] = profile_summary(target, out["sent"], d["server_cpu"])
+            print(d["profile"], flush=True)
         # the server's backlog (store writes, saves) before the files and the store are read
         d["settle_seconds"] = wait_idle(server.pid, 120)
         # the files after the save request (autosave may still be on its way: bounded wait)
@@ -518,7 +551,7 @@ def run_step(
                 bad_stores.append(f"{paths[r]} ({type(exc).__name__}: {exc})")
         checks = {
             f"p99 {out['p99_ms']} ms > {P99_LIMIT_MS:.0f} ms": (out["p99_ms"] or 0) > P99_LIMIT_MS,
-            f"{out['missing']} edits never reached another client": out["missing"] > 0,
+            f"{out['missing']} deliveries still missing 15 s after the window": out["missing"] > 0,
             f"{out['diverged_clients']} clients diverged": out["diverged_clients"] > 0,
             f"the server's document differs in {out['server_diverged_rooms']} rooms": out["server_diverged_rooms"] > 0,
             f"files differ after save: {bad_files}": bool(bad_files),
@@ -551,6 +584,73 @@ def run_step(
     return result
 
 
+#: Where a sample of our server's CPU goes, first match wins (function names, not paths:
+#: they survive the package's moves). Order matters: relays run inside the receive loop.
+PROFILE_PARTS = [
+    ("SQLite thread (commits, pending-table moves)", ("ystore-sqlite",)),
+    ("PostgreSQL driver (asyncpg)", ("asyncpg",)),
+    ("update: relay to every client", ("_relay_update",)),
+    ("awareness: check + relay to every client", ("AwarenessRelay.handle", "check_awareness_update")),
+    ("update: read, guard, apply to the room's document", ("DocumentGuard", "receive_update", "update_guard")),
+    ("update: store write (event-loop side)", ("WritePipeline", "YStore.write", "_checked_update")),
+    ("file: poll for outside changes, save", ("_poller", "DocumentFile", "save", "nbformat")),
+    ("websocket: read and unframe (tornado)", ("_receive_frame", "_read_bytes", "read_from_fd")),
+    ("websocket: other writes (tornado)", ("write_message", "write_to_fd")),
+    ("event loop, selectors, task switches, other", ("",)),
+]
+
+
+#: Leaf frames that wait (epoll, a lock, a queue): not CPU, left out of the shares. The
+#: SQLite thread's own loop has no Python frame below it while it blocks on its job queue
+#: (a C call), so its self samples are that wait.
+IDLE_LEAVES = (
+    "EpollSelector.select",
+    "Condition.wait",
+    "Event.wait",
+    "SimpleQueue.get",
+    "Queue.get",
+    "_wait_for_tstate_lock",
+    "SharedDatabase._main (",
+)
+
+
+def profile_summary(path: Path, edits: int, cpu_seconds: float) -> str:
+    """Share of the samples per part of the server, and µs of CPU per edit for each (the
+    server's CPU in the window divided among the parts by their samples)."""
+    parts = {name: 0 for name, _ in PROFILE_PARTS}
+    total = idle = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        if any(wait in leaf for wait in IDLE_LEAVES):
+            idle += n  # waiting, though sampled as running (py-spy --nonblocking)
+            continue
+        total += n
+        for name, markers in PROFILE_PARTS:
+            if any(marker in stack for marker in markers):
+                parts[name] += n
+                break
+    if not total:
+        return "  (no samples)"
+    per_edit = 1e6 * cpu_seconds / max(1, edits)
+    lines = [
+        f"  where our server's CPU went ({total} busy samples, {idle} waiting left out; "
+        f"{per_edit:.0f} µs of CPU per edit):"
+    ]
+    for name, n in sorted(parts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {100 * n / total:5.1f}%  {per_edit * n / total:6.0f} µs/edit  {name}")
+    return "\n".join(lines)
+
+
+def noisy_failure(res: StepResult) -> bool:
+    """Failed on latency alone while other processes used over a quarter of a core."""
+    latency_only = res.failures and all(f.startswith("p99 ") for f in res.failures)
+    return bool(latency_only) and res.data.get("other_cpu_pct", 0) > 25
+
+
 def step_line(res: StepResult) -> str:
     d = res.data
     if "p50_ms" not in d:
@@ -558,13 +658,15 @@ def step_line(res: StepResult) -> str:
     return (
         f"{res.server:13s} {res.rooms:2d}x{res.clients:<2d} round {res.round}: "
         f"{d['updates_per_s']:7.1f} upd/s stored, {d['relayed_per_s']:8.1f}/s relayed, "
-        f"p50 {d['p50_ms']:6.1f} ms p99 {d['p99_ms']:7.1f} ms, "
+        f"p50 {d['p50_ms']:6.1f} ms p99 {d['p99_ms']:7.1f} ms ({d.get('band_40ms_pct', 0):.1f}% at 38–48 ms), "
         f"CPU {d['cpu_per_1000']:5.2f} s/1000 upd ({d['server_cpu_pct']:.0f}% of a core"
         + (f", PostgreSQL {100 * d['postgres_cpu'] / d['elapsed']:.0f}%" if d.get("postgres_cpu") else "")
         + f"), RSS {d['rss_rest']:.0f} MiB at rest +{d['rss_per_room']:.1f}/room, "
         f"settled {d.get('settle_seconds', 0):.1f} s, "
-        f"clients {d['client_cpu_pct']:.0f}% CPU (send lag p99 {d['send_lag_p99_ms']} ms)"
+        f"clients {d['client_cpu_pct']:.0f}% CPU (send lag p99 {d['send_lag_p99_ms']} ms), "
+        f"other processes {d.get('other_cpu_pct', 0):.0f}%"
         + ("" if res.ok else f"  FAIL: {'; '.join(res.failures)}")
+        + (f"\n    slow deliveries (second of the window, count > 50 ms, worst ms, rooms): {d['slow_seconds']}" if d.get("slow_seconds") else "")
     )
 
 
@@ -793,8 +895,8 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 def report(results: list[StepResult], servers: list[str], opens: dict[str, Any]) -> str:
     lines = []
-    lines.append("| server | R×C | updates/s stored | relayed/s | p50 ms | p99 ms | CPU s / 1,000 upd | server CPU % | RSS rest MiB | RSS / room MiB | clients CPU % | holds |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| server | R×C | updates/s stored | relayed/s | p50 ms | p99 ms | CPU s / 1,000 upd | server CPU % | RSS rest MiB | RSS / room MiB | clients CPU % | others CPU % | holds |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     steps = sorted({(r.rooms, r.clients) for r in results}, key=lambda rc: (rc[0] * rc[1], rc))
     held: dict[str, tuple[int, int] | None] = {s: None for s in servers}
     for rooms, clients in steps:
@@ -812,8 +914,10 @@ def report(results: list[StepResult], servers: list[str], opens: dict[str, Any])
 
             lines.append(
                 f"| {server} | {rooms}×{clients} | {col('updates_per_s')} | {col('relayed_per_s', '{:.0f}')} | "
-                f"{col('p50_ms')} | {col('p99_ms')} | {col('cpu_per_1000', '{:.2f}')} | {col('server_cpu_pct', '{:.0f}')} | "
-                f"{col('rss_rest', '{:.0f}')} | {col('rss_per_room')} | {col('client_cpu_pct', '{:.0f}')} | "
+                f"{col('p50_ms')} | {col('p99_ms')} | {col('cpu_per_1000', '{:.2f}')}"
+                + (f" + PostgreSQL {col('pg_cpu_per_1000', '{:.2f}')}" if server == "ours-postgres" else "")
+                + f" | {col('server_cpu_pct', '{:.0f}')} | "
+                f"{col('rss_rest', '{:.0f}')} | {col('rss_per_room')} | {col('client_cpu_pct', '{:.0f}')} | {col('other_cpu_pct', '{:.0f}')} | "
                 f"{'yes' if ok else 'no: ' + '; '.join(sorted({f for r in runs for f in r.failures}))[:200]} |"
             )
     lines.append("")
@@ -893,6 +997,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every figure there")
     parser.add_argument("--keep", action="store_true", help="keep the servers' folders")
     parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="profile our servers during each window with py-spy (collapsed stacks, "
+        "<PREFIX>-<server>-<RxC>-r<round>.txt); its sampling costs the server some CPU",
+    )
+    parser.add_argument(
         "--ours-src",
         type=Path,
         default=None,
@@ -930,6 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
     script_path.write_text(json.dumps(lc.script_to_json(script_ops)))
     base = base_notebook()
     results: list[StepResult] = []
+    noisy: list[StepResult] = []  # runs measured again because the host was busy
     alive = list(servers)
     for rooms, clients in steps:
         if not alive:
@@ -939,8 +1051,14 @@ def main(argv: list[str] | None = None) -> int:
             order = alive if round_no % 2 == 0 else list(reversed(alive))
             for server in order:
                 res = run_step(server, rooms, clients, seconds, round_no, args, script_path, base)
-                results.append(res)
                 print(step_line(res), flush=True)
+                if noisy_failure(res):
+                    # another process took the other core: measure this step again, once
+                    noisy.append(res)
+                    print(f"  (other processes took {res.data['other_cpu_pct']:.0f}% of a core: run again)", flush=True)
+                    res = run_step(server, rooms, clients, seconds, round_no, args, script_path, base)
+                    print(step_line(res), flush=True)
+                results.append(res)
                 if not res.ok:
                     failed_here.add(server)
         alive = [s for s in alive if s not in failed_here]
@@ -954,6 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 print(f"  {server}: open-time test failed: {type(exc).__name__}: {exc}", flush=True)
     table = report(results, servers, opens)
+    if noisy:
+        table += f"\n\n{len(noisy)} run(s) failed on latency alone while other processes used over 25 % of a core, and were measured again (the table has the second run): " + ", ".join(f"{r.server} {r.rooms}x{r.clients} (others {r.data['other_cpu_pct']:.0f}%, p99 {r.data['p99_ms']} ms)" for r in noisy)
     print()
     print(table)
     if args.json:
@@ -962,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "started": started,
                     "steps": [r.__dict__ | {"total": r.total} for r in results],
+                    "noisy_runs_measured_again": [r.__dict__ for r in noisy],
                     "opens": opens,
                 },
                 indent=1,
