@@ -1,16 +1,11 @@
-"""When a document's history is squashed into one snapshot, and what a failed squash means.
+"""When a document's history is squashed into one snapshot, for every store that compacts.
 
-Three settings decide it, on every store that has them: ``compact_after_updates`` and
-``compact_after_bytes`` (the updates after the snapshot, counted by the store) and
-``document_ttl`` (a write after that many idle seconds squashes first). ``Policy`` holds
-them and answers "is it due?"; the backends only count and do the work, each its own way
-(one transaction on SQLite and PostgreSQL, an atomic rewrite of a file).
-
-Squashing decodes every stored update: one that is not valid Yjs makes the store corrupt,
-never empty (``undecodable``), and nothing is changed.
-
-Stores report each compaction they commit (``report``); whoever counts them (the server's
-Prometheus metrics) subscribes with ``observe``, so that stores import nothing of the server.
+``Policy`` holds ``compact_after_updates``, ``compact_after_bytes`` (the updates after the
+snapshot, counted by the store) and ``document_ttl`` (a write after that many idle seconds
+squashes first) and answers "is it due?"; each backend counts and does the work its own way.
+A stored update that is not valid Yjs makes the store corrupt, never empty (``undecodable``).
+Stores ``report`` each compaction they commit; the server's metrics ``observe`` them, so
+that stores import nothing of the server.
 """
 
 from __future__ import annotations
@@ -37,11 +32,10 @@ class Policy:
     @classmethod
     def of(cls, store: Any) -> Policy:
         """From ``store``'s traits, checked again (a subclass may set plain attributes)."""
-        values = [
+        ttl, max_updates, max_bytes = (
             checked(store, name) if hasattr(store, name) else None
             for name in ("document_ttl", "compact_after_updates", "compact_after_bytes")
-        ]
-        ttl, max_updates, max_bytes = values
+        )
         return cls(None if ttl is None else float(ttl), max_updates or None, max_bytes or None)
 
     @property

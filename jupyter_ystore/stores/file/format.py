@@ -2,7 +2,7 @@
 place. One module for everything that reads or writes it (``FileYStore``, its salvage of a
 damaged log, ``jupyter ystore verify``), so that they agree on what is intact::
 
-    VERSION:2\n
+    VERSION:2\\n
     then per update: varbytes(update) varbytes(metadata) varbytes(8-byte LE double timestamp)
 
 A crash tears only the LAST record, which ends at an arbitrary byte. A file that cannot be
