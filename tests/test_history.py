@@ -12,12 +12,11 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Array, Doc, Map, Text
 
 from jupyter_ystore import MemoryYStore
+from jupyter_ystore.core.keys import key_document_type, key_file_id
 from jupyter_ystore.core.content import (
     ContentError,
     detect_kind,
-    document_type,
     export,
-    file_id,
     reset_update,
     root_types,
     to_py,
@@ -201,12 +200,12 @@ def test_root_types_are_found_from_content():
 
 
 def test_document_key_parts():
-    assert document_type("json:notebook:1234-abcd") == "notebook"
-    assert document_type(".file:9f.y") == "file"
-    assert document_type("notebook:doc-a") == "notebook"
-    assert document_type("plain") is None
-    assert file_id("json:notebook:1234-abcd") == "1234-abcd"
-    assert file_id(".notebook:11111111-aaaa.y") == "11111111-aaaa"
+    assert key_document_type("json:notebook:1234-abcd") == "notebook"
+    assert key_document_type(".file:9f.y") == "file"
+    assert key_document_type("notebook:doc-a") == "notebook"
+    assert key_document_type("plain") is None
+    assert key_file_id("json:notebook:1234-abcd") == "1234-abcd"
+    assert key_file_id(".notebook:11111111-aaaa.y") == "11111111-aaaa"
 
 
 def test_export_kinds():
