@@ -272,6 +272,7 @@ class Peer(YClient):
             self.updates_received += 1
             if isinstance(message, sync.SyncStep2):
                 self.step2 += 1
+                self.step2_received += 1  # what YClient.acknowledged() waits for
                 self.synced.set()
         elif isinstance(message, sync.AwarenessMessage):
             self.awareness_frames += 1
