@@ -119,16 +119,19 @@ class DocumentFile:
             content = content.replace("\r\n", "\n")
         return FileState(_timestamp(model.get("last_modified")), model.get("hash"), content)
 
-    async def stat(self) -> FileState:
-        """Modification time and hash, without the content."""
+    async def stat(self, *, with_hash: bool = True) -> FileState:
+        """Modification time and hash, without the content. ``with_hash=False``: the time
+        alone (no read of the file, no lock): what the poller asks every second."""
         path = self.path
+        if not with_hash:
+            return await self._stat(path, with_hash=False)
         async with _flocked(self._os_path(path), exclusive=False):
             return await self._stat(path)
 
-    async def _stat(self, path: str) -> FileState:
+    async def _stat(self, path: str, *, with_hash: bool = True) -> FileState:
         try:
             model = await ensure_async(
-                self._contents_manager.get(path, content=False, require_hash=True)
+                self._contents_manager.get(path, content=False, require_hash=with_hash)
             )
         except HTTPError as exc:
             if exc.status_code == 404:

@@ -317,11 +317,15 @@ class FileSync:
             await anyio.sleep(self.settings.poll_interval)
             try:
                 async with self._save_lock:
-                    disk = await self.file.stat()
                     path = self.file.path
                     if self.document.path != path:
                         with self._changes_by(SERVER_SAVE):
                             self._set_state(path=path)
+                    disk = await self.file.stat(with_hash=False)  # cheap: the time only
+                    if disk.last_modified == self._file_mtime:
+                        failures = 0
+                        continue
+                    disk = await self.file.stat()  # changed: its hash says whether by us
                     if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
                         if await self._settled_elsewhere(disk):
                             await self._adopt_saved_file()
