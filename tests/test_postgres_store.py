@@ -178,7 +178,7 @@ async def test_automatic_compaction_keeps_content(pg_config, trigger):
 
 
 class FakeClock:
-    """``time.time`` for the store module: idleness without sleeping (no timing flakes)."""
+    """A store's clock: idleness without sleeping (no timing flakes)."""
 
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -187,13 +187,12 @@ class FakeClock:
         return self.now
 
 
-async def test_document_ttl_squashes_an_idle_document(pg_config, monkeypatch):
-    from jupyter_ystore.stores.postgres import store as postgres
-
+async def test_document_ttl_squashes_an_idle_document(pg_config):
     clock = FakeClock()
-    monkeypatch.setattr(postgres, "time", clock)
     updates, expected = text_updates(30)
-    async with PostgresYStore("doc", document_ttl=60, compact_after_updates=0, **pg_config) as store:
+    async with PostgresYStore(
+        "doc", document_ttl=60, compact_after_updates=0, clock=clock.time, **pg_config
+    ) as store:
         for update in updates[:-1]:
             clock.now += 59  # a busy document: never 60 s without an update
             await store.write(update)
@@ -203,7 +202,7 @@ async def test_document_ttl_squashes_an_idle_document(pg_config, monkeypatch):
         assert [r["snapshot"] for r in await rows(store)] == [True, False]
         assert await restored_text(store) == expected
     # A store that never wrote asks the database for the last update's time.
-    async with PostgresYStore("doc", document_ttl=60, **pg_config) as store:
+    async with PostgresYStore("doc", document_ttl=60, clock=clock.time, **pg_config) as store:
         clock.now += 30
         extra, _ = text_updates(1, name="u")
         await store.write(extra[0])

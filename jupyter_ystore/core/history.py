@@ -1,9 +1,12 @@
 """Time travel over a stored document: its state at a time, and its history in readable points.
 
-Everything here is computed from ``store.read()`` (the one reading API every backend has), so
-it works the same on every backend and on stores written by older libraries. A store keeps
-the newest snapshot plus the updates after it; nothing older than the snapshot can be
-reached, and asking for it is an error rather than an empty document.
+Everything here is computed from ``store.read_history()``: the retained history points
+compaction keeps (``stores/retention.py``: every update of the last minutes, then one point
+a minute, an hour, a day...) followed by the log records after them (``read()``'s), so it
+works the same on every backend and on stores written by older libraries. A point is a
+record like an update: its delta merged with every delta and update before it gives the
+document at its time. Nothing older than the oldest point (or, without points, the
+snapshot) can be reached, and asking for it is an error rather than an empty document.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.errors import YDocNotFound
 from jupyter_ystore.stores.base import BaseYStore
+from jupyter_ystore.stores.retention import StoredHistory
 
 
 class HistoryError(ValueError):
@@ -26,13 +31,45 @@ class HistoryError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One stored update, without its bytes (what listings and history need)."""
+    """One stored update or retained point, without its bytes (what listings and history
+    need). A point (``kind == "point"``) stands for ``updates`` updates from ``start`` to
+    ``timestamp`` by ``authors``; ``name`` is set on a named version."""
 
     index: int
     timestamp: float
     size: int
     metadata: bytes
     snapshot: bool = False
+    kind: str = "update"  # "update", "snapshot" or "point"
+    authors: tuple[str, ...] | None = None  # a point's; an update's come from its metadata
+    updates: int = 1
+    start: float | None = None
+    name: str | None = None
+    saved_by: str | None = None
+
+    def who(self) -> list[str]:
+        """Who made what this record holds (``describe_metadata``), possibly nobody known."""
+        if self.authors is not None:
+            return list(self.authors)
+        author = describe_metadata(self.metadata)
+        return [author] if author else []
+
+    def describe(self) -> str:
+        """What this record is, in a few words (said by export/restore --at)."""
+        if self.name is not None:
+            by = f" by {self.saved_by}" if self.saved_by else ""
+            return f"version {self.name!r} (saved{by} {format_time(self.timestamp)})"
+        who = ", ".join(self.who()) or "unknown authors"
+        if self.kind == "point":
+            if self.updates == 1:
+                return f"the update of {format_time(self.timestamp)} by {who}"
+            return (
+                f"the retained point of {format_time(self.timestamp)} ({self.updates} updates "
+                f"since {format_time(self.start)} by {who})"
+            )
+        if self.snapshot:
+            return f"the snapshot of {format_time(self.timestamp)} (older history was compacted)"
+        return f"the update of {format_time(self.timestamp)} by {who}"
 
 
 @dataclass
@@ -55,10 +92,65 @@ class History:
         records: list[Record] = []
         for index, (update, metadata, timestamp) in enumerate(rows):
             updates.append(bytes(update))
+            snapshot = index < snapshots
             records.append(
-                Record(index, float(timestamp), len(update), bytes(metadata), index < snapshots)
+                Record(
+                    index,
+                    float(timestamp),
+                    len(update),
+                    bytes(metadata),
+                    snapshot,
+                    kind="snapshot" if snapshot else "update",
+                )
             )
         return cls(path, updates, records)
+
+    @classmethod
+    def from_stored(cls, path: str, stored: StoredHistory) -> History:
+        """The retained points (oldest first), then the log records after them."""
+        history = cls.from_rows(path, [], 0)
+        for point in stored.points:
+            history.updates.append(point.delta or b"\x00\x00")
+            history.records.append(
+                Record(
+                    len(history.records),
+                    point.end,
+                    point.size,
+                    b"",
+                    kind="point",
+                    authors=tuple(point.authors),
+                    updates=point.updates,
+                    start=point.start,
+                    name=point.name,
+                    saved_by=point.saved_by,
+                )
+            )
+        tail = cls.from_rows(path, stored.records, stored.snapshots)
+        offset = len(history.records)
+        history.updates += tail.updates
+        history.records += [replace(r, index=r.index + offset) for r in tail.records]
+        return history
+
+    def nearest(self, at: float | None) -> Record | None:
+        """The newest record (update, point or version) at or before ``at`` (None: the
+        newest of all): what ``state_at(at)`` ends with."""
+        chosen = [r for r in self.records if at is None or r.timestamp <= at]
+        return max(chosen, key=lambda r: (r.timestamp, r.index)) if chosen else None
+
+    def version(self, name: str) -> Record:
+        """The named version ``name`` (HistoryError when there is none)."""
+        for record in self.records:
+            if record.name == name:
+                return record
+        names = ", ".join(repr(r.name) for r in self.records if r.name is not None)
+        raise HistoryError(
+            f"{self.path}: no version named {name!r}" + (f" (versions: {names})" if names else "")
+        )
+
+    @property
+    def oldest(self) -> Record | None:
+        """The oldest state the history reaches."""
+        return min(self.records, key=lambda r: (r.timestamp, r.index)) if self.records else None
 
     def state_at(self, at: float | None = None) -> bytes:
         """The document as it was at ``at`` (epoch seconds), as one merged Yjs update.
@@ -78,7 +170,11 @@ class History:
         ]
         if not selected:
             oldest = min(self.records, key=lambda record: record.timestamp)
-            why = ", a snapshot: older history was compacted" if oldest.snapshot else ""
+            why = ""
+            if oldest.snapshot:
+                why = ", a snapshot: older history was compacted"
+            elif oldest.kind == "point":
+                why = ", the oldest retained point: see history_retention"
             raise HistoryError(
                 f"{self.path}: {format_time(at)} is before the oldest stored record "
                 f"({format_time(oldest.timestamp)}{why})"
@@ -98,9 +194,15 @@ class History:
 
 
 async def read_history(store: BaseYStore, snapshots: int = 0) -> History:
-    """Read every record of ``store`` (a started store); raises ``YDocNotFound`` when empty."""
-    rows = [row async for row in store.read()]
-    return History.from_rows(store.path, rows, snapshots)
+    """Read the retained points and every record of ``store`` (a started store); raises
+    ``YDocNotFound`` when empty. ``snapshots``: leading snapshots the listing counted, for
+    a backend whose ``read_history`` does not say."""
+    stored = await store.read_history()
+    if stored.empty:
+        raise YDocNotFound(store.path)
+    if not stored.points and not stored.snapshots and snapshots:
+        stored = StoredHistory([], stored.records, snapshots)
+    return History.from_stored(store.path, stored)
 
 
 # ---------------------------------------------------------------------------- grouping
@@ -118,6 +220,9 @@ class HistoryPoint:
     bytes: int = 0
     authors: list[str] = field(default_factory=list)
     snapshot: bool = False
+    name: str | None = None  # a named version (always a point of its own)
+    saved_by: str | None = None
+    retained: bool = False  # made of retained points (compacted history), not raw updates
 
     def to_json(self) -> dict:
         return {
@@ -130,6 +235,9 @@ class HistoryPoint:
             "bytes": self.bytes,
             "authors": self.authors,
             "snapshot": self.snapshot,
+            "name": self.name,
+            "saved_by": self.saved_by,
+            "retained": self.retained,
         }
 
 
@@ -170,23 +278,37 @@ def _group(records: Sequence[Record], width: float) -> list[HistoryPoint]:
     # Chronological (a legacy checkpoint is stored first but is newer than the rows after it).
     for record in sorted(records, key=lambda r: (r.timestamp, r.index)):
         bucket = _bucket(record.timestamp, width)
-        if record.snapshot or current is None or current.snapshot or bucket != current_bucket or width == 0:
+        alone = record.snapshot or record.name is not None
+        if (
+            alone
+            or current is None
+            or current.snapshot
+            or current.name is not None
+            or bucket != current_bucket
+            or width == 0
+        ):
+            start = record.start if record.start is not None else record.timestamp
             current = HistoryPoint(
-                start=record.timestamp,
+                start=start,
                 end=record.timestamp,
                 first_index=record.index,
                 last_index=record.index,
                 snapshot=record.snapshot,
+                name=record.name,
+                saved_by=record.saved_by,
             )
             current_bucket = bucket
             points.append(current)
         current.end = max(current.end, record.timestamp)
+        if record.start is not None:
+            current.start = min(current.start, record.start)
         current.last_index = record.index
-        current.updates += 1
+        current.updates += record.updates
         current.bytes += record.size
-        author = describe_metadata(record.metadata)
-        if author and author not in current.authors:
-            current.authors.append(author)
+        current.retained = current.retained or record.kind == "point"
+        for author in record.who():
+            if author not in current.authors:
+                current.authors.append(author)
     return points
 
 

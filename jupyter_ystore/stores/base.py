@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import (
@@ -35,6 +36,12 @@ from traitlets.config import LoggingConfigurable
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
 from jupyter_ystore.stores.compaction import undecodable
+from jupyter_ystore.stores.retention import (
+    DEFAULT_RETENTION,
+    Point,
+    RetentionTrait,
+    StoredHistory,
+)
 
 MetadataCallback = Callable[[], Union[Awaitable[bytes], bytes]]
 
@@ -106,6 +113,16 @@ class BaseYStore(LoggingConfigurable):
 
     version = 2
 
+    history_retention = RetentionTrait(
+        DEFAULT_RETENTION,
+        config=True,
+        help="""Which history compaction keeps beside the snapshot, outside the load path:
+        tiers 'AGE:INTERVAL,...' ('10m:every,1h:1m,7d:1h,90d:1d': every update for 10
+        minutes, then one point a minute for an hour, one an hour for 7 days, one a day for
+        90 days). None: every update, forever. 0: none (only named versions). Named versions
+        are never dropped. See 'jupyter ystore info' for what it costs.""",
+    )
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         write = cls.__dict__.get("write")
@@ -121,7 +138,12 @@ class BaseYStore(LoggingConfigurable):
     ) -> None:
         if log is not None:
             kwargs["log"] = log
+        clock = kwargs.pop("clock", None)
         super().__init__(**kwargs)
+        #: Seconds since the epoch, now: the time written with each update and the "now"
+        #: retention ages history points by. Tests pass ``clock=`` to live through days
+        #: without sleeping.
+        self.clock: Callable[[], float] = clock or _system_time
         if path is not None and (not isinstance(path, str) or not path):
             raise ValueError(f"a store path must be a non-empty string, got {path!r}")
         self.path = path  # type: ignore[assignment]  (None: a backend handle, see backend())
@@ -350,8 +372,28 @@ class BaseYStore(LoggingConfigurable):
         return self.path
 
     async def compact(self) -> None:
-        """Replace this document's history by one snapshot, atomically (content unchanged)."""
+        """Replace this document's history by one snapshot, atomically (content unchanged);
+        the updates it replaces become history points as ``history_retention`` says."""
         raise NotImplementedError(f"{type(self).__name__} cannot compact")
+
+    async def read_history(self) -> StoredHistory:
+        """Everything stored about this document's past in one consistent view: the
+        retained points (with deltas) and the log records after them. Without side effects
+        (``watch()`` goes on from where it was). ``YDocNotFound`` when nothing is stored.
+        The default has no points: the log is the history."""
+        records = [record async for record in self.read()]
+        return StoredHistory([], records, 0)
+
+    async def save_version(self, name: str, saved_by: str | None = None) -> Point:
+        """Name the document's current state ``name`` (``VersionExists`` if taken): a
+        compaction that ends the history with a point of that name, which retention never
+        drops. Returns the point (without its delta)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep named versions")
+
+    async def delete_version(self, name: str) -> None:
+        """Remove the name ``name`` (``VersionNotFound`` if none); its point becomes an
+        ordinary one, thinned by retention like the others."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep named versions")
 
     async def delete(self) -> None:
         """Forget everything stored for this document."""
@@ -477,13 +519,19 @@ class BaseYStore(LoggingConfigurable):
     def with_path(self, path: str) -> BaseYStore:
         """A store of the same class and settings for another document (not started)."""
         settings = {name: getattr(self, name) for name in self.traits(config=True)}
-        return type(self)(
-            path, log=self.log, parent=self.parent, **settings  # type: ignore[call-arg]
+        return type(self)(  # type: ignore[call-arg]
+            path, log=self.log, parent=self.parent, clock=self.clock, **settings
         )
 
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
         """The error for a stored update that is not Yjs (see ``compaction.undecodable``)."""
         return undecodable(self.path, exc)
+
+
+def _system_time() -> float:
+    """``time.time()``, looked up at each call (so that tests patching ``time.time``, as
+    ypy-websocket's and pycrdt-store's do, reach every store)."""
+    return time.time()
 
 
 def _with_metadata(write: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YStoreCorruptError
+from jupyter_ystore.stores.retention import Retention
 from jupyter_ystore.stores.settings import checked
 
 log = logging.getLogger("jupyter_ystore")
@@ -23,11 +24,13 @@ log = logging.getLogger("jupyter_ystore")
 
 @dataclass(frozen=True)
 class Policy:
-    """A store's compaction settings, fixed when it opens (0 and None: never)."""
+    """A store's compaction settings, fixed when it opens (0 and None: never), and which
+    history points compaction keeps (``retention``: none unless the store says)."""
 
     ttl: float | None = None
     max_updates: int | None = None
     max_bytes: int | None = None
+    retention: Retention = Retention(())
 
     @classmethod
     def of(cls, store: Any) -> Policy:
@@ -36,7 +39,14 @@ class Policy:
             checked(store, name) if hasattr(store, name) else None
             for name in ("document_ttl", "compact_after_updates", "compact_after_bytes")
         )
-        return cls(None if ttl is None else float(ttl), max_updates or None, max_bytes or None)
+        retention = (
+            Retention.parse(checked(store, "history_retention"))
+            if hasattr(store, "history_retention")
+            else Retention(())
+        )
+        return cls(
+            None if ttl is None else float(ttl), max_updates or None, max_bytes or None, retention
+        )
 
     @property
     def automatic(self) -> bool:

@@ -12,8 +12,18 @@ intact records in a fresh file (``_file_salvage``); such copies are only ever re
 headers we do not know raise and touch nothing.
 
 Other processes using the same files (a second server, ``jupyter ystore compact``) are
-coordinated with ``flock`` (see ``_LogFile``). ``compact()`` and ``document_ttl`` rewrite a
-log atomically (temporary file, fsync, ``os.replace``, fsync of the folder).
+coordinated with ``flock`` (see ``_LogFile``).
+
+Compaction follows SQLite's policy: automatic once ``compact_after_updates`` updates or
+``compact_after_bytes`` bytes follow the snapshot, after ``document_ttl`` idle seconds (before
+the next write), and on ``compact()``. The log becomes its snapshot plus the records appended
+since, by an atomic replacement (temporary file, fsync, ``os.replace``, fsync of the folder).
+An automatic compaction reads and squashes under a shared lock, so writers of every process
+go on meanwhile, then takes the file exclusively only to check that nothing but appends
+happened since (else it starts again), copy those appended records after the snapshot and
+rename. The updates it replaces become history points (``history_retention``) in a second
+sidecar, ``<file>.history`` (``_file_history``: how a crash between the two renames still
+reads as the old or the new state).
 
 A document's attributes (``set_attributes``) live in a sidecar file beside its log,
 ``<file>.attrs``, replaced whole the same way (see ``_file_attrs``); listings skip it (it
@@ -45,18 +55,22 @@ from jupyter_ystore.errors import (
     YStorePermissionError,
 )
 from jupyter_ystore.stores import compaction, upstream_names
+from jupyter_ystore.stores import retention as _retention
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.file import history as _file_history
 from jupyter_ystore.stores.file.format import (  # (encode_record, parse_log: public names)
     HEADER,
     HEADER_PREFIX,
     Record,
     Scan,
+    decode_records,
     encode_record,
     parse_log,
 )
-from jupyter_ystore.stores.settings import Seconds
+from jupyter_ystore.stores.retention import Point, Retention, StoredHistory
+from jupyter_ystore.stores.settings import Count, Seconds
 from jupyter_ystore.stores.shared import SharedMap
 
 #: The folder, in a server's root, that holds one file per document by default.
@@ -171,6 +185,18 @@ def _replace_file(path: str, data: bytes, suffix: str = _TMP_SUFFIX) -> os.stat_
     return st
 
 
+def _write_new(path: str, data: bytes) -> None:
+    """Write ``data`` to a new file ``path``, fsynced (to be renamed into place later)."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view) :]
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
 def _read_all(fd: int, offset: int = 0) -> bytes:
     size = os.fstat(fd).st_size - offset
     os.lseek(fd, offset, os.SEEK_SET)
@@ -191,8 +217,37 @@ def _read_all(fd: int, offset: int = 0) -> bytes:
 class _Pending:
     record: bytes
     timestamp: float
+    size: int = 0  # the update's bytes
     done: bool = False
     error: BaseException | None = None
+
+
+@dataclass
+class _Read:
+    """What a compaction read: the log (to ``size`` bytes) and its history sidecar."""
+
+    identity: tuple[int, int]  # device, inode of the log
+    size: int
+    records: list[Record]
+    sidecar: _file_history.Sidecar
+
+
+@dataclass
+class _Prepared:
+    """A compaction computed and written to temporary files, waiting for ``_commit``."""
+
+    read: _Read
+    log_tmp: str
+    sidecar_tmp: str | None  # None: the history is empty, the sidecar goes
+    snapshot_timestamp: float
+
+    def discard(self) -> None:
+        for tmp in (self.log_tmp, self.sidecar_tmp):
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
 
 class _LogFile:
@@ -225,6 +280,22 @@ class _LogFile:
         self.last_timestamp: float | None = None
         self.damaged_copy = is_damaged_copy(path)  # set aside earlier: only ever read
         self.key: str | None = None  # the document's key (for what the log says to run)
+        # Records in the file as last seen, and the bytes of the updates after the first
+        # (the snapshot, once compacted): what the compaction thresholds look at.
+        self.records = 0
+        self.tail_bytes = 0
+
+    def _count(self, records: list[Record], *, added: bool = False) -> None:
+        """Note the records of a scan: the whole file, or (``added``) appended ones."""
+        if not added:
+            self.records, self.tail_bytes = 0, 0
+        skip = 1 if self.records == 0 else 0
+        self.records += len(records)
+        self.tail_bytes += sum(len(record[0]) for record in records[skip:])
+
+    def due(self, policy: Policy) -> bool:
+        """Whether the updates after the first record pass ``policy``'s thresholds."""
+        return policy.due(max(0, self.records - 1), self.tail_bytes)
 
     # -- reading and recovery
 
@@ -299,6 +370,7 @@ class _LogFile:
         if not scan.torn or writable:
             self.verified = key
         self.last_timestamp = scan.records[-1][2] if scan.records else None
+        self._count(scan.records)
         if keep and not scan.torn:
             self._kept = (key, scan.records)
         return scan.records
@@ -408,6 +480,7 @@ class _LogFile:
             key = self._set_aside(fd, scan)
         if scan.records:
             self.last_timestamp = scan.records[-1][2]
+        self._count(scan.records, added=offset > 0)
         self.verified = key
 
     def _write_all(self, fd: int, data: bytes, size_before: int) -> None:
@@ -423,9 +496,10 @@ class _LogFile:
                 pass  # the next open sets a torn tail aside
             raise
 
-    def append(self, batch: list[_Pending], policy: Policy) -> None:
+    def append(self, batch: list[_Pending], policy: Policy, now: float) -> bool:
         """Write a batch of records with one write and one fsync (runs in a thread); an
-        idle document (``policy.ttl``) is squashed first."""
+        idle document (``policy.ttl``) is squashed first. Returns whether the updates after
+        the snapshot now pass a compaction threshold."""
         self._kept = None
         self._refuse_copy("appended to")
         data = b"".join(p.record for p in batch)
@@ -433,8 +507,8 @@ class _LogFile:
             fd = self._open_locked()
             try:
                 self._check_before_append(fd)
-                if policy.idle(self.last_timestamp, time.time()):
-                    self._compact_locked(fd)
+                if self.records > 1 and policy.idle(self.last_timestamp, now):
+                    self._compact_locked(fd, policy.retention, now)
                     fd = self._open_locked()
                     self._check_before_append(fd)
                 size_before = os.fstat(fd).st_size
@@ -448,6 +522,10 @@ class _LogFile:
         except OSError as exc:
             raise _os_error(exc, self.path, "appending to the ystore log") from exc
         self.last_timestamp = batch[-1].timestamp
+        skip = 1 if self.records == 0 else 0
+        self.records += len(batch)
+        self.tail_bytes += sum(p.size for p in batch[skip:])
+        return self.due(policy)
 
     def close_fd(self) -> None:
         self._kept = None
@@ -457,38 +535,224 @@ class _LogFile:
 
     # -- administration
 
-    def compact(self) -> None:
-        """Replace the log by one record holding the squashed state, atomically."""
+    def compact(
+        self,
+        retention: Retention,
+        now: float,
+        name: str | None = None,
+        saved_by: str | None = None,
+    ) -> bool:
+        """Replace the log by one record holding the squashed state, atomically, the
+        history it replaces kept as points (``name``: ending with a version of that name).
+        False when the log is missing (or, without ``name``, already one record)."""
         self._kept = None
         self._refuse_copy("compacted")
         if not os.path.exists(self.path):
-            return
+            return False
         try:
             fd = self._open_locked()
             try:
                 self._check_before_append(fd)
-                self._compact_locked(fd)
+                return self._compact_locked(fd, retention, now, name, saved_by)
             finally:
                 if self.fd is not None:
                     _flock(self.fd, _UNLOCK)
         except OSError as exc:
             raise _os_error(exc, self.path, "compacting the ystore log") from exc
 
-    def _compact_locked(self, fd: int) -> None:
+    def _compact_locked(
+        self,
+        fd: int,
+        retention: Retention,
+        now: float,
+        name: str | None = None,
+        saved_by: str | None = None,
+    ) -> bool:
         """Compact the checked file held exclusively as ``fd``; closes ``fd`` after."""
-        scan, _key = self._scan(fd, 0)
-        if len(scan.records) <= 1:
-            return
-        updates = [record[0] for record in scan.records]
-        squashed = compaction.squash(updates, self.key or self.path, self.path)
-        _update, metadata, timestamp = scan.records[-1]
-        data = HEADER + encode_record(squashed, metadata, timestamp)
-        st = _replace_file(self.path, data)
+        read = self._read_for_compaction(fd)
+        if not read.records or (len(read.records) <= 1 and name is None):
+            return False
+        prepared = self._prepare(read, retention, now, name, saved_by)
+        try:
+            self._commit(fd, prepared)
+        except BaseException:
+            prepared.discard()
+            raise
+        return True
+
+    def _read_for_compaction(self, fd: int) -> _Read:
+        """The log open as ``fd`` (held by the caller) and its history sidecar. Changes
+        nothing of this object: it also runs beside writers."""
+        buf = _read_all(fd)
+        st = os.fstat(fd)
+        scan = parse_log(buf, self.path)
+        side = _file_history.read(_file_history.sidecar(self.path))
+        return _Read((st.st_dev, st.st_ino), scan.intact_end, scan.records, side)
+
+    def _prepare(
+        self,
+        read: _Read,
+        retention: Retention,
+        now: float,
+        name: str | None,
+        saved_by: str | None,
+    ) -> _Prepared:
+        """Squash, plan the history points and write both new files beside the old ones
+        (fsynced, not yet in place). CPU and disk work, under no lock of the caller's."""
+        records = read.records
+        key = self.key or self.path
+        rows = read.sidecar.rows
+        covered = (read.sidecar.coverage.covered(records) or 0) if rows else 0
+        change = _retention.compact_rows(
+            rows,
+            _retention.new_points(records[covered:]),
+            now,
+            retention,
+            name=name,
+            saved_by=saved_by,
+            document=key,
+        )
+        new_rows = _retention.apply_change(rows, change)
+        squashed = compaction.squash([record[0] for record in records], key, self.path)
+        _update, metadata, timestamp = records[-1]
+        snapshot = (squashed, metadata, timestamp)
+        folder, base = os.path.split(self.path)
+        unique = f"{os.getpid()}.{os.urandom(4).hex()}"
+        log_tmp = os.path.join(folder, f".{base}.{unique}{_TMP_SUFFIX}")
+        sidecar_tmp = None
+        try:
+            _write_new(log_tmp, HEADER + encode_record(*snapshot))
+            if new_rows:
+                coverage = _file_history.Coverage(
+                    _file_history.digest(snapshot), _file_history.digest(records[0]), len(records)
+                )
+                sidecar_tmp = os.path.join(folder, f".{base}.history.{unique}{_TMP_SUFFIX}")
+                _write_new(sidecar_tmp, _file_history.encode(new_rows, coverage))
+        except BaseException:
+            _Prepared(read, log_tmp, sidecar_tmp, timestamp).discard()
+            raise
+        return _Prepared(read, log_tmp, sidecar_tmp, timestamp)
+
+    def _commit(self, fd: int, prepared: _Prepared) -> None:
+        """Put a prepared compaction in place; the caller holds the log exclusively as
+        ``fd`` and checked that it only grew since the read. The records appended since are
+        copied after the snapshot; the sidecar is renamed first, the log second (see
+        ``_file_history``), one fsync of the folder makes both durable."""
+        extra = _read_all(fd, prepared.read.size)
+        if extra:
+            with open(prepared.log_tmp, "ab") as out:
+                out.write(extra)
+                out.flush()
+                os.fsync(out.fileno())
+        side = _file_history.sidecar(self.path)
+        if prepared.sidecar_tmp is not None:
+            os.replace(prepared.sidecar_tmp, side)
+        elif prepared.read.sidecar.identity is not None:
+            os.unlink(side)  # no point left (history_retention = 0)
+        os.replace(prepared.log_tmp, self.path)
         _fsync_dir(os.path.dirname(self.path))
+        st = os.stat(self.path)
         self.close_fd()  # points at the replaced file; writers waiting on it will reopen
-        self.verified = (st.st_dev, st.st_ino, len(data))
-        self.last_timestamp = timestamp
+        self.verified = (st.st_dev, st.st_ino, st.st_size)
+        appended = decode_records(extra, 0, 0, Scan(), self.path).records if extra else []
+        self.last_timestamp = appended[-1][2] if appended else prepared.snapshot_timestamp
+        self.records = 1
+        self.tail_bytes = 0
+        self._count(appended, added=True)
         compaction.report("FileYStore")
+
+    def prepare_compaction(self, policy: Policy, now: float) -> _Prepared | None:
+        """An automatic compaction's first half (a worker thread, beside writers): read the
+        log under a shared lock, then squash and plan with no lock held. None when it is
+        not due (or the file is gone)."""
+        if self.damaged_copy:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            _flock(fd, _SHARED, self.path)
+            if not self._is_current(fd):
+                return None  # replaced meanwhile: the next threshold tries again
+            read = self._read_for_compaction(fd)
+        finally:
+            os.close(fd)
+        tail = read.records[1:]
+        if not policy.due(len(tail), sum(len(record[0]) for record in tail)):
+            return None
+        return self._prepare(read, policy.retention, now, None, None)
+
+    def commit_compaction(self, prepared: _Prepared) -> bool:
+        """The second half (the caller holds ``lock``): under the exclusive lock, put it in
+        place if the log only grew since it was read and the sidecar is unchanged; else
+        False (discarded: the caller starts again)."""
+        self._kept = None
+        try:
+            fd = self._open_locked()
+            try:
+                self._check_before_append(fd)
+                st = os.fstat(fd)
+                side = _file_history.sidecar(self.path)
+                if (
+                    (st.st_dev, st.st_ino) != prepared.read.identity
+                    or st.st_size < prepared.read.size
+                    or _file_history.current_identity(side) != prepared.read.sidecar.identity
+                ):
+                    prepared.discard()
+                    return False
+                self._commit(fd, prepared)
+                return True
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
+        except BaseException as exc:
+            prepared.discard()
+            if isinstance(exc, OSError):
+                raise _os_error(exc, self.path, "compacting the ystore log") from exc
+            raise
+
+    def read_history(self) -> StoredHistory:
+        """The retained points and the log records after them, as one consistent pair (the
+        log is read again if a compaction replaced it meanwhile)."""
+        for _attempt in range(5):
+            records = self.load()
+            known = self.verified
+            side = _file_history.read(_file_history.sidecar(self.path))
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if known is not None and st is not None and (st.st_dev, st.st_ino) != known[:2]:
+                continue  # compacted between the two reads
+            covered = (side.coverage.covered(records) or 0) if side.rows else 0
+            return StoredHistory(_retention.points_of(side.rows), records[covered:], 0)
+        raise YStoreError(
+            "the document kept being compacted while its history was read (5 attempts)",
+            path=self.path,
+            hint="nothing is wrong with it; try again",
+        )
+
+    def delete_version(self, name: str) -> None:
+        """Remove a version's name, under the exclusive lock (``VersionNotFound``)."""
+        self._refuse_copy("changed")
+        side = _file_history.sidecar(self.path)
+        if not os.path.exists(self.path):
+            raise _retention.VersionNotFound(name)
+        try:
+            self._open_locked()
+            try:
+                found = _file_history.read(side)
+                seq = max((row.seq for row in found.rows), default=0) + 1
+                change = _retention.rename_version(found.rows, name, None, seq)
+                rows = _retention.apply_change(found.rows, change)
+                _replace_file(side, _file_history.encode(rows, found.coverage), ".history.tmp")
+                _fsync_dir(os.path.dirname(self.path))
+            finally:
+                if self.fd is not None:
+                    _flock(self.fd, _UNLOCK)
+        except OSError as exc:
+            raise _os_error(exc, side, "changing the document's history") from exc
 
     def delete(self) -> None:
         self._kept = None
@@ -561,6 +825,21 @@ class FileYStore(BaseYStore):
         squash_after_inactivity_of.""",
     )
     squash_after_inactivity_of = upstream_names.ttl_alias()  # pycrdt-store's name
+    compact_after_updates = Count(
+        1000,
+        allow_none=True,
+        config=True,
+        help="""Compact a document's log (its snapshot replaces the records before it) once
+        this many updates follow the snapshot, so that loading costs the document's size,
+        not its history. None or 0: never by count.""",
+    )
+    compact_after_bytes = Count(
+        1024 * 1024,
+        allow_none=True,
+        config=True,
+        help="""Compact a document's log once the updates after its snapshot hold this many
+        bytes. None or 0: never by size.""",
+    )
 
     @validate("root_dir")
     def _check_root_dir(self, proposal: Any) -> str | None:
@@ -581,6 +860,7 @@ class FileYStore(BaseYStore):
         upstream_names.apply(self)
         self._file = _resolve(self.path, self._root()) if self.path is not None else None
         self._logfile: _LogFile | None = None
+        self._compaction_wanted: anyio.Event | None = None
 
     @classmethod
     def default_settings(cls, server_root: str) -> dict[str, Any]:
@@ -612,6 +892,7 @@ class FileYStore(BaseYStore):
 
     async def _open(self) -> None:
         self._policy = Policy.of(self)
+        self._compaction_wanted = anyio.Event()
         if self._file is None:  # a backend handle: no log of its own
             return
         path = os.path.realpath(self._file)
@@ -620,6 +901,36 @@ class FileYStore(BaseYStore):
         async with logfile.lock:
             if logfile.verified is None:  # check the header, set a torn tail aside
                 await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
+            if logfile.due(self._policy):  # e.g. a long log written before compaction
+                self._compaction_wanted.set()
+
+    async def _run(self) -> None:
+        """Compact in the background when a write passed a threshold (see the module)."""
+        while True:
+            assert self._compaction_wanted is not None
+            await self._compaction_wanted.wait()
+            self._compaction_wanted = anyio.Event()
+            try:
+                await self._compact_automatically()
+            except Exception as exc:  # the log is intact; the next threshold retries
+                self.log.error(
+                    "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
+                )
+
+    async def _compact_automatically(self) -> None:
+        logfile = self._logfile
+        if logfile is None:
+            return
+        for _attempt in range(5):
+            prepared = await anyio.to_thread.run_sync(
+                logfile.prepare_compaction, self._policy, self.clock()
+            )
+            if prepared is None:
+                return
+            async with logfile.lock:
+                await self._flush(logfile)
+                if await anyio.to_thread.run_sync(logfile.commit_compaction, prepared):
+                    return
 
     async def _close(self) -> None:
         logfile, self._logfile = self._logfile, None
@@ -641,8 +952,8 @@ class FileYStore(BaseYStore):
         metadata = await self._metadata_for(metadata)
         logfile = self._logfile
         assert logfile is not None
-        timestamp = time.time()
-        pending = _Pending(encode_record(bytes(data), metadata, timestamp), timestamp)
+        timestamp = self.clock()
+        pending = _Pending(encode_record(data, metadata, timestamp), timestamp, len(data))
         logfile.queue.append(pending)
         async with logfile.lock:
             if not pending.done:
@@ -657,10 +968,15 @@ class FileYStore(BaseYStore):
         if not batch:
             return
         try:
-            await anyio.to_thread.run_sync(logfile.append, batch, self._policy)
+            due = await anyio.to_thread.run_sync(
+                logfile.append, batch, self._policy, batch[-1].timestamp
+            )
         except Exception as exc:
             for pending in batch:
                 pending.error = exc
+        else:
+            if due and self._compaction_wanted is not None:
+                self._compaction_wanted.set()
         finally:
             for pending in batch:
                 pending.done = True
@@ -688,7 +1004,42 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            await anyio.to_thread.run_sync(logfile.compact)
+            await anyio.to_thread.run_sync(
+                logfile.compact, self._policy.retention, self.clock()
+            )
+
+    async def read_history(self) -> StoredHistory:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            stored = await anyio.to_thread.run_sync(logfile.read_history)
+        if stored.empty:
+            raise YDocNotFound(self.path)
+        return stored
+
+    async def save_version(self, name: str, saved_by: str | None = None) -> Point:
+        await self._ensure_running()
+        name = _retention.check_version_name(name)
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await self._flush(logfile)
+            done = await anyio.to_thread.run_sync(
+                logfile.compact, self._policy.retention, self.clock(), name, saved_by
+            )
+        if not done:
+            raise YDocNotFound(self.path)
+        stored = await self.read_history()
+        return next(point for point in stored.points if point.name == name)
+
+    async def delete_version(self, name: str) -> None:
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+        async with logfile.lock:
+            await anyio.to_thread.run_sync(logfile.delete_version, name)
 
     async def delete(self) -> None:
         from jupyter_ystore.stores.file import attrs as _file_attrs
@@ -698,9 +1049,12 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            # Attributes first: a crash in between may leave the history without its
-            # attributes, never attributes (an id of that history, say) outliving it.
+            # Attributes and history first: a crash in between may leave the log without
+            # them, never them (an id of that history, say) outliving it.
             await anyio.to_thread.run_sync(_file_attrs.remove, _file_attrs.sidecar(logfile.path))
+            await anyio.to_thread.run_sync(
+                _file_attrs.remove, _file_history.sidecar(logfile.path)
+            )
             await anyio.to_thread.run_sync(logfile.delete)
 
     async def _read_attributes(self) -> dict[str, bytes]:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 #: The layout version recorded in ``<table>_version``; a table with another one is refused.
-#: Still 1 with ``<table>_attrs``: that table is additive (version 1 code ignores it, so
-#: servers of both kinds can share a database during an upgrade) and is found by name.
+#: Still 1 with ``<table>_attrs`` and ``<table>_history``: those tables are additive
+#: (version 1 code ignores them, so servers of both kinds can share a database during an
+#: upgrade) and are found by name, created when missing.
 SCHEMA_VERSION = 1
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# PostgreSQL truncates identifiers to 63 bytes; "_version" (and the shorter "_attrs") must
-# still fit after the table.
+# PostgreSQL truncates identifiers to 63 bytes; "_version" and "_history" (and the shorter
+# "_attrs") must still fit after the table.
 _MAX_TABLE = 63 - len("_version")
 
 
@@ -62,6 +63,11 @@ class Names:
     def attributes_table(self) -> str:
         """Per-document attributes (``set_attributes``), beside the updates table."""
         return f'"{self.schema}"."{self.table}_attrs"'
+
+    @property
+    def history_table(self) -> str:
+        """Retained history points (``retention.Row``s), beside the updates table."""
+        return f'"{self.schema}"."{self.table}_history"'
 
     @property
     def label(self) -> str:
@@ -111,6 +117,62 @@ class Names:
         return (
             f"CREATE TABLE IF NOT EXISTS {self.attributes_table} (path text NOT NULL, "
             "name text NOT NULL, value bytea NOT NULL, PRIMARY KEY (path, name))"
+        )
+
+    @property
+    def create_history(self) -> str:
+        # points before deltas: reading a row's points leaves its (TOASTed) deltas unread
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.history_table} (path text NOT NULL, "
+            "seq bigint NOT NULL, first_ts double precision NOT NULL, "
+            "last_ts double precision NOT NULL, upto bigint NOT NULL, points bytea NOT NULL, "
+            "deltas bytea NOT NULL, PRIMARY KEY (path, seq))"
+        )
+
+    @property
+    def select_history_headers(self) -> str:
+        return (
+            f"SELECT seq, first_ts, last_ts, upto, points FROM {self.history_table} "
+            "WHERE path = $1 ORDER BY seq"
+        )
+
+    @property
+    def select_history(self) -> str:
+        return (
+            f"SELECT seq, first_ts, last_ts, upto, points, deltas FROM {self.history_table} "
+            "WHERE path = $1 ORDER BY seq"
+        )
+
+    @property
+    def select_history_deltas(self) -> str:
+        return (
+            f"SELECT seq, deltas FROM {self.history_table} "
+            "WHERE path = $1 AND seq = ANY($2::bigint[])"
+        )
+
+    @property
+    def delete_history_rows(self) -> str:
+        return f"DELETE FROM {self.history_table} WHERE path = $1 AND seq = ANY($2::bigint[])"
+
+    @property
+    def insert_history_rows(self) -> str:
+        return (
+            f"INSERT INTO {self.history_table} "
+            "(path, seq, first_ts, last_ts, upto, points, deltas) "
+            "SELECT $1, r.seq, r.first_ts, r.last_ts, r.upto, r.points, r.deltas "
+            "FROM unnest($2::bigint[], $3::float8[], $4::float8[], $5::bigint[], $6::bytea[], "
+            "$7::bytea[]) AS r(seq, first_ts, last_ts, upto, points, deltas)"
+        )
+
+    @property
+    def delete_history(self) -> str:
+        return f"DELETE FROM {self.history_table} WHERE path = $1"
+
+    @property
+    def history_sizes(self) -> str:
+        return (
+            f"SELECT path, count(*) AS rows, sum(octet_length(points) + octet_length(deltas)) "
+            f"AS bytes FROM {self.history_table} GROUP BY path"
         )
 
     @property

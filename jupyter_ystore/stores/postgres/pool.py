@@ -78,6 +78,8 @@ class SharedPool:
         self.tables_ready: set[Names] = set()
         self.attributes_ready: set[Names] = set()  # <table>_attrs known to exist
         self._attributes_warned: set[Names] = set()
+        self.history_ready: set[Names] = set()  # <table>_history known to exist
+        self._history_warned: set[Names] = set()
         self.setup_lock = asyncio.Lock()
         self.helpers: dict[tuple[str, Names], Any] = {}
 
@@ -128,6 +130,7 @@ class SharedPool:
             try:
                 await _ensure_table(self.pool, names)
                 await self.ensure_attributes(names)
+                await self.ensure_history(names)
             except YStoreError:
                 raise
             except Exception as exc:
@@ -170,6 +173,38 @@ class SharedPool:
                         )
                     return False
         self.attributes_ready.add(names)
+        return True
+
+
+    async def ensure_history(self, names: Names, *, create: bool = True) -> bool:
+        """Whether the history table of ``names`` exists, created if missing and
+        ``create`` (tables made by an earlier version have none). Without the CREATE
+        privilege: False, with one warning; compaction then keeps no history points."""
+        if names in self.history_ready:
+            return True
+        asyncpg = _asyncpg()
+        async with self.pool.acquire() as conn:
+            exists = "SELECT to_regclass($1) IS NOT NULL"
+            if not await conn.fetchval(exists, names.history_table):
+                if not create:
+                    return False
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", names.setup_key())
+                        await conn.execute(names.create_history)
+                except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+                    if names not in self._history_warned:
+                        self._history_warned.add(names)
+                        log.warning(
+                            "history points cannot be kept: %s has no %s_history table and "
+                            "this user may not create it (%s); run `%s` as its owner",
+                            names.label,
+                            names.table,
+                            exc,
+                            names.create_history,
+                        )
+                    return False
+        self.history_ready.add(names)
         return True
 
 

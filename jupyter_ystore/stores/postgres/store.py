@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any, AsyncIterator, Sequence
 
 import anyio
@@ -53,11 +52,13 @@ from jupyter_ystore.errors import (
 from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
+from jupyter_ystore.stores.postgres import compact as _pg_compact
 from jupyter_ystore.stores.postgres import pool as _pg_pool
 from jupyter_ystore.stores.postgres.commit import GroupCommitter, Pending
 from jupyter_ystore.stores.postgres.compact import CompactResult, compact_document
 from jupyter_ystore.stores.postgres.listen import Listener
 from jupyter_ystore.stores.postgres.names import Names, check_identifier, describe_dsn
+from jupyter_ystore.stores.retention import Point, StoredHistory, check_version_name
 from jupyter_ystore.stores.settings import Count, Seconds
 
 DSN_ENV = "JUPYTER_YSTORE_DSN"
@@ -279,18 +280,42 @@ class PostgresYStore(BaseYStore):
         if self._policy.due(self._tail_updates, self._tail_bytes):
             self._compact_wanted.set()
 
-    async def _compact(self, policy: Policy | None, *, wait: bool) -> CompactResult:
-        """Compact if ``policy`` says it is due (None: whenever there is a tail)."""
+    async def _compact(
+        self,
+        policy: Policy | None,
+        *,
+        wait: bool,
+        name: str | None = None,
+        saved_by: str | None = None,
+    ) -> CompactResult:
+        """Compact if ``policy`` says it is due (None: whenever there is a tail), keeping
+        history points (``history_retention``; ``name``: ending with that version)."""
+        shared = self._shared
+        assert shared is not None
         try:
             # Shielded: a transaction cut by cancellation (stop()) could not even roll back.
             with anyio.fail_after(self._shield_limit(), shield=True):
+                keeps = await shared.ensure_history(self._table)
+                if name is not None and not keeps:
+                    raise YStorePermissionError(
+                        f"cannot save a version of {self.path!r}: {self._table.label} has no "
+                        f"{self._table.table}_history table and this database user may not "
+                        "create it",
+                        hint=f"run `{self._table.create_history}` as the owner of the schema",
+                    )
                 result = await compact_document(
                     self._pool(),
                     self._table,
                     self.path,
                     policy=policy,
                     wait=wait,
+                    retention=self._policy.retention if keeps else None,
+                    now=self.clock(),
+                    name=name,
+                    saved_by=saved_by,
                 )
+        except (ValueError, KeyError):  # VersionExists, VersionNotFound: the caller's
+            raise
         except Exception as exc:
             raise self._error(exc, "compact") from None
         if result.done:
@@ -305,7 +330,7 @@ class PostgresYStore(BaseYStore):
         await self._ensure_running()
         update = self._checked_update(data)
         metadata = await self._metadata_for(metadata)
-        now = time.time()
+        now = self.clock()
         if self._policy.ttl is not None:
             await self._squash_if_idle(now)
         item = Pending(self.path, update, metadata, now, self._origin)
@@ -368,6 +393,53 @@ class PostgresYStore(BaseYStore):
         await self._ensure_running()
         await self._compact(None, wait=True)
 
+    async def read_history(self) -> StoredHistory:
+        """Retained points and log records in one repeatable-read transaction; ``watch()``
+        is not moved."""
+        await self._ensure_running()
+        shared = self._shared
+        assert shared is not None
+        try:
+            with_points = await shared.ensure_history(self._table, create=False)
+            async with self._pool().acquire() as conn:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    stored = await _pg_compact.read_history(
+                        conn, self._table, self.path, with_points
+                    )
+        except Exception as exc:
+            raise self._error(exc, "read the history of") from None
+        if stored.empty:
+            raise YDocNotFound(self.path)
+        return stored
+
+    async def save_version(self, name: str, saved_by: str | None = None) -> Point:
+        """Compact now (waiting for a compaction running elsewhere), ending the history
+        with a point named ``name``; one transaction."""
+        await self._ensure_running()
+        name = check_version_name(name)
+        result = await self._compact(None, wait=True, name=name, saved_by=saved_by)
+        if not result.done:
+            raise YDocNotFound(self.path)
+        stored = await self.read_history()
+        return next(point for point in stored.points if point.name == name)
+
+    async def delete_version(self, name: str) -> None:
+        await self._ensure_running()
+        shared = self._shared
+        assert shared is not None
+        try:
+            if not await shared.ensure_history(self._table, create=False):
+                from jupyter_ystore.stores.retention import VersionNotFound
+
+                raise VersionNotFound(name)
+            with anyio.fail_after(self._shield_limit(), shield=True):
+                async with self._pool().acquire() as conn:
+                    await _pg_compact.delete_version(conn, self._table, self.path, name)
+        except (ValueError, KeyError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, "remove a version of") from None
+
     async def delete(self) -> None:
         """Forget the document; waits for a compaction of it to finish first."""
         await self._ensure_running()
@@ -384,6 +456,7 @@ class PostgresYStore(BaseYStore):
         names = self._table
         assert self._shared is not None
         attributes = await self._shared.ensure_attributes(names, create=False)
+        history = await self._shared.ensure_history(names, create=False)
         async with self._pool().acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", names.compact_key(self.path))
@@ -391,6 +464,8 @@ class PostgresYStore(BaseYStore):
                 await conn.execute(names.delete_document, self.path)
                 if attributes:
                     await conn.execute(names.delete_attributes, self.path)
+                if history:
+                    await conn.execute(names.delete_history, self.path)
 
     async def _read_attributes(self) -> dict[str, bytes]:
         """One SELECT; touches no update and not ``watch()``'s position."""

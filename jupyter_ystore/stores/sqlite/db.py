@@ -450,7 +450,9 @@ class SharedDatabase:
                     if chunk:
                         self._insert(conn, chunk, owned)
                         chunk = []
-                    error = compactor.squash_idle(conn, schema, path)
+                    error = compactor.squash_idle(
+                        conn, schema, path, policy.retention, job.timestamp
+                    )
                     if error is not None:
                         outcomes.append((job.waiter, None, error))
                         continue

@@ -6,6 +6,7 @@ import sqlite3
 from typing import Any
 
 from jupyter_ystore.stores.sqlite import attributes
+from jupyter_ystore.stores.sqlite import history
 from jupyter_ystore.stores.sqlite import pending
 from jupyter_ystore.stores.sqlite import compat
 from jupyter_ystore.stores.sqlite.schema import Schema
@@ -102,6 +103,7 @@ def delete_document(conn: sqlite3.Connection, schema: Schema, path: str) -> None
         if schema.has_snapshots:
             conn.execute("DELETE FROM ystore_snapshots WHERE path = ?", (path,))
         attributes.delete(conn, schema, path)
+        history.delete(conn, schema, path)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from jupyter_ystore.errors import YStorePermissionError
-from jupyter_ystore.stores.sqlite import attributes, compat, pending
+from jupyter_ystore.stores.sqlite import attributes, compat, history, pending
 
 log = logging.getLogger("jupyter_ystore.sqlite")
 
@@ -50,6 +50,7 @@ class Schema:
         self.has_pending = pending.TABLE in layout.tables
         # False on a read-only legacy file (until another process adds the table)
         self.has_attributes = attributes.TABLE in layout.tables
+        self.has_history = history.TABLE in layout.tables  # likewise
 
     @property
     def has_checkpoints(self) -> bool:
@@ -142,6 +143,8 @@ def _create(conn: sqlite3.Connection, db_path: str, journal_mode: str = "WAL") -
             compat.CREATE_SNAPSHOTS,
             pending.CREATE,
             attributes.CREATE,
+            history.CREATE,
+            history.CREATE_INDEX,
         ):
             conn.execute(statement)
         if layout.empty:
@@ -165,6 +168,9 @@ def _adopt(
             conn.execute(pending.CREATE)
         if attributes.TABLE not in layout.tables:
             conn.execute(attributes.CREATE)
+        if history.TABLE not in layout.tables:
+            conn.execute(history.CREATE)
+            conn.execute(history.CREATE_INDEX)
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc).lower():
             raise

@@ -63,7 +63,6 @@ among concurrent writers.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
@@ -75,6 +74,7 @@ from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
 from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
+from jupyter_ystore.stores.retention import Point, StoredHistory, check_version_name
 from jupyter_ystore.stores.filesystems import network_mount
 from jupyter_ystore.stores.settings import Count, Seconds, checked
 from jupyter_ystore.stores.sqlite import db as _sqlite_db
@@ -222,7 +222,8 @@ class SQLiteYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                if await self._require_db().compactor.compact(self.path, policy=self._policy):
+                compactor = self._require_db().compactor
+                if await compactor.compact(self.path, policy=self._policy, now=self.clock()):
                     compaction.report(type(self).__name__)
             except Exception as exc:  # the updates are intact; the next threshold retries
                 self.log.error(
@@ -254,7 +255,7 @@ class SQLiteYStore(BaseYStore):
         metadata = await self._metadata_for(metadata)
         db = self._db or self._require_db()
         wanted = await db.write(
-            self.path, data, metadata, time.time(), self._policy, self._owner
+            self.path, data, metadata, self.clock(), self._policy, self._owner
         )
         if wanted and self._compaction_wanted is not None:
             self._compaction_wanted.set()
@@ -334,12 +335,45 @@ class SQLiteYStore(BaseYStore):
         return await self._require_db().list_documents()
 
     async def compact(self) -> None:
-        """Replace this document's history by one snapshot, in one transaction."""
+        """Replace this document's history by one snapshot, in one transaction (the
+        updates it replaces become history points, ``history_retention``)."""
         await self._ensure_running()
-        done = await self._require_db().compactor.compact(self.path)
+        done = await self._require_db().compactor.compact(
+            self.path, retention=self._policy.retention, now=self.clock()
+        )
         if not done:
             raise YDocNotFound(self.path)
         compaction.report(type(self).__name__)
+
+    async def read_history(self) -> StoredHistory:
+        """Retained points and log records in one read transaction; ``watch()`` is not
+        moved."""
+        await self._ensure_running()
+        stored = await self._require_db().compactor.read_history(self.path)
+        if stored.empty:
+            raise YDocNotFound(self.path)
+        return stored
+
+    async def save_version(self, name: str, saved_by: str | None = None) -> Point:
+        """Compact, ending the history with a point named ``name`` (one transaction)."""
+        await self._ensure_running()
+        name = check_version_name(name)
+        done = await self._require_db().compactor.compact(
+            self.path,
+            retention=self._policy.retention,
+            now=self.clock(),
+            name=name,
+            saved_by=saved_by,
+        )
+        if not done:
+            raise YDocNotFound(self.path)
+        compaction.report(type(self).__name__)
+        stored = await self.read_history()
+        return next(point for point in stored.points if point.name == name)
+
+    async def delete_version(self, name: str) -> None:
+        await self._ensure_running()
+        await self._require_db().compactor.delete_version(self.path, name)
 
     async def delete(self) -> None:
         """Forget everything stored for this document (its pycrdt-store checkpoint and its
