@@ -346,13 +346,27 @@ def test_history_text_and_compaction(tmp_path: Path, env: Any, capsys: Any) -> N
     code, out, err = cli(capsys, "compact", NB_KEY, *args)
     assert code == 0, err
     assert "6 updates" in out and "→ 1 updates" in out
-    # Older states are gone with the compacted history: a clear error, not an empty document.
-    t1 = recorded[NB_KEY][0][0]
-    code, out, err = cli(capsys, "export", NB_KEY, "--at", repr(t1), *args)
+    # The compacted updates are retained points (all within 10 minutes: every one of them):
+    # older states are still there, and export says which point it used.
+    t1, content1 = recorded[NB_KEY][0]
+    exported = export_to(capsys, args, NB_KEY, tmp_path / "t1.ipynb", "--at", repr(t1))
+    assert read_notebook(exported) == comparable(content1)
+    code, out, err = cli(capsys, "export", NB_KEY, "--at", repr(t1), "-o", "-", *args)
+    assert code == 0 and "the nearest at or before" in err and "by ann (client)" in err
+    code, out, err = cli(capsys, "info", NB_KEY, "--json", *args)
+    info = json.loads(out)
+    assert info["updates"] == 1  # the load path: one snapshot
+    assert info["history"]["retained_points"] == 6 and info["history"]["retained_bytes"] > 0
+    assert info["history"]["reaches_back_to"] <= t1
+
+    # With retention off, compaction forgets: older states are a clear error, not an empty
+    # document.
+    code, out, err = cli(capsys, "compact", TEXT_KEY, "--SQLiteYStore.history_retention=0", *args)
+    assert code == 0, err
+    tt1 = recorded[TEXT_KEY][0][0]
+    code, out, err = cli(capsys, "export", TEXT_KEY, "--at", repr(tt1), *args)
     assert code == 1
     assert "older history was compacted" in one_line_error(err)
-    code, out, err = cli(capsys, "info", NB_KEY, "--json", *args)
-    assert json.loads(out)["updates"] == 1
 
 
 # ---------------------------------------------------------------------------- legacy stores

@@ -29,13 +29,14 @@ from jupyter_ystore.core import content as cli_content
 from jupyter_ystore.core.history import (
     History,
     HistoryError,
-    describe_metadata,
+    Record,
     format_time,
     group_points,
     parse_time,
     read_history,
 )
-from jupyter_ystore.stores.base import DocumentInfo
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
+from jupyter_ystore.stores.retention import Retention, VersionExists, VersionNotFound
 
 
 def info_json(info: DocumentInfo, path: str | None) -> dict[str, Any]:
@@ -73,9 +74,13 @@ class DocCommand(StoreCommand):
         except ValueError as exc:
             raise usage_error(str(exc)) from None
 
+    #: The history retention of the store ``load`` opened (for what history says it keeps).
+    retention: Retention | None = None
+
     async def load(self, doc: str) -> tuple[DocumentInfo, History]:
         info = await self.find_document(doc)
         async with self.open_store(info.path) as store:
+            self.retention = _retention_of(store)
             return info, await read_history(store, info.snapshots)
 
     def state_at(self, history: History, at: float | None) -> bytes:
@@ -83,6 +88,70 @@ class DocCommand(StoreCommand):
             return history.state_at(at)
         except HistoryError as exc:
             raise CliError(str(exc)) from None
+
+    def which(self, history: History, at: float | None) -> str:
+        """What ``--at`` reached: the nearest retained point or update at or before it."""
+        record = history.nearest(at)
+        if at is None or record is None:
+            return ""
+        return f"the nearest at or before {format_time(at)}: {record.describe()}"
+
+    async def write_restore(
+        self, info: DocumentInfo, target: Any, metadata: dict[str, Any]
+    ) -> tuple[bytes | None, bool]:
+        """Make the document's content ``target(history)`` as ONE new update on top
+        (history kept, so restoring again undoes it); returns the update and whether the
+        store has live updates (a server with the document open sees the change)."""
+        data = json.dumps({"username": os_user(), "origin": "jupyter ystore restore", **metadata})
+        async with self.open_store(info.path, metadata_callback=lambda: data.encode()) as store:
+            history = await read_history(store, info.snapshots)
+            wanted = target(history)
+            current = history.state_at(None)
+            try:
+                update = await anyio.to_thread.run_sync(cli_content.reset_update, current, wanted)
+            except cli_content.ContentError as exc:
+                raise CliError(f"{info.path}: {exc}") from None
+            if update is not None:
+                await store.write(update)
+            live = bool(getattr(store, "supports_live_updates", False))
+        if update is not None and not live:
+            # A running server keeps an open document in memory and would not see this write.
+            self.note(
+                f"note: {self.store_class.__name__} has no live updates: if a server has this "
+                "document open, close it there first (or restore again once it is closed)"
+            )
+        return update, live
+
+
+def _retention_of(store: BaseYStore) -> Retention | None:
+    try:
+        return Retention.parse(getattr(store, "history_retention", 0))
+    except ValueError:
+        return None
+
+
+def history_summary(history: History, retention: Retention | None) -> dict[str, Any]:
+    """How far back the history reaches and what it costs (``info``, ``history``)."""
+    oldest = history.oldest
+    points = [r for r in history.records if r.kind == "point"]
+    log = [r for r in history.records if r.kind != "point"]
+    return {
+        "reaches_back_to": oldest.timestamp if oldest else None,
+        "reaches_back_to_at": format_time(oldest.timestamp) if oldest else None,
+        "oldest": oldest.describe() if oldest else None,
+        "retained_points": len(points),
+        "retained_updates": sum(r.updates for r in points),
+        "retained_bytes": sum(r.size for r in points),
+        "log_records": len(log),
+        "log_bytes": sum(r.size for r in log),
+        "versions": [
+            {"name": r.name, "time": r.timestamp, "at": format_time(r.timestamp), "saved_by": r.saved_by}
+            for r in history.records
+            if r.name is not None
+        ],
+        "retention": retention.spec() if retention is not None else None,
+        "retention_text": retention.describe() if retention is not None else None,
+    }
 
 
 # ---------------------------------------------------------------------------- list
@@ -136,6 +205,7 @@ class InfoApp(DocCommand):
             for r in history.records
             if r.snapshot
         ]
+        summary["history"] = history_summary(history, self.retention)
         recent = history.records[-self.last :] if self.last > 0 else []
         summary["recent"] = [
             {
@@ -144,8 +214,11 @@ class InfoApp(DocCommand):
                 "time": format_time(r.timestamp),
                 "bytes": r.size,
                 "metadata": r.metadata.decode("utf-8", "replace"),
-                "author": describe_metadata(r.metadata),
+                "author": ", ".join(r.who()),
                 "snapshot": r.snapshot,
+                "kind": r.kind,
+                "updates": r.updates,
+                "name": r.name,
             }
             for r in recent
         ]
@@ -162,10 +235,28 @@ class InfoApp(DocCommand):
         print(f"snapshots:  {info.snapshots}")
         for snap in summary["snapshot_records"]:
             print(f"  #{snap['index']}  {snap['time']}  {human_bytes(snap['bytes'])}")
+        hist = summary["history"]
+        print(f"history:    reaches back to {hist['reaches_back_to_at'] or '-'} ({hist['oldest'] or '-'})")
+        print(
+            f"            {hist['retained_points']} retained points "
+            f"({hist['retained_updates']} updates, {human_bytes(hist['retained_bytes'])}) + "
+            f"{hist['log_records']} records in the log ({human_bytes(hist['log_bytes'])})"
+        )
+        if hist["retention_text"]:
+            print(f"            kept: {hist['retention_text']}")
+        for version in hist["versions"]:
+            by = f" by {version['saved_by']}" if version["saved_by"] else ""
+            print(f"  version {version['name']!r}  {version['at']}{by}")
         if recent:
-            print(f"newest {len(recent)} updates:")
+            print(f"newest {len(recent)} records:")
             rows = [
-                (f"#{r['index']}", r["time"], human_bytes(r["bytes"]), r["author"] or "-")
+                (
+                    f"#{r['index']}",
+                    r["time"],
+                    human_bytes(r["bytes"]),
+                    r["author"] or "-",
+                    f"{r['updates']} updates" if r["kind"] == "point" and r["updates"] != 1 else "",
+                )
                 for r in summary["recent"]
             ]
             for line in table(rows, right=(0, 2)):
@@ -204,17 +295,27 @@ class HistoryApp(DocCommand):
         points, width = group_points(
             history.records, max_points=self.max_points, resolution=self.resolution
         )
+        summary = history_summary(history, self.retention)
         if self.json:
             self.emit_json(
-                {"key": info.path, "resolution": width, "points": [p.to_json() for p in points]}
+                {
+                    "key": info.path,
+                    "resolution": width,
+                    "points": [p.to_json() for p in points],
+                    "history": summary,
+                }
             )
             return 0
+        updates = sum(r.updates for r in history.records)
         print(
-            f"{info.path}: {len(history.records)} stored updates in {len(points)} points"
+            f"{info.path}: {updates} stored updates in {len(points)} points"
             + (f" ({_width_text(width)} buckets)" if width else "")
+            + f", back to {summary['reaches_back_to_at']}"
         )
+        if summary["retention_text"]:
+            print(f"history kept: {summary['retention_text']}")
         print("restore any point with: jupyter ystore restore DOC --at AT")
-        rows = [("AT", "UPDATES", "SIZE", "SINCE", "BY")]
+        rows = [("AT", "UPDATES", "SIZE", "SINCE", "BY", "VERSION")]
         for point in points:
             rows.append(
                 (
@@ -223,6 +324,7 @@ class HistoryApp(DocCommand):
                     human_bytes(point.bytes),
                     format_time(point.start) if point.updates > 1 else "",
                     ", ".join(point.authors) or "-",
+                    repr(point.name) if point.name is not None else "",
                 )
             )
         for line in table(rows, right=(1, 2)):
@@ -284,6 +386,8 @@ class ExportApp(DocCommand):
         if not self.output or self.output == "-":
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
+            if at is not None:
+                self.note(f"{info.path} as of {self.which(history, at)}")
             return 0
         tmp = f"{self.output}.jupyter-ystore.tmp"
         with open(tmp, "wb") as out:
@@ -291,6 +395,8 @@ class ExportApp(DocCommand):
         os.replace(tmp, self.output)
         when = format_time(at) if at is not None else "now"
         self.note(f"wrote {info.path} as of {when} ({kind}, {len(data)} bytes) to {self.output}")
+        if at is not None:
+            self.note(self.which(history, at))
         return 0
 
 
@@ -307,30 +413,22 @@ class RestoreApp(DocCommand):
         doc = self.one_doc()
         at = self.at_time(required=True)
         info = await self.find_document(doc)
-        metadata = json.dumps(
-            {"username": os_user(), "origin": "jupyter ystore restore", "restored_to": at}
-        ).encode()
-        async with self.open_store(info.path, metadata_callback=lambda: metadata) as store:
-            history = await read_history(store, info.snapshots)
-            target = self.state_at(history, at)
-            current = history.state_at(None)
-            try:
-                update = await anyio.to_thread.run_sync(cli_content.reset_update, current, target)
-            except cli_content.ContentError as exc:
-                raise CliError(f"{info.path}: {exc}") from None
-            live = bool(getattr(store, "supports_live_updates", False))
-            if update is None:
-                result = {"key": info.path, "at": at, "written": False, "bytes": 0}
-            else:
-                await store.write(update)
-                result = {"key": info.path, "at": at, "written": True, "bytes": len(update)}
-        result["live"] = live
-        if update is not None and not live:
-            # A running server keeps an open document in memory and would not see this write.
-            self.note(
-                f"note: {self.store_class.__name__} has no live updates: if a server has this "
-                "document open, close it there first (or restore again once it is closed)"
-            )
+        reached: list[str] = []
+
+        def target(history: History) -> bytes:
+            state = self.state_at(history, at)
+            reached.append(self.which(history, at))
+            return state
+
+        update, live = await self.write_restore(info, target, {"restored_to": at})
+        result = {
+            "key": info.path,
+            "at": at,
+            "written": update is not None,
+            "bytes": len(update) if update is not None else 0,
+            "live": live,
+            "reached": reached[0] if reached else "",
+        }
         if self.json:
             self.emit_json(result)
         elif update is None:
@@ -340,6 +438,8 @@ class RestoreApp(DocCommand):
                 f"restored {info.path} to its content at {format_time(at)} "
                 f"with one new update ({len(update)} bytes); earlier history is kept"
             )
+        if reached and not self.json:
+            print(f"  ({reached[0]})")
         return 0
 
 
@@ -419,3 +519,162 @@ class DeleteApp(StoreCommand):
         return 0
 
 
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+class VersionApp(DocCommand):
+    description = (
+        "Named versions: `version save DOC NAME` names the current state (never dropped by "
+        "history retention), `version list DOC`, `version restore DOC NAME` (a new update on "
+        "top: history kept, restoring again undoes it), `version delete DOC NAME` (the name "
+        "only: the point is then kept as retention says)."
+    )
+    actions = ("save", "list", "restore", "delete")
+
+    async def run(self) -> int:
+        args = list(self.extra_args)
+        wanted = {"save": 3, "list": 2, "restore": 3, "delete": 3}
+        if not args or args[0] not in wanted or len(args) != wanted[args[0]]:
+            raise usage_error(
+                "version takes: save DOC NAME | list DOC | restore DOC NAME | delete DOC NAME"
+            )
+        action, doc = args[0], args[1]
+        if action == "list":
+            return await self._list(doc)
+        name = args[2]
+        if action == "restore":
+            return await self._restore(doc, name)
+        info = await self.find_document(doc, partial=action == "save")
+        async with self.open_store(info.path) as store:
+            try:
+                if action == "save":
+                    point = await store.save_version(name, saved_by=os_user() or None)
+                else:
+                    await store.delete_version(name)
+            except NotImplementedError as exc:
+                raise CliError(str(exc)) from None
+            except VersionExists:
+                raise CliError(
+                    f"{info.path} has a version named {name!r} already: choose another name "
+                    "(or `jupyter ystore version delete` it first)"
+                ) from None
+            except VersionNotFound:
+                raise CliError(f"{info.path} has no version named {name!r}") from None
+            except (TypeError, ValueError) as exc:
+                raise usage_error(str(exc)) from None
+        if action == "delete":
+            result = {"key": info.path, "deleted": name}
+            text = f"{info.path}: the name {name!r} is gone; its point is kept as retention says"
+        else:
+            result = {"key": info.path, "name": name, "time": point.end, "at": format_time(point.end)}
+            text = f"saved {info.path} as version {name!r} ({format_time(point.end)})"
+        if self.json:
+            self.emit_json(result)
+        else:
+            print(text)
+        return 0
+
+    async def _list(self, doc: str) -> int:
+        info, history = await self.load(doc)
+        versions = [r for r in history.records if r.name is not None]
+        rows = [
+            {"name": r.name, "time": r.timestamp, "at": format_time(r.timestamp), "saved_by": r.saved_by}
+            for r in sorted(versions, key=lambda r: r.timestamp)
+        ]
+        if self.json:
+            self.emit_json({"key": info.path, "versions": rows})
+            return 0
+        if not rows:
+            self.note(f"{info.path} has no named versions (jupyter ystore version save DOC NAME)")
+            return 0
+        lines = [("NAME", "SAVED", "BY")] + [
+            (str(r["name"]), str(r["at"]), str(r["saved_by"] or "-")) for r in rows
+        ]
+        for line in table(lines):
+            print(line)
+        return 0
+
+    async def _restore(self, doc: str, name: str) -> int:
+        info = await self.find_document(doc)
+        found: list[Record] = []
+
+        def target(history: History) -> bytes:
+            try:
+                version = history.version(name)
+            except HistoryError as exc:
+                raise CliError(str(exc)) from None
+            found.append(version)
+            return self.state_at(history, version.timestamp)
+
+        update, live = await self.write_restore(
+            info, target, {"reason": "restore", "version": name}
+        )
+        at = found[0].timestamp
+        result = {
+            "key": info.path,
+            "name": name,
+            "at": at,
+            "written": update is not None,
+            "bytes": len(update) if update is not None else 0,
+            "live": live,
+        }
+        if self.json:
+            self.emit_json(result)
+        elif update is None:
+            print(f"{info.path} already has the content of version {name!r}: nothing written")
+        else:
+            print(
+                f"restored {info.path} to version {name!r} ({format_time(at)}) with one new "
+                f"update ({len(update)} bytes); earlier history is kept"
+            )
+        return 0
+
+
+# ---------------------------------------------------------------------------- blame
+
+
+class BlameApp(DocCommand):
+    description = (
+        "Who last changed each cell, and each line of its source, and when (from the "
+        "authors stored with the history; as precise as the history kept)."
+    )
+
+    async def run(self) -> int:
+        from jupyter_ystore.core.blame import BlameError, blame
+
+        info, history = await self.load(self.one_doc())
+        try:
+            result = await anyio.to_thread.run_sync(blame, history)
+        except BlameError as exc:
+            raise CliError(str(exc)) from None
+        if self.json:
+            self.emit_json({"key": info.path, **result.to_json()})
+            return 0
+        path = self.file_ids().path_of(info.path)
+        since = format_time(result.since) if result.since is not None else "-"
+        print(f"{path or info.path}: {len(result.cells)} cells; history back to {since}")
+        for cell in result.cells:
+            if result.kind == "notebook":
+                who = _who(cell.change)
+                print(f"[{cell.index + 1}] {cell.cell_type or '?'} {cell.id or ''}  last changed {who}")
+            rows = [
+                (f"{line.number}", _who_short(line.change), line.text)
+                for line in cell.lines
+            ]
+            for line in table(rows, right=(0,)):
+                print("    " + line)
+        return 0
+
+
+def _who(change: Any) -> str:
+    if change is None:
+        return "before the history (unknown)"
+    return f"{format_time(change.time)} by {', '.join(change.authors) or 'unknown'}"
+
+
+def _who_short(change: Any) -> str:
+    if change is None:
+        return "?"
+    return f"{', '.join(change.authors) or '?'}  {format_time(change.time)[:19]}"

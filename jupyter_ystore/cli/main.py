@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "history": ("jupyter_ystore.cli.commands.HistoryApp", "The points in time a document can go back to."),
     "export": ("jupyter_ystore.cli.commands.ExportApp", "A document as it was at a time (.ipynb/text/JSON)."),
     "restore": ("jupyter_ystore.cli.commands.RestoreApp", "Make a document be as it was at a time (new update)."),
+    "version": ("jupyter_ystore.cli.commands.VersionApp", "Named versions: save, list, restore, delete."),
+    "blame": ("jupyter_ystore.cli.commands.BlameApp", "Who last changed each cell and line, and when."),
     "compact": ("jupyter_ystore.cli.commands.CompactApp", "Replace history by a snapshot (DOC or --all)."),
     "verify": ("jupyter_ystore.cli.verify.VerifyApp", "Read every record; report damage and what is recoverable."),
     "delete": ("jupyter_ystore.cli.commands.DeleteApp", "Forget a document (asks first; --yes)."),

@@ -110,12 +110,13 @@ class History:
         """The retained points (oldest first), then the log records after them."""
         history = cls.from_rows(path, [], 0)
         for point in stored.points:
-            history.updates.append(point.delta or b"\x00\x00")
+            delta = point.delta or b"\x00\x00"
+            history.updates.append(delta)
             history.records.append(
                 Record(
                     len(history.records),
                     point.end,
-                    point.size,
+                    len(delta),  # what it costs stored (its updates were point.size)
                     b"",
                     kind="point",
                     authors=tuple(point.authors),

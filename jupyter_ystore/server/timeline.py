@@ -12,9 +12,17 @@
   history kept), and every client of the root sees the change.
 - ``PUT /api/collaboration/fork/{root}`` (body ``{title, description, synchronize}``),
   ``GET fork/{root}`` (the forks of a root) and ``DELETE fork/{fork}?merge=true|false``.
+- Named versions, ``/api/collaboration/versions/{path}?format=…&type=…``: ``GET`` lists them
+  (and how far back the history reaches), ``PUT`` with ``{"name"}`` saves the current state
+  under that name (409 if taken), with ``{"name", "action": "restore"}`` makes the document
+  equal to that version as a new update every client sees (restoring again undoes it),
+  ``DELETE …&name=`` removes a name (the point stays, thinned by retention).
+- ``GET /api/collaboration/blame/{path}?format=…&type=…``: who last changed each cell and
+  line, and when (``core/blame.py``).
 
-Permissions are the room's: reading the ``contents`` resource opens the timeline and moves
-the slider; writing is needed to restore, and to create, merge or delete a fork.
+Permissions are the room's: reading the ``contents`` resource opens the timeline, moves
+the slider, lists versions and reads blame; writing is needed to restore, to save or delete
+a version, and to create, merge or delete a fork.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from pycrdt import Doc
 from tornado import web
 
 from jupyter_ystore.core import content as cli_content
+from jupyter_ystore.core.blame import BlameError, blame
 from jupyter_ystore.core.history import (
     History,
     HistoryError,
+    format_time,
     group_points,
     read_history,
 )
@@ -44,6 +54,7 @@ from jupyter_ystore.errors import YDocNotFound, YStoreError
 from jupyter_ystore.server.rooms import DocumentRoom, Origin, RoomError
 from jupyter_ystore.server.rooms.forks import ForkInfo, ForkRoom
 from jupyter_ystore.server.sessions import new_session_id
+from jupyter_ystore.stores.retention import VersionExists, VersionNotFound, check_version_name
 
 if TYPE_CHECKING:
     from jupyter_ystore.server.app import YStoreExtension
@@ -180,6 +191,43 @@ class _Base(APIHandler):
             self.fail(404, f"fork {fork_id!r} not found (closed, or the server restarted)")
             return None
         return fork
+
+
+class _DocumentHandler(_Base):
+    """An endpoint about the document at a file path (``?format=…&type=…``, as timeline)."""
+
+    async def document(self, path: str) -> tuple[str, str, str] | None:
+        """(file type, file id, room id) of ``path``, or None after replying."""
+        file_format = self.get_query_argument("format", "")
+        file_type = self.get_query_argument("type", "")
+        try:
+            check_format(file_format, file_type)
+        except ValueError as exc:
+            self.fail(400, str(exc))
+            return None
+        path = path.strip("/")
+        file_id = await self._file_id(path)
+        if file_id is None:
+            self.fail(404, f"file {path!r} does not exist")
+            return None
+        return file_type, file_id, f"{file_format}:{file_type}:{file_id}"
+
+    async def _file_id(self, path: str) -> str | None:
+        try:
+            exists = await ensure_async(self.contents_manager.file_exists(path))
+        except web.HTTPError:
+            return None
+        if not exists:
+            return None
+        file_ids = self.extension.file_id_manager
+        return file_ids.get_id(path) or file_ids.index(path)
+
+    async def history(self, room: DocumentRoom, file_type: str, file_id: str) -> History:
+        """The document's history, once the room's pending writes are stored; read through
+        a store of its own (the room's store's watch() must not move)."""
+        await room.writer.settle(10)
+        async with self.extension.create_store(file_type, file_id) as store:
+            return await read_history(store)
 
 
 class TimelineHandler(_Base):
@@ -390,6 +438,157 @@ class ForkHandler(_Base):
         self.finish()
 
 
+class VersionsHandler(_DocumentHandler):
+    """Named versions of a document: list, save, restore, delete (see the module)."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self, path: str) -> None:
+        found = await self.document(path)
+        if found is None:
+            return None
+        file_type, file_id, room_id = found
+        room = await self.root_room(room_id)
+        if room is None:
+            return None
+        try:
+            history = await self.history(room, file_type, file_id)
+        except (YDocNotFound, HistoryError, YStoreError) as exc:
+            return self.fail(500, f"the history of {path!r} cannot be read: {exc}")
+        oldest = history.oldest
+        self.reply(
+            200,
+            {
+                "versions": [_version_json(r) for r in history.records if r.name is not None],
+                "since": oldest.timestamp if oldest else None,
+                "since_at": format_time(oldest.timestamp) if oldest else None,
+            },
+        )
+
+    @web.authenticated
+    @authorized("read")
+    async def put(self, path: str) -> None:
+        if not await self.can_write():
+            return self.fail(403, "saving or restoring a version needs write access to the document")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("action", "save") not in ("save", "restore"):
+            return self.fail(400, 'the body must be {"name": NAME} or {"name": NAME, "action": "restore"}')
+        try:
+            name = check_version_name(body.get("name"))
+        except (TypeError, ValueError) as exc:
+            return self.fail(400, str(exc))
+        found = await self.document(path)
+        if found is None:
+            return None
+        file_type, file_id, room_id = found
+        room = await self.root_room(room_id)
+        if room is None:
+            return None
+        if body.get("action") == "restore":
+            return await self._restore(room, file_type, file_id, name)
+        await room.writer.settle(10)
+        try:
+            async with self.extension.create_store(file_type, file_id) as store:
+                point = await store.save_version(name, saved_by=self.username)
+        except VersionExists:
+            return self.fail(409, f"{path!r} has a version named {name!r} already")
+        except NotImplementedError as exc:
+            return self.fail(501, str(exc))
+        except (YDocNotFound, YStoreError) as exc:
+            return self.fail(500, f"cannot save a version of {path!r}: {exc}")
+        self.log.info("Version %r of %s saved by %s", name, path, self.username)
+        self.reply(201, {"name": name, "time": point.end, "at": format_time(point.end), "saved_by": self.username})
+
+    async def _restore(self, room: DocumentRoom, file_type: str, file_id: str, name: str) -> None:
+        try:
+            history = await self.history(room, file_type, file_id)
+            version = history.version(name)
+            target = await anyio.to_thread.run_sync(history.state_at, version.timestamp)
+        except HistoryError as exc:
+            return self.fail(404, str(exc))
+        except (YDocNotFound, YStoreError) as exc:
+            return self.fail(500, f"the history cannot be read: {exc}")
+        origin = Origin("client", user=self.username, reason="restore")
+        try:
+            # An edit on top of what the room holds now: every client sees it, the history
+            # keeps what was there (restoring another version undoes it).
+            update = await anyio.to_thread.run_sync(
+                lambda: cli_content.reset_update(room.ydoc.get_update(), target, skip=KEPT_ROOTS)
+            )
+            if update is not None:
+                await room.apply_change(update, origin)
+        except (cli_content.ContentError, CRDTError) as exc:
+            return self.fail(500, f"cannot restore: {exc}")
+        self.log.info("Room %s restored to version %r by %s", room.room_id, name, self.username)
+        self.reply(
+            200,
+            {
+                "code": 200,
+                "status": "Document restored successfully" if update else "already at that version",
+                "name": name,
+                "time": version.timestamp,
+                "changed": update is not None,
+            },
+        )
+
+    @web.authenticated
+    @authorized("read")
+    async def delete(self, path: str) -> None:
+        if not await self.can_write():
+            return self.fail(403, "deleting a version needs write access to the document")
+        name = self.get_query_argument("name", "")
+        found = await self.document(path)
+        if found is None:
+            return None
+        file_type, file_id, _room_id = found
+        try:
+            async with self.extension.create_store(file_type, file_id) as store:
+                await store.delete_version(name)
+        except VersionNotFound:
+            return self.fail(404, f"{path!r} has no version named {name!r}")
+        except NotImplementedError as exc:
+            return self.fail(501, str(exc))
+        except YStoreError as exc:
+            return self.fail(500, f"cannot delete the version: {exc}")
+        self.log.info("Version %r of %s deleted by %s", name, path, self.username)
+        self.reply(200, {"deleted": name})
+
+
+def _version_json(record: Any) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "time": record.timestamp,
+        "at": format_time(record.timestamp),
+        "saved_by": record.saved_by,
+    }
+
+
+class BlameHandler(_DocumentHandler):
+    """``GET blame/{path}``: who last changed each cell and line, and when."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self, path: str) -> None:
+        found = await self.document(path)
+        if found is None:
+            return None
+        file_type, file_id, room_id = found
+        room = await self.root_room(room_id)
+        if room is None:
+            return None
+        try:
+            history = await self.history(room, file_type, file_id)
+            result = await anyio.to_thread.run_sync(blame, history)
+        except BlameError as exc:
+            return self.fail(400, str(exc))
+        except (YDocNotFound, HistoryError, YStoreError, CRDTError) as exc:
+            return self.fail(500, f"the history of {path!r} cannot be read: {exc}")
+        self.reply(200, result.to_json())
+
+
 def timeline_handlers(extension: YStoreExtension) -> list[tuple[str, type, dict[str, Any]]]:
     """The routes of this module, for ``YStoreExtension.initialize_handlers``."""
     kwargs = {"extension": extension}
@@ -397,4 +596,6 @@ def timeline_handlers(extension: YStoreExtension) -> list[tuple[str, type, dict[
         (r"/api/collaboration/timeline/(.*)", TimelineHandler, kwargs),
         (r"/api/collaboration/undo_redo/(.*)", UndoRedoHandler, kwargs),
         (r"/api/collaboration/fork/(.*)", ForkHandler, kwargs),
+        (r"/api/collaboration/versions/(.*)", VersionsHandler, kwargs),
+        (r"/api/collaboration/blame/(.*)", BlameHandler, kwargs),
     ]

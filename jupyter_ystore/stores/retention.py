@@ -80,7 +80,7 @@ def _duration(text: str, what: str) -> float:
 
 
 def _duration_text(seconds: float) -> str:
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         size = _UNITS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
