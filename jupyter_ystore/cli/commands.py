@@ -606,7 +606,7 @@ class VersionApp(DocCommand):
             except HistoryError as exc:
                 raise CliError(str(exc)) from None
             found.append(version)
-            return self.state_at(history, version.timestamp)
+            return history.state_of(version)
 
         update, live = await self.write_restore(
             info, target, {"reason": "restore", "version": name}

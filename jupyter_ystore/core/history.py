@@ -132,6 +132,19 @@ class History:
         history.records += [replace(r, index=r.index + offset) for r in tail.records]
         return history
 
+    def state_of(self, record: Record) -> bytes:
+        """The document as of ``record`` (a retained point, a version, an update): every
+        record up to it in time, ties broken by storage order (points come before the log),
+        so that an update written in the same microsecond as a version is not part of it."""
+        key = (record.timestamp, record.index)
+        return self._merge(
+            [
+                (update, r)
+                for update, r in zip(self.updates, self.records)
+                if (r.timestamp, r.index) <= key
+            ]
+        )
+
     def nearest(self, at: float | None) -> Record | None:
         """The newest record (update, point or version) at or before ``at`` (None: the
         newest of all): what ``state_at(at)`` ends with."""

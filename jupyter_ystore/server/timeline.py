@@ -506,7 +506,7 @@ class VersionsHandler(_DocumentHandler):
         try:
             history = await self.history(room, file_type, file_id)
             version = history.version(name)
-            target = await anyio.to_thread.run_sync(history.state_at, version.timestamp)
+            target = await anyio.to_thread.run_sync(history.state_of, version)
         except HistoryError as exc:
             return self.fail(404, str(exc))
         except (YDocNotFound, YStoreError) as exc:

@@ -655,13 +655,18 @@ def _plan(
     from both sides of frozen rows (their states would then change)."""
     active = [row for row in rows if row.seq not in frozen]
     entries = [_Entry(point, seq, index) for point, seq, index in sorted_points(active)]
-    entries += [_Entry(point, None) for point in new]
-    entries.sort(key=lambda entry: entry.point.end)  # stable: stored before new on ties
+    # New points follow the stored ones in log order, each strictly later than the one
+    # before (a microsecond later where clocks tie or disagree): merging forward then never
+    # passes a point of the same time, whose state would change.
+    last = max((row.last_ts for row in rows), default=-math.inf)
+    for point in new:
+        if point.end <= last:
+            end = (_micros(last) + 1) / 1_000_000
+            point = replace(point, start=min(point.start, end), end=end)
+        last = point.end
+        entries.append(_Entry(point, None))
     if name is not None:
-        ends = [row.last_ts for row in rows if row.seq in frozen]
-        if entries:
-            ends.append(entries[-1].point.end)
-        at = quantize(max([now, *ends]))
+        at = quantize(now) if now > last else (_micros(last) + 1) / 1_000_000
         entries.append(_Entry(Point(at, at, 0, 0, (), name, saved_by, EMPTY_UPDATE), None))
     indexes = thin([entry.point for entry in entries], now, retention)
     groups = [[entries[i] for i in group] for group in indexes]
