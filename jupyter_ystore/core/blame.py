@@ -129,9 +129,9 @@ class _Source:
                 del self.data[pos : pos + count]
                 del self.inserted[pos : pos + count]
                 del self.deleted[pos : pos + count]
-                # the line the deletion changed: the one holding the byte before it, or
-                # (at a line's start) the one starting there
-                mark = pos - 1 if pos > 0 and self.data[pos - 1] != 0x0A else pos
+                # the line the deletion changed: the one holding the byte before it (a
+                # line's newline starts it), else the first
+                mark = max(pos - 1, 0)
                 if mark < len(self.data):
                     self.deleted[mark] = max(self.deleted[mark], stamp)
 
@@ -142,22 +142,23 @@ class _Source:
             self.__init__(text, stamp)  # type: ignore[misc]
 
     def lines(self) -> list[tuple[str, int]]:
-        """Each line's text and newest entry (-1: none known)."""
+        """Each line's text and newest entry (-1: none known), as an editor shows them
+        ("a\n" is "a" and an empty line). A line's newline is the one that starts it:
+        pressing Enter at the end of a line and typing changes the new line only."""
         found = []
-        start = 0
         data = bytes(self.data)
-        while True:  # as an editor shows them: "a\n" is "a" and an empty last line
+        start = 0
+        while True:
             end = data.find(b"\n", start)
-            stop = len(data) if end < 0 else end + 1
+            stop = len(data) if end < 0 else end
+            first = start - 1 if start > 0 else 0  # the newline before it
             newest = max(
-                (max(self.inserted[i], self.deleted[i]) for i in range(start, stop)), default=-1
+                (max(self.inserted[i], self.deleted[i]) for i in range(first, stop)), default=-1
             )
-            if start == stop and start > 0:  # the empty line after a final newline
-                newest = max(self.inserted[start - 1], self.deleted[start - 1])
-            found.append((data[start:stop].rstrip(b"\n").decode("utf-8", "replace"), newest))
+            found.append((data[start:stop].decode("utf-8", "replace"), newest))
             if end < 0:
                 break
-            start = stop
+            start = end + 1
         return found
 
     @property
