@@ -574,3 +574,31 @@ async def test_a_week_of_the_benchmark_stream_stays_small(
     assert len(records) == 1
     assert size <= 5 * merged, (size, merged)
     assert stored.points[0].end - T0 <= 9 * HOUR + 2 * HOUR  # the week's first hours
+
+
+async def test_file_damaged_history_is_set_aside_not_in_the_way(tmp_path: Path) -> None:
+    """A damaged history file never keeps the document from loading or compacting: reading
+    the history says what is wrong, the next compaction sets the file aside and starts a
+    new history."""
+    from jupyter_ystore.errors import YStoreCorruptError
+
+    clock = Clock()
+    async with FileYStore("doc", root_dir=str(tmp_path), clock=clock) as store:
+        typist = Typist(store, clock)
+        await typist.type("abc", every=HOUR)
+        await store.compact()
+    (tmp_path / "doc.history").write_bytes(b"YSTORE-HISTORY:1\n\xff\xff")
+    async with FileYStore("doc", root_dir=str(tmp_path), clock=clock) as store:
+        typist.store = store
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert str(doc.get("source", type=pycrdt.Text)) == "abc"
+        with pytest.raises(YStoreCorruptError, match="doc.history"):
+            await store.read_history()
+        await typist.type("d", every=HOUR)
+        await store.compact()
+        points = (await store.read_history()).points
+        assert source(History.from_stored("doc", await store.read_history()).state_at(None)) == "abcd"
+        assert points and points[-1].updates == 1
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:2] == ["doc", "doc.history"] and names[2].startswith("doc.history.damaged-")

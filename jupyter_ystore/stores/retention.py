@@ -289,6 +289,19 @@ _HAS_START, _HAS_NAME, _HAS_SAVER, _BACKWARDS, _MANY = 1, 2, 4, 8, 16
 _FORMAT = 1
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
+def _uint(n: int) -> bytes:
+    """``write_var_uint`` with the one- and two-byte cases inline (compaction encodes a few
+    per point, thousands of points at a time)."""
+    if n < 128:
+        return _SMALL[n]
+    if n < 16384:
+        return bytes((0x80 | (n & 0x7F), n >> 7))
+    return write_var_uint(n)
+
+
 def encode_points(points: Sequence[Point]) -> bytes:
     """Points' metadata, compactly (a keystroke's point: ~6 bytes): an author table, the
     first end in microseconds, then per point flags, the end as a difference from the one
@@ -296,13 +309,16 @@ def encode_points(points: Sequence[Point]) -> bytes:
     authors: dict[str, int] = {}
     for point in points:
         for author in point.authors:
-            authors.setdefault(author, len(authors))
+            if author not in authors:
+                authors[author] = len(authors)
     previous = _micros(points[0].end) if points else 0
-    out = [write_var_uint(_FORMAT), write_var_uint(len(authors))]
+    out = [_uint(_FORMAT), _uint(len(authors))]
     out += [write_var_string(author) for author in authors]
     out += [write_var_uint(previous), write_var_uint(len(points))]
+    append = out.append
     for point in points:
-        end, start = _micros(point.end), _micros(point.start)
+        end = round(point.end * 1_000_000)
+        start = round(point.start * 1_000_000) if point.start != point.end else end
         flags = (
             (_HAS_START if start != end else 0)
             | (_HAS_NAME if point.name is not None else 0)
@@ -310,27 +326,32 @@ def encode_points(points: Sequence[Point]) -> bytes:
             | (_BACKWARDS if end < previous else 0)
             | (_MANY if point.updates != 1 else 0)
         )
-        out.append(write_var_uint(flags))
-        out.append(write_var_uint(abs(end - previous)))
+        append(_SMALL[flags])
+        append(_uint(abs(end - previous)))
         previous = end
         if flags & _HAS_START:
-            out.append(write_var_uint(abs(end - start)))
+            append(_uint(end - start))
         if flags & _MANY:
-            out.append(write_var_uint(point.updates))
-        out.append(write_var_uint(point.size))
-        out.append(write_var_uint(len(point.authors)))
-        out += [write_var_uint(authors[author]) for author in point.authors]
+            append(_uint(point.updates))
+        append(_uint(point.size))
+        append(_uint(len(point.authors)))
+        for author in point.authors:
+            append(_uint(authors[author]))
         if point.name is not None:
-            out.append(write_var_string(point.name))
+            append(write_var_string(point.name))
         if point.saved_by is not None:
-            out.append(write_var_string(point.saved_by))
+            append(write_var_string(point.saved_by))
     return b"".join(out)
 
 
 def encode_deltas(points: Sequence[Point]) -> bytes:
-    if any(point.delta is None for point in points):
-        raise ValueError("a history row is stored with every delta")
-    return b"".join(write_var_bytes(point.delta) for point in points)  # type: ignore[arg-type]
+    out = []
+    for point in points:
+        if point.delta is None:
+            raise ValueError("a history row is stored with every delta")
+        out.append(_uint(len(point.delta)))
+        out.append(point.delta)
+    return b"".join(out)
 
 
 def decode_points(data: bytes, deltas: bytes | None = None) -> list[Point]:
@@ -570,14 +591,15 @@ def thin(points: Sequence[Point], now: float, retention: Retention) -> list[list
     named = [point.name is not None for point in points]
     if retention.keeps_nothing and not any(named):
         return []
-    keys = []
+    keys: list[Any] = []
+    key = retention.key
     for i, point in enumerate(points):
         if named[i] or i == n - 1:
             keys.append(object())  # never merged away (into the next) nor dropped
         elif retention.keeps_nothing:
             keys.append(None)
         else:
-            keys.append(retention.key(point.end, now))
+            keys.append(key(point.end, now))
     groups: list[list[int]] = []
     carry: list[int] = []
     for i in range(n):
@@ -742,10 +764,21 @@ def new_points(
 ) -> list[Point]:
     """The points of log records a compaction replaces (a leading snapshot included as the
     chain's base when ``snapshot_first``)."""
-    return [
-        point_of_record(update, metadata, timestamp, base=snapshot_first and i == 0)
-        for i, (update, metadata, timestamp) in enumerate(records)
-    ]
+    from jupyter_ystore.core.history import describe_metadata  # (it imports the stores)
+
+    described: dict[bytes, tuple[str, ...]] = {}  # consecutive updates share their author
+    points = []
+    for i, (update, metadata, timestamp) in enumerate(records):
+        if snapshot_first and i == 0:
+            points.append(point_of_record(update, metadata, timestamp, base=True))
+            continue
+        authors = described.get(metadata)
+        if authors is None:
+            author = describe_metadata(metadata)
+            authors = described[metadata] = (author,) if author else ()
+        at = math.ceil(timestamp * 1_000_000) / 1_000_000
+        points.append(Point(at, at, 1, len(update), authors, None, None, update))
+    return points
 
 
 Clock = Callable[[], float]

@@ -5,9 +5,11 @@ pycrdt-store 0.1.5 read a log as a plain run of update records, and loading must
 history. Format::
 
     YSTORE-HISTORY:1\\n
-    varbytes(coverage) then per row: varuint(seq) varbytes(points) varbytes(deltas)
+    varbytes(coverage) then per row: varuint(seq) float64(first) float64(last)
+                                     varbytes(points) varbytes(deltas)
 
-(rows as ``retention.Row``). The file is only ever replaced whole (temporary file, fsync,
+(rows as ``retention.Row``; their times in the clear, so that a compaction plans from them
+without decoding the points of rows it leaves alone). The file is only ever replaced whole (temporary file, fsync,
 rename), while the compaction holds the log exclusively, so a reader sees a whole file.
 
 **Which log records the points cover.** A log has no record ids, so the sidecar says it by
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass
 
 from jupyter_ystore.core.codec import read_var_bytes, read_var_uint, write_var_bytes, write_var_uint
@@ -92,6 +95,10 @@ class Sidecar:
     rows: list[Row]
     coverage: Coverage
     identity: tuple[int, int, int, int] | None  # dev, inode, size, mtime_ns; None: no file
+    damaged: bool = False  # unreadable: set aside (never deleted) when replaced
+
+
+_TIMES = struct.Struct("<dd")
 
 
 def encode(rows: list[Row], coverage: Coverage) -> bytes:
@@ -99,6 +106,7 @@ def encode(rows: list[Row], coverage: Coverage) -> bytes:
     for row in sorted(rows, key=lambda r: r.seq):
         out += [
             write_var_uint(row.seq),
+            _TIMES.pack(row.first_ts, row.last_ts),
             write_var_bytes(row.meta),
             write_var_bytes(row.deltas or b""),
         ]
@@ -106,6 +114,7 @@ def encode(rows: list[Row], coverage: Coverage) -> bytes:
 
 
 def parse(data: bytes, path: str) -> tuple[list[Row], Coverage]:
+    """Rows as stored (points decoded on first use; ``validate`` decodes them all)."""
     if not data:
         return [], Coverage()
     if data.startswith(HEADER_PREFIX) or not data.startswith(MAGIC):
@@ -116,16 +125,25 @@ def parse(data: bytes, path: str) -> tuple[list[Row], Coverage]:
         coverage = Coverage.decode(raw)
         while pos < len(data):
             seq, pos = read_var_uint(data, pos)
+            if pos + _TIMES.size > len(data):
+                raise ValueError("a row cut short")
+            first, last = _TIMES.unpack_from(data, pos)
+            pos += _TIMES.size
             meta, pos = read_var_bytes(data, pos)
             deltas, pos = read_var_bytes(data, pos)
-            row = Row(seq, 0.0, 0.0, 0, meta, deltas)
-            points = row.points  # decoded now: a damaged row fails here, not later
-            row.first_ts = min(point.start for point in points)
-            row.last_ts = max(point.end for point in points)
-            rows.append(row)
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            rows.append(Row(seq, first, last, 0, meta, deltas))
+    except (ValueError, IndexError) as exc:
         raise _damaged(path, f"damaged ystore history file ({exc})") from None
     return rows, coverage
+
+
+def validate(rows: list[Row], path: str) -> None:
+    """Decode every row's points (a damaged row: ``YStoreCorruptError`` naming the file)."""
+    try:
+        for row in rows:
+            row.points  # noqa: B018  (decoded and kept)
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"damaged ystore history file ({exc})") from None
 
 
 def read(path: str) -> Sidecar:

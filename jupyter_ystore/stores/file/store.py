@@ -58,7 +58,7 @@ from jupyter_ystore.stores import compaction, upstream_names
 from jupyter_ystore.stores import retention as _retention
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
-from jupyter_ystore.stores.damaged import is_damaged_copy
+from jupyter_ystore.stores.damaged import copy_name, is_damaged_copy
 from jupyter_ystore.stores.file import history as _file_history
 from jupyter_ystore.stores.file.format import (  # (encode_record, parse_log: public names)
     HEADER,
@@ -586,7 +586,15 @@ class _LogFile:
         buf = _read_all(fd)
         st = os.fstat(fd)
         scan = parse_log(buf, self.path)
-        side = _file_history.read(_file_history.sidecar(self.path))
+        side_path = _file_history.sidecar(self.path)
+        try:
+            side = _file_history.read(side_path)
+        except YStoreCorruptError as exc:
+            # A damaged history must not keep the log from being compacted (it would grow
+            # and slow loading down): the compaction starts a new one in its place.
+            self.log.warning("%s; a new history replaces it", exc)
+            identity = _file_history.current_identity(side_path)
+            side = _file_history.Sidecar([], _file_history.Coverage(), identity, damaged=True)
         return _Read((st.st_dev, st.st_ino), scan.intact_end, scan.records, side)
 
     def _prepare(
@@ -645,9 +653,11 @@ class _LogFile:
                 out.flush()
                 os.fsync(out.fileno())
         side = _file_history.sidecar(self.path)
+        if prepared.read.sidecar.damaged:  # kept beside, as every damaged file is
+            os.rename(side, copy_name(side))
         if prepared.sidecar_tmp is not None:
             os.replace(prepared.sidecar_tmp, side)
-        elif prepared.read.sidecar.identity is not None:
+        elif prepared.read.sidecar.identity is not None and not prepared.read.sidecar.damaged:
             os.unlink(side)  # no point left (history_retention = 0)
         os.replace(prepared.log_tmp, self.path)
         _fsync_dir(os.path.dirname(self.path))
@@ -725,6 +735,7 @@ class _LogFile:
                 st = None
             if known is not None and st is not None and (st.st_dev, st.st_ino) != known[:2]:
                 continue  # compacted between the two reads
+            _file_history.validate(side.rows, _file_history.sidecar(self.path))
             covered = (side.coverage.covered(records) or 0) if side.rows else 0
             return StoredHistory(_retention.points_of(side.rows), records[covered:], 0)
         raise YStoreError(
