@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Sequence
 import anyio
 import pycrdt
 
-from jupyter_ystore.errors import YDocNotFound, YStoreError
-from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.core.ydoc import crdt_errors
+from jupyter_ystore.errors import YDocNotFound, YStoreError
+from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 
 StoreFactory = Callable[[str], BaseYStore]
 

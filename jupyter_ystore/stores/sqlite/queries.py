@@ -5,12 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from jupyter_ystore.stores.sqlite import attributes
-from jupyter_ystore.stores.sqlite import history
-from jupyter_ystore.stores.sqlite import pending
-from jupyter_ystore.stores.sqlite import compat
-from jupyter_ystore.stores.sqlite.schema import Schema
 from jupyter_ystore.stores.base import DocumentInfo
+from jupyter_ystore.stores.sqlite import attributes, compat, history, pending
+from jupyter_ystore.stores.sqlite.schema import Schema
 
 INSERT = "INSERT INTO yupdates (path, yupdate, metadata, timestamp) VALUES (?, ?, ?, ?)"
 _ROWS = "SELECT rowid, yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid"

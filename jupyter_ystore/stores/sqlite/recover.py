@@ -32,12 +32,23 @@ import threading
 import time
 
 from jupyter_ystore.errors import YStoreError
-from jupyter_ystore.stores.sqlite import schema as schema_module
-from jupyter_ystore.stores.sqlite import compat
 from jupyter_ystore.stores.damaged import copy_name, is_damaged_copy
+from jupyter_ystore.stores.sqlite import compat
+from jupyter_ystore.stores.sqlite import schema as schema_module
 from jupyter_ystore.stores.sqlite.errors import is_damage
-from jupyter_ystore.stores.sqlite.lock import SALVAGE_WAIT, Guard, Identity, Outcome, identity
-from jupyter_ystore.stores.sqlite.salvage import Report, connect_read_only, read_only_uri, salvage
+from jupyter_ystore.stores.sqlite.lock import (
+    SALVAGE_WAIT,
+    Guard,
+    Identity,
+    Outcome,
+    identity,
+)
+from jupyter_ystore.stores.sqlite.salvage import (
+    Report,
+    connect_read_only,
+    read_only_uri,
+    salvage,
+)
 from jupyter_ystore.stores.sqlite.schema import Options, Schema
 
 log = logging.getLogger("jupyter_ystore.sqlite")

@@ -25,9 +25,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from jupyter_ystore.stores.sqlite import pending
-from jupyter_ystore.stores.sqlite import compat
 from jupyter_ystore.stores.damaged import replays_cleanly, usable_update
+from jupyter_ystore.stores.sqlite import compat, pending
 from jupyter_ystore.stores.sqlite.errors import is_damage
 from jupyter_ystore.stores.sqlite.schema import _create
 
