@@ -224,7 +224,12 @@ class BaseYStore(LoggingConfigurable):
                 task_status.started()
                 await self._run()
         finally:
-            self._running = False
+            try:
+                with anyio.CancelScope(shield=True) as closing:
+                    closing.deadline = anyio.current_time() + _CLOSING_COMPACTION_LIMIT
+                    await self._compact_if_due()
+            finally:
+                self._running = False
             try:
                 with anyio.CancelScope(shield=True):
                     await self._close()
@@ -270,6 +275,12 @@ class BaseYStore(LoggingConfigurable):
     async def _run(self) -> None:
         """Background work while running (compaction, notifications); cancelled by stop()."""
         await anyio.sleep_forever()
+
+    async def _compact_if_due(self) -> None:
+        """At stop, the automatic compaction a write or load asked for and ``_run`` did not
+        get to (a store closed right after its history passed a threshold): the next open
+        reads a snapshot, not the whole tail. Runs shielded, within a time limit; a failure
+        is logged, the history stays as it is."""
 
     async def _close(self) -> None:
         """Flush what is pending and release files or connections. Runs shielded."""
@@ -526,6 +537,10 @@ class BaseYStore(LoggingConfigurable):
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
         """The error for a stored update that is not Yjs (see ``compaction.undecodable``)."""
         return undecodable(self.path, exc)
+
+
+#: Seconds a stopping store may spend on a compaction that was due (then it closes without).
+_CLOSING_COMPACTION_LIMIT = 30.0
 
 
 def _system_time() -> float:

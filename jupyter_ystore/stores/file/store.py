@@ -922,11 +922,21 @@ class FileYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                await self._compact_automatically()
-            except Exception as exc:  # the log is intact; the next threshold retries
-                self.log.error(
-                    "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
-                )
+                await self._compact_once()
+            except anyio.get_cancelled_exc_class():
+                self._compaction_wanted.set()  # stopped midway: _compact_if_due does it before closing
+                raise
+
+    async def _compact_if_due(self) -> None:
+        if self._compaction_wanted is not None and self._compaction_wanted.is_set():
+            self._compaction_wanted = anyio.Event()
+            await self._compact_once()
+
+    async def _compact_once(self) -> None:
+        try:
+            await self._compact_automatically()
+        except Exception as exc:  # the log is intact; the next threshold retries
+            self.log.error("automatic compaction of %r failed: %s", self.path, exc, exc_info=True)
 
     async def _compact_automatically(self) -> None:
         logfile = self._logfile

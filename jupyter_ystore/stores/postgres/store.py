@@ -211,15 +211,28 @@ class PostgresYStore(BaseYStore):
             await self._compact_wanted.wait()
             self._compact_wanted = anyio.Event()
             try:
-                result = await self._compact(self._policy, wait=False)
-            except YStoreError as exc:
-                # The data is intact (the transaction rolled back). Retry after another
-                # threshold's worth of writes, not on every write (e.g. a corrupt record).
-                self.log.warning("automatic compaction of %r failed: %s", self.path, exc)
-                self._tail_updates = self._tail_bytes = 0
-                continue
-            if not result.done and not result.busy:
-                self._tail_updates, self._tail_bytes = result.tail_updates, result.tail_bytes
+                await self._compact_once()
+            except anyio.get_cancelled_exc_class():
+                self._compact_wanted.set()  # stopped midway: _compact_if_due does it before closing
+                raise
+
+    async def _compact_if_due(self) -> None:
+        wanted = getattr(self, "_compact_wanted", None)
+        if wanted is not None and wanted.is_set() and self._shared is not None:
+            self._compact_wanted = anyio.Event()
+            await self._compact_once()
+
+    async def _compact_once(self) -> None:
+        try:
+            result = await self._compact(self._policy, wait=False)
+        except YStoreError as exc:
+            # The data is intact (the transaction rolled back). Retry after another
+            # threshold's worth of writes, not on every write (e.g. a corrupt record).
+            self.log.warning("automatic compaction of %r failed: %s", self.path, exc)
+            self._tail_updates = self._tail_bytes = 0
+            return
+        if not result.done and not result.busy:
+            self._tail_updates, self._tail_bytes = result.tail_updates, result.tail_bytes
 
     # ------------------------------------------------------------------ helpers
 

@@ -191,6 +191,17 @@ class SharedDatabase:
 
         return await self.call(job, f"reading {path!r}")
 
+    async def read_updates(self, path: str, owner: Owner | None = None) -> list[bytes]:
+        """The updates of ``path`` alone (what a load needs); as ``read_rows`` otherwise."""
+
+        def job(conn: sqlite3.Connection, schema: Schema) -> list[bytes]:
+            updates, last_row = queries.read_updates(conn, schema, path)
+            if owner is not None:
+                owner.loaded(last_row)
+            return updates
+
+        return await self.call(job, f"reading {path!r}")
+
     # ------------------------------------------------------------------ live updates
 
     async def start_watch(self, watch: Watch) -> None:

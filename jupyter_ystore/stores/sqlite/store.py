@@ -222,13 +222,23 @@ class SQLiteYStore(BaseYStore):
             await self._compaction_wanted.wait()
             self._compaction_wanted = anyio.Event()
             try:
-                compactor = self._require_db().compactor
-                if await compactor.compact(self.path, policy=self._policy, now=self.clock()):
-                    compaction.report(type(self).__name__)
-            except Exception as exc:  # the updates are intact; the next threshold retries
-                self.log.error(
-                    "automatic compaction of %r failed: %s", self.path, exc, exc_info=True
-                )
+                await self._compact_once()
+            except anyio.get_cancelled_exc_class():
+                self._compaction_wanted.set()  # stopped midway: _compact_if_due does it before closing
+                raise
+
+    async def _compact_if_due(self) -> None:
+        if self._compaction_wanted is not None and self._compaction_wanted.is_set():
+            self._compaction_wanted = anyio.Event()
+            await self._compact_once()
+
+    async def _compact_once(self) -> None:
+        try:
+            compactor = self._require_db().compactor
+            if await compactor.compact(self.path, policy=self._policy, now=self.clock()):
+                compaction.report(type(self).__name__)
+        except Exception as exc:  # the updates are intact; the next threshold retries
+            self.log.error("automatic compaction of %r failed: %s", self.path, exc, exc_info=True)
 
     async def _close(self) -> None:
         db, self._db = self._db, None
@@ -272,7 +282,10 @@ class SQLiteYStore(BaseYStore):
     async def _load(self) -> list[bytes]:
         """Every record, snapshot first; a history long enough to compact (e.g. a legacy
         database's) asks for it."""
-        updates = [update async for update, _metadata, _timestamp in self.read()]
+        await self._ensure_running()
+        updates = await self._require_db().read_updates(self.path, self._owner)
+        if not updates:
+            raise YDocNotFound(self.path)
         if self._policy.due(len(updates) - 1, 0) and self._compaction_wanted is not None:
             self._compaction_wanted.set()
         return updates

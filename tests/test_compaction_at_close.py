@@ -1,0 +1,114 @@
+"""A store closed right after its history passed a compaction threshold compacts before it
+closes (the room of a notebook is often closed a moment after its last edits): the next open
+reads one snapshot, not the whole tail. Below the threshold nothing is compacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import pycrdt
+import pytest
+
+from jupyter_ystore import BaseYStore, FileYStore, SQLiteYStore
+
+pytestmark = pytest.mark.anyio
+
+THRESHOLD = 20
+
+
+def _sqlite(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
+    return lambda path: SQLiteYStore(
+        path, db_path=str(tmp_path / "y.db"), compact_after_updates=THRESHOLD
+    )
+
+
+def _file(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
+    return lambda path: FileYStore(
+        path, root_dir=str(tmp_path / "files"), compact_after_updates=THRESHOLD
+    )
+
+
+def _postgres(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
+    from postgres_helpers import fresh_config
+
+    from jupyter_ystore import PostgresYStore
+
+    config = fresh_config(request)
+    return lambda path: PostgresYStore(path, compact_after_updates=THRESHOLD, **config)
+
+
+@pytest.fixture(params=[_sqlite, _file, _postgres], ids=["sqlite", "file", "postgres"])
+def make(request: Any, tmp_path: Path) -> Callable[[str], BaseYStore]:
+    return request.param(tmp_path, request)
+
+
+def typed(count: int) -> list[bytes]:
+    doc = pycrdt.Doc()
+    text = doc.get("source", type=pycrdt.Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        text += "abcdefghij"[i % 10]
+    return updates
+
+
+async def records(store: BaseYStore) -> int:
+    return len([record async for record in store.read()])
+
+
+async def content(store: BaseYStore) -> str:
+    doc = pycrdt.Doc()
+    await store.apply_updates(doc)
+    return str(doc.get("source", type=pycrdt.Text))
+
+
+@pytest.mark.parametrize("turns", [0, 1, 3, 10])
+async def test_a_store_closed_past_the_threshold_reopens_as_one_snapshot(
+    make: Callable[[str], BaseYStore], turns: int
+) -> None:
+    # ``turns``: event-loop turns between the last write and the close, so that the close
+    # lands before, during and after the background compaction it asked for.
+    # The last write passes the threshold (SQLite and PostgreSQL count the updates after
+    # the snapshot, >= THRESHOLD; FileYStore the records after its first, > THRESHOLD).
+    updates = typed(THRESHOLD + 1)
+    async with make("doc") as store:
+        for update in updates:
+            await store.write(update)
+        for _ in range(turns):
+            await anyio.sleep(0)
+    async with make("doc") as store:
+        assert await records(store) <= 2  # a snapshot (and the write after it, if any)
+        assert await content(store) == ("abcdefghij" * 3)[: THRESHOLD + 1]
+
+
+async def test_below_the_threshold_nothing_is_compacted(make: Callable[[str], BaseYStore]) -> None:
+    updates = typed(THRESHOLD - 5)
+    async with make("doc") as store:
+        for update in updates:
+            await store.write(update)
+    async with make("doc") as store:
+        assert await records(store) == THRESHOLD - 5
+        assert await content(store) == ("abcdefghij" * 2)[: THRESHOLD - 5]
+
+
+async def test_a_failing_compaction_at_close_leaves_the_history_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jupyter_ystore.stores.sqlite import compact
+
+    async def broken(*args: Any, **kwargs: Any) -> bool:
+        raise OSError("disk gone")
+
+    make = _sqlite(tmp_path, None)
+    updates = typed(THRESHOLD + 5)
+    monkeypatch.setattr(compact.Compactor, "compact", broken)
+    async with make("doc") as store:
+        for update in updates:
+            await store.write(update)
+    assert "automatic compaction of 'doc' failed" in caplog.text
+    monkeypatch.undo()
+    async with make("doc") as store:
+        assert await records(store) == THRESHOLD + 5  # nothing lost, nothing compacted
+        assert await content(store) == ("abcdefghij" * 3)[: THRESHOLD + 5]
