@@ -622,3 +622,57 @@ async def test_a_room_that_fails_does_not_end_the_manager(
         assert again is not room and not again.closing
         assert YNotebook(again.ydoc).get()["cells"][0]["source"] == "a = 1  # kept"
         await manager.close_all()
+
+
+class CountingContents(AsyncLargeFileManager):
+    """Counts the reads that parse the file's content (not the hash-only ones)."""
+
+    content_reads = 0
+
+    async def get(self, path: str, content: bool = True, **kwargs: Any) -> Any:
+        if content:
+            type(self).content_reads += 1
+        return await super().get(path, content=content, **kwargs)
+
+
+async def test_reopening_a_saved_document_does_not_parse_its_file(setup: Setup) -> None:
+    counting = type("Counting", (CountingContents,), {"content_reads": 0})
+    setup.contents = counting(root_dir=str(setup.root))
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # saved"))
+        await room.handle(client, sync.SyncUpdate(update))
+        await room.handle(client, sync.SaveRequest(1))
+        await wait_until(lambda: any(r.get("responseTo") == 1 for r in client.raw()))
+        await manager.close_all()
+        tg.cancel_scope.cancel()
+    assert read_sources(setup.nb) == ["a = 1  # saved", "b = 2"]
+
+    counting.content_reads = 0
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        assert [c["source"] for c in room.document.get()["cells"]] == ["a = 1  # saved", "b = 2"]
+        assert counting.content_reads == 0  # the hash said the file is the one saved
+        await manager.close_all()
+        tg.cancel_scope.cancel()
+
+    # Changed on disk while no room had it: the content is read and merged at the next open.
+    write_notebook(setup.nb, ["a = 1  # saved", "b = 2", "c = 3"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        assert [c["source"] for c in room.document.get()["cells"]] == [
+            "a = 1  # saved",
+            "b = 2",
+            "c = 3",
+        ]
+        assert counting.content_reads >= 1
+        await manager.close_all()
+        tg.cancel_scope.cancel()

@@ -61,6 +61,7 @@ from jupyter_ystore.server.rooms.filesync import (
     FileSync,
     decode_base,
     encode_base,
+    document_is_empty,
     is_empty,
 )
 from jupyter_ystore.server.rooms.room import Client, RoomError
@@ -251,17 +252,24 @@ class DocumentRoom:
     async def _open(self) -> None:
         self._subscription = self.ydoc.observe(self._on_change)
         try:
-            file_state = await self.file.load()
+            await self._open_file()
         except FileGone as exc:
             raise RoomError(str(exc), code=4404) from None
+        await self.writer.flush()
+
+    async def _open_file(self) -> None:
+        # The file's time and hash only: when the store holds what was last saved to that
+        # file, its content is never parsed (most of the cost of opening a notebook).
+        file_state = await self.file.stat()
         await self._replay_spill()
-        file_content = file_document(self.file.file_type, file_state.content).get()
         started = time.perf_counter()
-        trusted = await self._load_from_store(file_content)
+        trusted = await self._load_from_store()
         attributes = await self._attributes()
         if not trusted:
+            file_state = await self.file.load()
             # A fixed client id makes the loaded history the same for the same content.
             file_doc = file_document(self.file.file_type, file_state.content)
+            file_content = file_doc.get()  # as the document has it
             with self._changes_by(SERVER_LOAD):
                 self.ydoc.apply_update(file_doc.ydoc.get_update())
                 self._set_state(hash=file_state.hash, path=self.file.path)
@@ -279,8 +287,7 @@ class DocumentRoom:
                 self.history_id = await self._new_history_id()
                 await self.store_attributes({HISTORY_ID: self.history_id.encode()})
             self.files.opened(file_state)
-            await self.files.reconcile(file_state, file_content, decode_base(attributes.get(BASE)))
-        await self.writer.flush()
+            await self.files.reconcile(file_state, decode_base(attributes.get(BASE)))
 
     async def _new_history_id(self) -> str:
         """The id of a history without one: a digest of its first stored record. Servers
@@ -315,7 +322,7 @@ class DocumentRoom:
                 count,
             )
 
-    async def _load_from_store(self, file_content: Any) -> bool:
+    async def _load_from_store(self) -> bool:
         """Apply the stored history; whether it can be trusted. One that cannot is set aside
         (see ``aside``) and the document starts empty, to be loaded from the file."""
         try:
@@ -327,8 +334,9 @@ class DocumentRoom:
             problem = f"it does not load ({exc})"
         else:
             problem = self.store.load_problem
-            if problem is None and is_empty(self.document.get()) and not is_empty(file_content):
-                problem = "it holds an empty document while the file is not empty"
+            if problem is None and document_is_empty(self.document):
+                if not is_empty((await self.file.load()).content):
+                    problem = "it holds an empty document while the file is not empty"
             if problem is None:
                 return True
         try:

@@ -95,10 +95,27 @@ class FileSync:
         """The document was loaded from the store; the file is as ``state`` says."""
         self._file_mtime = state.last_modified
 
-    async def reconcile(self, file_state: FileState, file_content: Any, base: Any) -> None:
+    async def reconcile(self, file_state: FileState, base: Any) -> None:
         """After loading from the store, bring in what changed in the file since the last
         save: the change from the base to the file, merged (never simply replaced)."""
         content = self.document.get()
+        if (
+            base is not None
+            and file_state.hash is not None
+            and self.document.hash == file_state.hash
+            and self.document.path == self.file.path
+            and _comparable(content) == _comparable(base)
+        ):
+            # The file is the one last saved (or loaded), and the document still holds what
+            # was saved: nothing to do, and no need to read the file into a document (on a
+            # notebook, most of the cost of opening a room).
+            self._adopt_base(base, stored=base)
+            self.log.info("Room %s: store and %s agree", self.room_id, self.file.path)
+            return
+        if file_state.content is None:  # only its time and hash were read
+            file_state = await self.file.load()
+            self._file_mtime = file_state.last_modified
+        file_content = file_document(self.file.file_type, file_state.content).get()
         if _comparable(content) == _comparable(file_content):
             self._adopt_base(file_content, stored=base)
             if self.document.hash != file_state.hash or self.document.path != self.file.path:
@@ -354,6 +371,15 @@ def _comparable(content: Any) -> Any:
             cell = {**cell, "metadata": {k: v for k, v in metadata.items() if k != "trusted"}}
         cells.append(cell)
     return {**content, "cells": cells}
+
+
+def document_is_empty(document: Any) -> bool:
+    """``is_empty(document.get())`` without converting the whole document (a notebook's
+    cells are counted)."""
+    cells = getattr(document, "cell_number", None)
+    if isinstance(cells, int):
+        return cells == 0
+    return is_empty(document.get())
 
 
 def is_empty(content: Any) -> bool:
