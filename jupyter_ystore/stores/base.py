@@ -320,6 +320,9 @@ class BaseYStore(LoggingConfigurable):
     # Administration (the `jupyter ystore` command) and multi-server rooms. A backend that
     # cannot do one of these keeps the NotImplementedError, which callers report as such.
 
+    #: Set by a backend's ``_load``: the first update is a snapshot its own compaction wrote.
+    _head_is_snapshot: bool = False
+
     #: True when ``watch()`` yields updates written by other processes (e.g. PostgreSQL).
     supports_live_updates: bool = False
 
@@ -497,6 +500,7 @@ class BaseYStore(LoggingConfigurable):
         ``_prepare_load``). Raises ``YDocNotFound`` when nothing is stored, and
         ``YStoreCorruptError`` with ``ydoc`` untouched when a stored update is not Yjs.
         """
+        self._head_is_snapshot = False
         updates = await self._load()
         if not updates:
             raise YDocNotFound(self.path)
@@ -515,7 +519,10 @@ class BaseYStore(LoggingConfigurable):
                 if _ydoc.is_valid_update(update):
                     raise  # the document refused it, not a fault of the stored bytes
                 raise self._undecodable(exc) from exc
-        await self._check_loaded(ydoc, applied)
+        # A snapshot our compaction wrote was encoded from a document: nothing in it can
+        # wait for missing updates, and checking it would decode it again (most of a big
+        # document's load).
+        await self._check_loaded(ydoc, applied[1:] if self._head_is_snapshot else applied)
 
     async def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
         """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only; the

@@ -191,14 +191,17 @@ class SharedDatabase:
 
         return await self.call(job, f"reading {path!r}")
 
-    async def read_updates(self, path: str, owner: Owner | None = None) -> list[bytes]:
-        """The updates of ``path`` alone (what a load needs); as ``read_rows`` otherwise."""
+    async def read_updates(
+        self, path: str, owner: Owner | None = None
+    ) -> tuple[list[bytes], bool]:
+        """The updates of ``path`` alone (what a load needs) and whether the first is our
+        snapshot (``queries.read_updates``); as ``read_rows`` otherwise."""
 
-        def job(conn: sqlite3.Connection, schema: Schema) -> list[bytes]:
-            updates, last_row = queries.read_updates(conn, schema, path)
+        def job(conn: sqlite3.Connection, schema: Schema) -> tuple[list[bytes], bool]:
+            updates, last_row, head_is_snapshot = queries.read_updates(conn, schema, path)
             if owner is not None:
                 owner.loaded(last_row)
-            return updates
+            return updates, head_is_snapshot
 
         return await self.call(job, f"reading {path!r}")
 

@@ -20,28 +20,35 @@ _ROWS_AND_PENDING = (
 
 # What a load needs: the updates only (a third of the per-row work of reading records).
 _UPDATES = (
-    "SELECT rowid, CAST(coalesce(yupdate, X'') AS BLOB) FROM yupdates WHERE path = ? "
+    "SELECT rowid, CAST(coalesce(yupdate, X'') AS BLOB), 0 FROM yupdates WHERE path = ? "
     "ORDER BY rowid"
 )
 _UPDATES_AND_PENDING = (
-    "SELECT rowid AS r, CAST(coalesce(yupdate, X'') AS BLOB) FROM yupdates WHERE path = ? "
-    f"UNION ALL SELECT rowid, CAST(coalesce(yupdate, X'') AS BLOB) FROM {pending.TABLE} "
+    "SELECT rowid AS r, CAST(coalesce(yupdate, X'') AS BLOB), 0 FROM yupdates WHERE path = ? "
+    f"UNION ALL SELECT rowid, CAST(coalesce(yupdate, X'') AS BLOB), 1 FROM {pending.TABLE} "
     "WHERE path = ? ORDER BY r"
 )
 
 
-def read_updates(conn: sqlite3.Connection, schema: Schema, path: str) -> tuple[list[bytes], int]:
-    """``read_rows`` without metadata and timestamps: the updates that restore ``path``."""
+def read_updates(
+    conn: sqlite3.Connection, schema: Schema, path: str
+) -> tuple[list[bytes], int, bool]:
+    """``read_rows`` without metadata and timestamps: the updates that restore ``path``, the
+    newest rowid read, and whether the first update is a snapshot a compaction of ours wrote
+    (encoded from a document, so it cannot wait for anything: loading need not check it)."""
     checkpoint = compat.read_checkpoint(conn, schema.layout, path)
     rows = (
         conn.execute(_UPDATES_AND_PENDING, (path, path))
         if schema.has_pending
         else conn.execute(_UPDATES, (path,))
     ).fetchall()
-    updates = [update for _rowid, update in rows]
+    updates = [update for _rowid, update, _pending in rows]
+    head_is_snapshot = False
     if checkpoint is not None:
         updates.insert(0, checkpoint[0])
-    return updates, rows[-1][0] if rows else 0
+    elif rows and not rows[0][2]:
+        head_is_snapshot = rows[0][0] == schema.snapshot_row(conn, path)
+    return updates, rows[-1][0] if rows else 0, head_is_snapshot
 
 
 def read_rows(

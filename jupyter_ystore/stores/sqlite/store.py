@@ -283,7 +283,9 @@ class SQLiteYStore(BaseYStore):
         """Every record, snapshot first; a history long enough to compact (e.g. a legacy
         database's) asks for it."""
         await self._ensure_running()
-        updates = await self._require_db().read_updates(self.path, self._owner)
+        updates, self._head_is_snapshot = await self._require_db().read_updates(
+            self.path, self._owner
+        )
         if not updates:
             raise YDocNotFound(self.path)
         if self._policy.due(len(updates) - 1, 0) and self._compaction_wanted is not None:
