@@ -103,6 +103,26 @@ def apply_update(ydoc: Any, update: bytes) -> None:
 _MERGE_GROUP = 64
 
 
+#: Updates merged into one before they are applied. yrs applies a merge of n updates at a
+#: cost in time and memory that grows with n squared (12,000 appended lines merged into one:
+#: 2.7 s and 750 MB to apply; in groups of 256: 0.1 s and 2 MB).
+_APPLY_GROUP = 256
+
+
+def merged_groups(updates: Sequence[bytes]) -> list[bytes]:
+    """``updates`` merged in consecutive groups, each cheap to apply (in this order). Every
+    update is decoded here, a group of one too: an update that is not Yjs raises before
+    anything is applied."""
+    groups = []
+    for i in range(0, len(updates), _APPLY_GROUP):
+        group = updates[i : i + _APPLY_GROUP]
+        if len(group) == 1:
+            with crdt_errors():
+                pycrdt.get_state(group[0])  # merging one update decodes nothing
+        groups.append(merge_updates(group))
+    return groups
+
+
 @_panic_safe
 def merge_updates(updates: Sequence[bytes]) -> bytes:
     """Merge updates into one without a document (keeps deleted content; cheap)."""
@@ -131,11 +151,11 @@ def squash(updates: Sequence[bytes]) -> bytes:
     beyond the encoded state is merged back in, still waiting for its predecessor as it did
     in the log. Runs in any thread: the document is created and dropped here.
     """
-    merged = merge_updates(updates)
     doc = pycrdt.Doc()
-    doc.apply_update(merged)
+    for group in merged_groups(updates):
+        doc.apply_update(group)
     snapshot = doc.get_update()
-    lacking = pycrdt.get_update(merged, pycrdt.get_state(snapshot))
+    lacking = pycrdt.get_update(merge_updates(updates), pycrdt.get_state(snapshot))
     if lacking[:1] != b"\x00":  # structs of at least one client are missing from the state
         snapshot = pycrdt.merge_updates(snapshot, lacking)
     return snapshot

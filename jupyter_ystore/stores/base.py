@@ -305,16 +305,17 @@ class BaseYStore(LoggingConfigurable):
         """
         return [update async for update, _metadata, _timestamp in self.read()]
 
-    def _prepare_load(self, updates: list[bytes]) -> tuple[bytes, bytes | None]:
-        """In a worker thread: the oldest update (a snapshot, where the store keeps them) as
-        it is, and the updates after it merged into one (None: there are none). Merging them
-        INTO the snapshot would decode and re-encode the whole document."""
+    def _prepare_load(self, updates: list[bytes]) -> list[bytes]:
+        """In a worker thread: what to apply, in order: the oldest update (a snapshot, where
+        the store keeps them) as it is, then the updates after it merged in groups
+        (``merged_groups``: one merge of them all would be slow to apply). Merging them INTO
+        the snapshot would decode and re-encode the whole document."""
         head, tail = updates[0], updates[1:]
         if not tail:
-            return head, None
+            return [head]
         if len(tail) == 1 and not _ydoc.is_valid_update(tail[0]):
             raise ValueError("a stored update does not decode")  # merging one checks nothing
-        return head, _ydoc.merge_updates(tail)
+        return [head, *_ydoc.merged_groups(tail)]
 
     # ------------------------------------------------------------------ optional backend API
     # Administration (the `jupyter ystore` command) and multi-server rooms. A backend that
@@ -496,7 +497,7 @@ class BaseYStore(LoggingConfigurable):
 
     async def apply_updates(self, ydoc: Any) -> None:
         """Apply everything stored to ``ydoc`` (a ``pycrdt.Doc`` or ``y_py.YDoc``): the
-        oldest update (a snapshot) as it is, then the others merged into one (see
+        oldest update (a snapshot) as it is, then the others merged in groups (see
         ``_prepare_load``). Raises ``YDocNotFound`` when nothing is stored, and
         ``YStoreCorruptError`` with ``ydoc`` untouched when a stored update is not Yjs.
         """
@@ -506,10 +507,9 @@ class BaseYStore(LoggingConfigurable):
             raise YDocNotFound(self.path)
         _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
         try:
-            head, merged = await anyio.to_thread.run_sync(self._prepare_load, updates)
+            applied = await anyio.to_thread.run_sync(self._prepare_load, updates)
         except Exception as exc:
             raise self._undecodable(exc) from exc
-        applied = [head] if merged is None else [head, merged]
         for update in applied:
             try:
                 _ydoc.apply_update(ydoc, update)

@@ -64,7 +64,8 @@ def replays_cleanly(updates: Sequence[bytes]) -> bool:
         with _ydoc.crdt_errors():
             merged = _ydoc.merge_updates(list(updates))
             doc = pycrdt.Doc()
-            doc.apply_update(merged)
+            for group in _ydoc.merged_groups(list(updates)):
+                doc.apply_update(group)
             rest = pycrdt.get_update(merged, doc.get_state())
         waiting, _ = read_var_uint(rest, 0)
     except Exception:  # does not merge or apply: certainly not usable

@@ -58,7 +58,8 @@ def content_signature(updates: Sequence[bytes]) -> tuple[bytes, bytes]:
     doc = pycrdt.Doc()
     if updates:
         with crdt_errors():
-            doc.apply_update(_ydoc.merge_updates(updates))
+            for group in _ydoc.merged_groups(list(updates)):
+                doc.apply_update(group)
     state = doc.get_state()
     return state, doc.get_update(state)  # nothing missing from itself: only the delete set
 

@@ -292,11 +292,12 @@ class SQLiteYStore(BaseYStore):
             self._compaction_wanted.set()
         return updates
 
-    def _prepare_load(self, updates: list[bytes]) -> tuple[bytes, bytes | None]:
-        """A long history nobody compacted yet (a legacy database) is squashed instead of
-        merged: much faster."""
+    def _prepare_load(self, updates: list[bytes]) -> list[bytes]:
+        """A long history nobody compacted yet (a legacy database) is squashed in the worker
+        thread instead: the event loop then applies one compact update (still checked: a
+        squash keeps what waits for missing updates)."""
         if len(updates) > _LONG_TAIL + 1:
-            return _ydoc.squash(updates), None
+            return [_ydoc.squash(updates)]
         return super()._prepare_load(updates)
 
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
