@@ -4,6 +4,7 @@ a compaction is reported (``load_problem``), never loaded silently short."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pycrdt
@@ -58,3 +59,41 @@ async def test_a_snapshot_and_a_whole_tail_load_cleanly(make: Callable[[str], Ba
             assert store.load_problem is None
             assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghijXY"
             await store.compact()
+
+
+async def test_a_long_tail_loads_in_groups_and_a_bad_last_update_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from jupyter_ystore import SQLiteYStore, YStoreCorruptError
+    from jupyter_ystore.core.ydoc import _APPLY_GROUP
+
+    db = str(tmp_path / "y.db")
+    count = 2 * _APPLY_GROUP + 1  # the last update is a group of its own
+
+    def store() -> SQLiteYStore:
+        return SQLiteYStore("doc", db_path=db, compact_after_updates=0, compact_after_bytes=0)
+
+    updates = typed(count)
+    async with store() as s:
+        for update in updates:
+            await s.write(update)
+    async with store() as s:
+        doc = pycrdt.Doc()
+        await s.apply_updates(doc)
+        assert s.load_problem is None
+        assert str(doc.get("source", type=pycrdt.Text)) == ("abcdefghij" * 60)[:count]
+
+    conn = sqlite3.connect(db)  # the last row damaged behind the store's back
+    conn.execute(
+        "UPDATE yupdates SET yupdate = ? WHERE rowid = (SELECT max(rowid) FROM yupdates)",
+        (b"\x01\xff\xff\xff",),
+    )
+    conn.commit()
+    conn.close()
+    async with store() as s:
+        doc = pycrdt.Doc()
+        with pytest.raises(YStoreCorruptError):
+            await s.apply_updates(doc)
+        assert doc.get_state() == b"\x00"  # nothing of the groups before it was applied
