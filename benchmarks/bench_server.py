@@ -450,6 +450,37 @@ class Worker:
             self.proc.wait(10)
 
 
+def loop_lag_buckets(server: Server) -> dict[float, float]:
+    """Our server's event-loop lag histogram (``/metrics``): cumulative count per bound."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/metrics", headers={"Authorization": f"token {TOKEN}"}
+    )
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("jupyter_ystore_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def loop_pauses(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """During the window: the bucket holding the longest pause (its lower and upper bound,
+    ms) and how many wake-ups came over 20 ms late. The monitor wakes every 50 ms."""
+    delta = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
+    bounds = sorted(delta)
+    longest = None
+    for i, bound in enumerate(bounds):
+        below = delta[bounds[i - 1]] if i else 0.0
+        if delta[bound] > below:
+            longest = (bounds[i - 1] if i else 0.0, bound)
+    over_20 = delta.get(float("inf"), 0.0) - delta.get(0.02, 0.0)
+    return {
+        "loop_pause_max_ms": None if longest is None else [1000 * longest[0], 1000 * longest[1]],
+        "loop_pauses_over_20ms": int(over_20),
+    }
+
+
 def run_step(
     kind_name: str, rooms: int, clients: int, seconds: float, round_no: int, args: argparse.Namespace, script: Path, base: dict[str, Any]
 ) -> StepResult:
@@ -496,9 +527,12 @@ def run_step(
         cpu0, pg0, wcpu0 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
         busy0 = machine_busy()
         t0 = time.monotonic()
+        lag0 = loop_lag_buckets(server) if kind.store != "collab" else None
         worker.send("go")
         done = worker.expect("done", seconds + 120)
         elapsed = time.monotonic() - t0
+        if lag0 is not None:
+            d.update(loop_pauses(lag0, loop_lag_buckets(server)))
         cpu1, pg1, wcpu1 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
         busy1 = machine_busy()
         if spy is not None:
@@ -668,6 +702,12 @@ def step_line(res: StepResult) -> str:
         f"settled {d.get('settle_seconds', 0):.1f} s, "
         f"clients {d['client_cpu_pct']:.0f}% CPU (send lag p99 {d['send_lag_p99_ms']} ms), "
         f"other processes {d.get('other_cpu_pct', 0):.0f}%"
+        + (
+            f", longest event-loop pause {d['loop_pause_max_ms'][0]:.0f}–{d['loop_pause_max_ms'][1]:.0f} ms "
+            f"({d['loop_pauses_over_20ms']} over 20 ms)"
+            if d.get("loop_pause_max_ms")
+            else ""
+        )
         + ("" if res.ok else f"  FAIL: {'; '.join(res.failures)}")
         + (f"\n    server log: {d['server_tracebacks']} tracebacks ({d.get('database_locked', 0)} 'database is locked')" if d.get("server_tracebacks") else "")
         + (f"\n    slow deliveries (second of the window, count > 50 ms, worst ms, rooms): {d['slow_seconds']}" if d.get("slow_seconds") else "")
