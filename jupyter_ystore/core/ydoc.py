@@ -152,12 +152,16 @@ def squash(updates: Sequence[bytes]) -> bytes:
     in the log. Runs in any thread: the document is created and dropped here.
     """
     doc = pycrdt.Doc()
-    for group in merged_groups(updates):
+    groups = merged_groups(updates)
+    for group in groups:
         doc.apply_update(group)
     snapshot = doc.get_update()
-    lacking = pycrdt.get_update(merge_updates(updates), pycrdt.get_state(snapshot))
-    if lacking[:1] != b"\x00":  # structs of at least one client are missing from the state
-        snapshot = pycrdt.merge_updates(snapshot, lacking)
+    state = pycrdt.get_state(snapshot)
+    # Per group, not on one merge of them all: each update is decoded once more, not twice.
+    rests = (pycrdt.get_update(group, state) for group in groups)
+    lacking = [rest for rest in rests if rest[:1] != b"\x00"]
+    if lacking:  # structs of at least one client are missing from the state
+        snapshot = pycrdt.merge_updates(snapshot, *lacking)
     return snapshot
 
 
