@@ -34,7 +34,10 @@ ISSUE_FRAMES = [
 def loaded_notebook() -> pycrdt.Doc:
     """A document as a room has it after loading a small notebook from disk."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("x = 1\nprint(x)"), nbformat.v4.new_markdown_cell("# hi é😀")]
+    nb.cells = [  # fixed ids: the same bytes in every run (the mutation test is seeded)
+        nbformat.v4.new_code_cell("x = 1\nprint(x)", id="cell-a"),
+        nbformat.v4.new_markdown_cell("# hi é😀", id="cell-b"),
+    ]
     doc = pycrdt.Doc()
     doc.apply_update(file_document("notebook", nbformat.from_dict(nb)).ydoc.get_update())
     return doc
@@ -42,7 +45,7 @@ def loaded_notebook() -> pycrdt.Doc:
 
 def typing_updates(doc: pycrdt.Doc, count: int = 30) -> list[bytes]:
     """What a client typing in ``doc``'s cells sends (a copy of it; ``doc`` is untouched)."""
-    client = pycrdt.Doc()
+    client = pycrdt.Doc(client_id=4242)  # fixed: the same updates in every run
     client.apply_update(doc.get_update())
     nb = YNotebook(client)
     updates: list[bytes] = []
@@ -54,7 +57,7 @@ def typing_updates(doc: pycrdt.Doc, count: int = 30) -> list[bytes]:
             del source[0:1]
         if i % 11 == 5:
             nb.ycells[i % 2]["metadata"] = {"k": i}
-    nb.ycells.append(nb.create_ycell({"cell_type": "code", "source": "new", "metadata": {}, "outputs": [], "execution_count": None}))
+    nb.ycells.append(nb.create_ycell({"id": "cell-c", "cell_type": "code", "source": "new", "metadata": {}, "outputs": [], "execution_count": None}))
     return updates
 
 
