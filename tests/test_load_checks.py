@@ -1,6 +1,7 @@
-"""What loading checks: a snapshot our compaction wrote is trusted as it is (it was encoded
-from a document), but the updates after it are still checked, so a history with a hole after
-a compaction is reported (``load_problem``), never loaded silently short."""
+"""What loading checks: a snapshot our compaction wrote is checked for its structs only (it
+was encoded from a document; squash keeps in it only structs that wait for missing updates),
+and the updates after it in full, so a history with a hole, before or after a compaction, is
+reported (``load_problem``), never loaded silently short."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pycrdt
 import pytest
 
 from jupyter_ystore import BaseYStore
-from test_compaction_at_close import make, typed  # noqa: F401  (fixture)
+from test_compaction_at_close import make, records, typed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -97,3 +98,20 @@ async def test_a_long_tail_loads_in_groups_and_a_bad_last_update_touches_nothing
         with pytest.raises(YStoreCorruptError):
             await s.apply_updates(doc)
         assert doc.get_state() == b"\x00"  # nothing of the groups before it was applied
+
+
+async def test_a_hole_squashed_into_the_snapshot_is_reported(
+    make: Callable[[str], BaseYStore],  # noqa: F811
+) -> None:
+    first, second = two_authors()
+    async with make("doc") as store:
+        for update in first:
+            await store.write(update)
+        await store.write(second[1])  # its predecessor second[0] was never stored
+        await store.compact()  # squash keeps second[1] in the snapshot, still waiting
+        assert await records(store) == 1
+    async with make("doc") as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert store.load_problem is not None
+        assert "wait for earlier ones" in store.load_problem

@@ -519,20 +519,31 @@ class BaseYStore(LoggingConfigurable):
                 if _ydoc.is_valid_update(update):
                     raise  # the document refused it, not a fault of the stored bytes
                 raise self._undecodable(exc) from exc
-        # A snapshot our compaction wrote was encoded from a document: nothing in it can
-        # wait for missing updates, and checking it would decode it again (most of a big
-        # document's load).
-        await self._check_loaded(ydoc, applied[1:] if self._head_is_snapshot else applied)
+        # A snapshot our compaction wrote was encoded from a document: only structs squash
+        # kept because they wait for missing updates can be missing there (``snapshot_waits``).
+        if self._head_is_snapshot:
+            await self._check_loaded(ydoc, applied[1:], snapshot=applied[0])
+        else:
+            await self._check_loaded(ydoc, applied)
 
-    async def _check_loaded(self, ydoc: Any, applied: list[bytes]) -> None:
+    async def _check_loaded(
+        self, ydoc: Any, applied: list[bytes], *, snapshot: bytes | None = None
+    ) -> None:
         """Set ``load_problem`` for what ``apply_updates`` just applied (pycrdt only; the
-        reading happens in a worker thread, on bytes: the document stays on this one)."""
+        reading happens in a worker thread, on bytes: the document stays on this one).
+        ``snapshot``: a first update our compaction wrote, checked for its structs only."""
         self.load_problem = None
         if isinstance(ydoc, pycrdt.Doc):
             state = _ydoc.get_state(ydoc)
-            self.load_problem = await anyio.to_thread.run_sync(
-                _ydoc.missing_dependencies, state, applied
-            )
+
+            def check() -> str | None:
+                if snapshot is not None:
+                    problem = _ydoc.snapshot_waits(state, snapshot)
+                    if problem:
+                        return problem
+                return _ydoc.missing_dependencies(state, applied)
+
+            self.load_problem = await anyio.to_thread.run_sync(check)
 
     def with_path(self, path: str) -> BaseYStore:
         """A store of the same class and settings for another document (not started)."""

@@ -35,7 +35,7 @@ def read_updates(
 ) -> tuple[list[bytes], int, bool]:
     """``read_rows`` without metadata and timestamps: the updates that restore ``path``, the
     newest rowid read, and whether the first update is a snapshot a compaction of ours wrote
-    (encoded from a document, so it cannot wait for anything: loading need not check it)."""
+    (encoded from a document: loading checks only its structs, see ``snapshot_waits``)."""
     checkpoint = compat.read_checkpoint(conn, schema.layout, path)
     rows = (
         conn.execute(_UPDATES_AND_PENDING, (path, path))
