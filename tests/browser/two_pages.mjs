@@ -147,9 +147,26 @@ async function dismissDialogs(page) {
 
 async function typeInto(page, name, text) {
   const dismissed = await dismissDialogs(page);
-  await page.locator(CODE_EDITOR).first().click();
-  await page.keyboard.press('Control+End');
-  await page.keyboard.type(`  ${text}`, { delay: 20 });
+  const full = `  ${text}`;
+  let typed = 0;
+  for (let attempt = 0; attempt < 4 && typed < full.length; attempt++) {
+    await page.locator(CODE_EDITOR).first().click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.type(full.slice(typed), { delay: 20 });
+    // A dialog that opened while typing (the server went away) took the keys that came
+    // after it: close it and type what the editor did not get.
+    const more = await dismissDialogs(page);
+    if (!more.length) break;
+    dismissed.push(...more);
+    const current = (await editorTexts(page))[0] || '';
+    typed = 0;
+    for (let k = full.length; k > 0; k--) {
+      if (current.endsWith(full.slice(0, k))) {
+        typed = k;
+        break;
+      }
+    }
+  }
   await waitForText(page, name, text);
   return { code: await editorTexts(page), dismissed };
 }
