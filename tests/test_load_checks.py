@@ -115,3 +115,31 @@ async def test_a_hole_squashed_into_the_snapshot_is_reported(
         await store.apply_updates(doc)
         assert store.load_problem is not None
         assert "wait for earlier ones" in store.load_problem
+
+
+async def test_filestore_knows_its_snapshot_from_the_sidecar_head(tmp_path: Path) -> None:
+    from jupyter_ystore import FileYStore
+
+    def store() -> FileYStore:
+        return FileYStore("doc", root_dir=str(tmp_path))
+
+    first, _second = two_authors()
+    async with store() as s:
+        for update in first:
+            await s.write(update)
+        await s.compact()
+    log = tmp_path / "doc"
+    sidecar = tmp_path / "doc.history"
+    assert sidecar.exists()
+    for state in ("kept", "damaged", "gone"):
+        if state == "damaged":
+            sidecar.write_bytes(b"YSTORE-HISTORY:1\n\xff\xff")
+        elif state == "gone":
+            sidecar.unlink()
+        async with store() as s:
+            doc = pycrdt.Doc()
+            await s.apply_updates(doc)
+            assert s._head_is_snapshot is (state == "kept")
+            assert s.load_problem is None
+            assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghij"
+    assert log.exists()

@@ -87,6 +87,30 @@ class Coverage:
         return cls(first, previous, count)
 
 
+def snapshot_digest(log_path: str) -> bytes | None:
+    """``Coverage.first`` of the log's sidecar (the digest of the snapshot the last
+    compaction wrote), read from the file's first bytes only: loading reads no history.
+    None without a readable sidecar."""
+    try:
+        with open(sidecar(log_path), "rb") as file:
+            head = file.read(len(MAGIC) + 80)  # the coverage is at most ~45 bytes
+    except OSError:
+        return None
+    if not head.startswith(MAGIC):
+        return None
+    try:
+        data, _pos = read_var_bytes(head, len(MAGIC))
+        return Coverage.decode(data).first or None
+    except Exception:  # cut short or damaged: not known, so the load checks it all
+        return None
+
+
+def is_snapshot(log_path: str, record: Record) -> bool:
+    """Whether ``record`` (the log's first) is the snapshot our last compaction wrote."""
+    expected = snapshot_digest(log_path)
+    return expected is not None and digest(record) == expected
+
+
 @dataclass
 class Sidecar:
     """A history file as read: rows with deltas, what they cover, and the file's identity

@@ -1010,6 +1010,19 @@ class FileYStore(BaseYStore):
             await self._flush(logfile)
             return await anyio.to_thread.run_sync(logfile.load_kept)
 
+    async def _load(self) -> list[bytes]:
+        """Every record's update; whether the first is the snapshot our last compaction
+        wrote is told by the sidecar's first bytes (then loading checks only its structs)."""
+        records = await self._records()
+        if not records:
+            raise YDocNotFound(self.path)
+        logfile = self._logfile
+        if logfile is not None:
+            self._head_is_snapshot = await anyio.to_thread.run_sync(
+                _file_history.is_snapshot, logfile.path, records[0]
+            )
+        return [update for update, _metadata, _timestamp in records]
+
     async def read(self) -> AsyncIterator[Record]:
         records = await self._records()
         if not records:
