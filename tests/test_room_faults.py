@@ -277,7 +277,14 @@ async def test_a_client_that_stops_reading_is_disconnected(tmp_path: Path) -> No
     root.mkdir()
     home.mkdir()
     write_notebook(root / "big.ipynb", ["b = 1"])
-    config = {**CONFIG, "YStoreExtension": {**CONFIG["YStoreExtension"], "max_unsent_size": 256 * 1024}}
+    config = {
+        **CONFIG,
+        "YStoreExtension": {**CONFIG["YStoreExtension"], "max_unsent_size": 256 * 1024},
+        # 20 MB of appends: with compaction every 1 MB, squashing a document of many MB
+        # under busy_timeout=0.2 can hold the writer's acknowledgement past its 10 s; this
+        # test is about the reader, so the store only appends.
+        "SQLiteYStore": {**CONFIG["SQLiteYStore"], "compact_after_updates": 0, "compact_after_bytes": 0},
+    }
     server = JupyterServerProcess(root, home, config=config)
     server.start()
     try:
@@ -290,11 +297,11 @@ async def test_a_client_that_stops_reading_is_disconnected(tmp_path: Path) -> No
             async with connect(server.room_url(session), max_queue=1, max_size=None) as stalled:
                 for _ in range(40):
                     append(writer.document.ycells[0]["source"], "x" * 500_000)
-                    await writer.acknowledged()
+                    await writer.acknowledged(timeout=30)  # a save of many MB may be under way
                     if "reads too slowly" in server.log():
                         break
                 await wait_until(lambda: "reads too slowly" in server.log(), timeout=30)
                 del stalled
-            await writer.acknowledged()  # the room and the writer go on
+            await writer.acknowledged(timeout=30)  # the room and the writer go on
     finally:
         server.kill()
