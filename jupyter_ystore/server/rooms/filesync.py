@@ -126,6 +126,10 @@ class FileSync:
         unchanged = self.document.hash == file_state.hash or (
             base is not None and _comparable(file_content) == _comparable(base)
         )
+        if not unchanged and base is None and self.document.hash is None:
+            # A history another server wrote (jupyter-collaboration keeps neither the file's
+            # hash nor a base): its edits are newer than the file when its last update is.
+            unchanged = await self._store_newer_than(file_state)
         if unchanged:
             self.log.warning(
                 "Room %s: the store holds edits newer than %s (e.g. after a crash); "
@@ -137,6 +141,17 @@ class FileSync:
             self.schedule_save()
             return
         await self._merge_file(file_state, file_content, base, when="since the last save")
+
+    async def _store_newer_than(self, state: FileState) -> bool:
+        """Whether the stored history's last update is later than the file's last change."""
+        if state.last_modified is None:
+            return False
+        try:
+            info = await self.room.store.info()
+        except Exception:  # no summary: the file is taken as the newer
+            return False
+        last = info.last_timestamp
+        return last is not None and last > state.last_modified.timestamp()
 
     async def _merge_file(self, state: FileState, file_content: Any, base: Any, *, when: str) -> None:
         """Merge the file's change since ``base`` into the document (one update)."""
