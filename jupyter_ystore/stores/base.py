@@ -150,6 +150,7 @@ class BaseYStore(LoggingConfigurable):
         self.metadata_callback = metadata_callback
         self._started: anyio.Event | None = None
         self._closed: anyio.Event | None = None
+        self._compaction_wanted: anyio.Event | None = None  # see _run
         self._starting = False
         self._running = False
         self._cancel_scope: anyio.CancelScope | None = None
@@ -215,10 +216,13 @@ class BaseYStore(LoggingConfigurable):
             return
         self._starting = True
         self._closed = anyio.Event()
+        self._compaction_wanted = anyio.Event()
+        opened = False
         try:
             with anyio.CancelScope() as scope:
                 self._cancel_scope = scope
                 await self._open()
+                opened = True
                 self._running = True
                 self.started.set()
                 task_status.started()
@@ -227,7 +231,8 @@ class BaseYStore(LoggingConfigurable):
             try:
                 with anyio.CancelScope(shield=True) as closing:
                     closing.deadline = anyio.current_time() + _CLOSING_COMPACTION_LIMIT
-                    await self._compact_if_due()
+                    if opened:
+                        await self._compact_if_due()
             finally:
                 self._running = False
             try:
@@ -273,14 +278,36 @@ class BaseYStore(LoggingConfigurable):
         """Open files or connections. Raise a ``YStoreError`` if the store is unusable."""
 
     async def _run(self) -> None:
-        """Background work while running (compaction, notifications); cancelled by stop()."""
-        await anyio.sleep_forever()
+        """Background work while running, cancelled by stop(): automatic compaction, off the
+        write path (a write never waits for it), each time ``_want_compaction`` was called."""
+        while True:
+            wanted = self._compaction_wanted
+            assert wanted is not None
+            await wanted.wait()
+            self._compaction_wanted = anyio.Event()
+            try:
+                await self._compact_once()
+            except anyio.get_cancelled_exc_class():
+                self._want_compaction()  # stopped midway: _compact_if_due does it before closing
+                raise
+
+    def _want_compaction(self) -> None:
+        """A write or load passed a compaction threshold: compact soon, in ``_run``."""
+        if self._compaction_wanted is not None:
+            self._compaction_wanted.set()
 
     async def _compact_if_due(self) -> None:
         """At stop, the automatic compaction a write or load asked for and ``_run`` did not
         get to (a store closed right after its history passed a threshold): the next open
-        reads a snapshot, not the whole tail. Runs shielded, within a time limit; a failure
-        is logged, the history stays as it is."""
+        reads a snapshot, not the whole tail. Runs shielded, within a time limit."""
+        wanted = self._compaction_wanted
+        if wanted is not None and wanted.is_set():
+            self._compaction_wanted = anyio.Event()
+            await self._compact_once()
+
+    async def _compact_once(self) -> None:
+        """One automatic compaction. Backends log a failure and leave the history as it is
+        (the next threshold retries); nothing to do for a store that does not compact."""
 
     async def _close(self) -> None:
         """Flush what is pending and release files or connections. Runs shielded."""

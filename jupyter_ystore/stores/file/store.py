@@ -871,7 +871,6 @@ class FileYStore(BaseYStore):
         upstream_names.apply(self)
         self._file = _resolve(self.path, self._root()) if self.path is not None else None
         self._logfile: _LogFile | None = None
-        self._compaction_wanted: anyio.Event | None = None
 
     @classmethod
     def default_settings(cls, server_root: str) -> dict[str, Any]:
@@ -903,7 +902,6 @@ class FileYStore(BaseYStore):
 
     async def _open(self) -> None:
         self._policy = Policy.of(self)
-        self._compaction_wanted = anyio.Event()
         if self._file is None:  # a backend handle: no log of its own
             return
         path = os.path.realpath(self._file)
@@ -913,24 +911,7 @@ class FileYStore(BaseYStore):
             if logfile.verified is None:  # check the header, set a torn tail aside
                 await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
             if logfile.due(self._policy):  # e.g. a long log written before compaction
-                self._compaction_wanted.set()
-
-    async def _run(self) -> None:
-        """Compact in the background when a write passed a threshold (see the module)."""
-        while True:
-            assert self._compaction_wanted is not None
-            await self._compaction_wanted.wait()
-            self._compaction_wanted = anyio.Event()
-            try:
-                await self._compact_once()
-            except anyio.get_cancelled_exc_class():
-                self._compaction_wanted.set()  # stopped midway: _compact_if_due does it before closing
-                raise
-
-    async def _compact_if_due(self) -> None:
-        if self._compaction_wanted is not None and self._compaction_wanted.is_set():
-            self._compaction_wanted = anyio.Event()
-            await self._compact_once()
+                self._want_compaction()
 
     async def _compact_once(self) -> None:
         try:
@@ -996,8 +977,8 @@ class FileYStore(BaseYStore):
             for pending in batch:
                 pending.error = exc
         else:
-            if due and self._compaction_wanted is not None:
-                self._compaction_wanted.set()
+            if due:
+                self._want_compaction()
         finally:
             for pending in batch:
                 pending.done = True

@@ -167,7 +167,6 @@ class PostgresYStore(BaseYStore):
         self._last_known_timestamp: float | None = None  # a lower bound of the last update
         self._tail_updates = 0
         self._tail_bytes = 0
-        self._compact_wanted = anyio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,30 +196,12 @@ class PostgresYStore(BaseYStore):
                 await _pg_pool.release(shared)
             raise
         self._tail_updates, self._tail_bytes, self._last_known_timestamp = row[0], row[1], row[2]
-        self._compact_wanted = anyio.Event()
         self._request_compaction_if_due()
 
     async def _close(self) -> None:
         shared, self._shared = self._shared, None
         if shared is not None:
             await _pg_pool.release(shared)
-
-    async def _run(self) -> None:
-        """Automatic compaction, off the write path: a write never waits for it."""
-        while True:
-            await self._compact_wanted.wait()
-            self._compact_wanted = anyio.Event()
-            try:
-                await self._compact_once()
-            except anyio.get_cancelled_exc_class():
-                self._compact_wanted.set()  # stopped midway: _compact_if_due does it before closing
-                raise
-
-    async def _compact_if_due(self) -> None:
-        wanted = getattr(self, "_compact_wanted", None)
-        if wanted is not None and wanted.is_set() and self._shared is not None:
-            self._compact_wanted = anyio.Event()
-            await self._compact_once()
 
     async def _compact_once(self) -> None:
         try:
@@ -291,7 +272,7 @@ class PostgresYStore(BaseYStore):
 
     def _request_compaction_if_due(self) -> None:
         if self._policy.due(self._tail_updates, self._tail_bytes):
-            self._compact_wanted.set()
+            self._want_compaction()
 
     async def _compact(
         self,

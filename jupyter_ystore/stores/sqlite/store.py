@@ -180,7 +180,6 @@ class SQLiteYStore(BaseYStore):
         super().__init__(*args, **kwargs)
         upstream_names.apply(self)
         self._db: _sqlite_db.SharedDatabase | None = None
-        self._compaction_wanted: anyio.Event | None = None
         # This store as the database thread knows it: what it loaded and the rows it wrote,
         # so that watch() starts after the load and never hands back our own writes.
         self._owner = _sqlite_db.Owner(self.path)
@@ -213,24 +212,6 @@ class SQLiteYStore(BaseYStore):
                 await _sqlite_db.release(db)
             raise
         self._db = db
-        self._compaction_wanted = anyio.Event()
-
-    async def _run(self) -> None:
-        """Compact in the background when a write passed a threshold."""
-        while True:
-            assert self._compaction_wanted is not None
-            await self._compaction_wanted.wait()
-            self._compaction_wanted = anyio.Event()
-            try:
-                await self._compact_once()
-            except anyio.get_cancelled_exc_class():
-                self._compaction_wanted.set()  # stopped midway: _compact_if_due does it before closing
-                raise
-
-    async def _compact_if_due(self) -> None:
-        if self._compaction_wanted is not None and self._compaction_wanted.is_set():
-            self._compaction_wanted = anyio.Event()
-            await self._compact_once()
 
     async def _compact_once(self) -> None:
         try:
@@ -267,8 +248,8 @@ class SQLiteYStore(BaseYStore):
         wanted = await db.write(
             self.path, data, metadata, self.clock(), self._policy, self._owner
         )
-        if wanted and self._compaction_wanted is not None:
-            self._compaction_wanted.set()
+        if wanted:
+            self._want_compaction()
 
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
         """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""
@@ -288,8 +269,8 @@ class SQLiteYStore(BaseYStore):
         )
         if not updates:
             raise YDocNotFound(self.path)
-        if self._policy.due(len(updates) - 1, 0) and self._compaction_wanted is not None:
-            self._compaction_wanted.set()
+        if self._policy.due(len(updates) - 1, 0):
+            self._want_compaction()
         return updates
 
     def _prepare_load(self, updates: list[bytes]) -> list[bytes]:
