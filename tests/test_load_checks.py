@@ -143,3 +143,189 @@ async def test_filestore_knows_its_snapshot_from_the_sidecar_head(tmp_path: Path
             assert s.load_problem is None
             assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghij"
     assert log.exists()
+
+
+# ---------------------------------------------------------------------- clean snapshots
+# A compaction whose squash kept nothing waiting records its snapshot as clean, and a load
+# then skips checking it (the check decodes the whole snapshot: ~40% of loading a big
+# document beyond applying it). A snapshot not known to be clean (written before the mark
+# existed, or holding a hole) is still checked.
+
+
+def _count_snapshot_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from jupyter_ystore.core import ydoc as _ydoc
+
+    calls: list[int] = []
+    real = _ydoc.snapshot_waits
+
+    def counting(state: bytes, snapshot: bytes) -> str | None:
+        calls.append(len(snapshot))
+        return real(state, snapshot)
+
+    monkeypatch.setattr(_ydoc, "snapshot_waits", counting)
+    return calls
+
+
+async def test_a_clean_snapshot_is_loaded_without_checking_it(
+    make: Callable[[str], BaseYStore],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = _count_snapshot_checks(monkeypatch)
+    first, second = two_authors()
+    async with make("doc") as store:
+        for update in first:
+            await store.write(update)
+        await store.compact()
+        await store.write(second[0])
+    async with make("doc") as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert (store._head_is_snapshot, store._head_is_clean) == (True, True)
+        assert store.load_problem is None
+        assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghijX"
+    assert checks == []
+    # the tail after a clean snapshot is still checked in full
+    async with make("doc") as store:
+        await store.write(second[1])
+    async with make("doc") as store:
+        await store.apply_updates(pycrdt.Doc())
+        assert store.load_problem is None  # second[0] is there: nothing missing
+    assert checks == []
+
+
+async def test_a_snapshot_holding_a_hole_is_not_marked_clean(
+    make: Callable[[str], BaseYStore],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = _count_snapshot_checks(monkeypatch)
+    first, second = two_authors()
+    async with make("doc") as store:
+        for update in first:
+            await store.write(update)
+        await store.write(second[1])  # waits for second[0], never stored
+        await store.compact()
+    async with make("doc") as store:
+        await store.apply_updates(pycrdt.Doc())
+        assert (store._head_is_snapshot, store._head_is_clean) == (True, False)
+        assert store.load_problem is not None
+    assert len(checks) == 1
+
+
+async def test_sqlite_snapshots_of_an_older_version_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose ``ystore_snapshots`` predates the ``clean`` column: its snapshots
+    are checked; the column is added at open, and the next compaction marks its own."""
+    import sqlite3
+
+    from jupyter_ystore import SQLiteYStore
+
+    db = str(tmp_path / "y.db")
+    checks = _count_snapshot_checks(monkeypatch)
+    first, second = two_authors()
+    async with SQLiteYStore("doc", db_path=db) as store:
+        for update in first:
+            await store.write(update)
+        await store.compact()
+    conn = sqlite3.connect(db)  # as the version before the column left it
+    conn.executescript(
+        "CREATE TABLE old AS SELECT path, row, timestamp, covered FROM ystore_snapshots;"
+        "DROP TABLE ystore_snapshots;"
+        "CREATE TABLE ystore_snapshots (path TEXT PRIMARY KEY, row INTEGER NOT NULL, "
+        "timestamp REAL NOT NULL, covered INTEGER NOT NULL);"
+        "INSERT INTO ystore_snapshots SELECT * FROM old; DROP TABLE old;"
+    )
+    conn.close()
+    async with SQLiteYStore("doc", db_path=db) as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert (store._head_is_snapshot, store._head_is_clean) == (True, False)
+        assert store.load_problem is None
+        assert len(checks) == 1
+        await store.write(second[0])
+        await store.compact()
+    conn = sqlite3.connect(db)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(ystore_snapshots)")]
+    assert columns[-1] == "clean"
+    assert conn.execute("SELECT clean FROM ystore_snapshots").fetchall() == [(1,)]
+    conn.close()
+    async with SQLiteYStore("doc", db_path=db) as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert store._head_is_clean
+        assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghijX"
+    assert len(checks) == 1
+
+
+async def test_sqlite_clean_column_absent_on_a_read_only_older_database(tmp_path: Path) -> None:
+    """A file from before the column that cannot be written (opened read-only here, as root
+    ignores file modes): its snapshot is found, as not known to be clean."""
+    import sqlite3
+
+    from jupyter_ystore import SQLiteYStore
+    from jupyter_ystore.stores.sqlite import compat
+    from jupyter_ystore.stores.sqlite.schema import Schema
+
+    db = tmp_path / "y.db"
+    first, _second = two_authors()
+    async with SQLiteYStore("doc", db_path=str(db)) as store:
+        for update in first:
+            await store.write(update)
+        await store.compact()
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE old AS SELECT path, row, timestamp, covered FROM ystore_snapshots;"
+        "DROP TABLE ystore_snapshots;"
+        "CREATE TABLE ystore_snapshots (path TEXT PRIMARY KEY, row INTEGER NOT NULL, "
+        "timestamp REAL NOT NULL, covered INTEGER NOT NULL);"
+        "INSERT INTO ystore_snapshots SELECT * FROM old; DROP TABLE old;"
+    )
+    (row,) = conn.execute("SELECT row FROM ystore_snapshots").fetchone()
+    conn.close()
+    read_only = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    schema = Schema(compat.inspect_layout(read_only))
+    assert not schema.snapshots_mark_clean
+    assert schema.snapshot_head(read_only, "doc") == (row, False)
+    read_only.close()
+
+
+async def test_postgres_snapshots_of_an_older_version_are_checked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshot rows written before the clean mark have origin 0: checked on load."""
+    from postgres_helpers import fresh_config, run_sql
+
+    from jupyter_ystore import PostgresYStore
+
+    config = fresh_config(request)
+    checks = _count_snapshot_checks(monkeypatch)
+    first, _second = two_authors()
+    async with PostgresYStore("doc", **config) as store:
+        for update in first:
+            await store.write(update)
+        await store.compact()
+    async with PostgresYStore("doc", **config) as store:
+        await store.apply_updates(pycrdt.Doc())
+        assert (store._head_is_snapshot, store._head_is_clean) == (True, True)
+    assert checks == []
+    run_sql(f'UPDATE "{config["schema"]}".yupdates SET origin = 0 WHERE snapshot')
+    async with PostgresYStore("doc", **config) as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert (store._head_is_snapshot, store._head_is_clean) == (True, False)
+        assert store.load_problem is None
+        assert str(doc.get("source", type=pycrdt.Text)) == "abcdefghij"
+    assert len(checks) == 1
+
+
+def test_filestore_coverage_reads_sidecars_without_the_clean_flag() -> None:
+    from jupyter_ystore.core.codec import write_var_bytes, write_var_uint
+    from jupyter_ystore.stores.file.history import Coverage
+
+    old = write_var_bytes(b"a" * 16) + write_var_bytes(b"b" * 16) + write_var_uint(7)
+    assert Coverage.decode(old) == Coverage(b"a" * 16, b"b" * 16, 7, False)
+    for clean in (False, True):
+        coverage = Coverage(b"a" * 16, b"b" * 16, 7, clean)
+        assert Coverage.decode(coverage.encode()) == coverage
+        # what an older reader takes from it: the first three fields, the flag left over
+        assert Coverage.decode(coverage.encode()[: len(old)]) == Coverage(b"a" * 16, b"b" * 16, 7)

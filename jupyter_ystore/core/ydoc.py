@@ -53,6 +53,17 @@ def _panic_safe(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextmanager
+def one_transaction(ydoc: Any) -> Iterator[None]:
+    """Updates applied inside share one transaction of a pycrdt document (its commit cleans
+    up the whole document: once for a load, not once per applied group); y_py: no-op."""
+    if isinstance(ydoc, pycrdt.Doc):
+        with ydoc.transaction():
+            yield
+    else:
+        yield
+
+
 def _is_ypy(ydoc: Any) -> bool:
     y_py = sys.modules.get("y_py")  # never import it just to say no
     return y_py is not None and isinstance(ydoc, y_py.YDoc)
@@ -139,9 +150,16 @@ def merge_updates(updates: Sequence[bytes]) -> bytes:
     return pycrdt.merge_updates(*level)
 
 
-@_panic_safe
 def squash(updates: Sequence[bytes]) -> bytes:
-    """One update that restores the same document as ``updates``, as small as it gets.
+    """One update that restores the same document as ``updates`` (see ``squash_clean``)."""
+    return squash_clean(updates)[0]
+
+
+@_panic_safe
+def squash_clean(updates: Sequence[bytes]) -> tuple[bytes, bool]:
+    """One update that restores the same document as ``updates``, as small as it gets, and
+    whether it is *clean*: nothing in it waits for missing updates, so that it loads whole
+    and a load need not check it (backends record that beside the snapshot).
 
     This is what compaction stores. Merging first lets a fresh document integrate everything
     in one apply (much faster than one apply per update); encoding that document's state
@@ -161,8 +179,8 @@ def squash(updates: Sequence[bytes]) -> bytes:
     rests = (pycrdt.get_update(group, state) for group in groups)
     lacking = [rest for rest in rests if rest[:1] != b"\x00"]
     if lacking:  # structs of at least one client are missing from the state
-        snapshot = pycrdt.merge_updates(snapshot, *lacking)
-    return snapshot
+        return pycrdt.merge_updates(snapshot, *lacking), False
+    return snapshot, True
 
 
 def is_valid_update(update: bytes) -> bool:

@@ -76,11 +76,12 @@ def undecodable(document: str, exc: BaseException, where: str | None = None) -> 
     )
 
 
-def squash(updates: Sequence[bytes], document: str, where: str | None = None) -> bytes:
-    """The snapshot of ``updates`` (any thread); an update that does not decode raises
-    ``undecodable``."""
+def squash(updates: Sequence[bytes], document: str, where: str | None = None) -> tuple[bytes, bool]:
+    """The snapshot of ``updates`` and whether it is clean (``ydoc.squash_clean``: a backend
+    that records it lets loads skip checking the snapshot); any thread. An update that does
+    not decode raises ``undecodable``."""
     try:
-        return _ydoc.squash(updates)
+        return _ydoc.squash_clean(updates)
     except Exception as exc:
         raise undecodable(document, exc, where) from exc
 

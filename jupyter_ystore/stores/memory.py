@@ -90,7 +90,7 @@ class MemoryYStore(BaseYStore):
             saved_by=saved_by,
             document=self.path,
         )
-        squashed = compaction.squash([r[0] for r in records], self.path)
+        squashed, _clean = compaction.squash([r[0] for r in records], self.path)
         _update, metadata, timestamp = records[-1]
         self._documents[self.path] = [(squashed, metadata, timestamp)]
         rows = _retention.apply_change(rows, change)

@@ -533,7 +533,7 @@ class ChainPlan:
         if squash:
             from jupyter_ystore.stores.compaction import squash as squash_updates
 
-            delta = squash_updates(deltas, self.document)
+            delta, _clean = squash_updates(deltas, self.document)
         else:
             delta = _ydoc.merge_updates(deltas)
         authors: dict[str, None] = {}

@@ -60,6 +60,7 @@ class Coverage:
     first: bytes = b""
     previous: bytes = b""
     count: int = 0
+    clean: bool = False  # the snapshot holds nothing that waits for missing updates
 
     def covered(self, records: list[Record]) -> int | None:
         """How many leading ``records`` the points hold; None: this log is not theirs."""
@@ -77,6 +78,7 @@ class Coverage:
             write_var_bytes(self.first)
             + write_var_bytes(self.previous)
             + write_var_uint(self.count)
+            + write_var_uint(int(self.clean))  # added later: older readers stop before it
         )
 
     @classmethod
@@ -84,11 +86,15 @@ class Coverage:
         first, pos = read_var_bytes(data, 0)
         previous, pos = read_var_bytes(data, pos)
         count, pos = read_var_uint(data, pos)
-        return cls(first, previous, count)
+        clean = False
+        if pos < len(data):  # written before the flag existed: not known to be clean
+            flag, pos = read_var_uint(data, pos)
+            clean = flag == 1
+        return cls(first, previous, count, clean)
 
 
-def snapshot_digest(log_path: str) -> bytes | None:
-    """``Coverage.first`` of the log's sidecar (the digest of the snapshot the last
+def snapshot_coverage(log_path: str) -> Coverage | None:
+    """The coverage of the log's sidecar (``first``: the digest of the snapshot the last
     compaction wrote), read from the file's first bytes only: loading reads no history.
     None without a readable sidecar."""
     try:
@@ -100,15 +106,19 @@ def snapshot_digest(log_path: str) -> bytes | None:
         return None
     try:
         data, _pos = read_var_bytes(head, len(MAGIC))
-        return Coverage.decode(data).first or None
+        coverage = Coverage.decode(data)
     except Exception:  # cut short or damaged: not known, so the load checks it all
         return None
+    return coverage if coverage.first else None
 
 
-def is_snapshot(log_path: str, record: Record) -> bool:
-    """Whether ``record`` (the log's first) is the snapshot our last compaction wrote."""
-    expected = snapshot_digest(log_path)
-    return expected is not None and digest(record) == expected
+def snapshot_kind(log_path: str, record: Record) -> tuple[bool, bool]:
+    """Whether ``record`` (the log's first) is the snapshot our last compaction wrote, and
+    whether that snapshot is clean (a load then need not check it)."""
+    coverage = snapshot_coverage(log_path)
+    if coverage is None or digest(record) != coverage.first:
+        return False, False
+    return True, coverage.clean
 
 
 @dataclass

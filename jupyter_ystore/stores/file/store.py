@@ -621,7 +621,7 @@ class _LogFile:
             document=key,
         )
         new_rows = _retention.apply_change(rows, change)
-        squashed = compaction.squash([record[0] for record in records], key, self.path)
+        squashed, clean = compaction.squash([record[0] for record in records], key, self.path)
         _update, metadata, timestamp = records[-1]
         snapshot = (squashed, metadata, timestamp)
         folder, base = os.path.split(self.path)
@@ -632,7 +632,10 @@ class _LogFile:
             _write_new(log_tmp, HEADER + encode_record(*snapshot))
             if new_rows:
                 coverage = _file_history.Coverage(
-                    _file_history.digest(snapshot), _file_history.digest(records[0]), len(records)
+                    _file_history.digest(snapshot),
+                    _file_history.digest(records[0]),
+                    len(records),
+                    clean,
                 )
                 sidecar_tmp = os.path.join(folder, f".{base}.history.{unique}{_TMP_SUFFIX}")
                 _write_new(sidecar_tmp, _file_history.encode(new_rows, coverage))
@@ -993,15 +996,24 @@ class FileYStore(BaseYStore):
 
     async def _load(self) -> list[bytes]:
         """Every record's update; whether the first is the snapshot our last compaction
-        wrote is told by the sidecar's first bytes (then loading checks only its structs)."""
-        records = await self._records()
+        wrote, and a clean one, is told by the sidecar's first bytes (then loading checks
+        only its structs, or nothing of it). One hop to a worker thread for both."""
+        await self._ensure_running()
+        logfile = self._logfile
+        assert logfile is not None
+
+        def load() -> tuple[list[Record], tuple[bool, bool]]:
+            records = logfile.load_kept()
+            kind = _file_history.snapshot_kind(logfile.path, records[0]) if records else (False, False)
+            return records, kind
+
+        async with logfile.lock:
+            await self._flush(logfile)
+            records, (self._head_is_snapshot, self._head_is_clean) = (
+                await anyio.to_thread.run_sync(load)
+            )
         if not records:
             raise YDocNotFound(self.path)
-        logfile = self._logfile
-        if logfile is not None:
-            self._head_is_snapshot = await anyio.to_thread.run_sync(
-                _file_history.is_snapshot, logfile.path, records[0]
-            )
         return [update for update, _metadata, _timestamp in records]
 
     async def read(self) -> AsyncIterator[Record]:

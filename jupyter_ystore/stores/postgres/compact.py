@@ -24,7 +24,7 @@ import anyio
 
 from jupyter_ystore.stores import retention as _retention
 from jupyter_ystore.stores.compaction import Policy, squash
-from jupyter_ystore.stores.postgres.names import Names
+from jupyter_ystore.stores.postgres.names import CLEAN_SNAPSHOT_ORIGIN, Names
 from jupyter_ystore.stores.retention import ChainChange, Retention, Row, StoredHistory
 
 
@@ -82,10 +82,16 @@ async def compact_document(
                 change = await _history_change(
                     conn, names, path, rows, retention, now, name, saved_by
                 )
-            snapshot = await anyio.to_thread.run_sync(squash, updates, path)
+            snapshot, clean = await anyio.to_thread.run_sync(squash, updates, path)
             await conn.execute(names.delete_upto, path, covered)
             await conn.execute(
-                names.insert_snapshot, covered, path, snapshot, b"", rows[-1]["timestamp"]
+                names.insert_snapshot,
+                covered,
+                path,
+                snapshot,
+                b"",
+                rows[-1]["timestamp"],
+                CLEAN_SNAPSHOT_ORIGIN if clean else 0,
             )
             if change is not None:
                 await apply_history(conn, names, path, change)

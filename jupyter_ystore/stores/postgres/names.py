@@ -18,6 +18,12 @@ from urllib.parse import unquote, urlsplit
 #: upgrade) and are found by name, created when missing.
 SCHEMA_VERSION = 1
 
+#: The ``origin`` of a snapshot row recorded as clean (``ydoc.squash_clean``: it holds nothing
+#: that waits for missing updates, so a load skips checking it). A snapshot row's origin means
+#: nothing else (writers' origins are positive; ``watch`` skips snapshots), and code that
+#: predates it writes 0 there: checked, the safe default, with no change to the layout.
+CLEAN_SNAPSHOT_ORIGIN = -1
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # PostgreSQL truncates identifiers to 63 bytes; "_version" and "_history" (and the shorter
 # "_attrs") must still fit after the table.
@@ -237,7 +243,10 @@ class Names:
 
     @property
     def select_updates(self) -> str:
-        return f"SELECT id, yupdate, snapshot FROM {self.qualified} WHERE path = $1 ORDER BY id"
+        return (
+            f"SELECT id, yupdate, snapshot, snapshot AND origin = {CLEAN_SNAPSHOT_ORIGIN} AS clean "
+            f"FROM {self.qualified} WHERE path = $1 ORDER BY id"
+        )
 
     @property
     def select_after(self) -> str:
@@ -272,7 +281,7 @@ class Names:
         # ordering by id still reads "snapshot, then the updates after it".
         return (
             f"INSERT INTO {self.qualified} (id, path, yupdate, metadata, timestamp, snapshot, origin) "
-            "VALUES ($1, $2, $3, $4, $5, true, 0)"
+            "VALUES ($1, $2, $3, $4, $5, true, $6)"
         )
 
     @property

@@ -359,6 +359,7 @@ class PostgresYStore(BaseYStore):
         rows = await self._fetch(self._table.select_updates, self.path)
         self._seen_id = rows[-1]["id"] if rows else 0
         self._head_is_snapshot = bool(rows) and bool(rows[0]["snapshot"])
+        self._head_is_clean = bool(rows) and bool(rows[0]["clean"])
         return [bytes(row["yupdate"]) for row in rows]
 
     # ------------------------------------------------------------------ optional API

@@ -72,11 +72,19 @@ class CompactionInput:
         """False when the document already is a lone snapshot."""
         return len(self.updates) > 1 or not self.has_snapshot
 
-    def prepare(self, path: str, db_path: str) -> tuple[bytes, ChainChange | None]:
+    def prepare(self, path: str, db_path: str) -> tuple[Snapshot, ChainChange | None]:
         """The snapshot and the history change (CPU work: any thread)."""
-        snapshot = squash(self.updates, path, db_path)
+        snapshot = Snapshot(*squash(self.updates, path, db_path))
         change = None if self.plan is None else self.plan.build(self.deltas or {})
         return snapshot, change
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a compaction writes: the squashed update, and whether it is clean."""
+
+    update: bytes
+    clean: bool
 
 
 _ROWS = "SELECT rowid, yupdate, metadata, timestamp FROM yupdates WHERE path = ? ORDER BY rowid"
@@ -178,7 +186,7 @@ def replace(
     schema: Schema,
     path: str,
     data: CompactionInput,
-    snapshot: bytes,
+    snapshot: Snapshot,
     change: ChainChange | None = None,
 ) -> None:
     """Inside a write transaction: delete the rows ``data`` covers, insert ``snapshot``,
@@ -195,18 +203,18 @@ def replace(
         conn.execute(
             "INSERT INTO yupdates (rowid, path, yupdate, metadata, timestamp) "
             "VALUES (?, ?, ?, ?, ?)",
-            (data.last_row, path, snapshot, data.metadata, data.timestamp),
+            (data.last_row, path, snapshot.update, data.metadata, data.timestamp),
         )
         row = data.last_row
     else:
-        row = conn.execute(INSERT, (path, snapshot, b"", data.timestamp)).lastrowid
+        row = conn.execute(INSERT, (path, snapshot.update, b"", data.timestamp)).lastrowid
     if schema.has_checkpoints:  # its content is in the snapshot now
         conn.execute("DELETE FROM ycheckpoints WHERE path = ?", (path,))
     schema.ensure_snapshots_table(conn)
     conn.execute(
-        "INSERT OR REPLACE INTO ystore_snapshots (path, row, timestamp, covered) "
-        "VALUES (?, ?, ?, ?)",
-        (path, row, data.timestamp, len(data.updates)),
+        "INSERT OR REPLACE INTO ystore_snapshots (path, row, timestamp, covered, clean) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (path, row, data.timestamp, len(data.updates), int(snapshot.clean)),
     )
     if change is not None:
         history.apply(conn, schema, path, change)
@@ -448,7 +456,7 @@ class Compactor:
         self,
         path: str,
         data: CompactionInput,
-        snapshot: bytes,
+        snapshot: Snapshot,
         change: ChainChange | None,
         automatic: bool,
     ) -> Callable[[sqlite3.Connection, Schema], bool]:

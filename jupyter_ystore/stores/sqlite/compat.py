@@ -50,8 +50,13 @@ CREATE_CHECKPOINTS = (
 CREATE_SNAPSHOTS = (
     "CREATE TABLE IF NOT EXISTS ystore_snapshots "
     "(path TEXT PRIMARY KEY, row INTEGER NOT NULL, timestamp REAL NOT NULL, "
-    "covered INTEGER NOT NULL)"
+    "covered INTEGER NOT NULL, clean INTEGER NOT NULL DEFAULT 0)"
 )
+# ``clean``: the snapshot holds nothing that waits for missing updates (``ydoc.squash_clean``),
+# so a load skips checking it. Added later: older versions of ours (and salvage) insert
+# without it, and 0 (check it) is the safe default.
+SNAPSHOTS_CLEAN = "clean"
+ADD_SNAPSHOTS_CLEAN = "ALTER TABLE ystore_snapshots ADD COLUMN clean INTEGER NOT NULL DEFAULT 0"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class DatabaseLayout:
     user_version: int
     tables: frozenset[str] = field(default_factory=frozenset)
     auto_vacuum: int = 0  # 0 NONE, 1 FULL, 2 INCREMENTAL
+    snapshot_columns: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def empty(self) -> bool:
@@ -95,10 +101,31 @@ def inspect_layout(conn: sqlite3.Connection) -> DatabaseLayout:
         )
         (user_version,) = conn.execute("PRAGMA user_version").fetchone()
         (auto_vacuum,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+        columns = snapshot_columns(conn) if SNAPSHOTS_TABLE in tables else frozenset()
     finally:
         if own and conn.in_transaction:
             conn.execute("COMMIT")
-    return DatabaseLayout(user_version=user_version, tables=tables, auto_vacuum=auto_vacuum)
+    return DatabaseLayout(
+        user_version=user_version,
+        tables=tables,
+        auto_vacuum=auto_vacuum,
+        snapshot_columns=columns,
+    )
+
+
+def snapshot_columns(conn: sqlite3.Connection) -> frozenset[str]:
+    """The columns of ``ystore_snapshots`` (read-only)."""
+    return frozenset(row[1] for row in conn.execute(f"PRAGMA table_info({SNAPSHOTS_TABLE})"))
+
+
+def add_snapshots_clean(conn: sqlite3.Connection) -> None:
+    """``clean`` on a ``ystore_snapshots`` table an older version made; another process
+    may add it first."""
+    try:
+        conn.execute(ADD_SNAPSHOTS_CLEAN)
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc).lower():
+            raise
 
 
 def check_layout(layout: DatabaseLayout, db_path: str) -> None:

@@ -193,15 +193,16 @@ class SharedDatabase:
 
     async def read_updates(
         self, path: str, owner: Owner | None = None
-    ) -> tuple[list[bytes], bool]:
-        """The updates of ``path`` alone (what a load needs) and whether the first is our
-        snapshot (``queries.read_updates``); as ``read_rows`` otherwise."""
+    ) -> tuple[list[bytes], bool, bool]:
+        """The updates of ``path`` alone (what a load needs), whether the first is our
+        snapshot and whether that is clean (``queries.read_updates``); as ``read_rows``
+        otherwise."""
 
-        def job(conn: sqlite3.Connection, schema: Schema) -> tuple[list[bytes], bool]:
-            updates, last_row, head_is_snapshot = queries.read_updates(conn, schema, path)
+        def job(conn: sqlite3.Connection, schema: Schema) -> tuple[list[bytes], bool, bool]:
+            updates, last_row, is_snapshot, is_clean = queries.read_updates(conn, schema, path)
             if owner is not None:
                 owner.loaded(last_row)
-            return updates, head_is_snapshot
+            return updates, is_snapshot, is_clean
 
         return await self.call(job, f"reading {path!r}")
 

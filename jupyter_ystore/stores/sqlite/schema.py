@@ -45,6 +45,9 @@ class Schema:
     def __init__(self, layout: compat.DatabaseLayout):
         self.layout = layout
         self.has_snapshots = layout.has_snapshots
+        # False only where an older version made the table and we could not add the column
+        # (a read-only file): snapshots are then all checked on load.
+        self.snapshots_mark_clean = compat.SNAPSHOTS_CLEAN in layout.snapshot_columns
         # False only on a read-only legacy file we could not add the table to: writes then
         # go straight to yupdates (and fail there, read-only).
         self.has_pending = pending.TABLE in layout.tables
@@ -57,21 +60,32 @@ class Schema:
         return self.layout.has_checkpoints
 
     def ensure_snapshots_table(self, conn: sqlite3.Connection) -> None:
+        """The table, with its ``clean`` column (inside the caller's write transaction)."""
         if not self.has_snapshots:
             conn.execute(compat.CREATE_SNAPSHOTS)
             self.has_snapshots = True
+        if not self.snapshots_mark_clean:
+            if compat.SNAPSHOTS_CLEAN not in compat.snapshot_columns(conn):
+                compat.add_snapshots_clean(conn)
+            self.snapshots_mark_clean = True
 
     def snapshot_row(self, conn: sqlite3.Connection, path: str) -> int | None:
         """The rowid of ``path``'s snapshot, if that row is still there (another library
         may have rewritten the document since)."""
+        head = self.snapshot_head(conn, path)
+        return None if head is None else head[0]
+
+    def snapshot_head(self, conn: sqlite3.Connection, path: str) -> tuple[int, bool] | None:
+        """``snapshot_row`` and whether the snapshot was recorded as clean."""
         if not self.has_snapshots:
             return None
+        clean = "s.clean" if self.snapshots_mark_clean else "0"
         row = conn.execute(
-            "SELECT s.row FROM ystore_snapshots AS s JOIN yupdates AS u "
+            f"SELECT s.row, {clean} FROM ystore_snapshots AS s JOIN yupdates AS u "
             "ON u.rowid = s.row AND u.path = s.path WHERE s.path = ?",
             (path,),
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), bool(row[1]))
 
 
 def open_database(
@@ -164,6 +178,8 @@ def _adopt(
         _set_journal_mode(conn, db_path, journal_mode)
         if not layout.has_snapshots:
             conn.execute(compat.CREATE_SNAPSHOTS)
+        elif compat.SNAPSHOTS_CLEAN not in layout.snapshot_columns:
+            compat.add_snapshots_clean(conn)
         if pending.TABLE not in layout.tables:
             conn.execute(pending.CREATE)
         if attributes.TABLE not in layout.tables:

@@ -264,7 +264,7 @@ class SQLiteYStore(BaseYStore):
         """Every record, snapshot first; a history long enough to compact (e.g. a legacy
         database's) asks for it."""
         await self._ensure_running()
-        updates, self._head_is_snapshot = await self._require_db().read_updates(
+        updates, self._head_is_snapshot, self._head_is_clean = await self._require_db().read_updates(
             self.path, self._owner
         )
         if not updates:
