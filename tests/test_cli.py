@@ -616,8 +616,10 @@ def test_delete_asks_first(tmp_path: Path, env: Any, capsys: Any, monkeypatch: A
 
     # Destroying history needs the full key: a part of it that happens to be unique is refused.
     code, out, err = cli(capsys, "delete", "0aaa", "--yes", *args)
-    assert code == 1 and "unknown document" in one_line_error(err)
+    assert code == 1 and "only part of a key" in one_line_error(err) and "full key" in err
     code, out, err = cli(capsys, "compact", "0aaa", *args)
+    assert code == 1 and "only part of a key" in one_line_error(err)
+    code, out, err = cli(capsys, "delete", "zzzz-none", "--yes", *args)
     assert code == 1 and "unknown document" in one_line_error(err)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # nobody to answer
     code, out, err = cli(capsys, "delete", NB_KEY, *args)

@@ -266,6 +266,12 @@ class StoreCommand(JupyterApp):
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:
+            near = [info.path for info in infos if not partial and doc and doc in info.path]
+            if near:  # a destructive command: a part of a key is not enough
+                raise CliError(
+                    f"{doc!r} is only part of a key ({', '.join(near[:3])}); this command "
+                    "takes the full key or the file's path"
+                )
             raise CliError(f"unknown document {doc!r}: not in the store (see `jupyter ystore list`)")
         names = ", ".join(info.path for info in candidates[:5])
         raise CliError(f"{doc!r} matches {len(candidates)} documents ({names}…): give the full key")
