@@ -6,7 +6,7 @@ reported (``load_problem``), never loaded silently short."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pycrdt
 import pytest
@@ -211,6 +211,17 @@ async def test_a_snapshot_holding_a_hole_is_not_marked_clean(
     assert len(checks) == 1
 
 
+def _without_clean_column(conn: Any) -> None:
+    """``ystore_snapshots`` as the version before the ``clean`` column made it."""
+    conn.executescript(
+        "CREATE TABLE old AS SELECT path, row, timestamp, covered FROM ystore_snapshots;"
+        "DROP TABLE ystore_snapshots;"
+        "CREATE TABLE ystore_snapshots (path TEXT PRIMARY KEY, row INTEGER NOT NULL, "
+        "timestamp REAL NOT NULL, covered INTEGER NOT NULL);"
+        "INSERT INTO ystore_snapshots SELECT * FROM old; DROP TABLE old;"
+    )
+
+
 async def test_sqlite_snapshots_of_an_older_version_are_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,13 +239,7 @@ async def test_sqlite_snapshots_of_an_older_version_are_checked(
             await store.write(update)
         await store.compact()
     conn = sqlite3.connect(db)  # as the version before the column left it
-    conn.executescript(
-        "CREATE TABLE old AS SELECT path, row, timestamp, covered FROM ystore_snapshots;"
-        "DROP TABLE ystore_snapshots;"
-        "CREATE TABLE ystore_snapshots (path TEXT PRIMARY KEY, row INTEGER NOT NULL, "
-        "timestamp REAL NOT NULL, covered INTEGER NOT NULL);"
-        "INSERT INTO ystore_snapshots SELECT * FROM old; DROP TABLE old;"
-    )
+    _without_clean_column(conn)
     conn.close()
     async with SQLiteYStore("doc", db_path=db) as store:
         doc = pycrdt.Doc()
@@ -273,13 +278,7 @@ async def test_sqlite_clean_column_absent_on_a_read_only_older_database(tmp_path
             await store.write(update)
         await store.compact()
     conn = sqlite3.connect(db)
-    conn.executescript(
-        "CREATE TABLE old AS SELECT path, row, timestamp, covered FROM ystore_snapshots;"
-        "DROP TABLE ystore_snapshots;"
-        "CREATE TABLE ystore_snapshots (path TEXT PRIMARY KEY, row INTEGER NOT NULL, "
-        "timestamp REAL NOT NULL, covered INTEGER NOT NULL);"
-        "INSERT INTO ystore_snapshots SELECT * FROM old; DROP TABLE old;"
-    )
+    _without_clean_column(conn)
     (row,) = conn.execute("SELECT row FROM ystore_snapshots").fetchone()
     conn.close()
     read_only = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

@@ -45,7 +45,6 @@ from jupyter_ystore.core.codec import (
     read_var_bytes,
     read_var_string,
     read_var_uint,
-    write_var_bytes,
     write_var_string,
     write_var_uint,
 )
