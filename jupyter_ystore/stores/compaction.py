@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YStoreCorruptError
+from jupyter_ystore.stores import squash_helper
 from jupyter_ystore.stores.retention import Retention
 from jupyter_ystore.stores.settings import checked
 
@@ -81,7 +81,7 @@ def squash(updates: Sequence[bytes], document: str, where: str | None = None) ->
     that records it lets loads skip checking the snapshot); any thread. An update that does
     not decode raises ``undecodable``."""
     try:
-        return _ydoc.squash_clean(updates)
+        return squash_helper.squash_clean(updates)
     except Exception as exc:
         raise undecodable(document, exc, where) from exc
 

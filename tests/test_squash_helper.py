@@ -1,0 +1,74 @@
+"""Big squashes go to a helper process (``stores/squash_helper.py``), so that yrs holding the
+GIL for the length of a squash does not stall the server's event loop. What it answers must be
+what a squash here gives, errors included, and a helper that dies must cost nothing."""
+
+from __future__ import annotations
+
+import pycrdt
+import pytest
+
+from jupyter_ystore import YStoreCorruptError
+from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.stores import compaction, squash_helper
+
+
+def typed(count: int) -> list[bytes]:
+    doc = pycrdt.Doc()
+    text = doc.get("source", type=pycrdt.Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        text += "abcdefghij"[i % 10]
+    del text[0 : min(5, count)]
+    return updates
+
+
+@pytest.fixture
+def helper(monkeypatch: pytest.MonkeyPatch) -> squash_helper._Helper:
+    """A helper of this test's own that every squash uses (no size threshold)."""
+    own = squash_helper._Helper()
+    monkeypatch.setattr(squash_helper, "_HELPER", own)
+    monkeypatch.setattr(squash_helper, "MIN_BYTES", 0)
+    yield own
+    own.shutdown()
+
+
+def test_the_helper_answers_what_a_squash_here_gives(helper: squash_helper._Helper) -> None:
+    updates = typed(500)
+    assert compaction.squash(updates, "doc") == _ydoc.squash_clean(updates)
+    assert helper._process is not None and helper._process.poll() is None
+    # a hole: the snapshot keeps what waits for it, and is not clean
+    holed = updates[:100] + updates[101:]
+    snapshot, clean = compaction.squash(holed, "doc")
+    assert (snapshot, clean) == _ydoc.squash_clean(holed) and clean is False
+
+
+def test_an_update_that_is_not_yjs_raises_as_here(helper: squash_helper._Helper) -> None:
+    with pytest.raises(YStoreCorruptError):
+        compaction.squash([*typed(8), b"\x01\xff\xff\xff"], "doc")
+    assert compaction.squash(typed(8), "doc")[1] is True  # the helper still serves
+
+
+def test_a_helper_that_died_is_replaced(helper: squash_helper._Helper) -> None:
+    updates = typed(50)
+    expected = _ydoc.squash_clean(updates)
+    assert compaction.squash(updates, "doc") == expected
+    first = helper._process
+    assert first is not None
+    first.kill()
+    first.wait()
+    assert compaction.squash(updates, "doc") == expected
+    assert helper._process is not None and helper._process is not first
+
+
+def test_small_histories_and_turning_it_off_squash_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    own = squash_helper._Helper()
+    monkeypatch.setattr(squash_helper, "_HELPER", own)
+    updates = typed(50)
+    assert compaction.squash(updates, "doc") == _ydoc.squash_clean(updates)  # under MIN_BYTES
+    monkeypatch.setattr(squash_helper, "MIN_BYTES", 0)
+    monkeypatch.setenv(squash_helper.ENV, "0")
+    assert compaction.squash(updates, "doc") == _ydoc.squash_clean(updates)
+    assert own._process is None  # never started
