@@ -537,7 +537,7 @@ class BaseYStore(LoggingConfigurable):
             raise YDocNotFound(self.path)
         _ydoc.encode_state_vector(ydoc)  # TypeError for anything but a document, up front
         try:
-            if _tail_bytes(updates) <= _INLINE_LOAD_WORK:
+            if len(updates) <= _INLINE_LOAD_UPDATES and _tail_bytes(updates) <= _INLINE_LOAD_WORK:
                 applied = self._prepare_load(updates)  # under a millisecond or two
             else:
                 applied = await anyio.to_thread.run_sync(self._prepare_load, updates)
@@ -602,6 +602,8 @@ class BaseYStore(LoggingConfigurable):
 #: loop: a thousand keystrokes (~40 KB) take 1-2 ms there, less than two hops to a worker
 #: thread on a busy host. Bigger tails (and snapshot checks) go to a worker thread.
 _INLINE_LOAD_WORK = 64 * 1024
+#: ... and at most this many updates (a store may squash a longer history to load it).
+_INLINE_LOAD_UPDATES = 1025
 
 
 def _tail_bytes(updates: list[bytes]) -> int:

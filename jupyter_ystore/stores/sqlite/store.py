@@ -69,9 +69,8 @@ from typing import Any, AsyncIterator
 import anyio
 from traitlets import CaselessStrEnum, TraitError, Unicode, validate
 
-from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
-from jupyter_ystore.stores import compaction, upstream_names
+from jupyter_ystore.stores import compaction, squash_helper, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.retention import Point, StoredHistory, check_version_name
@@ -275,10 +274,10 @@ class SQLiteYStore(BaseYStore):
 
     def _prepare_load(self, updates: list[bytes]) -> list[bytes]:
         """A long history nobody compacted yet (a legacy database) is squashed in the worker
-        thread instead: the event loop then applies one compact update (still checked: a
-        squash keeps what waits for missing updates)."""
+        thread (a big one in the squash helper process) instead: the event loop then applies
+        one compact update (still checked: a squash keeps what waits for missing updates)."""
         if len(updates) > _LONG_TAIL + 1:
-            return [_ydoc.squash(updates)]
+            return [squash_helper.squash_clean(updates)[0]]
         return super()._prepare_load(updates)
 
     def _undecodable(self, exc: Exception) -> YStoreCorruptError:
