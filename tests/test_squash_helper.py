@@ -4,6 +4,8 @@ what a squash here gives, errors included, and a helper that dies must cost noth
 
 from __future__ import annotations
 
+from typing import Any
+
 import pycrdt
 import pytest
 
@@ -72,3 +74,28 @@ def test_small_histories_and_turning_it_off_squash_here(
     monkeypatch.setenv(squash_helper.ENV, "0")
     assert compaction.squash(updates, "doc") == _ydoc.squash_clean(updates)
     assert own._process is None  # never started
+
+
+@pytest.mark.anyio
+async def test_a_long_uncompacted_sqlite_history_loads_through_the_helper(
+    tmp_path: Any, helper: squash_helper._Helper
+) -> None:
+    """A history longer than a load merges (a legacy database nobody compacted) is squashed
+    to load it: in the helper when it is big (here: always), with the same document."""
+    from jupyter_ystore import SQLiteYStore
+    from jupyter_ystore.stores.sqlite.store import _LONG_TAIL
+
+    db = str(tmp_path / "y.db")
+    updates = typed(_LONG_TAIL + 50)
+    expected = pycrdt.Doc()
+    for update in updates:
+        expected.apply_update(update)
+    async with SQLiteYStore("doc", db_path=db, compact_after_updates=0, compact_after_bytes=0) as store:
+        for update in updates:
+            await store.write(update)
+    async with SQLiteYStore("doc", db_path=db, compact_after_updates=0, compact_after_bytes=0) as store:
+        doc = pycrdt.Doc()
+        await store.apply_updates(doc)
+        assert store.load_problem is None
+    assert str(doc.get("source", type=pycrdt.Text)) == str(expected.get("source", type=pycrdt.Text))
+    assert helper._process is not None  # the squash went there
