@@ -44,13 +44,17 @@ def make(request: Any, tmp_path: Path) -> Callable[[str], BaseYStore]:
     return request.param(tmp_path, request)
 
 
-def typed(count: int) -> list[bytes]:
+def typed(count: int, *, then_delete: int = 0) -> list[bytes]:
+    """``count`` keystrokes, one update each; then one update deleting the first
+    ``then_delete`` characters (deleted content for a squash to collect)."""
     doc = pycrdt.Doc()
     text = doc.get("source", type=pycrdt.Text)
     updates: list[bytes] = []
     doc.observe(lambda event: updates.append(event.update))
     for i in range(count):
         text += "abcdefghij"[i % 10]
+    if then_delete:
+        del text[0:then_delete]
     return updates
 
 

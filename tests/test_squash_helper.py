@@ -12,17 +12,11 @@ import pytest
 from jupyter_ystore import YStoreCorruptError
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.stores import compaction, squash_helper
+from test_compaction_at_close import typed as typed_keys
 
 
 def typed(count: int) -> list[bytes]:
-    doc = pycrdt.Doc()
-    text = doc.get("source", type=pycrdt.Text)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    for i in range(count):
-        text += "abcdefghij"[i % 10]
-    del text[0 : min(5, count)]
-    return updates
+    return typed_keys(count, then_delete=min(5, count))
 
 
 @pytest.fixture
