@@ -246,6 +246,28 @@ async def test_a_week_of_typing_keeps_every_tier(make: Any) -> None:
     assert len(points) == 1 and points[0].updates == len(typist.states)
 
 
+async def test_an_explicit_compaction_thins_again_with_nothing_new(make: Any) -> None:
+    """The last compaction may have planned with an earlier time (one in the background
+    finishing just before an explicit one, which then finds the log already one snapshot):
+    the explicit one still applies the tiers at its own time. It failed once in about
+    twenty week-long runs before FileYStore re-thinned a one-snapshot log."""
+    clock = Clock()
+    async with make(clock=clock) as store:
+        typist = Typist(store, clock)
+        await typist.type("abcdefghijkl", every=30.0)  # six minutes, two a minute
+        await store.compact()
+        assert len(await check_points(store, typist)) == 12  # all in the every-update tier
+        clock.t += 20 * MINUTE  # now all in the one-a-minute tier, nothing new written
+        await store.compact()
+        points = await check_points(store, typist)
+        now = clock()
+        assert [r async for r in store.read()][0][0]  # the log is still its snapshot
+    minutes = [int(p.end // MINUTE) for p in points if now - p.end > 10 * MINUTE]
+    assert len(minutes) == len(points) and len(set(minutes)) == len(minutes), minutes
+    assert len(points) <= 7
+    assert sum(p.updates for p in points) == 12
+
+
 async def test_named_versions_survive_retention(make: Any) -> None:
     clock = Clock()
     async with make(clock=clock) as store:

@@ -570,14 +570,38 @@ class _LogFile:
     ) -> bool:
         """Compact the checked file held exclusively as ``fd``; closes ``fd`` after."""
         read = self._read_for_compaction(fd)
-        if not read.records or (len(read.records) <= 1 and name is None):
+        if not read.records:
             return False
+        if len(read.records) <= 1 and name is None:
+            return self._rethin_locked(read, retention, now)
         prepared = self._prepare(read, retention, now, name, saved_by)
         try:
             self._commit(fd, prepared)
         except BaseException:
             prepared.discard()
             raise
+        return True
+
+    def _rethin_locked(self, read: _Read, retention: Retention, now: float) -> bool:
+        """A log already one snapshot: its points are thinned again for ``now`` (the
+        last compaction may have planned with an earlier time, e.g. one in the background
+        that finished just before this one), the log left as it is. Only the sidecar is
+        replaced, atomically; False when nothing changes."""
+        side = read.sidecar
+        if not side.rows or side.damaged or side.coverage.covered(read.records) != 1:
+            return False
+        change = _retention.compact_rows(
+            side.rows, [], now, retention, document=self.key or self.path
+        )
+        if change.empty:
+            return False
+        path = _file_history.sidecar(self.path)
+        rows = _retention.apply_change(side.rows, change)
+        if rows:
+            _replace_file(path, _file_history.encode(rows, side.coverage))
+        else:  # every point past the last tier
+            os.unlink(path)
+        _fsync_dir(os.path.dirname(path))
         return True
 
     def _read_for_compaction(self, fd: int) -> _Read:

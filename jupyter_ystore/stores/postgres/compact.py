@@ -72,6 +72,14 @@ async def compact_document(
             tail_bytes = sum(len(row["yupdate"]) for row in tail)
             wanted = tail_updates > 0 and (policy is None or policy.due(tail_updates, tail_bytes))
             if not (wanted or (name is not None and rows)):
+                if policy is None and retention is not None and rows:
+                    # Nothing to merge, but the points are thinned for ``now``: the last
+                    # compaction may have planned them with an earlier time.
+                    change = await _history_change(
+                        conn, names, path, rows, retention, now, None, None
+                    )
+                    if change is not None and not change.empty:
+                        await apply_history(conn, names, path, change)
                 return CompactResult(
                     done=False, tail_updates=tail_updates, tail_bytes=tail_bytes
                 )
