@@ -174,9 +174,15 @@ class Intact:
 
 
 def find_intact(buf: bytes, path: str) -> Intact:
-    """The records before damage, and after it from the first offset (within
-    ``RESYNC_WINDOW``) where records decode one after the other to the very end of the
-    file, each with a plausible time and a Yjs update."""
+    """The records before damage, and after it from an offset (within ``RESYNC_WINDOW``)
+    where records decode one after the other to the very end of the file, each with a
+    plausible time and a Yjs update.
+
+    The first such offset can be a false start inside the damaged record: a Yjs decoder
+    ignores trailing bytes, so a "record" made of the damaged record's end and the whole
+    next one can pass, and would lose that next record. A false first record spans the
+    true boundaries after it, so the offsets up to its end are tried too and the chain
+    with the most records wins (the earliest on a tie)."""
     scan = Scan(size=len(buf), intact_end=len(HEADER))
     found = Intact(before=scan.records)
     try:
@@ -184,13 +190,25 @@ def find_intact(buf: bytes, path: str) -> Intact:
     except YStoreCorruptError:
         found.damaged = True
     found.stop = scan.intact_end
-    if found.damaged:
-        for offset in range(found.stop + 1, min(len(buf), found.stop + RESYNC_WINDOW)):
-            chain = _chain(buf, offset)
-            if chain:
-                found.resumed_at, found.after = offset, chain
-                break
+    if not found.damaged:
+        return found
+    limit = min(len(buf), found.stop + RESYNC_WINDOW)
+    offset = found.stop + 1
+    while offset < limit:
+        chain = _chain(buf, offset)
+        if chain and len(chain) > len(found.after):
+            found.resumed_at, found.after = offset, chain
+            limit = min(limit, _first_record_end(buf, offset))
+        offset += 1
     return found
+
+
+def _first_record_end(buf: bytes, pos: int) -> int:
+    """Where the record at ``pos`` (one ``_chain`` decoded) ends."""
+    for _field in range(2):
+        size, pos = read_var_uint(buf, pos)
+        pos += size
+    return pos + 9
 
 
 def _chain(buf: bytes, pos: int) -> list[Record] | None:
