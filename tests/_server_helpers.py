@@ -91,6 +91,7 @@ class YClient:
         self.awareness_frames = 0
         self.updates_received = 0
         self.step2_received = 0
+        self.kinds: list[str] = []  # what each frame received was, in order
         self._applying = False
         self._next_save = 0
         self._sub = self.ydoc.observe(self._on_local_change)
@@ -110,6 +111,7 @@ class YClient:
 
     async def _handle(self, frame: Any) -> None:
         message = sync.parse_message(frame)
+        self.kinds.append(type(message).__name__)
         if isinstance(message, sync.SyncStep1):
             await self.send(sync.sync_step2(self.ydoc, message.state_vector))
         elif isinstance(message, (sync.SyncStep2, sync.SyncUpdate)):

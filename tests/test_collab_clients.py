@@ -158,6 +158,42 @@ def test_two_clients_sync_awareness_and_save(
     jp_asyncio_loop.run_until_complete(scenario())
 
 
+def test_a_cursor_frame_shares_a_write_with_the_update_after_it_and_keeps_its_place(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    """An awareness frame waits (``AWARENESS_WAIT``) for a document frame to go out with
+    it; the order of frames never changes, and one that nothing follows still arrives."""
+    from jupyter_ystore.server.handlers import AWARENESS_WAIT
+
+    write_notebook(jp_root_dir / "order.ipynb", ["a"])
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        _, session = await open_session(jp_fetch, "order.ipynb")
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        async with yclient(url) as typist, yclient(url) as watcher:
+            with anyio.fail_after(10):
+                await typist.synced.wait()
+                await watcher.synced.wait()
+            for i in range(5):  # a keystroke: its cursor, then its update
+                start = len(watcher.kinds)
+                await typist.send_awareness({"user": {"name": "t"}, "cursor": i})
+                append(typist.document.ycells[0]["source"], str(i))
+                await wait_until(lambda: "SyncUpdate" in watcher.kinds[start:])
+                assert watcher.kinds[start:] == ["AwarenessMessage", "SyncUpdate"]
+                assert watcher.awareness.states[typist.ydoc.client_id]["cursor"] == i
+            assert watcher.sources() == ["a01234"]
+            # a cursor move alone: delivered after the wait, not held back for long
+            start = len(watcher.kinds)
+            clock = anyio.current_time()
+            await typist.send_awareness({"user": {"name": "t"}, "cursor": 99})
+            await wait_until(lambda: watcher.kinds[start:] == ["AwarenessMessage"], timeout=5)
+            assert anyio.current_time() - clock >= AWARENESS_WAIT * 0.9
+            assert watcher.awareness.states[typist.ydoc.client_id]["cursor"] == 99
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
 def test_awareness_removal_on_close(
     jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
 ) -> None:
