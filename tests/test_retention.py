@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,6 +121,37 @@ def test_rows_round_trip() -> None:
     assert len(encode_points(points[:1])) < 40  # a keystroke: a few bytes of metadata
     with pytest.raises(ValueError):
         decode_points(row.meta + b"\x00")
+
+
+def test_rows_are_compressed_and_older_rows_still_read() -> None:
+    doc = pycrdt.Doc()
+    text = doc.get("source", type=pycrdt.Text)
+    points = []
+    for i in range(200):  # keystrokes: a compaction's row of the every-update tier
+        before = doc.get_state()
+        text += "x"
+        points.append(Point(T0 + i, T0 + i, 1, 30, ("alice (client)",), delta=doc.get_update(before)))
+    row = Row.of(1, points)
+    raw = b"".join(R._uint(len(p.delta)) + p.delta for p in points)  # the layout before
+    assert row.deltas is not None and row.deltas[:1] == b"\x00"
+    assert len(row.deltas) * 3 < len(raw)
+    assert decode_points(row.meta, row.deltas) == points
+    assert decode_points(row.meta, raw) == points  # rows written before compression
+    assert row.meta[:1] == b"\x02"  # the points too (format 2: format 1, compressed)
+    plain = b"\x01" + zlib.decompress(row.meta[1:])
+    assert len(row.meta) * 2 < len(plain) and decode_points(plain) == decode_points(row.meta)
+    with pytest.raises(ValueError, match="decompressed"):
+        decode_points(row.meta[:-3])
+    few = Row.of(2, points[:3])  # too short to gain: stored as before
+    assert few.deltas == b"".join(R._uint(len(p.delta)) + p.delta for p in points[:3])
+    assert few.meta[:1] == b"\x01"
+    assert decode_points(few.meta, few.deltas) == points[:3]
+    with pytest.raises(ValueError, match="decompressed"):
+        decode_points(row.meta, row.deltas[:-7])
+    with pytest.raises(ValueError):  # whole, but not what the points need
+        decode_points(row.meta, b"\x00" + zlib.compress(raw[:-1]))
+    empty_first = [replace(points[0], delta=b""), *points[1:3]]  # never written, but unambiguous
+    assert decode_points(Row.of(3, empty_first).meta, Row.of(3, empty_first).deltas) == empty_first
 
 
 # ---------------------------------------------------------------------- the backends
