@@ -263,3 +263,28 @@ def test_defaults_bound_what_a_client_can_make_the_server_hold() -> None:
     assert extension.max_message_size == 64 * 1024 * 1024
     assert extension.max_unsent_size >= extension.max_message_size
     assert "64 MiB" in YStoreExtension.class_traits()["max_message_size"].help
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_startup_objects_are_left_out_of_full_collections(tmp_path: Path, freeze: bool) -> None:
+    """gc.freeze once started (``freeze_startup_objects``): full collections then walk only
+    what the server made since (they stalled the loop 50-120 ms under load)."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    server = JupyterServerProcess(
+        root,
+        home,
+        config={
+            "ServerApp": {"log_level": "DEBUG"},
+            "YStoreExtension": {"freeze_startup_objects": freeze},
+        },
+    )
+    server.start()
+    try:
+        found = re.search(r"(\d+) objects made at start-up left out of garbage collections", server.log())
+        if freeze:
+            assert found and int(found.group(1)) > 10_000, server.log()[-2000:]
+        else:
+            assert found is None
+    finally:
+        server.kill()
