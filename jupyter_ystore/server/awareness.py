@@ -2,8 +2,15 @@
 
 Every awareness frame is sent to every client, the sender included (the front end waits for
 its own echo). A client may only set or remove the states of the awareness ids it uses: the
-first client to set an id owns it until it removes it or leaves, and a frame touching an id
-another user owns is refused. When a socket closes, the removal of its states is broadcast.
+first client to set an id owns it until it removes it or leaves, and a frame setting the state
+of an id another user owns is refused. When a socket closes, the removal of its states is
+broadcast.
+
+A frame that *removes* another user's state is normal, though: y-websocket sends every change
+of its awareness, and it removes the states of others itself (a state not renewed for 30 s, all
+of them when its socket closed), so a tab back from sleep or from a server restart sends such
+removals. Those entries are dropped (not applied, not relayed) and the rest of the frame goes
+on; refusing the frame disconnected the tab again at every reconnection.
 """
 
 from __future__ import annotations
@@ -50,16 +57,28 @@ class AwarenessRelay:
         entries = protocol.check_awareness_update(message.update)
         owned = self._owned.setdefault(client, set())
         claims = []
-        for client_id, _clock, state in entries:
+        kept = []
+        for entry in entries:
+            client_id, _clock, state = entry
             owner = self._owner.get(client_id)
             if owner is not None and owner is not client:
                 if getattr(owner, "username", None) != getattr(client, "username", None):
+                    if state is None:
+                        continue  # its own view of another user's presence: dropped
                     raise protocol.ProtocolError(f"awareness id {client_id} belongs to another user")
                 claims.append(client_id)  # the same user's new socket (a reload, a reconnect)
             elif owner is None and state is not None:
                 claims.append(client_id)
+            kept.append(entry)
         if len(owned) + len(claims) > MAX_IDS_PER_CLIENT:
             raise protocol.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
+        if not kept:
+            return
+        frame = message.frame
+        if len(kept) < len(entries):
+            frame = protocol.awareness_frame(kept)
+            message = protocol.parse_message(frame)  # type: ignore[assignment]
+        entries = kept
         with crdt_errors():
             self.awareness.apply_awareness_update(message.update, origin=client)
         for client_id, _clock, state in entries:
@@ -73,7 +92,7 @@ class AwarenessRelay:
                     self._owned.get(previous, set()).discard(client_id)
                 self._owner[client_id] = client
                 owned.add(client_id)
-        self.broadcast(message.frame)
+        self.broadcast(frame)
 
     def _release(self, client_id: int) -> None:
         owner = self._owner.pop(client_id, None)

@@ -187,6 +187,17 @@ def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
     return entries
 
 
+def awareness_frame(entries: list[tuple[int, int, Any]]) -> bytes:
+    """An awareness message holding ``entries`` (``check_awareness_update``'s form)."""
+    encoder = Encoder()
+    encoder.write_var_uint(len(entries))
+    for client_id, clock, state in entries:
+        encoder.write_var_uint(client_id)
+        encoder.write_var_uint(clock)
+        encoder.write_var_string(json.dumps(state, separators=(",", ":")))
+    return create_awareness_message(encoder.to_bytes())
+
+
 def sync_step1(doc: Doc) -> bytes:
     """Our state vector, asking the peer for what we miss."""
     return create_sync_message(doc)
