@@ -11,7 +11,7 @@ from __future__ import annotations
 import pycrdt
 import pytest
 
-from jupyter_ystore.server import protocol, rooms  # noqa: F401  (rooms first: it imports awareness)
+from jupyter_ystore.server import protocol, rooms  # noqa: F401  # rooms first: it imports awareness
 from jupyter_ystore.server.awareness import AwarenessRelay
 
 
@@ -59,6 +59,22 @@ def test_a_removal_of_another_users_state_is_dropped_and_the_rest_relayed() -> N
     relay.handle(alice, frame([(11, 2, None)]))
     assert 11 not in relay.awareness.states
     assert entries_of(watcher.sent[-1]) == [(11, 2, None)]
+
+
+def test_an_echo_of_another_users_state_is_dropped() -> None:
+    """The front end sends back every awareness change it applies, other users' too."""
+    relay = AwarenessRelay()
+    alice, bob, watcher = Peer("alice"), Peer("bob"), Peer("carol")
+    for peer in (alice, bob, watcher):
+        relay.add(peer)
+    relay.handle(alice, frame([(11, 3, {"user": {"name": "alice"}})]))
+    before = len(watcher.sent)
+    relay.handle(bob, frame([(11, 3, {"user": {"name": "alice"}}), (22, 1, {"user": {"name": "bob"}})]))
+    assert entries_of(watcher.sent[-1]) == [(22, 1, {"user": {"name": "bob"}})]
+    assert len(watcher.sent) == before + 1
+    relay.handle(bob, frame([(11, 2, {"user": {"name": "older"}})]))  # older still: an echo
+    assert relay.awareness.states[11] == {"user": {"name": "alice"}}
+    assert len(watcher.sent) == before + 1
 
 
 def test_setting_another_users_state_is_still_refused() -> None:

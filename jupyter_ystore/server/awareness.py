@@ -6,11 +6,13 @@ first client to set an id owns it until it removes it or leaves, and a frame set
 of an id another user owns is refused. When a socket closes, the removal of its states is
 broadcast.
 
-A frame that *removes* another user's state is normal, though: y-websocket sends every change
-of its awareness, and it removes the states of others itself (a state not renewed for 30 s, all
-of them when its socket closed), so a tab back from sleep or from a server restart sends such
-removals. Those entries are dropped (not applied, not relayed) and the rest of the frame goes
-on; refusing the frame disconnected the tab again at every reconnection.
+Other users' ids in a frame are normal, though: y-websocket sends every change of its
+awareness, whatever its origin, so it echoes the states the server relayed to it, and it
+removes the states of others itself (a state not renewed for 30 s, all of them when its
+socket closed). Entries no newer than what the server holds (echoes), and removals of another
+user's state, are dropped (not applied, not relayed) and the rest of the frame goes on;
+refusing the frame disconnected the tab again at every reconnection (seen after a server
+restart, with a real browser). Only a newer state for another user's id is refused.
 """
 
 from __future__ import annotations
@@ -58,9 +60,14 @@ class AwarenessRelay:
         owned = self._owned.setdefault(client, set())
         claims = []
         kept = []
+        meta = self.awareness.meta
         for entry in entries:
-            client_id, _clock, state = entry
+            client_id, clock, state = entry
             owner = self._owner.get(client_id)
+            if owner is not client:
+                known = meta.get(client_id)
+                if known is not None and clock <= known.get("clock", -1):
+                    continue  # an echo: y-websocket sends back every change it applies
             if owner is not None and owner is not client:
                 if getattr(owner, "username", None) != getattr(client, "username", None):
                     if state is None:
