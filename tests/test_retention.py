@@ -294,7 +294,7 @@ async def test_an_explicit_compaction_thins_again_with_nothing_new(make: Any) ->
         await store.compact()
         points = await check_points(store, typist)
         now = clock()
-        assert [r async for r in store.read()][0][0]  # the log is still its snapshot
+        assert len([r async for r in store.read()]) == 1  # the log is still its snapshot
     minutes = [int(p.end // MINUTE) for p in points if now - p.end > 10 * MINUTE]
     assert len(minutes) == len(points) and len(set(minutes)) == len(minutes), minutes
     assert len(points) <= 7

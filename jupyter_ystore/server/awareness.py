@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from pycrdt import Awareness, Doc
+from pycrdt import Awareness, Doc, create_awareness_message
 
 from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.server import protocol
@@ -81,13 +81,13 @@ class AwarenessRelay:
             raise protocol.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
         if not kept:
             return
-        frame = message.frame
-        if len(kept) < len(entries):
-            frame = protocol.awareness_frame(kept)
-            message = protocol.parse_message(frame)  # type: ignore[assignment]
+        update, frame = message.update, message.frame
+        if len(kept) < len(entries):  # re-encoded without the dropped entries
+            update = protocol.encode_awareness_update(kept)
+            frame = create_awareness_message(update)
         entries = kept
         with crdt_errors():
-            self.awareness.apply_awareness_update(message.update, origin=client)
+            self.awareness.apply_awareness_update(update, origin=client)
         for client_id, _clock, state in entries:
             previous = self._owner.get(client_id)
             if state is None:

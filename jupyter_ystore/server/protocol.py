@@ -187,15 +187,20 @@ def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
     return entries
 
 
-def awareness_frame(entries: list[tuple[int, int, Any]]) -> bytes:
-    """An awareness message holding ``entries`` (``check_awareness_update``'s form)."""
+def encode_awareness_update(entries: list[tuple[int, int, Any]]) -> bytes:
+    """An awareness update holding ``entries`` (``check_awareness_update``'s form)."""
     encoder = Encoder()
     encoder.write_var_uint(len(entries))
     for client_id, clock, state in entries:
         encoder.write_var_uint(client_id)
         encoder.write_var_uint(clock)
         encoder.write_var_string(json.dumps(state, separators=(",", ":")))
-    return create_awareness_message(encoder.to_bytes())
+    return encoder.to_bytes()
+
+
+def awareness_frame(entries: list[tuple[int, int, Any]]) -> bytes:
+    """The awareness message of ``encode_awareness_update(entries)``."""
+    return create_awareness_message(encode_awareness_update(entries))
 
 
 def sync_step1(doc: Doc) -> bytes:
