@@ -91,3 +91,14 @@ def sqlite_read_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
         monkeypatch.setattr(sqlite3, "connect", read_only)
 
     return make_read_only
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the PostgreSQL schemas a test's teardown found still locked (see
+    ``postgres_helpers.drop_schema``)."""
+    helpers = sys.modules.get("postgres_helpers")
+    if helpers is None:
+        return
+    left = helpers.drop_schemas_left_for_the_end()
+    if left:
+        print(f"\nPostgreSQL schemas still locked, not dropped: {', '.join(left)}", file=sys.stderr)

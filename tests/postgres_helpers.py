@@ -24,6 +24,7 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DSN = os.environ.get("JUPYTER_YSTORE_TEST_DSN") or DEFAULT_DSN
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+STATEMENT_TIMEOUT = 60.0
 _reachable: str | None | bool = False  # False: not probed yet; None: reachable; str: why not
 
 
@@ -76,7 +77,8 @@ def run_sql(*statements: str) -> Any:
         try:
             result = None
             for statement in statements:
-                result = await conn.fetch(statement)
+                # bounded: a teardown that waits on a lock forever would hang the whole run
+                result = await conn.fetch(statement, timeout=STATEMENT_TIMEOUT)
             return result
         finally:
             await conn.close()
@@ -90,8 +92,40 @@ def fresh_config(request: Any) -> dict[str, Any]:
     test ends (``request`` is the test's; usable from any fixture or backend factory)."""
     require_server()
     name = "ystore_test_" + uuid.uuid4().hex[:12]
-    request.addfinalizer(lambda: run_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    request.addfinalizer(lambda: drop_schema(name))
     return {"dsn": DSN, "schema": name}
+
+
+_left_for_the_end: list[str] = []
+
+
+def drop_schema(name: str) -> None:
+    """Drop a test's schema, or leave it for the end of the session when it is still locked.
+
+    pytest-jupyter tears its in-process server down after every fixture of the test, this one
+    included, and between tests that server's event loop does not run. A transaction the
+    server had in flight when the test ended (an autosave writing attributes) then holds its
+    locks until the server's cleanup lets it finish, so a drop here would wait for ever.
+    """
+    import asyncpg
+
+    try:
+        run_sql("SET lock_timeout = '3s'", f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    except asyncpg.exceptions.LockNotAvailableError:
+        _left_for_the_end.append(name)
+
+
+def drop_schemas_left_for_the_end() -> list[str]:
+    """Drop what ``drop_schema`` could not (every server of the session has been cleaned up
+    by now); return the names still there."""
+    left = []
+    for name in _left_for_the_end:
+        try:
+            run_sql("SET lock_timeout = '30s'", f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        except Exception:
+            left.append(name)
+    _left_for_the_end.clear()
+    return left
 
 
 @pytest.fixture
