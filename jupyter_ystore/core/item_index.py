@@ -14,13 +14,22 @@ as small as the document's own block list).
 
 ``check`` places the items of a client's update (refusing what does not fit) and returns
 the runs to ``add`` once the update applied.
+
+It also keeps the *cuts*: the clocks whose left neighbour in their list is not the clock just
+before them (an item's first clock, or a place something was inserted). Between two cuts a
+client's clocks sit side by side, so an item pointing into such a stretch must name both
+neighbours of that place: Yjs orders an item by the pair (origin, right origin), and a pair
+that was never side by side (no origin, a right origin in the middle of a word) integrates
+according to what else the receiver holds: the server, the browsers and a replay of the store
+each put it somewhere else, and the text after it can be lost to replays.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from collections import Counter
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from jupyter_ystore.core.yupdate import (
     ID,
@@ -63,6 +72,49 @@ class Run:
     kind: Optional[str] = None  # for a type item: the kind of type it is
 
 
+class Placement(List[Tuple[int, "Run"]]):
+    """The runs of an update's new items (client, run), and the cuts they make."""
+
+    cuts: List[ID]
+    starts: List[Tuple[ID, Optional[ID]]]
+
+    def __init__(
+        self,
+        runs: Iterable[Tuple[int, "Run"]] = (),
+        cuts: Iterable[ID] = (),
+        starts: Iterable[Tuple[ID, Optional[ID]]] = (),
+    ) -> None:
+        super().__init__(runs)
+        self.cuts = list(cuts)
+        self.starts = list(starts)
+
+
+def _starts_of(items: Iterable[ItemInfo]) -> List[Tuple[ID, Optional[ID]]]:
+    """The first clock and origin of each item that does not follow its own previous clock
+    (inside an item, and after such a clock, the origin of a clock is the clock before it)."""
+    return [
+        ((item.client, item.clock), item.origin)
+        for item in items
+        if item.ref != _GC and item.origin != (item.client, item.clock - 1)
+    ]
+
+
+def _cuts_of(item: ItemInfo) -> List[ID]:
+    """The places ``item`` separates: its own start unless it follows its own previous
+    clock, the clock after its origin, and its right origin."""
+    if item.ref == _GC:
+        return []
+    cuts: List[ID] = []
+    previous = (item.client, item.clock - 1)
+    if item.origin != previous:
+        cuts.append((item.client, item.clock))
+    if item.origin is not None and item.origin != previous:
+        cuts.append((item.origin[0], item.origin[1] + 1))
+    if item.right is not None:
+        cuts.append(item.right)
+    return cuts
+
+
 class ItemIndex:
     """Runs of every client's clocks: their parent, content kind and map-entry flag."""
 
@@ -70,6 +122,8 @@ class ItemIndex:
         self.roots = dict(roots)
         self._starts: Dict[int, List[int]] = {}
         self._runs: Dict[int, List[Run]] = {}
+        self._cuts: Dict[int, List[int]] = {}  # sorted
+        self._origins: Dict[int, Dict[int, Optional[ID]]] = {}  # item starts: their origin
 
     @classmethod
     def of_update(cls, update: bytes, roots: Mapping[str, str]) -> ItemIndex:
@@ -95,20 +149,140 @@ class ItemIndex:
 
     # ------------------------------------------------------------------ placing
 
-    def check(self, summary: UpdateSummary, state: Mapping[int, int]) -> List[Tuple[int, Run]]:
+    def check(self, summary: UpdateSummary, state: Mapping[int, int]) -> Placement:
         """Place the items of a client's update that the document does not have yet
         (``state``: its state vector). Raises ``InvalidUpdate`` for an item whose neighbours
-        live apart or whose content does not fit where it lands."""
-        return self._place(summary, state, strict=True)
+        live apart or were never side by side, or whose content does not fit where it lands."""
+        runs = self._place(summary, state, strict=True)
+        items = summary.items
+        if len(items) == 1:
+            item = items[0]
+            if item.right is None and item.origin == (item.client, item.clock - 1):
+                return Placement(runs)  # typing on at the end: no new cut, nothing to check
+        new = self._new_items(summary, state)
+        cuts = [cut for item in new for cut in _cuts_of(item)]
+        starts = _starts_of(new)
+        self._check_neighbours(new, cuts, dict(starts))
+        return Placement(runs, cuts, starts)
 
     def add(self, placed: List[Tuple[int, Run]]) -> None:
         for client, run in placed:
             self._append(client, run)
+        for client, clock in getattr(placed, "cuts", ()):
+            cuts = self._cuts.setdefault(client, [])
+            i = bisect_left(cuts, clock)
+            if i == len(cuts) or cuts[i] != clock:
+                insort(cuts, clock)
+        for (client, clock), origin in getattr(placed, "starts", ()):
+            self._origins.setdefault(client, {})[clock] = origin
 
     def absorb(self, update: bytes, state: Optional[Mapping[int, int]] = None) -> None:
         """Index a change the document made itself (loading, merging, the state map, another
         server's update): trusted, so placed as well as it can be and never refused."""
-        self.add(self._place(read_update(update, strict=False), state or {}, strict=False))
+        summary = read_update(update, strict=False)
+        runs = self._place(summary, state or {}, strict=False)
+        cuts = [cut for item in summary.items for cut in _cuts_of(item)]
+        self.add(Placement(runs, cuts, _starts_of(summary.items)))
+
+    def _new_items(self, summary: UpdateSummary, state: Mapping[int, int]) -> List[ItemInfo]:
+        return [
+            item
+            for item in summary.items
+            if item.clock + item.length > max(state.get(item.client, 0), self._end(item.client))
+        ]
+
+    def _check_neighbours(
+        self, items: List[ItemInfo], cuts: List[ID], starts: Dict[ID, Optional[ID]]
+    ) -> None:
+        """Refuse an item whose right origin is in a stretch of side-by-side clocks but whose
+        origin is not the clock before it (the cuts of the update's other items count too),
+        and an item "at the start of the list" before an item that had a left neighbour
+        when it was made (the sender, holding that item, holds its neighbour too)."""
+        others = Counter(cuts) if len(items) > 1 else None
+        for item in items:
+            if item.ref == _GC:
+                continue
+            own = _cuts_of(item) if others is not None else ()
+
+            def cut(target: ID) -> bool:
+                if self._cut_between(target[0], target[1] - 1, target[1]):
+                    return True
+                return others is not None and others[target] > own.count(target)
+
+            right, origin = item.right, item.origin
+            # (only this side: the sender knows its right origin, so it knows what that item
+            # has always followed; the clock after its origin may be a concurrent insert)
+            if right is not None and self._side_by_side(right) and not cut(right):
+                if origin != (right[0], right[1] - 1):
+                    raise InvalidUpdate(
+                        f"the item at {(item.client, item.clock)} goes before {right} but not "
+                        f"after {(right[0], right[1] - 1)}, which {right} has always followed"
+                    )
+            if origin is not None and right is not None and self._in_a_list(right):
+                before = starts[right] if right in starts else self._origin_of(right)
+                if before is not None and self._left_of(origin, before):
+                    raise InvalidUpdate(
+                        f"the item at {(item.client, item.clock)} goes after {origin} and before "
+                        f"{right}, but {before} has always been between them"
+                    )
+                if self._left_of(right, origin):
+                    raise InvalidUpdate(
+                        f"the item at {(item.client, item.clock)} goes after {origin} and before "
+                        f"{right}, which has always been on the left of {origin}"
+                    )
+            if origin is None and right is not None and self._in_a_list(right):
+                before = starts[right] if right in starts else self._origin_of(right)
+                if before is not None:
+                    raise InvalidUpdate(
+                        f"the item at {(item.client, item.clock)} goes first, before {right}, "
+                        f"but {right} has {before} on its left"
+                    )
+
+    def _cut_between(self, client: int, low: int, high: int) -> bool:
+        """Whether one of ``client``'s clocks in ``(low, high]`` is a cut."""
+        cuts = self._cuts.get(client)
+        return bool(cuts) and bisect_right(cuts, low) < bisect_right(cuts, high)
+
+    def _left_of(self, left: ID, right: ID) -> bool:
+        """``left`` is before ``right`` in one stretch of side-by-side clocks."""
+        if left[0] != right[0] or left[1] >= right[1]:
+            return False
+        run = self.find(right)
+        return (
+            run is not None
+            and run.start <= left[1]
+            and run.ref != _GC
+            and not run.keyed
+            and not self._cut_between(right[0], left[1], right[1])
+        )
+
+    def _origin_of(self, target: ID) -> Optional[ID]:
+        origins = self._origins.get(target[0])
+        if origins is not None and target[1] in origins:
+            return origins[target[1]]
+        return (target[0], target[1] - 1)
+
+    def _in_a_list(self, target: ID) -> bool:
+        """``target`` is in the document, in a list or text (not a map entry, not collected)."""
+        run = self.find(target)
+        return run is not None and run.ref != _GC and not run.keyed and run.parent is not None
+
+    def _side_by_side(self, target: ID) -> bool:
+        """Whether ``target`` and the clock before it are in the document, in one list (not
+        a map, not collected), so that only a cut can separate them."""
+        if target[1] < 1:
+            return False
+        here, before = self.find(target), self.find((target[0], target[1] - 1))
+        return (
+            here is not None
+            and before is not None
+            and here.ref != _GC
+            and before.ref != _GC
+            and not here.keyed
+            and not before.keyed
+            and here.parent == before.parent
+            and here.parent is not None
+        )
 
     def _place(self, summary: UpdateSummary, state: Mapping[int, int], *, strict: bool) -> List[Tuple[int, Run]]:
         """Place every new item, each after the items of this update it points at (an
