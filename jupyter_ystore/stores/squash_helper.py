@@ -71,11 +71,14 @@ class _Helper:
                 if process is None:
                     return None
                 try:
-                    return _ask(process, updates)
+                    answer = _ask(process, updates)
                 except (OSError, EOFError, struct.error) as exc:
                     self._failures += 1
                     log.warning("jupyter_ystore: the squash helper process failed (%s)", exc)
                     self._stop()
+                    continue
+                self._failures = 0  # three failures in a row, not in a lifetime, turn it off
+                return answer
             return None
 
     def _start(self) -> subprocess.Popen[bytes] | None:
