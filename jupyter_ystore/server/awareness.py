@@ -18,7 +18,7 @@ restart, with a real browser). Only a newer state for another user's id is refus
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,7 +26,9 @@ from pycrdt import Awareness, Doc, create_awareness_message
 
 from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.server import protocol
-from jupyter_ystore.server.rooms.room import Client
+
+if TYPE_CHECKING:  # (rooms import this module: importing them here would be a cycle)
+    from jupyter_ystore.server.rooms.room import Client
 
 #: Awareness ids one client may hold at once (a tab uses one).
 MAX_IDS_PER_CLIENT = 8
