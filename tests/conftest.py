@@ -16,6 +16,11 @@ from typing import Callable
 
 import pytest
 
+import hang_watchdog
+
+#: A last bound on hangs, setup and teardown included (see hang_watchdog).
+pytest_runtest_protocol = hang_watchdog.pytest_runtest_protocol
+
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy"
 BENCH_STREAM = Path(__file__).parents[1] / "benchmarks" / "data" / "updates-50000.bin"
