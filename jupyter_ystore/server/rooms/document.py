@@ -136,6 +136,7 @@ class DocumentRoom:
         self._work: TaskGroup | None = None
         self._origin: Origin | None = None
         self._changed_by_people = False
+        self.changes = 0  # changes of the document so far (a converted content is current while equal)
         self.files = FileSync(self)
         self._cleanup_scope: anyio.CancelScope | None = None
         self._subscription: Any = None
@@ -412,6 +413,7 @@ class DocumentRoom:
         update: bytes = event.update
         if update == b"\x00\x00":
             return
+        self.changes += 1
         self.guard.note_change(update)
         origin = self._origin or Origin("server")
         if origin is REMOTE:  # durable already: relay now
