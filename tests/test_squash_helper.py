@@ -45,31 +45,20 @@ def test_an_update_that_is_not_yjs_raises_as_here(helper: squash_helper._Helper)
     assert compaction.squash(typed(8), "doc")[1] is True  # the helper still serves
 
 
-def test_a_helper_that_died_is_replaced(helper: squash_helper._Helper) -> None:
-    updates = typed(50)
-    expected = _ydoc.squash_clean(updates)
-    assert compaction.squash(updates, "doc") == expected
-    first = helper._process
-    assert first is not None
-    first.kill()
-    first.wait()
-    assert compaction.squash(updates, "doc") == expected
-    assert helper._process is not None and helper._process is not first
-
-
-def test_a_helper_killed_now_and_then_stays_in_use(helper: squash_helper._Helper) -> None:
+def test_a_helper_that_died_is_replaced_every_time(helper: squash_helper._Helper) -> None:
     """Only failures in a row turn the helper off: one killed (by the OOM killer, say) every
     so often over a server's life is replaced each time."""
     updates = typed(50)
     expected = _ydoc.squash_clean(updates)
-    for _ in range(4):
-        assert compaction.squash(updates, "doc") == expected
-        process = helper._process
-        assert process is not None
-        process.kill()
-        process.wait()
     assert compaction.squash(updates, "doc") == expected
-    assert helper._failures == 0 and helper._process is not None and helper._process.poll() is None
+    for _ in range(4):
+        dead = helper._process
+        assert dead is not None
+        dead.kill()
+        dead.wait()
+        assert compaction.squash(updates, "doc") == expected
+        assert helper._process is not None and helper._process is not dead
+    assert helper._failures == 0 and helper._process.poll() is None
 
 
 def test_small_histories_and_turning_it_off_squash_here(

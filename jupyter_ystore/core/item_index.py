@@ -159,21 +159,21 @@ class ItemIndex:
             item = items[0]
             if item.right is None and item.origin == (item.client, item.clock - 1):
                 return Placement(runs)  # typing on at the end: no new cut, nothing to check
-        new = self._new_items(summary, state)
+        new = [item for item in items if self._is_new(item, state)]
         cuts = [cut for item in new for cut in _cuts_of(item)]
         starts = _starts_of(new)
         self._check_neighbours(new, cuts, dict(starts))
         return Placement(runs, cuts, starts)
 
-    def add(self, placed: List[Tuple[int, Run]]) -> None:
+    def add(self, placed: Placement) -> None:
         for client, run in placed:
             self._append(client, run)
-        for client, clock in getattr(placed, "cuts", ()):
+        for client, clock in placed.cuts:
             cuts = self._cuts.setdefault(client, [])
             i = bisect_left(cuts, clock)
             if i == len(cuts) or cuts[i] != clock:
                 insort(cuts, clock)
-        for (client, clock), origin in getattr(placed, "starts", ()):
+        for (client, clock), origin in placed.starts:
             self._origins.setdefault(client, {})[clock] = origin
 
     def absorb(self, update: bytes, state: Optional[Mapping[int, int]] = None) -> None:
@@ -184,20 +184,18 @@ class ItemIndex:
         cuts = [cut for item in summary.items for cut in _cuts_of(item)]
         self.add(Placement(runs, cuts, _starts_of(summary.items)))
 
-    def _new_items(self, summary: UpdateSummary, state: Mapping[int, int]) -> List[ItemInfo]:
-        return [
-            item
-            for item in summary.items
-            if item.clock + item.length > max(state.get(item.client, 0), self._end(item.client))
-        ]
+    def _is_new(self, item: ItemInfo, state: Mapping[int, int]) -> bool:
+        """Whether ``item`` reaches past what the document (``state``) and the index hold."""
+        return item.clock + item.length > max(state.get(item.client, 0), self._end(item.client))
 
     def _check_neighbours(
         self, items: List[ItemInfo], cuts: List[ID], starts: Dict[ID, Optional[ID]]
     ) -> None:
-        """Refuse an item whose right origin is in a stretch of side-by-side clocks but whose
-        origin is not the clock before it (the cuts of the update's other items count too),
-        and an item "at the start of the list" before an item that had a left neighbour
-        when it was made (the sender, holding that item, holds its neighbour too)."""
+        """Refuse an item whose two neighbours were never side by side. The sender holds the
+        right origin, hence what it has always followed (``before``): the origin must be the
+        clock before a right origin inside a side-by-side stretch (the cuts of the update's
+        other items count too), not on the far side of ``before`` nor right of the right
+        origin, and "first in the list" only before an item that was first too."""
         others = Counter(cuts) if len(items) > 1 else None
         for item in items:
             if item.ref == _GC:
@@ -210,33 +208,32 @@ class ItemIndex:
                 return others is not None and others[target] > own.count(target)
 
             right, origin = item.right, item.origin
+            if right is None or not self._in_a_list(right):
+                continue
             # (only this side: the sender knows its right origin, so it knows what that item
             # has always followed; the clock after its origin may be a concurrent insert)
-            if right is not None and self._side_by_side(right) and not cut(right):
-                if origin != (right[0], right[1] - 1):
-                    raise InvalidUpdate(
-                        f"the item at {(item.client, item.clock)} goes before {right} but not "
-                        f"after {(right[0], right[1] - 1)}, which {right} has always followed"
-                    )
-            if origin is not None and right is not None and self._in_a_list(right):
-                before = starts[right] if right in starts else self._origin_of(right)
-                if before is not None and self._left_of(origin, before):
-                    raise InvalidUpdate(
-                        f"the item at {(item.client, item.clock)} goes after {origin} and before "
-                        f"{right}, but {before} has always been between them"
-                    )
-                if self._left_of(right, origin):
-                    raise InvalidUpdate(
-                        f"the item at {(item.client, item.clock)} goes after {origin} and before "
-                        f"{right}, which has always been on the left of {origin}"
-                    )
-            if origin is None and right is not None and self._in_a_list(right):
-                before = starts[right] if right in starts else self._origin_of(right)
+            if self._side_by_side(right) and not cut(right) and origin != (right[0], right[1] - 1):
+                raise InvalidUpdate(
+                    f"the item at {(item.client, item.clock)} goes before {right} but not "
+                    f"after {(right[0], right[1] - 1)}, which {right} has always followed"
+                )
+            before = starts[right] if right in starts else self._origin_of(right)
+            if origin is None:
                 if before is not None:
                     raise InvalidUpdate(
                         f"the item at {(item.client, item.clock)} goes first, before {right}, "
                         f"but {right} has {before} on its left"
                     )
+            elif before is not None and self._left_of(origin, before):
+                raise InvalidUpdate(
+                    f"the item at {(item.client, item.clock)} goes after {origin} and before "
+                    f"{right}, but {before} has always been between them"
+                )
+            elif self._left_of(right, origin):
+                raise InvalidUpdate(
+                    f"the item at {(item.client, item.clock)} goes after {origin} and before "
+                    f"{right}, which has always been on the left of {origin}"
+                )
 
     def _cut_between(self, client: int, low: int, high: int) -> bool:
         """Whether one of ``client``'s clocks in ``(low, high]`` is a cut."""
@@ -290,7 +287,7 @@ class ItemIndex:
         items = summary.items
         if len(items) == 1:  # typing: one item, pointing at what the document has
             item = items[0]
-            if item.clock + item.length <= max(state.get(item.client, 0), self._end(item.client)):
+            if not self._is_new(item, state):
                 return []
             for target in (item.origin, item.right, item.parent):
                 if target is not None and self.find(target) is None:
@@ -300,8 +297,7 @@ class ItemIndex:
             return [(item.client, self._place_one(item, self.find, strict))]
         todo: Dict[int, List[ItemInfo]] = {}
         for item in items:
-            known = max(state.get(item.client, 0), self._end(item.client))
-            if item.clock + item.length > known:
+            if self._is_new(item, state):
                 todo.setdefault(item.client, []).append(item)
         starts = {client: [item.clock for item in items] for client, items in todo.items()}
         placed: List[Tuple[int, Run]] = []

@@ -15,7 +15,7 @@ from typing import Dict, List, Mapping, Optional
 import anyio
 from pycrdt import Doc
 
-from jupyter_ystore.core.item_index import ItemIndex
+from jupyter_ystore.core.item_index import ItemIndex, Placement
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.core.yupdate import (
     InvalidUpdate,
@@ -75,7 +75,7 @@ def _apply(
     """``apply_checked`` for a document whose state vector is ``state``; returns the new one."""
     try:
         expected = summary.check_against(state)
-        placed = index.check(summary, state) if index is not None else []
+        placed = index.check(summary, state) if index is not None else Placement()
     except MissingDependencies as exc:
         raise BadUpdate(str(exc), stale=True) from None
     except InvalidUpdate as exc:
