@@ -322,6 +322,63 @@ async def test_live_updates_are_applied_and_not_written_back(tmp_path: Path) -> 
         await manager.close_all()
 
 
+async def test_a_write_by_another_server_is_known_even_when_its_hash_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two servers sharing a store save at once: both set the state's hash, and only one
+    value survives the CRDT's merge. The loser's write is still known to the winner by its
+    record, so the winner does not take the file for an edit made on disk (importing it
+    again, after a wait for a hash that never comes)."""
+    from jupyter_ystore.server.rooms.filesync import synced_key
+
+    send, receive = anyio.create_memory_object_stream[bytes](10)
+
+    class Live(MemoryYStore):
+        supports_live_updates = True
+
+        async def watch(self) -> AsyncIterator[bytes]:
+            async for update in receive:
+                yield update
+
+    setup = Setup(tmp_path, type("LivePrivate", (Live,), {}), save_delay=None, shared_file_grace=0.5)
+    write_notebook(setup.nb, ["a", "b"])
+    manager = setup.manager()
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        # the other server: the same document, with a client id that loses a conflict
+        other = Doc(client_id=1)
+        other.apply_update(room.ydoc.get_update())
+        since = other.get_state()
+        other_nb = YNotebook(other)
+        # this server saves an edit of its client ...
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " by alice"))
+        await room.handle(client, sync.SyncUpdate(update))
+        assert await room.files.save(reason="test")
+        # ... and the other server, not having seen it yet, saves an edit of its own
+        append(other_nb.ycells[1]["source"], " by bob")
+        written = await room.file.save(other_nb.get())
+        other_nb.ystate["hash"] = written.hash
+        other_nb.ystate[synced_key(written)] = time.time()
+        await send.send(other.get_update(since))
+        await wait_until(lambda: room.document.get()["cells"][1]["source"] == "b by bob")
+        assert room.document.hash != written.hash  # this server's hash won
+        started = time.perf_counter()
+        await room.files.save(reason="test")  # finds the file changed since its own save
+        assert time.perf_counter() - started < 0.4  # no wait for the hash
+        await room.files.save(reason="test")
+        assert read_sources(setup.nb) == ["a by alice", "b by bob"]
+        assert room.document.get()["cells"][1]["source"] == "b by bob"  # not imported twice
+        send.close()
+        await manager.close_all()
+    assert "changed on disk" not in caplog.text
+    keys = [key for key in room.document.ystate.keys() if key.startswith("synced:")]
+    assert len(keys) == 4  # loaded, saved, the other's save, saved again
+
+
 async def test_last_client_gone_closes_the_room_after_the_delay(setup: Setup) -> None:
     setup.settings.cleanup_delay = 0.05
     setup.settings.save_delay = None  # only the close saves

@@ -273,7 +273,7 @@ class DocumentRoom:
             file_content = file_doc.get()  # as the document has it
             with self._changes_by(SERVER_LOAD):
                 self.ydoc.apply_update(file_doc.ydoc.get_update())
-                self._set_state(hash=file_state.hash, path=self.file.path)
+                self.files.record_file(file_state, path=self.file.path)
             self.files.loaded(file_state, file_content)
             self.history_id = await self._new_history_id()
             await self.store_attributes({HISTORY_ID: self.history_id.encode(), BASE: encode_base(file_content)})

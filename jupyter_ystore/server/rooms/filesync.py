@@ -31,8 +31,24 @@ if TYPE_CHECKING:
 #: The store attribute holding the base.
 BASE = "base"
 
+#: The ``state`` keys that record each version of the file a server's document held
+#: (``synced:<hash>@<modification time>``: when it was recorded), so that the other servers
+#: know a write by one of them for what it is. The ``hash`` key alone cannot tell them: when
+#: two servers save at once, only one of the two values survives the CRDT's merge, and a hash
+#: without its time would also pass off a later revert of the file to that content as known.
+SYNCED = "synced:"
+#: How many of those records the state keeps (the oldest are deleted).
+SYNCED_KEPT = 16
+
 SERVER_FILE = Origin("server", reason="file-changed")
 SERVER_SAVE = Origin("server", reason="save")
+
+
+def synced_key(state: FileState) -> str | None:
+    """The ``state`` key recording that the document held the file as ``state`` says."""
+    if state.hash is None or state.last_modified is None:
+        return None
+    return f"{SYNCED}{state.hash}@{state.last_modified.isoformat()}"
 
 
 class SaveRefused(RuntimeError):
@@ -86,6 +102,24 @@ class FileSync:
     def _set_state(self, **fields: Any) -> None:
         self.room._set_state(**fields)
 
+    def record_file(self, state: FileState, **fields: Any) -> None:
+        """The document holds the file as ``state`` says: set the state's hash (and
+        ``fields``) and record that version for the other servers (see ``SYNCED``)."""
+        ystate = self.document.ystate
+        with self.room.ydoc.transaction():
+            self._set_state(hash=state.hash, **fields)
+            key = synced_key(state)
+            if key is None or key in ystate:
+                return
+            ystate[key] = time.time()
+            records = sorted(
+                (when, name)
+                for name, when in ystate.items()
+                if name.startswith(SYNCED) and isinstance(when, (int, float))
+            )
+            for _when, name in records[:-SYNCED_KEPT]:
+                del ystate[name]
+
     def loaded(self, state: FileState, content: Any) -> None:
         """The document was just loaded from the file (``content``, as the document has it)."""
         self._file_mtime = state.last_modified
@@ -120,7 +154,7 @@ class FileSync:
             self._adopt_base(file_content, stored=base)
             if self.document.hash != file_state.hash or self.document.path != self.file.path:
                 with self._changes_by(SERVER_SAVE):
-                    self._set_state(hash=file_state.hash, path=self.file.path)
+                    self.record_file(file_state, path=self.file.path)
             self.log.info("Room %s: store and %s agree", self.room_id, self.file.path)
             return
         unchanged = self.document.hash == file_state.hash or (
@@ -162,7 +196,7 @@ class FileSync:
                 self.log.error("Room %s: merging %s failed (%s); taking the file as it is", self.room_id, self.file.path, exc)
                 self.document.set(state.content)
                 result = MergeResult(changed=True)
-            self._set_state(hash=state.hash, path=self.file.path)
+            self.record_file(state, path=self.file.path)
         self._log_merge(result, when, with_base=base is not None)
         self._adopt_base(file_content)
         if self.document.get() != file_content:
@@ -270,11 +304,10 @@ class FileSync:
                 self._base = content
                 self._pending_base = content
                 written = True
-                hash_ = state.hash
             else:
-                hash_ = disk.hash
+                state = disk
             with self._changes_by(SERVER_SAVE):
-                self._set_state(hash=hash_, dirty=False)
+                self.record_file(state, dirty=False)
             if self._save_failure is not None:
                 self.log.info("Room %s: %s saved again", self.room_id, self.file.path)
                 self._save_failure = None
@@ -303,7 +336,7 @@ class FileSync:
         file_content = file_document(self.file.file_type, state.content).get()
         if _comparable(file_content) == _comparable(self._base):  # touched, or saved again
             with self._changes_by(SERVER_SAVE):
-                self._set_state(hash=state.hash)
+                self.record_file(state)
             return
         await self._merge_file(state, file_content, self._base, when="while open")
         await self.writer.settle(self.settings.store_wait)
@@ -321,23 +354,30 @@ class FileSync:
         if not getattr(self.room.store, "supports_live_updates", False) or disk.hash is None:
             return False
         grace = self.settings.shared_file_grace
-        if await self._hash_arrives(disk.hash, grace):
+        if await self._hash_arrives(disk, grace):
             return True
         claim = f"{disk.hash}:{self._claim}"
         with self._changes_by(SERVER_SAVE):
             self._set_state(file_import=claim)
         await self.writer.settle(self.settings.store_wait)
-        if await self._hash_arrives(disk.hash, grace):
+        if await self._hash_arrives(disk, grace):
             return True
         if self.document.ystate.get("file_import") == claim:
             return False  # our claim won: we import
-        return await self._hash_arrives(disk.hash, grace)
+        return await self._hash_arrives(disk, grace)
 
-    async def _hash_arrives(self, hash_: str, timeout: float) -> bool:
+    async def _hash_arrives(self, disk: FileState, timeout: float) -> bool:
+        """Whether the record of the file's version (or its hash) reaches the document
+        within ``timeout`` seconds."""
+        key = synced_key(disk)
+
+        def known() -> bool:
+            return self.document.hash == disk.hash or (key is not None and key in self.document.ystate)
+
         with anyio.move_on_after(timeout):
-            while self.document.hash != hash_:
+            while not known():
                 await anyio.sleep(0.02)
-        return self.document.hash == hash_
+        return known()
 
     async def _adopt_saved_file(self) -> None:
         """Another server wrote the file: remember what it holds, so that we write it only
