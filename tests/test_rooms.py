@@ -379,6 +379,60 @@ async def test_a_write_by_another_server_is_known_even_when_its_hash_lost(
     assert len(keys) == 4  # loaded, saved, the other's save, saved again
 
 
+async def test_most_messages_are_handled_before_handle_now_returns(setup: Setup) -> None:
+    """Keystrokes and cursors are handled at once (the websocket then needs no task per
+    frame); a big update (read in a thread) and a sync step 1 (answered once the store has
+    caught up) come back as an awaitable that does the work, and refusals raise at once."""
+    from pycrdt import Awareness
+
+    from jupyter_ystore.core.update_guard import READ_IN_THREAD, BadUpdate
+
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        first = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        pending = room.handle_now(client, sync.SyncUpdate(first))
+        assert pending is not None  # the first one builds the guard's index
+        await pending
+        await room.flush()
+        assert await room.files.save(reason="test")  # a change of the server's own, noted
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        assert room.handle_now(client, sync.SyncUpdate(update)) is None
+        assert room.document.get()["cells"][0]["source"] == "a = 1!!"
+
+        awareness = Awareness(client.doc)
+        awareness.set_local_state({"user": {"name": "alice"}})
+        frame = sync.awareness_message(awareness, [client.doc.client_id])
+        sent = len(client.frames)
+        assert room.handle_now(client, sync.parse_message(frame)) is None
+        await room.flush()
+        assert any(isinstance(m, sync.AwarenessMessage) for m in client.frames[sent:])
+
+        big = client_update(room, lambda nb: append(nb.ycells[1]["source"], "x" * READ_IN_THREAD))
+        pending = room.handle_now(client, sync.SyncUpdate(big))
+        assert pending is not None
+        assert room.document.get()["cells"][1]["source"] == "b = 2"  # not before it is awaited
+        await pending
+        assert room.document.get()["cells"][1]["source"] == "b = 2" + "x" * READ_IN_THREAD
+
+        pending = room.handle_now(client, sync.SyncStep1(b"\x00"))
+        assert pending is not None
+        sent = len(client.frames)
+        await pending
+        assert any(isinstance(m, sync.SyncStep2) for m in client.frames[sent:])
+
+        with pytest.raises(BadUpdate):
+            room.handle_now(client, sync.SyncUpdate(b"\x01\x05garbage"))
+        with pytest.raises(PermissionError):
+            room.handle_now(FakeClient("reader", can_write=False), sync.SyncUpdate(update))
+        await room.flush()
+        assert setup.replay()["cells"][1]["source"] == "b = 2" + "x" * READ_IN_THREAD
+        await manager.close_all()
+
+
 async def test_last_client_gone_closes_the_room_after_the_delay(setup: Setup) -> None:
     setup.settings.cleanup_delay = 0.05
     setup.settings.save_delay = None  # only the close saves

@@ -147,7 +147,8 @@ class AwarenessRoom:
     def leave(self, client: Client) -> None:
         self.relay.remove(client)
 
-    async def handle(self, client: Client, message: protocol.Message) -> None:
+    def handle_now(self, client: Client, message: protocol.Message) -> None:
+        """``handle`` needs no wait here."""
         if isinstance(message, protocol.AwarenessMessage):
             self.relay.handle(client, message)
         elif isinstance(message, protocol.QueryAwareness):
@@ -156,6 +157,9 @@ class AwarenessRoom:
             # y-websocket clients sync every room; answer with an empty document.
             client.send(protocol.sync_step2(Doc(), message.state_vector))
         # Updates and RAW messages have nothing to act on here.
+
+    async def handle(self, client: Client, message: protocol.Message) -> None:
+        self.handle_now(client, message)
 
     async def close(self) -> None:
         self.closing = True

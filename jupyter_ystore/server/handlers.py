@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
@@ -220,10 +220,14 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         payload = {"reason": reason, "sessionId": session_id[:64], "reloadable": True}
         self.close(1003, close_reason(json.dumps(payload, separators=(",", ":"))))
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Hand one frame to the room. Most frames are handled before this returns; for the
+        others (a sync answered once the store has caught up, a big update read in a
+        thread) tornado awaits what this returns before it reads the next frame. A
+        coroutine for every frame cost a task and three loop callbacks each."""
         room = self.room
         if room is None or self._closed:
-            return
+            return None
         limit = self.extension.max_message_size
         if len(message) > limit:
             self.log.warning(
@@ -235,10 +239,29 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                 limit,
             )
             self.close(1009, f"message too big: over {limit} bytes")
-            return
+            return None
         try:
-            await room.handle(self, protocol.parse_message(message))  # type: ignore[arg-type]
-        except protocol.ProtocolError as exc:
+            parsed = protocol.parse_message(message)  # type: ignore[arg-type]
+            handle_now = getattr(room, "handle_now", None)
+            pending = room.handle(self, parsed) if handle_now is None else handle_now(self, parsed)
+        except BaseException as exc:
+            self._failed(room, message, exc)
+            return None
+        return None if pending is None else self._finish(room, message, pending)
+
+    async def _finish(self, room: Any, message: str | bytes, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except BaseException as exc:
+            self._failed(room, message, exc)
+
+    def _failed(self, room: Any, message: str | bytes, exc: BaseException) -> None:
+        """What a failed message means for its client: a bad frame or a refused update
+        disconnects it (saying why), a read-only user is told once. Re-raises what is not
+        about the message (a cancellation)."""
+        try:
+            raise exc
+        except protocol.ProtocolError:
             self.log.warning(
                 "Collaboration room %s: bad message from %s, disconnecting it: %s",
                 room.room_id,
@@ -246,17 +269,17 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                 exc,
             )
             self.close(1002, close_reason(f"protocol error: {exc}"))
-        except BadUpdate as exc:
+        except BadUpdate as refused:
             metrics.REFUSED_UPDATES.inc()
             self.log.warning(
                 "Collaboration room %s: update from %s refused, disconnecting it: %s (%s)",
                 room.room_id,
                 self.username,
-                exc,
+                refused,
                 describe(_update_of(message)),
             )
-            self._refuse_session("session_expired" if exc.stale else "initialization_error")
-        except PermissionError as exc:
+            self._refuse_session("session_expired" if refused.stale else "initialization_error")
+        except PermissionError:
             if not self._told_read_only:
                 self._told_read_only = True
                 self.log.info(
@@ -265,7 +288,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                     self.username,
                 )
                 self.send(protocol.raw_json_message({"type": "error", "reason": "read_only", "message": str(exc)}))
-        except Exception as exc:
+        except Exception:
             self.log.error(
                 "Collaboration room %s: message from %s failed: %s",
                 room.room_id,
@@ -274,7 +297,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
                 exc_info=exc,
             )
             self.close(1011, close_reason(f"internal error: {type(exc).__name__}"))
-        except BaseException as exc:
+        except BaseException:
             if not is_panic(exc):
                 raise
             self.log.error(

@@ -33,7 +33,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -442,18 +442,37 @@ class DocumentRoom:
     async def receive_update(self, client: Client, update: bytes) -> None:
         """A client's update: checked against the document, applied, stored, relayed.
         ``BadUpdate`` when refused (nothing of it applied, stored or relayed)."""
-        if self._fault is not None:
-            raise BadUpdate("the document is being reset; reconnect")
+        if self.receive_update_now(client, update):
+            return
         mark = self.writer.queued
         try:
             with self._changes_by(Origin("client", user=client.username)):
                 await self.guard.apply(update)
         except DocumentDamaged as exc:
-            self.writer.drop_since(mark)  # never stored, never relayed
-            self.reset(f"an update from {client.username} ({describe(update)}) {exc}")
+            self._damaged_by(client, update, mark, exc)
             raise
         if self.writer.queued > mark:
             self._changed_by_people = True
+
+    def receive_update_now(self, client: Client, update: bytes) -> bool:
+        """``receive_update`` without waiting, when the guard can take the update at once
+        (``DocumentGuard.apply_now``); whether it was done."""
+        if self._fault is not None:
+            raise BadUpdate("the document is being reset; reconnect")
+        mark = self.writer.queued
+        try:
+            with self._changes_by(Origin("client", user=client.username)):
+                done = self.guard.apply_now(update)
+        except DocumentDamaged as exc:
+            self._damaged_by(client, update, mark, exc)
+            raise
+        if self.writer.queued > mark:
+            self._changed_by_people = True
+        return done
+
+    def _damaged_by(self, client: Client, update: bytes, mark: int, exc: DocumentDamaged) -> None:
+        self.writer.drop_since(mark)  # never stored, never relayed
+        self.reset(f"an update from {client.username} ({describe(update)}) {exc}")
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""
@@ -507,19 +526,25 @@ class DocumentRoom:
     async def handle(self, client: Client, message: protocol.Message) -> None:
         """Act on one parsed message of ``client``. ``ProtocolError`` and ``BadUpdate`` are
         the client's fault (the caller disconnects it)."""
-        if isinstance(message, protocol.SyncStep1):
-            # A step 2 answers once what the client sent before is durable (never waiting
-            # for a failing store: collaboration goes on during an outage).
-            await self.writer.settle(self.settings.store_wait)
-            client.send(protocol.sync_step2(self.ydoc, message.state_vector))
+        pending = self.handle_now(client, message)
+        if pending is not None:
+            await pending
+
+    def handle_now(self, client: Client, message: protocol.Message) -> Awaitable[None] | None:
+        """``handle``, done at once for the messages that need no wait (awareness, and the
+        updates the guard takes without a thread: nearly every message); for the others,
+        the awaitable that handles them. A websocket then needs no task per message."""
+        if isinstance(message, protocol.AwarenessMessage):
+            self.relay.handle(client, message)
         elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
             if message.update == b"\x00\x00":
-                return  # an empty update (a peer with nothing new)
+                return None  # an empty update (a peer with nothing new)
             if not client.can_write:
                 raise PermissionError("read-only access: your changes are not accepted")
-            await self.receive_update(client, message.update)
-        elif isinstance(message, protocol.AwarenessMessage):
-            self.relay.handle(client, message)
+            if not self.receive_update_now(client, message.update):
+                return self.receive_update(client, message.update)
+        elif isinstance(message, protocol.SyncStep1):
+            return self._answer_sync(client, message.state_vector)
         elif isinstance(message, protocol.QueryAwareness):
             self.relay.query(client)
         elif isinstance(message, protocol.SaveRequest):
@@ -527,6 +552,13 @@ class DocumentRoom:
                 client.send(protocol.save_reply(message.request_id, "skipped"))
             else:
                 self._work.start_soon(self._answer_save, client, message.request_id)
+        return None
+
+    async def _answer_sync(self, client: Client, state_vector: bytes) -> None:
+        # A step 2 answers once what the client sent before is durable (never waiting for a
+        # failing store: collaboration goes on during an outage).
+        await self.writer.settle(self.settings.store_wait)
+        client.send(protocol.sync_step2(self.ydoc, state_vector))
 
     async def _answer_save(self, client: Client, request_id: int) -> None:
         if not client.can_write:
