@@ -433,6 +433,25 @@ async def test_most_messages_are_handled_before_handle_now_returns(setup: Setup)
         await manager.close_all()
 
 
+async def test_the_checks_index_is_built_when_someone_who_may_edit_joins(setup: Setup) -> None:
+    """Not at the first keystroke, which would wait for it (every room of a class opening
+    its notebooks at once queued their first edits behind each other's builds)."""
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        room.join(FakeClient("viewer", can_write=False))
+        await anyio.sleep(0.05)
+        assert not room.guard.prepared  # a viewer never edits: no index held for it
+        editor = FakeClient("editor")
+        room.join(editor)
+        await wait_until(lambda: room.guard._index is not None)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        assert room.handle_now(editor, sync.SyncUpdate(update)) is None  # no wait for a build
+        assert room.document.get()["cells"][0]["source"] == "a = 1!"
+        await manager.close_all()
+
+
 async def test_last_client_gone_closes_the_room_after_the_delay(setup: Setup) -> None:
     setup.settings.cleanup_delay = 0.05
     setup.settings.save_delay = None  # only the close saves

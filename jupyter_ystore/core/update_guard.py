@@ -142,6 +142,19 @@ class DocumentGuard:
             index = await self._current_index()
         self._apply_read(update, summary, index)
 
+    @property
+    def prepared(self) -> bool:
+        """Whether the item index is built (or being built)."""
+        return self._index is not None or self._building.locked()
+
+    async def prepare(self) -> None:
+        """Build the item index ahead of the first update (which would otherwise wait for
+        it: a few ms for a notebook, in a thread past ``READ_IN_THREAD``)."""
+        try:
+            await self._current_index()
+        except Exception:  # never seen; the first update tries again, and reports it
+            pass
+
     def apply_now(self, update: bytes) -> bool:
         """``apply`` without waiting, when nothing needs a thread or the index being built
         (a small update: nearly every keystroke); whether it was done. ``False`` has not

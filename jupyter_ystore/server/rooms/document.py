@@ -504,6 +504,11 @@ class DocumentRoom:
             self._cleanup_scope = None
         self.relay.add(client)
         client.send(protocol.sync_step1(self.ydoc))
+        if client.can_write and not self.guard.prepared and self._work is not None:
+            # Someone who may edit: the checks' index is built now, not in the way of the
+            # first keystroke (a class opening its notebooks at once would queue every
+            # first edit behind every room's build).
+            self._work.start_soon(self.guard.prepare)
 
     def leave(self, client: Client) -> None:
         self.relay.remove(client)
