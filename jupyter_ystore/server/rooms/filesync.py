@@ -12,6 +12,7 @@ the shared ``state`` map).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 BASE = "base"
 
 #: The ``state`` keys that record each version of the file a server's document held
-#: (``synced:<hash>@<modification time>``: when it was recorded), so that the other servers
+#: (``synced:`` and a digest of its hash and modification time: when it was recorded; a
+#: short key, since a deleted map entry keeps its key in the document), so that the other servers
 #: know a write by one of them for what it is. The ``hash`` key alone cannot tell them: when
 #: two servers save at once, only one of the two values survives the CRDT's merge, and a hash
 #: without its time would also pass off a later revert of the file to that content as known.
@@ -48,7 +50,8 @@ def synced_key(state: FileState) -> str | None:
     """The ``state`` key recording that the document held the file as ``state`` says."""
     if state.hash is None or state.last_modified is None:
         return None
-    return f"{SYNCED}{state.hash}@{state.last_modified.isoformat()}"
+    version = f"{state.hash}@{state.last_modified.isoformat()}".encode()
+    return SYNCED + hashlib.blake2b(version, digest_size=8).hexdigest()
 
 
 class SaveRefused(RuntimeError):
