@@ -292,7 +292,9 @@ async def test_failed_writes_are_retried_and_nothing_is_lost(tmp_path: Path) -> 
         await manager.close_all()
 
 
-async def test_live_updates_are_applied_and_not_written_back(tmp_path: Path) -> None:
+def live_store_class() -> tuple[Any, type[MemoryYStore]]:
+    """A memory store with live updates (like a store shared by several servers): what is
+    sent on the returned stream reaches the room as another server's committed update."""
     send, receive = anyio.create_memory_object_stream[bytes](10)
 
     class Live(MemoryYStore):
@@ -302,7 +304,12 @@ async def test_live_updates_are_applied_and_not_written_back(tmp_path: Path) -> 
             async for update in receive:
                 yield update
 
-    setup = Setup(tmp_path, type("LivePrivate", (Live,), {}))
+    return send, type("LivePrivate", (Live,), {})
+
+
+async def test_live_updates_are_applied_and_not_written_back(tmp_path: Path) -> None:
+    send, store_class = live_store_class()
+    setup = Setup(tmp_path, store_class)
     write_notebook(setup.nb, ["a"])
     manager = setup.manager()
     async with anyio.create_task_group() as tg:
@@ -331,16 +338,8 @@ async def test_a_write_by_another_server_is_known_even_when_its_hash_lost(
     again, after a wait for a hash that never comes)."""
     from jupyter_ystore.server.rooms.filesync import synced_key
 
-    send, receive = anyio.create_memory_object_stream[bytes](10)
-
-    class Live(MemoryYStore):
-        supports_live_updates = True
-
-        async def watch(self) -> AsyncIterator[bytes]:
-            async for update in receive:
-                yield update
-
-    setup = Setup(tmp_path, type("LivePrivate", (Live,), {}), save_delay=None, shared_file_grace=0.5)
+    send, store_class = live_store_class()
+    setup = Setup(tmp_path, store_class, save_delay=None, shared_file_grace=0.5)
     write_notebook(setup.nb, ["a", "b"])
     manager = setup.manager()
     caplog.set_level(logging.INFO, logger=LOG.name)

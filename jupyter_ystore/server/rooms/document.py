@@ -32,8 +32,9 @@ import hashlib
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Iterator
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -442,37 +443,31 @@ class DocumentRoom:
     async def receive_update(self, client: Client, update: bytes) -> None:
         """A client's update: checked against the document, applied, stored, relayed.
         ``BadUpdate`` when refused (nothing of it applied, stored or relayed)."""
-        if self.receive_update_now(client, update):
-            return
-        mark = self.writer.queued
-        try:
-            with self._changes_by(Origin("client", user=client.username)):
-                await self.guard.apply(update)
-        except DocumentDamaged as exc:
-            self._damaged_by(client, update, mark, exc)
-            raise
-        if self.writer.queued > mark:
-            self._changed_by_people = True
+        with self._receiving(client, update):
+            await self.guard.apply(update)
 
     def receive_update_now(self, client: Client, update: bytes) -> bool:
         """``receive_update`` without waiting, when the guard can take the update at once
         (``DocumentGuard.apply_now``); whether it was done."""
+        with self._receiving(client, update):
+            return self.guard.apply_now(update)
+
+    @contextmanager
+    def _receiving(self, client: Client, update: bytes) -> Iterator[None]:
+        """Around applying a client's update: its origin; a damaged document reset, with
+        nothing of the update stored or relayed."""
         if self._fault is not None:
             raise BadUpdate("the document is being reset; reconnect")
         mark = self.writer.queued
         try:
             with self._changes_by(Origin("client", user=client.username)):
-                done = self.guard.apply_now(update)
+                yield
         except DocumentDamaged as exc:
-            self._damaged_by(client, update, mark, exc)
+            self.writer.drop_since(mark)  # never stored, never relayed
+            self.reset(f"an update from {client.username} ({describe(update)}) {exc}")
             raise
         if self.writer.queued > mark:
             self._changed_by_people = True
-        return done
-
-    def _damaged_by(self, client: Client, update: bytes, mark: int, exc: DocumentDamaged) -> None:
-        self.writer.drop_since(mark)  # never stored, never relayed
-        self.reset(f"an update from {client.username} ({describe(update)}) {exc}")
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""

@@ -357,19 +357,19 @@ class FileSync:
         if not getattr(self.room.store, "supports_live_updates", False) or disk.hash is None:
             return False
         grace = self.settings.shared_file_grace
-        if await self._hash_arrives(disk, grace):
+        if await self._version_arrives(disk, grace):
             return True
         claim = f"{disk.hash}:{self._claim}"
         with self._changes_by(SERVER_SAVE):
             self._set_state(file_import=claim)
         await self.writer.settle(self.settings.store_wait)
-        if await self._hash_arrives(disk, grace):
+        if await self._version_arrives(disk, grace):
             return True
         if self.document.ystate.get("file_import") == claim:
             return False  # our claim won: we import
-        return await self._hash_arrives(disk, grace)
+        return await self._version_arrives(disk, grace)
 
-    async def _hash_arrives(self, disk: FileState, timeout: float) -> bool:
+    async def _version_arrives(self, disk: FileState, timeout: float) -> bool:
         """Whether the record of the file's version (or its hash) reaches the document
         within ``timeout`` seconds."""
         key = synced_key(disk)
