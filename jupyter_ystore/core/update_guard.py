@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional
 import anyio
 from pycrdt import Doc
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core.item_index import ItemIndex, Placement
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.core.yupdate import (
@@ -50,7 +51,7 @@ async def read_checked(update: bytes) -> UpdateSummary:
     """``update`` read strictly (in a thread when big); ``BadUpdate`` says why not."""
     try:
         if len(update) >= READ_IN_THREAD:
-            return await anyio.to_thread.run_sync(read_update, update)
+            return await threads.run_sync(read_update, update)
         return read_update(update)
     except InvalidUpdate as exc:
         raise BadUpdate(f"malformed update: {exc}") from None
@@ -202,7 +203,7 @@ class DocumentGuard:
                     self._noted = []  # from the snapshot on, every change is noted
                     whole = self.doc.get_update()
                     if len(whole) >= READ_IN_THREAD:
-                        self._index = await anyio.to_thread.run_sync(ItemIndex.of_update, whole, self.roots)
+                        self._index = await threads.run_sync(ItemIndex.of_update, whole, self.roots)
                     else:
                         self._index = ItemIndex.of_update(whole, self.roots)
                 if self._absorb_noted(self._index):

@@ -39,6 +39,7 @@ from jupyter_server.utils import ensure_async
 from pycrdt import Doc
 from tornado import web
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core import content as cli_content
 from jupyter_ystore.core.blame import BlameError, blame
 from jupyter_ystore.core.history import (
@@ -255,7 +256,7 @@ class TimelineHandler(_Base):
             # store's watch() (other servers' updates) goes on from.
             async with self.extension.create_store(file_type, file_id) as store:
                 history = await read_history(store)
-            timestamps = await anyio.to_thread.run_sync(timeline_points, history)
+            timestamps = await threads.run_sync(timeline_points, history)
         except (YDocNotFound, HistoryError, YStoreError, CRDTError) as exc:
             self.log.error("Timeline of %s: %s", path, exc)
             return self.fail(500, f"the history of {path!r} cannot be read: {exc}")
@@ -328,7 +329,7 @@ class UndoRedoHandler(_Base):
                 return self.reply(200, {"code": 200, "status": "nothing to show", "position": 0})
             at = timeline.timestamps[position]
             try:
-                edit = await anyio.to_thread.run_sync(
+                edit = await threads.run_sync(
                     _version_edit, timeline.history, at, fork.ydoc.get_update()
                 )
             except (HistoryError, cli_content.ContentError, CRDTError) as exc:
@@ -352,7 +353,7 @@ class UndoRedoHandler(_Base):
                 # The fork's edits are what its clients hold: the root gets exactly those...
                 await room.apply_change(fork.changes(), origin)
                 # ...and, if someone edited the root meanwhile, what it takes to equal the fork.
-                rest = await anyio.to_thread.run_sync(
+                rest = await threads.run_sync(
                     lambda: cli_content.reset_update(
                         room.ydoc.get_update(), fork.ydoc.get_update(), skip=KEPT_ROOTS
                     )
@@ -506,7 +507,7 @@ class VersionsHandler(_DocumentHandler):
         try:
             history = await self.history(room, file_type, file_id)
             version = history.version(name)
-            target = await anyio.to_thread.run_sync(history.state_of, version)
+            target = await threads.run_sync(history.state_of, version)
         except HistoryError as exc:
             return self.fail(404, str(exc))
         except (YDocNotFound, YStoreError) as exc:
@@ -515,7 +516,7 @@ class VersionsHandler(_DocumentHandler):
         try:
             # An edit on top of what the room holds now: every client sees it, the history
             # keeps what was there (restoring another version undoes it).
-            update = await anyio.to_thread.run_sync(
+            update = await threads.run_sync(
                 lambda: cli_content.reset_update(room.ydoc.get_update(), target, skip=KEPT_ROOTS)
             )
             if update is not None:
@@ -581,7 +582,7 @@ class BlameHandler(_DocumentHandler):
             return None
         try:
             history = await self.history(room, file_type, file_id)
-            result = await anyio.to_thread.run_sync(blame, history)
+            result = await threads.run_sync(blame, history)
         except BlameError as exc:
             return self.fail(400, str(exc))
         except (YDocNotFound, HistoryError, YStoreError, CRDTError) as exc:

@@ -33,6 +33,7 @@ import pycrdt
 from anyio.abc import TaskGroup, TaskStatus
 from traitlets.config import LoggingConfigurable
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
 from jupyter_ystore.stores.compaction import undecodable
@@ -540,7 +541,7 @@ class BaseYStore(LoggingConfigurable):
             if len(updates) <= _INLINE_LOAD_UPDATES and _tail_bytes(updates) <= _INLINE_LOAD_WORK:
                 applied = self._prepare_load(updates)  # under a millisecond or two
             else:
-                applied = await anyio.to_thread.run_sync(self._prepare_load, updates)
+                applied = await threads.run_sync(self._prepare_load, updates)
         except Exception as exc:
             raise self._undecodable(exc) from exc
         # One transaction for them all (pycrdt): each commit tidies the whole document.
@@ -584,7 +585,7 @@ class BaseYStore(LoggingConfigurable):
             if snapshot is None and _tail_bytes([b"", *applied]) <= _INLINE_LOAD_WORK:
                 self.load_problem = check()  # a fraction of a millisecond
             else:
-                self.load_problem = await anyio.to_thread.run_sync(check)
+                self.load_problem = await threads.run_sync(check)
 
     def with_path(self, path: str) -> BaseYStore:
         """A store of the same class and settings for another document (not started)."""

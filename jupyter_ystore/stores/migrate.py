@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import anyio
 import pycrdt
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.errors import YDocNotFound, YStoreError
@@ -195,8 +196,8 @@ async def copy_documents(
 
 
 async def _check_equal(path: str, original: list[Any], copied: list[Any]) -> None:
-    want = await anyio.to_thread.run_sync(content_signature, [r[0] for r in original])
-    got = await anyio.to_thread.run_sync(content_signature, [r[0] for r in copied])
+    want = await threads.run_sync(content_signature, [r[0] for r in original])
+    got = await threads.run_sync(content_signature, [r[0] for r in copied])
     if want != got:
         raise ContentMismatch(
             "the copy does not restore the same document",

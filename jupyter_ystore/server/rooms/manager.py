@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core.keys import check_format, parse_room_id
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.server import metrics
@@ -163,7 +164,7 @@ class RoomManager:
         store outage go back into the store, whether or not their documents are reopened."""
         assert self.spill is not None
         spill = self.spill
-        keys = await anyio.to_thread.run_sync(spill.keys)
+        keys = await threads.run_sync(spill.keys)
         for key in keys:
             store = self.make_store_for_key(key)
             if store is None:

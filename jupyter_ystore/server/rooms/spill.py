@@ -20,8 +20,8 @@ import hashlib
 import logging
 import os
 
-import anyio
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.errors import YDocNotFound
 from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.stores.file.store import FileYStore
@@ -68,7 +68,7 @@ class Spill:
         then delete the spill file; returns how many were written. A failure leaves the
         spill file as it was, to be replayed again (an update written twice changes
         nothing)."""
-        if not await anyio.to_thread.run_sync(self.has, key):
+        if not await threads.run_sync(self.has, key):
             return 0
         spill = self.log_for(key)
         async with spill:

@@ -46,6 +46,7 @@ from typing import Any, AsyncIterator, ClassVar
 import anyio
 from traitlets import TraitError, Unicode, observe, validate
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreCorruptError,
@@ -936,7 +937,7 @@ class FileYStore(BaseYStore):
         logfile.key = logfile.key or self.path
         async with logfile.lock:
             if logfile.verified is None:  # check the header, set a torn tail aside
-                await anyio.to_thread.run_sync(partial(logfile.load, keep=True))
+                await threads.run_sync(partial(logfile.load, keep=True))
             if logfile.due(self._policy):  # e.g. a long log written before compaction
                 self._want_compaction()
 
@@ -951,14 +952,14 @@ class FileYStore(BaseYStore):
         if logfile is None:
             return
         for _attempt in range(5):
-            prepared = await anyio.to_thread.run_sync(
+            prepared = await threads.run_sync(
                 logfile.prepare_compaction, self._policy, self.clock()
             )
             if prepared is None:
                 return
             async with logfile.lock:
                 await self._flush(logfile)
-                if await anyio.to_thread.run_sync(logfile.commit_compaction, prepared):
+                if await threads.run_sync(logfile.commit_compaction, prepared):
                     return
 
     async def _close(self) -> None:
@@ -997,7 +998,7 @@ class FileYStore(BaseYStore):
         if not batch:
             return
         try:
-            due = await anyio.to_thread.run_sync(
+            due = await threads.run_sync(
                 logfile.append, batch, self._policy, batch[-1].timestamp
             )
         except Exception as exc:
@@ -1016,7 +1017,7 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            return await anyio.to_thread.run_sync(logfile.load_kept)
+            return await threads.run_sync(logfile.load_kept)
 
     async def _load(self) -> list[bytes]:
         """Every record's update; whether the first is the snapshot our last compaction
@@ -1034,7 +1035,7 @@ class FileYStore(BaseYStore):
         async with logfile.lock:
             await self._flush(logfile)
             records, (self._head_is_snapshot, self._head_is_clean) = (
-                await anyio.to_thread.run_sync(load)
+                await threads.run_sync(load)
             )
         if not records:
             raise YDocNotFound(self.path)
@@ -1055,7 +1056,7 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            await anyio.to_thread.run_sync(
+            await threads.run_sync(
                 logfile.compact, self._policy.retention, self.clock()
             )
 
@@ -1065,7 +1066,7 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            stored = await anyio.to_thread.run_sync(logfile.read_history)
+            stored = await threads.run_sync(logfile.read_history)
         if stored.empty:
             raise YDocNotFound(self.path)
         return stored
@@ -1077,7 +1078,7 @@ class FileYStore(BaseYStore):
         assert logfile is not None
         async with logfile.lock:
             await self._flush(logfile)
-            done = await anyio.to_thread.run_sync(
+            done = await threads.run_sync(
                 logfile.compact, self._policy.retention, self.clock(), name, saved_by
             )
         if not done:
@@ -1090,7 +1091,7 @@ class FileYStore(BaseYStore):
         logfile = self._logfile
         assert logfile is not None
         async with logfile.lock:
-            await anyio.to_thread.run_sync(logfile.delete_version, name)
+            await threads.run_sync(logfile.delete_version, name)
 
     async def delete(self) -> None:
         from jupyter_ystore.stores.file import attrs as _file_attrs
@@ -1102,11 +1103,11 @@ class FileYStore(BaseYStore):
             await self._flush(logfile)
             # Attributes and history first: a crash in between may leave the log without
             # them, never them (an id of that history, say) outliving it.
-            await anyio.to_thread.run_sync(_file_attrs.remove, _file_attrs.sidecar(logfile.path))
-            await anyio.to_thread.run_sync(
+            await threads.run_sync(_file_attrs.remove, _file_attrs.sidecar(logfile.path))
+            await threads.run_sync(
                 _file_attrs.remove, _file_history.sidecar(logfile.path)
             )
-            await anyio.to_thread.run_sync(logfile.delete)
+            await threads.run_sync(logfile.delete)
 
     async def _read_attributes(self) -> dict[str, bytes]:
         """From the sidecar file ``<log>.attrs`` (see ``_file_attrs``)."""
@@ -1114,14 +1115,14 @@ class FileYStore(BaseYStore):
 
         assert self._logfile is not None
         path = _file_attrs.sidecar(self._logfile.path)
-        return await anyio.to_thread.run_sync(_file_attrs.read, path)
+        return await threads.run_sync(_file_attrs.read, path)
 
     async def _write_attributes(self, values: dict[str, bytes | None]) -> None:
         from jupyter_ystore.stores.file import attrs as _file_attrs
 
         assert self._logfile is not None
         path = _file_attrs.sidecar(self._logfile.path)
-        await anyio.to_thread.run_sync(_file_attrs.update, path, values)
+        await threads.run_sync(_file_attrs.update, path, values)
 
     async def list_documents(self) -> list[DocumentInfo]:
         await self._ensure_running()
@@ -1130,8 +1131,8 @@ class FileYStore(BaseYStore):
             # paths used as given: list this file's folder only (it may be a user's home),
             # naming each document by its absolute path, which opens it again
             folder = os.path.dirname(self._file)
-            return await anyio.to_thread.run_sync(_list_folder, folder, self.log, False)
-        return await anyio.to_thread.run_sync(_list_folder, os.path.realpath(root), self.log, True)
+            return await threads.run_sync(_list_folder, folder, self.log, False)
+        return await threads.run_sync(_list_folder, os.path.realpath(root), self.log, True)
 
 
 def _name_in(base: str, path: Any) -> Any:

@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
+from jupyter_ystore.core import threads
 from jupyter_ystore.stores import retention as _retention
 from jupyter_ystore.stores.compaction import Policy, squash
 from jupyter_ystore.stores.postgres.names import CLEAN_SNAPSHOT_ORIGIN, Names
@@ -90,7 +89,7 @@ async def compact_document(
                 change = await _history_change(
                     conn, names, path, rows, retention, now, name, saved_by
                 )
-            snapshot, clean = await anyio.to_thread.run_sync(squash, updates, path)
+            snapshot, clean = await threads.run_sync(squash, updates, path)
             await conn.execute(names.delete_upto, path, covered)
             await conn.execute(
                 names.insert_snapshot,
@@ -138,7 +137,7 @@ async def _history_change(
     fresh = [r for r in rows if r["id"] > upto]
     records = [(bytes(r["yupdate"]), bytes(r["metadata"]), r["timestamp"]) for r in fresh]
     base = bool(fresh) and fresh[0]["snapshot"]
-    plan = await anyio.to_thread.run_sync(
+    plan = await threads.run_sync(
         lambda: _retention.plan_chain(
             stored,
             _retention.new_points(records, snapshot_first=base),
@@ -154,7 +153,7 @@ async def _history_change(
     if plan.needs:
         for record in await conn.fetch(names.select_history_deltas, path, sorted(plan.needs)):
             deltas[record["seq"]] = bytes(record["deltas"])
-    return await anyio.to_thread.run_sync(plan.build, deltas)
+    return await threads.run_sync(plan.build, deltas)
 
 
 async def apply_history(conn: Any, names: Names, path: str, change: ChainChange) -> None:

@@ -30,8 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-import anyio
-
+from jupyter_ystore.core import threads
 from jupyter_ystore.errors import YStoreError, YStorePermissionError
 from jupyter_ystore.stores import retention as _retention
 from jupyter_ystore.stores.compaction import Policy, report, squash
@@ -364,12 +363,12 @@ class Compactor:
                 elif db.db_path == ":memory:":  # no second connection sees that database
                     data = await db.call(read_it, f"reading {path!r} to compact it")
                 else:
-                    data = await anyio.to_thread.run_sync(
+                    data = await threads.run_sync(
                         self.on_reader, read_it, f"reading {path!r} to compact it"
                     )
                 if data is None or (automatic and not data.worth_it):
                     return False
-                snapshot, change = await anyio.to_thread.run_sync(
+                snapshot, change = await threads.run_sync(
                     data.prepare, path, db.db_path
                 )
                 replace_it = self._replace_job(path, data, snapshot, change, automatic)
@@ -396,7 +395,7 @@ class Compactor:
         if db.db_path == ":memory:":
             return await db.call(read_it, f"reading the history of {path!r}")
         await db.call(lambda conn, schema: None, f"reading the history of {path!r}")
-        return await anyio.to_thread.run_sync(
+        return await threads.run_sync(
             self.on_reader, read_it, f"reading the history of {path!r}"
         )
 

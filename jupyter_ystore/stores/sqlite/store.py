@@ -69,6 +69,7 @@ from typing import Any, AsyncIterator
 import anyio
 from traitlets import CaselessStrEnum, TraitError, Unicode, validate
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
 from jupyter_ystore.stores import compaction, squash_helper, upstream_names
 from jupyter_ystore.stores.base import BaseYStore, DocumentInfo
@@ -202,7 +203,7 @@ class SQLiteYStore(BaseYStore):
         return _sqlite_db.resolve_path(db_path), options, Policy.of(self)
 
     async def _open(self) -> None:
-        db_path, options, self._policy = await anyio.to_thread.run_sync(self._settings)
+        db_path, options, self._policy = await threads.run_sync(self._settings)
         db = _sqlite_db.acquire(db_path, options)
         try:
             await db.call(lambda conn, schema: None, "opening the database")
