@@ -492,6 +492,44 @@ async def test_poller_applies_out_of_band_edits(setup: Setup) -> None:
         await manager.close_all()
 
 
+class StatCountingContents(AsyncLargeFileManager):
+    """Counts every ``get`` (the poller's time-only stats included)."""
+
+    gets = 0
+
+    async def get(self, path: str, content: bool = True, **kwargs: Any) -> Any:
+        type(self).gets += 1
+        return await super().get(path, content=content, **kwargs)
+
+
+async def test_the_poller_asks_the_contents_manager_only_when_the_file_changed(
+    setup: Setup,
+) -> None:
+    """An idle room's poll is one stat(2) in a thread: the contents manager's stat (a model,
+    a hidden-file check, an event validated against its schema) costs the event loop ~1 ms.
+    A change is still seen."""
+    counting = type("Counting", (StatCountingContents,), {"gets": 0})
+    setup.contents = counting(root_dir=str(setup.root))
+    setup.settings.poll_interval = 0.02
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        room.join(FakeClient())
+        await anyio.sleep(0.2)  # the first polls confirm the file is the one loaded
+        counting.gets = 0
+        await anyio.sleep(0.3)  # ~15 polls
+        assert counting.gets == 0
+
+        write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
+        future = time.time() + 5
+        os.utime(setup.nb, (future, future))
+        await wait_until(lambda: len(room.document.get()["cells"]) == 3)
+        assert counting.gets > 0
+
+        await manager.close_all()
+
+
 async def test_shutdown_saves_every_room(tmp_path: Path) -> None:
     setup = Setup(tmp_path, fresh_store_class(), save_delay=None)
     write_notebook(tmp_path / "one.ipynb", ["1"])

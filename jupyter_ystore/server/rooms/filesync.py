@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
 from jupyter_ystore.server.rooms.files import FileGone, FileState
@@ -325,7 +326,7 @@ class FileSync:
         if content is None:
             return
         try:
-            data = await anyio.to_thread.run_sync(encode_base, content)
+            data = await threads.run_sync(encode_base, content)
             await self.room.store_attributes({BASE: data})
         except Exception as exc:
             if self._pending_base is None:
@@ -392,8 +393,12 @@ class FileSync:
             self.schedule_save()  # it saved before our latest changes reached it
 
     async def poller(self) -> None:
-        """Notice out-of-band file changes and renames every ``poll_interval`` seconds."""
+        """Notice out-of-band file changes and renames every ``poll_interval`` seconds.
+
+        A file whose ``stat(2)`` is what it was when the contents manager last said it was
+        unchanged is not asked again (``unchanged``)."""
         failures = 0
+        unchanged: tuple[Any, Any] | None = None  # (fingerprint, our mtime) of that moment
         while True:
             await anyio.sleep(self.settings.poll_interval)
             try:
@@ -402,8 +407,13 @@ class FileSync:
                     if self.document.path != path:
                         with self._changes_by(SERVER_SAVE):
                             self._set_state(path=path)
-                    disk = await self.file.stat(with_hash=False)  # cheap: the time only
+                    fingerprint = await self.file.fingerprint(path)
+                    if fingerprint is not None and unchanged == (fingerprint, self._file_mtime):
+                        failures = 0
+                        continue
+                    disk = await self.file.stat(with_hash=False)  # the time only
                     if disk.last_modified == self._file_mtime:
+                        unchanged = (fingerprint, self._file_mtime)
                         failures = 0
                         continue
                     disk = await self.file.stat()  # changed: its hash says whether by us
