@@ -414,7 +414,7 @@ class Planned:
 
     client_id: int
     offsets: list[float]  # seconds after the window starts
-    frames: list[bytes]  # update frame + awareness frame, masked, ready to write
+    frames: list[bytes]  # update frame (+ awareness frame), masked, ready to write
     updates: list[bytes]
     keys: dict[tuple[int, int, bool], int]  # update_key of each edit -> its index
     kinds: dict[str, int]
@@ -451,10 +451,13 @@ def plan_client(
     name: str,
     min_gap: float = 0.1,
     max_gap: float = 0.3,
+    cursor_every: float = 0.0,
 ) -> Planned:
     """Make one client's edits on a copy of the synced document: it first inserts a cell of
     its own at the end, then replays the script from ``start`` on its own cells, one edit
-    every ``min_gap``–``max_gap`` seconds."""
+    every ``min_gap``–``max_gap`` seconds. An edit carries its cursor (an awareness frame)
+    when ``cursor_every`` seconds have passed since the last one (0: every edit, as the
+    front end sends it)."""
     from jupyter_ydoc import YNotebook
     from pycrdt import Doc, get_state, merge_updates
 
@@ -533,14 +536,19 @@ def plan_client(
     frames: list[bytes] = []
     keys: dict[tuple[int, int, bool], int] = {}
     clock = 0
+    last_cursor = -cursor_every
     for n, update in enumerate(captured):
         key = update_key(update)
         assert key is not None and key not in keys, key
         keys[key] = n
         if key[0] == client_id:
             clock = max(clock, key[1])
-        awareness = awareness_frame(client_id, n + 2, cursor_state(base, client_id, clock))
-        frames.append(ws_frame(update_frame(update)) + ws_frame(awareness))
+        frame = ws_frame(update_frame(update))
+        if offsets[n] - last_cursor >= cursor_every:
+            last_cursor = offsets[n]
+            awareness = awareness_frame(client_id, n + 2, cursor_state(base, client_id, clock))
+            frame += ws_frame(awareness)
+        frames.append(frame)
     return Planned(client_id, offsets, frames, captured, keys, kinds)
 
 
@@ -601,7 +609,13 @@ async def run_worker(spec: dict[str, Any]) -> int:
         for c, client in enumerate(room["clients"]):
             assert client.step2 is not None
             plan = plan_client(
-                client.step2, script, rng.randrange(len(script)), seconds, rng, f"u{r}-{c}"
+                client.step2,
+                script,
+                rng.randrange(len(script)),
+                seconds,
+                rng,
+                f"u{r}-{c}",
+                cursor_every=float(spec.get("cursor_every", 0.0)),
             )
             room_plans.append(plan)
             client.write(ws_frame(awareness_frame(plan.client_id, 1, user_state(plan.client_id, f"u{r}-{c}"))))

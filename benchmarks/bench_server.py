@@ -18,7 +18,8 @@ A load step opens R notebooks with C clients each (``benchmarks/_loadclient.py``
 its own: real websockets, PUT session then the room with the returned sessionId, sync step 1/2,
 awareness as the front end sends it). Every client makes one edit every 100–300 ms (the mix of
 ``benchmarks/data/updates-50000.bin``: typing, backspaces, pastes, cell inserts and deletes,
-executions replacing outputs), each edit an update and an awareness (cursor) frame. Reported per
+executions replacing outputs), each edit an update and an awareness (cursor) frame (`--cursor-every
+S`: a cursor at most every S seconds). Reported per
 step: updates/s sent and relayed, edit → other client latency p50/p99, server CPU seconds per
 1,000 updates, RSS at rest and per open room, the clients' own CPU. A step holds when p99 ≤
 100 ms and nothing is lost: every client converges to what all edits make, a new client gets
@@ -481,6 +482,10 @@ def loop_pauses(before: dict[float, float], after: dict[float, float]) -> dict[s
     }
 
 
+#: Seconds of the at-rest CPU measurement before each typing window.
+IDLE_WINDOW = 4.0
+
+
 def run_step(
     kind_name: str, rooms: int, clients: int, seconds: float, round_no: int, args: argparse.Namespace, script: Path, base: dict[str, Any]
 ) -> StepResult:
@@ -507,6 +512,7 @@ def run_step(
             "clients": clients,
             "seconds": seconds,
             "seed": 1000 * round_no + rooms * 31 + clients,
+            "cursor_every": args.cursor_every,
             "script": str(script),
             "out": str(tmp),
             "drain": 15,
@@ -514,6 +520,14 @@ def run_step(
         worker = Worker(spec)
         ready = worker.expect("ready", 300)
         d["rss_synced"] = proc_rss_mib(server.pid)
+        # Every client connected and synced, nobody typing: what open rooms cost at rest
+        # (file polls, timers); a hub's idle notebooks pay it all day.
+        time.sleep(1.0)
+        idle0, idle_t0 = proc_cpu(server.pid), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        d["idle_cpu_per_room_ms"] = (
+            1000 * (proc_cpu(server.pid) - idle0) / (time.monotonic() - idle_t0) / rooms
+        )
         spy = None
         if args.py_spy and kind.store != "collab":
             target = args.py_spy.parent / f"{args.py_spy.name}-{kind_name}-{rooms}x{clients}-r{round_no}.txt"
@@ -698,7 +712,8 @@ def step_line(res: StepResult) -> str:
         f"p50 {d['p50_ms']:6.1f} ms p99 {d['p99_ms']:7.1f} ms ({d.get('band_40ms_pct', 0):.1f}% at 38–48 ms), "
         f"CPU {d['cpu_per_1000']:5.2f} s/1000 upd ({d['server_cpu_pct']:.0f}% of a core"
         + (f", PostgreSQL {100 * d['postgres_cpu'] / d['elapsed']:.0f}%" if d.get("postgres_cpu") else "")
-        + f"), RSS {d['rss_rest']:.0f} MiB at rest +{d['rss_per_room']:.1f}/room, "
+        + f"), at rest {d.get('idle_cpu_per_room_ms', 0):.2f} ms CPU/s a room, "
+        f"RSS {d['rss_rest']:.0f} MiB at rest +{d['rss_per_room']:.1f}/room, "
         f"settled {d.get('settle_seconds', 0):.1f} s, "
         f"clients {d['client_cpu_pct']:.0f}% CPU (send lag p99 {d['send_lag_p99_ms']} ms), "
         f"other processes {d.get('other_cpu_pct', 0):.0f}%"
@@ -939,8 +954,8 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 def report(results: list[StepResult], servers: list[str], opens: dict[str, Any]) -> str:
     lines = []
-    lines.append("| server | R×C | updates/s stored | relayed/s | p50 ms | p99 ms | CPU s / 1,000 upd | server CPU % | RSS rest MiB | RSS / room MiB | clients CPU % | others CPU % | holds |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| server | R×C | updates/s stored | relayed/s | p50 ms | p99 ms | CPU s / 1,000 upd | server CPU % | CPU at rest ms/s a room | RSS rest MiB | RSS / room MiB | clients CPU % | others CPU % | holds |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     steps = sorted({(r.rooms, r.clients) for r in results}, key=lambda rc: (rc[0] * rc[1], rc))
     held: dict[str, tuple[int, int] | None] = {s: None for s in servers}
     for rooms, clients in steps:
@@ -960,7 +975,7 @@ def report(results: list[StepResult], servers: list[str], opens: dict[str, Any])
                 f"| {server} | {rooms}×{clients} | {col('updates_per_s')} | {col('relayed_per_s', '{:.0f}')} | "
                 f"{col('p50_ms')} | {col('p99_ms')} | {col('cpu_per_1000', '{:.2f}')}"
                 + (f" + PostgreSQL {col('pg_cpu_per_1000', '{:.2f}')}" if server == "ours-postgres" else "")
-                + f" | {col('server_cpu_pct', '{:.0f}')} | "
+                + f" | {col('server_cpu_pct', '{:.0f}')} | {col('idle_cpu_per_room_ms', '{:.2f}')} | "
                 f"{col('rss_rest', '{:.0f}')} | {col('rss_per_room')} | {col('client_cpu_pct', '{:.0f}')} | {col('other_cpu_pct', '{:.0f}')} | "
                 f"{'yes' if ok else 'no: ' + '; '.join(sorted({f for r in runs for f in r.failures}))[:200]} |"
             )
@@ -1037,6 +1052,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default=None, help="ramp as RxC,RxC,... (default 1x2,1x5,2x5,4x5,4x10,...)")
     parser.add_argument("--open-sizes", default=None, help="stored updates for the open test (default 1000,100000; 0 skips)")
     parser.add_argument("--open-repeats", type=int, default=3)
+    parser.add_argument(
+        "--cursor-every",
+        type=float,
+        default=0.0,
+        help="seconds between a client's cursor (awareness) frames; 0 (default): one with "
+        "every edit, as the front end sends it; the issue's first figures used 2",
+    )
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--json", type=Path, default=None, help="write every figure there")
     parser.add_argument("--keep", action="store_true", help="keep the servers' folders")
