@@ -31,7 +31,8 @@ _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
-def _get_executor() -> ThreadPoolExecutor:
+def executor() -> ThreadPoolExecutor:
+    """The worker threads of ``run_sync`` (for callers that batch work of their own)."""
     global _executor
     if _executor is None:
         with _executor_lock:
@@ -56,7 +57,7 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
     except RuntimeError:  # not asyncio
         return await anyio.to_thread.run_sync(fn, *args)
     context = contextvars.copy_context()
-    future = loop.run_in_executor(_get_executor(), context.run, fn, *args)
+    future = loop.run_in_executor(executor(), context.run, fn, *args)
     cancelled: BaseException | None = None
     while not future.done():
         try:

@@ -2,8 +2,9 @@
 
 ``manager`` (opens and closes rooms), ``document`` (a document's room), ``writer`` (store,
 then relay), ``filesync`` (the file: saves, changes made outside), ``files`` (the file through
-the contents manager), ``spill`` (store outages), ``aside`` (untrusted histories), ``forks``
-(timeline and fork rooms), ``room`` (what rooms and clients are).
+the contents manager), ``fingerprints`` (the polls' stats, batched), ``spill`` (store
+outages), ``aside`` (untrusted histories), ``forks`` (timeline and fork rooms), ``room`` (what
+rooms and clients are).
 """
 
 from jupyter_ystore.server.rooms.document import DocumentRoom, RoomSettings

@@ -23,6 +23,7 @@ from jupyter_server.utils import ensure_async
 from tornado.web import HTTPError
 
 from jupyter_ystore.core import threads
+from jupyter_ystore.server.rooms import fingerprints
 
 try:
     import fcntl
@@ -121,20 +122,16 @@ class DocumentFile:
             content = content.replace("\r\n", "\n")
         return FileState(_timestamp(model.get("last_modified")), model.get("hash"), content)
 
-    async def fingerprint(self, path: str) -> tuple[int, int, int, int] | None:
-        """One ``stat(2)`` of the file, in a worker thread: its inode, size and times, or
-        None where the contents manager is not on a file system (or the stat fails). What
-        the poller asks every second of every open room: the contents manager's own stat
-        (a model, a hidden-file check, an event validated against its schema) cost ~1 ms
-        of the event loop's CPU each, most of an idle room's cost."""
+    async def fingerprint(self, path: str) -> fingerprints.Fingerprint | None:
+        """The file's inode, size and times from a ``stat(2)`` in a worker thread, or None
+        where the contents manager is not on a file system (or the stat fails). What the
+        poller asks every second of every open room: the contents manager's own stat (a
+        model, a hidden-file check, an event validated against its schema) cost ~1 ms of
+        the event loop's CPU each, most of an idle room's cost."""
         os_path = self._os_path(path)
         if os_path is None:
             return None
-        try:
-            info = await threads.run_sync(os.stat, os_path)
-        except OSError:
-            return None
-        return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        return await fingerprints.of(os_path)
 
     async def stat(self, *, with_hash: bool = True) -> FileState:
         """Modification time and hash, without the content. ``with_hash=False``: the time
