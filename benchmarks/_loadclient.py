@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
-import copy
 import json
 import os
 import random
@@ -459,7 +457,7 @@ def plan_client(
     when ``cursor_every`` seconds have passed since the last one (0: every edit, as the
     front end sends it)."""
     from jupyter_ydoc import YNotebook
-    from pycrdt import Doc, get_state, merge_updates
+    from pycrdt import Doc, merge_updates
 
     client_id = rng.randrange(1 << 20, 1 << 31)
     doc = Doc(client_id=client_id)
@@ -581,7 +579,7 @@ async def read_line() -> str:
 async def run_worker(spec: dict[str, Any]) -> int:
     """Connect every client, plan, wait for "go", type for ``seconds``, drain, verify."""
     from jupyter_ydoc import YNotebook
-    from pycrdt import Doc, get_state, merge_updates
+    from pycrdt import Doc, merge_updates
 
     host, port, token = spec["host"], spec["port"], spec["token"]
     base_url = f"http://{host}:{port}"
@@ -625,7 +623,6 @@ async def run_worker(spec: dict[str, Any]) -> int:
         return 2
 
     # ------------------------------------------------------------------ the window
-    loop = asyncio.get_running_loop()
     schedule: list[tuple[float, int, int, int]] = []
     for r, room_plans in enumerate(plans):
         for c, plan in enumerate(room_plans):

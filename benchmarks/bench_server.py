@@ -18,16 +18,16 @@ A load step opens R notebooks with C clients each (``benchmarks/_loadclient.py``
 its own: real websockets, PUT session then the room with the returned sessionId, sync step 1/2,
 awareness as the front end sends it). Every client makes one edit every 100–300 ms (the mix of
 ``benchmarks/data/updates-50000.bin``: typing, backspaces, pastes, cell inserts and deletes,
-executions replacing outputs), each edit an update and an awareness (cursor) frame (`--cursor-every
-S`: a cursor at most every S seconds). Reported per
-step: updates/s sent and relayed, edit → other client latency p50/p99, server CPU seconds per
-1,000 updates, RSS at rest and per open room, the clients' own CPU. A step holds when p99 ≤
-100 ms and nothing is lost: every client converges to what all edits make, a new client gets
-that from the server, the file matches after a save request, and the store replays to it after
-the server stopped. Then room open times (PUT → connect → sync step 2) of notebooks with 1,000
-and 100,000 stored updates: cold (new server process), reopened (room closed, server warm),
-joined (room open). Whether each server sets TCP_NODELAY is read on its end of a websocket
-(pidfd_getfd + getsockopt).
+executions replacing outputs), each edit an update and an awareness (cursor) frame
+(`--cursor-every S`: a cursor at most every S seconds). Reported per step: updates/s sent and
+relayed, edit → other client latency p50/p99, server CPU seconds per 1,000 updates, RSS at rest
+and per open room, CPU per open room at rest (all synced, nobody typing), the clients' own CPU.
+A step holds when p99 ≤ 100 ms and nothing is lost: every client converges to what all edits
+make, a new client gets that from the server, the file matches after a save request, and the
+store replays to it after the server stopped. Then room open times (PUT → connect → sync step
+2) of notebooks with 1,000 and 100,000 stored updates: cold (new server process), reopened
+(room closed, server warm), joined (room open). Whether each server sets TCP_NODELAY is read on
+its end of a websocket (pidfd_getfd + getsockopt).
 
 Only 127.0.0.1 traffic; every loop is bounded in time. Not a test: ``--tiny`` is the exception
 (it exits 1 when an invariant fails; tests/test_bench_server.py runs it).
