@@ -530,6 +530,40 @@ async def test_the_poller_asks_the_contents_manager_only_when_the_file_changed(
         await manager.close_all()
 
 
+async def test_a_poll_waiting_for_its_stat_does_not_hold_up_a_save(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll's stat waits up to ``fingerprints.WINDOW`` for others to share its thread
+    call; the save lock is not held meanwhile, and a save during that wait is not taken
+    for a change on disk."""
+    import asyncio
+
+    from jupyter_ystore.server.rooms import fingerprints
+
+    monkeypatch.setattr(fingerprints, "WINDOW", 0.5)
+    setup.settings.poll_interval = 0.02
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        loop = asyncio.get_running_loop()
+        await wait_until(lambda: bool(getattr(fingerprints._batches.get(loop), "waiting", None)))
+        batch = fingerprints._batches[loop]
+        assert not room.files._save_lock.locked()
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # saved"))
+        await room.handle(client, sync.SyncUpdate(update))
+        await room.handle(client, sync.SaveRequest(1))
+        await wait_until(lambda: any(r.get("responseTo") == 1 for r in client.raw()))
+        assert batch.waiting  # saved while that poll still waited for its stat
+        assert read_sources(setup.nb) == ["a = 1  # saved", "b = 2"]
+        await anyio.sleep(1.2)  # that poll and the next see our own save
+        assert room.document.get()["cells"][0]["source"] == "a = 1  # saved"
+        assert "changed on disk" not in " ".join(str(r) for r in client.raw())
+        await manager.close_all()
+
+
 async def test_shutdown_saves_every_room(tmp_path: Path) -> None:
     setup = Setup(tmp_path, fresh_store_class(), save_delay=None)
     write_notebook(tmp_path / "one.ipynb", ["1"])

@@ -396,18 +396,20 @@ class FileSync:
         """Notice out-of-band file changes and renames every ``poll_interval`` seconds.
 
         A file whose ``stat(2)`` is what it was when the contents manager last said it was
-        unchanged is not asked again (``unchanged``)."""
+        unchanged is not asked again (``unchanged``). The stat is taken before the save lock
+        (it may wait for others to share its thread call): a save meanwhile changes our
+        modification time, so the comparison fails and the contents manager is asked."""
         failures = 0
         unchanged: tuple[Any, Any] | None = None  # (fingerprint, our mtime) of that moment
         while True:
             await anyio.sleep(self.settings.poll_interval)
             try:
+                path = self.file.path
+                fingerprint = await self.file.fingerprint(path)
                 async with self._save_lock:
-                    path = self.file.path
                     if self.document.path != path:
                         with self._changes_by(SERVER_SAVE):
                             self._set_state(path=path)
-                    fingerprint = await self.file.fingerprint(path)
                     if fingerprint is not None and unchanged == (fingerprint, self._file_mtime):
                         failures = 0
                         continue

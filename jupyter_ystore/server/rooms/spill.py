@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 
-
 from jupyter_ystore.core import threads
 from jupyter_ystore.errors import YDocNotFound
 from jupyter_ystore.stores.base import BaseYStore
