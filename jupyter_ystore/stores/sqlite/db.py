@@ -9,6 +9,8 @@ file's real path); its thread owns the connection and works through a queue:
 * **Group commit.** Writes queue up while a commit is in flight; the thread takes every
   queued write and commits them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then
   wakes all their writers. A write's coroutine returns only after its commit.
+* **Commit pacing.** Under load, writes of other documents are held on the event loop for
+  at most ``Options.commit_interval`` so that they share a commit (``pacing``).
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``bridge``).
@@ -30,12 +32,14 @@ inside the commit of the write that finds it idle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Awaitable, Callable
 
 from jupyter_ystore.errors import YStoreError
@@ -46,6 +50,7 @@ from jupyter_ystore.stores.sqlite import attributes, pending, queries
 from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
 from jupyter_ystore.stores.sqlite.compact import Compactor, reclaim
 from jupyter_ystore.stores.sqlite.errors import map_error
+from jupyter_ystore.stores.sqlite.pacing import CommitPacer
 from jupyter_ystore.stores.sqlite.recover import note_damage, open_database
 from jupyter_ystore.stores.sqlite.schema import Options, Schema
 from jupyter_ystore.stores.sqlite.watch import Hub, Owner, Watch
@@ -121,7 +126,8 @@ class SharedDatabase:
         self.conn: sqlite3.Connection | None = None  # the database thread's
         self.schema: Schema | None = None
         self.compactor = Compactor(self)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs, or lists of writes
+        self._pacers: weakref.WeakKeyDictionary[Any, CommitPacer] = weakref.WeakKeyDictionary()
         self._hub = Hub(db_path)  # live updates: touched by the database thread only
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
@@ -142,6 +148,7 @@ class SharedDatabase:
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
+        self._send_held()
         self._queue.put(_Call(waiter, fn, action, fold))
         return await waiter.wait()
 
@@ -164,17 +171,39 @@ class SharedDatabase:
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
-        self._queue.put(_Write(waiter, path, update, metadata, timestamp, policy, owner))
+        job = _Write(waiter, path, update, metadata, timestamp, policy, owner)
+        loop = waiter._loop
+        if loop is None or self.options.commit_interval <= 0:
+            self._queue.put(job)
+        else:
+            pacer = self._pacers.get(loop)
+            if pacer is None:
+                pacer = self._pacers[loop] = CommitPacer(
+                    loop, self.options.commit_interval, self._queue.put
+                )
+            pacer.add(path, job)
         return waiter.wait()
+
+    def _send_held(self) -> None:
+        """Writes this event loop holds for their commit go first (jobs keep their order)."""
+        if self._pacers:
+            try:
+                pacer = self._pacers.get(asyncio.get_running_loop())
+            except RuntimeError:
+                return
+            if pacer is not None and pacer.holding:
+                pacer.release()
 
     def post(self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str) -> None:
         """Queue ``fn`` without waiting for it (cleanup from a ``finally`` being cancelled)."""
         if not self.closing:
+            self._send_held()
             self._queue.put(_Call(Waiter(), fn, action))
 
     async def close(self) -> None:
         """Finish every queued job, close the connection and end the thread."""
         waiter = Waiter()
+        self._send_held()
         self._queue.put(_Close(waiter))
         await waiter.wait()
 
@@ -275,11 +304,17 @@ class SharedDatabase:
                 idle = max(0.0, self._fold_at - time.monotonic())
                 timeout = idle if timeout is None else min(timeout, idle)
             try:
-                jobs = [self._queue.get(timeout=timeout)]
+                taken = [self._queue.get(timeout=timeout)]
             except queue.Empty:
-                jobs = []
+                taken = []
             while not self._queue.empty():
-                jobs.append(self._queue.get())
+                taken.append(self._queue.get())
+            jobs: list[Any] = []
+            for job in taken:  # a list: a batch of writes the commit pacer held
+                if type(job) is list:
+                    jobs.extend(job)
+                else:
+                    jobs.append(job)
             i = 0
             while i < len(jobs):
                 job = jobs[i]

@@ -37,6 +37,8 @@ class Options:
     #: WAL, or DELETE (a rollback journal) on network file systems, where WAL's shared
     #: memory index is not shared between hosts (see ``stores/filesystems.py``).
     journal_mode: str = "WAL"
+    #: Seconds between two batches of writes sent to the database thread (``pacing``).
+    commit_interval: float = 0.0
 
 
 class Schema:

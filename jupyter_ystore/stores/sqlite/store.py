@@ -58,6 +58,11 @@ the update survives a crash of the process, but a power loss or OS crash may rol
 last commits (the file stays consistent). ``synchronous = FULL``: every commit is fsynced
 before ``write()`` returns, so it also survives power loss; group commit shares that fsync
 among concurrent writers.
+
+Under load, a write of another document than the last commit's may wait up to
+``commit_interval`` (10 ms) to share the next commit: on a busy server every commit's fixed
+cost (waking the database thread, then the event loop) is shared by the writes of many rooms.
+It still returns only once committed. A quiet server and a single writer never wait.
 """
 
 from __future__ import annotations
@@ -158,6 +163,15 @@ class SQLiteYStore(BaseYStore):
         help="Seconds to wait for another process holding the database's write lock before "
         "a write fails with YStoreLockedError.",
     )
+    commit_interval = Seconds(
+        0.01,
+        config=True,
+        help="Under load, at most one commit every this many seconds: writes of other "
+        "documents arriving meanwhile wait (at most this long) and share it, which saves "
+        "CPU on a busy server. A write never waits when no commit went out in the last "
+        "interval, nor behind an earlier write of its own document. 0: every write is "
+        "committed at once (group commit still shares the commits of concurrent writes).",
+    )
     poll_interval = Seconds(
         0.5,
         positive=True,
@@ -197,6 +211,7 @@ class SQLiteYStore(BaseYStore):
         options = _sqlite_db.Options(
             busy_timeout=float(checked(self, "busy_timeout")),
             synchronous=str(self.synchronous).upper(),
+            commit_interval=float(checked(self, "commit_interval")),
         )
         if _safe_journal(self, db_path):  # a network file system: no WAL, fsync each commit
             options = replace(options, journal_mode="DELETE", synchronous="FULL")
