@@ -4,6 +4,7 @@ the database after a held write pay nothing and see everything."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -95,6 +96,28 @@ async def test_a_single_writer_is_not_slowed(tmp_path: Path) -> None:
         assert len(str(doc.get("t", type=pycrdt.Text))) == sum(len(str(i)) for i in range(20))
 
 
+async def test_writers_side_by_side_are_not_slowed(tmp_path: Path) -> None:
+    """Twenty documents each written in turn, concurrently (a bulk import): after their
+    first batch each goes on at once (it was written in this interval or the last)."""
+    db = tmp_path / "y.db"
+    stores = [store(db, f"d{i}", commit_interval=0.5) for i in range(20)]
+    async with contextlib.AsyncExitStack() as stack:
+        for st in stores:
+            await stack.enter_async_context(st)
+
+        async def write_all(st: SQLiteYStore) -> None:
+            for i in range(30):
+                await st.write(update(str(i)))
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for st in stores:
+                tg.start_soon(write_all, st)
+        assert time.monotonic() - started < 3.0  # one 0.5 s wait; paced each round: 15 s
+        assert sorted(set(stored_paths(db))) == sorted(st.path for st in stores)
+        assert len(stored_paths(db)) == 600
+
+
 async def test_a_read_does_not_overtake_a_held_write(tmp_path: Path) -> None:
     db = tmp_path / "y.db"
     async with store(db, "a", commit_interval=5.0) as a, store(db, "b", commit_interval=5.0) as b:
@@ -141,3 +164,75 @@ async def test_stopping_the_last_store_commits_what_is_held(tmp_path: Path) -> N
 async def test_commit_interval_is_checked() -> None:
     with pytest.raises(TraitError, match="commit_interval"):
         SQLiteYStore("doc", db_path=":memory:", commit_interval=-0.1)
+
+
+class _Clock:
+    """A loop's ``time`` and ``call_at``, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        clock = self
+
+        class Handle:
+            def cancel(self) -> None:
+                clock.timers = [t for t in clock.timers if t[1] is not callback]
+
+        self.timers.append((when, callback))
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, callback in due:
+            callback()
+
+
+class _Job:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def test_the_pacer_rules() -> None:
+    from jupyter_ystore.stores.sqlite.pacing import CommitPacer
+
+    clock = _Clock()
+    sent: list[list[str]] = []
+    pacer = CommitPacer(
+        clock,  # type: ignore[arg-type]
+        0.01,
+        lambda jobs: sent.append([job.path for job in (jobs if isinstance(jobs, list) else [jobs])]),
+    )
+
+    def add(path: str) -> None:
+        pacer.add(path, _Job(path))
+
+    add("a")  # quiet: at once
+    assert sent == [["a"]]
+    clock.advance(0.002)
+    add("a")  # its own document again: at once
+    add("b")  # another document: the next batch, with what comes meanwhile
+    add("a")  # behind the held one, never before it
+    assert sent == [["a"], ["a"]] and pacer.holding == 2
+    clock.advance(0.007)
+    assert pacer.holding == 2
+    clock.advance(0.002)  # the interval is over
+    assert sent[-1] == ["b", "a"] and pacer.holding == 0
+    clock.advance(0.012)  # a new interval: its first write goes at once...
+    add("c")
+    add("b")  # ...and so does a document of the interval before (writers side by side)
+    assert sent[-2:] == [["c"], ["b"]]
+    add("d")
+    assert pacer.holding == 1
+    pacer.release()  # a read or a close sends what is held first
+    assert sent[-1] == ["d"] and pacer.holding == 0 and clock.timers == []
+    clock.advance(0.5)  # long quiet: nothing is recent any more
+    add("e")
+    add("c")
+    assert sent[-1] == ["e"] and pacer.holding == 1

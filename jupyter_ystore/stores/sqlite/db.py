@@ -128,6 +128,7 @@ class SharedDatabase:
         self.compactor = Compactor(self)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs, or lists of writes
         self._pacers: weakref.WeakKeyDictionary[Any, CommitPacer] = weakref.WeakKeyDictionary()
+        self._pacer: CommitPacer | None = None
         self._hub = Hub(db_path)  # live updates: touched by the database thread only
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
@@ -176,11 +177,14 @@ class SharedDatabase:
         if loop is None or self.options.commit_interval <= 0:
             self._queue.put(job)
         else:
-            pacer = self._pacers.get(loop)
-            if pacer is None:
-                pacer = self._pacers[loop] = CommitPacer(
-                    loop, self.options.commit_interval, self._queue.put
-                )
+            pacer = self._pacer  # the last loop's (a server has one loop)
+            if pacer is None or pacer.loop is not loop:
+                pacer = self._pacers.get(loop)
+                if pacer is None:
+                    pacer = self._pacers[loop] = CommitPacer(
+                        loop, self.options.commit_interval, self._queue.put
+                    )
+                self._pacer = pacer
             pacer.add(path, job)
         return waiter.wait()
 
