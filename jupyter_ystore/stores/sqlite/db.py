@@ -606,6 +606,7 @@ def acquire(key: str, options: Options) -> SharedDatabase:
 
 async def release(db: SharedDatabase) -> None:
     """Drop one reference; the last one closes the connection (after its queued jobs)."""
+    db._send_held()  # this loop's held writes go now: the last release may come from another loop
     if _DATABASES.release(db.key, db):
         db.closing = True
         await db.close()
