@@ -8,7 +8,8 @@ what it makes the server do:
 - every client's edits are made with pycrdt before the timed window, on its own copy of the
   synced document, and kept as ready-to-write masked frames (update + awareness);
 - incoming updates are applied only after the window, to check convergence and to attribute
-  arrivals to edits (by Yjs client id and clock: ``pycrdt.get_state`` of what arrived).
+  arrivals to edits (by Yjs client id and clock: the structs and deleted ranges of what
+  arrived, so that edits a server relays merged into one update all count).
 
 The kinds of edits and their mix come from the realistic stream (``edit_script``): typing,
 backspaces, pastes, cell inserts and deletes, executions that replace outputs.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
 import os
 import random
@@ -28,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jupyter_ystore.core.yupdate import InvalidUpdate, read_update
 
 # --------------------------------------------------------------------------- lib0 / Yjs bits
 
@@ -101,6 +105,59 @@ def update_key(update: bytes) -> tuple[int, int, bool] | None:
     client, pos = read_var_uint(update, pos)
     clock, pos = read_var_uint(update, pos)
     return client, clock, False
+
+
+class EditIndex:
+    """Which planned edits of a room an arriving update holds, by Yjs ids: its structs' clock
+    ranges (an insert edit is named by its first struct) and its deleted ranges (a delete-only
+    edit by its first deleted id). A merged update holds several edits."""
+
+    def __init__(self, room_plans: list[Any]) -> None:
+        inserts: dict[int, list[tuple[int, int, int]]] = {}
+        deletes: dict[int, list[tuple[int, int, int]]] = {}
+        for sender, plan in enumerate(room_plans):
+            for (client, clock, is_delete), n in plan.keys.items():
+                (deletes if is_delete else inserts).setdefault(client, []).append((clock, sender, n))
+        self._inserts = {client: sorted(edits) for client, edits in inserts.items()}
+        self._deletes = {client: sorted(edits) for client, edits in deletes.items()}
+        self._insert_clocks = {client: [e[0] for e in edits] for client, edits in self._inserts.items()}
+        self._delete_clocks = {client: [e[0] for e in edits] for client, edits in self._deletes.items()}
+
+    def last_edits(self, update: bytes) -> dict[int, int]:
+        """sender -> the last of its edits ``update`` holds (an edit's sender relays in order,
+        so the earlier ones arrived before or with it)."""
+        try:
+            summary = read_update(update)
+        except InvalidUpdate:
+            return {}
+        last: dict[int, int] = {}
+
+        def take(edit: tuple[int, int, int]) -> None:
+            _, sender, n = edit
+            if last.get(sender, -1) < n:
+                last[sender] = n
+
+        for client, structs in summary.structs.items():
+            clocks = self._insert_clocks.get(client)
+            if not clocks:
+                continue
+            for clock, length, skip in structs:
+                if skip:
+                    continue
+                lo = bisect.bisect_left(clocks, clock)
+                hi = bisect.bisect_left(clocks, clock + length)
+                if hi > lo:
+                    take(self._inserts[client][hi - 1])
+        for client, ranges in summary.deletions.items():
+            clocks = self._delete_clocks.get(client)
+            if not clocks:
+                continue
+            for clock, length in ranges:
+                lo = bisect.bisect_left(clocks, clock)
+                hi = bisect.bisect_left(clocks, clock + length)
+                for edit in self._deletes[client][lo:hi]:
+                    take(edit)
+        return last
 
 
 def update_frame(update: bytes) -> bytes:
@@ -660,6 +717,7 @@ async def run_worker(spec: dict[str, Any]) -> int:
         {key: (c, n) for c, plan in enumerate(room_plans) for key, n in plan.keys.items()}
         for room_plans in plans
     ]
+    covers = [EditIndex(room_plans) for room_plans in plans]
     seen = [[0] * len(room["clients"]) for room in rooms]
     pointer = [[[0] * len(room["clients"]) for _ in room["clients"]] for room in rooms]
 
@@ -672,21 +730,27 @@ async def run_worker(spec: dict[str, Any]) -> int:
             for c, client in enumerate(room["clients"]):
                 mine = pointer[r][c]
                 for arrival, frame in client.updates[seen[r][c] :]:
-                    hit = owner.get(update_key(_payload(frame)))  # type: ignore[arg-type]
-                    if hit is None:
+                    payload = _payload(frame)
+                    hit = owner.get(update_key(payload))  # type: ignore[arg-type]
+                    # A server may relay several edits merged into one update: every edit
+                    # the update holds counts, not only the one its first struct names.
+                    last = covers[r].last_edits(payload)  # type: ignore[arg-type]
+                    if hit is not None and last.get(hit[0], -1) < hit[1]:
+                        last[hit[0]] = hit[1]
+                    if not last:
                         unattributed += 1
                         continue
-                    sender, n = hit
-                    if sender == c:
-                        continue  # our own echo
-                    times = sent_at[r][sender]
-                    for k in range(mine[sender], n + 1):
-                        latency = arrival - times[k]
-                        negative += latency < 0
-                        latencies.append(latency)
-                        if latency > 0.05:
-                            slow.append((round(times[k] - t0, 2), round(latency * 1000, 1), r))
-                    mine[sender] = max(mine[sender], n + 1)
+                    for sender, n in last.items():
+                        if sender == c:
+                            continue  # our own echo
+                        times = sent_at[r][sender]
+                        for k in range(mine[sender], n + 1):
+                            latency = arrival - times[k]
+                            negative += latency < 0
+                            latencies.append(latency)
+                            if latency > 0.05:
+                                slow.append((round(times[k] - t0, 2), round(latency * 1000, 1), r))
+                        mine[sender] = max(mine[sender], n + 1)
                 seen[r][c] = len(client.updates)
                 for c2, plan in enumerate(plans[r]):
                     if c2 != c and mine[c2] < len(plan.updates):
