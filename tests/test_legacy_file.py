@@ -104,7 +104,7 @@ async def test_crash_mid_write_keeps_all_but_the_torn_record(
             records = [r async for r in store.read()]
             assert [r[0] for r in records] == updates[: n - 1]
             assert [len(r[0]) for r in records] == sizes[:-1]
-            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == LOG.name]
             assert len(warnings) == 1 and "torn" in warnings[0].getMessage()
             [aside] = list(target.parent.glob("doc.y.torn-*"))
             assert aside.read_bytes() == data[len(data) - last_record : cut]
@@ -122,7 +122,9 @@ async def test_crash_mid_write_keeps_all_but_the_torn_record(
                 f"{i};" for i in range(n + 5)
             )
             assert len([r async for r in store.read()]) == n + 5
-    assert not caplog.records  # repaired once, quiet after
+    # repaired once, quiet after (the store's own log: another test's leftover background
+    # task may log on its logger meanwhile)
+    assert not [r for r in caplog.records if r.name == LOG.name]
     assert len(list(target.parent.glob("doc.y.torn-*"))) == 1
 
 
