@@ -706,17 +706,13 @@ async def run_worker(spec: dict[str, Any]) -> int:
     cpu_window = cpu_seconds() - cpu0
 
     # Attribution, incremental: each poll reads only the frames that arrived since the last
-    # one. An update names its edit by update_key; the server relays a client's edits in
-    # order, so an edit also means every earlier edit of that sender has arrived (a later
-    # edit that arrived merged into another's frame is counted at that frame's arrival).
+    # one. An update holds the edits whose Yjs ids it carries (``EditIndex``); the server
+    # relays a client's edits in order, so an edit also means every earlier edit of that
+    # sender has arrived.
     latencies: list[float] = []
     slow: list[tuple[float, float, int]] = []  # (sent at, latency ms, room) over 50 ms
     negative = 0
     unattributed = 0
-    owners = [
-        {key: (c, n) for c, plan in enumerate(room_plans) for key, n in plan.keys.items()}
-        for room_plans in plans
-    ]
     covers = [EditIndex(room_plans) for room_plans in plans]
     seen = [[0] * len(room["clients"]) for room in rooms]
     pointer = [[[0] * len(room["clients"]) for _ in room["clients"]] for room in rooms]
@@ -726,17 +722,12 @@ async def run_worker(spec: dict[str, Any]) -> int:
         nonlocal negative, unattributed
         done = True
         for r, room in enumerate(rooms):
-            owner = owners[r]
             for c, client in enumerate(room["clients"]):
                 mine = pointer[r][c]
                 for arrival, frame in client.updates[seen[r][c] :]:
-                    payload = _payload(frame)
-                    hit = owner.get(update_key(payload))  # type: ignore[arg-type]
                     # A server may relay several edits merged into one update: every edit
                     # the update holds counts, not only the one its first struct names.
-                    last = covers[r].last_edits(payload)  # type: ignore[arg-type]
-                    if hit is not None and last.get(hit[0], -1) < hit[1]:
-                        last[hit[0]] = hit[1]
+                    last = covers[r].last_edits(_payload(frame))  # type: ignore[arg-type]
                     if not last:
                         unattributed += 1
                         continue

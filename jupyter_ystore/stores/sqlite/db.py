@@ -128,7 +128,6 @@ class SharedDatabase:
         self.compactor = Compactor(self)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs, or lists of writes
         self._pacers: weakref.WeakKeyDictionary[Any, CommitPacer] = weakref.WeakKeyDictionary()
-        self._pacer: CommitPacer | None = None
         self._hub = Hub(db_path)  # live updates: touched by the database thread only
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
@@ -177,14 +176,11 @@ class SharedDatabase:
         if loop is None or self.options.commit_interval <= 0:
             self._queue.put(job)
         else:
-            pacer = self._pacer  # the last loop's (a server has one loop)
-            if pacer is None or pacer.loop is not loop:
-                pacer = self._pacers.get(loop)
-                if pacer is None:
-                    pacer = self._pacers[loop] = CommitPacer(
-                        loop, self.options.commit_interval, self._queue.put
-                    )
-                self._pacer = pacer
+            pacer = self._pacers.get(loop)
+            if pacer is None:
+                pacer = self._pacers[loop] = CommitPacer(
+                    loop, self.options.commit_interval, self._queue.put
+                )
             pacer.add(path, job)
         return waiter.wait()
 
@@ -207,8 +203,7 @@ class SharedDatabase:
     async def close(self) -> None:
         """Finish every queued job, close the connection and end the thread."""
         waiter = Waiter()
-        self._send_held()
-        self._queue.put(_Close(waiter))
+        self._queue.put(_Close(waiter))  # (``release`` sent this loop's held writes first)
         await waiter.wait()
 
     async def read_rows(

@@ -7,7 +7,7 @@ write every 2 ms, each alone in its commit), so group commit never groups them. 
 ``CommitPacer`` lets at most one batch go to the database thread every ``interval``
 seconds: a write that finds the last batch sent less than ``interval`` ago waits for the
 next one, with every write that arrives meanwhile. Measured on the benchmark's 100 typists
-(``benchmarks/README.md``): a third less CPU an edit for ``interval`` of added latency at
+(``benchmarks/README.md``): a quarter less CPU an edit for ``interval`` of added latency at
 most, and only under load.
 
 What never waits: the first write of an interval (a quiet server pays no latency), and a
@@ -29,7 +29,7 @@ from typing import Any, Callable
 class CommitPacer:
     """Holds one event loop's writes to a database until their batch's turn."""
 
-    __slots__ = ("interval", "loop", "_submit", "_held", "_handle", "_ends", "_current", "_previous")
+    __slots__ = ("interval", "_loop", "_submit", "_held", "_handle", "_ends", "_current", "_previous")
 
     def __init__(
         self,
@@ -38,7 +38,7 @@ class CommitPacer:
         submit: Callable[[Any], None],
     ) -> None:
         self.interval = interval
-        self.loop = loop
+        self._loop = loop
         self._submit = submit  # hands a job, or a list of them, to the database thread
         self._held: list[Any] = []
         self._handle: asyncio.TimerHandle | None = None
@@ -51,12 +51,12 @@ class CommitPacer:
         if self._held:
             self._held.append(job)
             return
-        now = self.loop.time()
+        now = self._loop.time()
         if now >= self._ends:
             self._next_interval(now)
         elif path not in self._current and path not in self._previous:
             self._held.append(job)
-            self._handle = self.loop.call_at(self._ends, self.release)
+            self._handle = self._loop.call_at(self._ends, self.release)
             return
         self._current.add(path)
         self._submit(job)
@@ -68,7 +68,7 @@ class CommitPacer:
             self._handle = None
         held, self._held = self._held, []
         if held:
-            self._next_interval(self.loop.time())
+            self._next_interval(self._loop.time())
             self._current.update(job.path for job in held)
             self._submit(held)
 
