@@ -28,6 +28,7 @@ from jupyter_ystore.core.keys import check_format
 from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.server import metrics, protocol
+from jupyter_ystore.server.frames import adopt_buffered_reader
 from jupyter_ystore.server.rooms import DocumentRoom, RoomError
 from jupyter_ystore.server.sessions import history_of, new_session_id
 
@@ -135,7 +136,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         # the timeout (90000) exceeds the interval (30000). Tornado's pings are left off.
         self._tornado_asks = True
         try:
-            return super().get_websocket_protocol()
+            return adopt_buffered_reader(super().get_websocket_protocol())
         finally:
             self._tornado_asks = False
 

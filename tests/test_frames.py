@@ -1,0 +1,282 @@
+"""The buffered websocket frame reader (``jupyter_ystore.server.frames``).
+
+Differential: the same bytes, cut into the same random arrivals, go through tornado's own
+reader and through ours; what each then does (messages handed on, aborts, closes) must be the
+same, for well-formed streams (fragments, control frames between fragments, every length
+encoding, masked or not) and hostile ones (reserved bits, oversized frames, long or fragmented
+control frames, a continuation with nothing to continue). Then once against a real server
+through a raw socket: frames that share one TCP segment and a frame that arrives in pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pycrdt import Array, Doc
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketProtocol13, _WebSocketParams
+
+from jupyter_ystore.server import protocol as sync
+from jupyter_ystore.server.frames import BufferedFrameReader, adopt_buffered_reader
+
+from _server_helpers import JupyterServerProcess, wait_until, write_notebook, yclient
+
+pytestmark = pytest.mark.anyio
+
+MAX_MESSAGE = 100_000
+
+
+class ScriptedStream:
+    """A stream whose bytes arrive in the given pieces (``read_bytes`` as tornado's)."""
+
+    def __init__(self, arrivals: list[bytes]) -> None:
+        self._arrivals = list(arrivals)
+        self._buffer = bytearray()
+
+    async def read_bytes(self, n: int, partial: bool = False) -> bytes:
+        while len(self._buffer) < (1 if partial else n):
+            if not self._arrivals:
+                raise StreamClosedError()
+            await anyio.sleep(0)  # a network arrival is a turn of the loop
+            self._buffer += self._arrivals.pop(0)
+        size = min(n, len(self._buffer))
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+class _Handler:
+    def on_ws_connection_close(self, code: Any, reason: Any) -> None:
+        pass
+
+
+def recording(protocol: WebSocketProtocol13, events: list[Any]) -> WebSocketProtocol13:
+    def handle(opcode: int, data: bytes) -> None:
+        events.append(("message", opcode, bytes(data)))
+        if opcode == 0x8:
+            protocol.client_terminated = True
+        return None
+
+    def abort() -> None:
+        events.append(("abort",))
+        protocol.client_terminated = True
+
+    def close(code: Any = None, reason: Any = None) -> None:
+        events.append(("close", code, reason))
+
+    protocol._handle_message = handle  # type: ignore[method-assign]
+    protocol._abort = abort  # type: ignore[method-assign]
+    protocol.close = close  # type: ignore[method-assign]
+    return protocol
+
+
+async def run_reader(buffered: bool, arrivals: list[bytes]) -> tuple[list[Any], int]:
+    protocol = WebSocketProtocol13(_Handler(), False, _WebSocketParams(max_message_size=MAX_MESSAGE))
+    if buffered:
+        protocol = adopt_buffered_reader(protocol)
+        assert type(protocol) is BufferedFrameReader
+    events: list[Any] = []
+    recording(protocol, events)
+    protocol.stream = ScriptedStream(arrivals)  # type: ignore[assignment]
+    with anyio.fail_after(10):
+        await protocol._receive_frame_loop()
+    return events, protocol._wire_bytes_in
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0, length: int | None = None) -> bytes:
+    """One client frame (RFC 6455 5.2); ``length`` lies about the payload's size."""
+    size = len(payload) if length is None else length
+    head = bytes(((0x80 if fin else 0) | rsv | opcode,))
+    flag = 0x80 if mask else 0
+    if size < 126:
+        head += bytes((flag | size,))
+    elif size < 1 << 16:
+        head += bytes((flag | 126,)) + struct.pack("!H", size)
+    else:
+        head += bytes((flag | 127,)) + struct.pack("!Q", size)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def random_stream(rng: random.Random) -> bytes:
+    """A client's byte stream: mostly sane, sometimes hostile, ending anywhere."""
+    sizes = [0, 1, 5, 125, 126, 127, 300, 65535, 65536, 70_000, MAX_MESSAGE, MAX_MESSAGE + 1]
+    out = b""
+    fragmenting = False
+    for _ in range(rng.randint(1, 12)):
+        mask = rng.random() < 0.9
+        payload = rng.randbytes(rng.choice(sizes) if rng.random() < 0.3 else rng.randint(0, 40))
+        roll = rng.random()
+        if roll < 0.35:
+            out += frame(0x2, payload, mask=mask)
+        elif roll < 0.45:
+            out += frame(0x1, "é ok".encode() * rng.randint(0, 5), mask=mask)
+        elif roll < 0.55:
+            out += frame(0x9, payload[:125], mask=mask)  # ping, possibly between fragments
+        elif roll < 0.70:
+            out += frame(0x2 if not fragmenting else 0x0, payload, fin=False, mask=mask)
+            fragmenting = True
+        elif roll < 0.80:
+            out += frame(0x0, payload, fin=rng.random() < 0.6, mask=mask)
+        elif roll < 0.84:
+            out += frame(0x2, payload, rsv=rng.choice((0x40, 0x20, 0x10)), mask=mask)
+        elif roll < 0.88:
+            out += frame(0x9, rng.randbytes(126), mask=mask)  # a control frame too long
+        elif roll < 0.91:
+            out += frame(0xA, payload[:10], fin=False, mask=mask)  # a fragmented control frame
+        elif roll < 0.94:
+            out += frame(0x2, b"", length=rng.choice((MAX_MESSAGE + 1, 1 << 40)), mask=mask)
+        elif roll < 0.96:
+            out += frame(rng.choice((0x3, 0xB)), payload[:20], mask=mask)  # unknown opcodes
+        else:
+            out += frame(0x8, struct.pack("!H", 1000) + b"bye", mask=mask)
+    if rng.random() < 0.3:
+        out = out[: rng.randint(0, len(out))]  # the connection drops mid-frame
+    return out
+
+
+def cut(rng: random.Random, data: bytes) -> list[bytes]:
+    """``data`` in random arrivals: single bytes, small pieces, or big runs."""
+    pieces, pos = [], 0
+    while pos < len(data):
+        size = rng.choice((1, 1, 2, 3, 7, 64, 1000, 70_000, len(data)))
+        pieces.append(data[pos : pos + size])
+        pos += size
+    return pieces
+
+
+@pytest.mark.parametrize("seed", range(60))
+async def test_buffered_reader_does_what_tornados_does(seed: int) -> None:
+    rng = random.Random(seed)
+    data = random_stream(rng)
+    arrivals = cut(rng, data)
+    theirs, their_bytes = await run_reader(False, arrivals)
+    ours, our_bytes = await run_reader(True, arrivals)
+    assert ours == theirs
+    assert theirs[-1][0] == "abort" or theirs[-1][:2] == ("message", 0x8)
+    if theirs[-1] != ("abort",) or our_bytes == len(data):
+        assert our_bytes == their_bytes  # the bytes it took account for what it read
+
+
+async def test_frames_in_one_arrival_and_frames_in_pieces() -> None:
+    first = frame(0x2, b"one")
+    big = frame(0x2, b"x" * 70_000)
+    medium = frame(0x2, b"y" * 300, mask=False)
+    last = frame(0x1, "two".encode())
+    events, _ = await run_reader(True, [first + big[:3], big[3:9], big[9:] + medium + last[:1], last[1:]])
+    assert events == [
+        ("message", 0x2, b"one"),
+        ("message", 0x2, b"x" * 70_000),
+        ("message", 0x2, b"y" * 300),
+        ("message", 0x1, b"two"),
+        ("abort",),  # the stream ended
+    ]
+
+
+async def test_an_oversized_frame_is_refused_before_its_payload_arrives() -> None:
+    events, _ = await run_reader(True, [frame(0x2, b"", length=1 << 40)[:10]])
+    assert events[0] == ("close", 1009, "message too big")
+
+
+async def test_a_protocol_without_tornados_internals_keeps_its_reader() -> None:
+    class Other(WebSocketProtocol13):
+        pass
+
+    other = Other(_Handler(), False, _WebSocketParams())
+    assert type(adopt_buffered_reader(other)) is Other
+
+
+# --------------------------------------------------------------- against a real server
+
+
+def handshake(port: int, path: str, token: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: token {token}\r\n\r\n"
+        ).encode()
+    )
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 101"), reply[:200]
+    return sock
+
+
+def read_frames(sock: socket.socket, buffered: bytearray, count: int, timeout: float = 10) -> list[tuple[int, bytes]]:
+    """``count`` server frames (unmasked, unfragmented)."""
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(frames) < count:
+        if len(buffered) >= 2:
+            size, start = buffered[1] & 0x7F, 2
+            if size == 126:
+                size, start = struct.unpack("!H", buffered[2:4])[0], 4
+            elif size == 127:
+                size, start = struct.unpack("!Q", buffered[2:10])[0], 10
+            if len(buffered) >= start + size:
+                frames.append((buffered[0] & 0x0F, bytes(buffered[start : start + size])))
+                del buffered[: start + size]
+                continue
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buffered += chunk
+    return frames
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    write_notebook(tmp_path / "root" / "frames.ipynb", ["start"])
+    proc = JupyterServerProcess(tmp_path / "root", tmp_path / "home").start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+async def test_a_real_server_reads_frames_that_share_or_split_segments(server: Any) -> None:
+    session = server.session("frames.ipynb")
+    room_path = f"/api/collaboration/room/json:notebook:{session['fileId']}"
+    async with yclient(server.ws_url + room_path + f"?token={server.token}") as watcher:
+        await wait_until(lambda: watcher.synced.is_set())
+        sock = handshake(server.port, room_path, server.token)
+        try:
+            doc = Doc()
+            doc.apply_update(watcher.ydoc.get_update())  # the server's document, then edited
+            source = doc.get("cells", type=Array)[0]["source"]
+            updates: list[bytes] = []
+            doc.observe(lambda event: updates.append(event.update))
+            source += "a"
+            source += "b" * 70_000  # a 64-bit length
+            source += "c" * 300  # a 16-bit length
+            ping = frame(0x9, b"are you there")
+            burst = frame(0x2, sync.sync_step1(Doc())) + frame(0x2, sync.update_message(updates[0])) + ping
+            sock.sendall(burst)  # three frames in one segment
+            big = frame(0x2, sync.update_message(updates[1])) + frame(0x2, sync.update_message(updates[2]))
+            for start in range(0, len(big), 7_001):  # then frames in pieces, one cut mid-header
+                sock.sendall(big[start : start + 7_001])
+                await anyio.sleep(0.01)
+            buffered = bytearray()
+            got: list[tuple[int, bytes]] = []
+            while (0xA, b"are you there") not in got:  # tornado still answers pings
+                got += await anyio.to_thread.run_sync(read_frames, sock, buffered, 1)
+            await wait_until(lambda: watcher.sources() == [str(source)], timeout=20)
+            assert str(source) == "starta" + "b" * 70_000 + "c" * 300
+        finally:
+            sock.close()
