@@ -26,7 +26,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13, _WebSocketParams
 
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.frames import BufferedFrameReader, adopt_buffered_reader
+from jupyter_ystore.server.frames import BufferedFrameReader, adopt_buffered_reader, write_now
 
 from _server_helpers import JupyterServerProcess, wait_until, write_notebook, yclient
 
@@ -280,3 +280,122 @@ async def test_a_real_server_reads_frames_that_share_or_split_segments(server: A
             assert str(source) == "starta" + "b" * 70_000 + "c" * 300
         finally:
             sock.close()
+
+
+# --------------------------------------------------------------- writing
+
+
+async def _stream_pair() -> tuple[Any, socket.socket]:
+    from tornado.iostream import IOStream
+
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    return IOStream(ours), peer
+
+
+def _drain(peer: socket.socket, size: int) -> bytes:
+    data = b""
+    peer.settimeout(10)
+    while len(data) < size:
+        data += peer.recv(1 << 20)
+    return data
+
+
+async def test_write_now_goes_straight_to_the_socket() -> None:
+    stream, peer = await _stream_pair()
+    try:
+        write_now(stream, b"hello")
+        assert stream._total_write_index == 0  # nothing went through tornado's buffer
+        assert _drain(peer, 5) == b"hello"
+    finally:
+        stream.close()
+        peer.close()
+
+
+async def test_write_now_keeps_order_when_the_socket_is_full() -> None:
+    stream, peer = await _stream_pair()
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        chunks = [bytes([i]) * 60_000 for i in range(1, 9)]  # more than the socket holds
+        for chunk in chunks:
+            write_now(stream, chunk)
+        assert stream._total_write_index > 0  # the rest waits in tornado's buffer, in order
+        received = await anyio.to_thread.run_sync(_drain, peer, sum(map(len, chunks)))
+        assert received == b"".join(chunks)
+    finally:
+        stream.close()
+        peer.close()
+
+
+async def test_write_now_to_a_closed_connection_raises() -> None:
+    from tornado.iostream import StreamClosedError
+
+    stream, peer = await _stream_pair()
+    peer.close()
+    with pytest.raises(StreamClosedError):
+        for _ in range(100):  # the first sends may still be taken by the kernel
+            write_now(stream, b"x" * 10_000)
+            await anyio.sleep(0.001)
+    assert stream.closed()
+
+
+# --------------------------------------------------------------- y-websocket messages
+
+
+@pytest.mark.parametrize("size", [0, 1, 20, 126, 127, 128, 300])
+def test_a_keystroke_message_parses_as_the_general_decoder_does(size: int) -> None:
+    from pycrdt import Encoder
+
+    payload = bytes(range(256))[:size] if size <= 256 else os.urandom(size)
+    encoder = Encoder()
+    encoder.write_var_uint(sync.MessageType.SYNC)
+    encoder.write_var_uint(sync.SyncType.UPDATE)
+    encoder.write_var_uint(size)
+    frame = encoder.to_bytes() + payload
+    assert sync.parse_message(frame) == sync.SyncUpdate(payload)
+    assert sync.parse_message(bytearray(frame)) == sync.SyncUpdate(payload)  # the general path
+    for cut in range(2, len(frame)):  # truncated: refused by either path
+        with pytest.raises(sync.ProtocolError):
+            sync.parse_message(frame[:cut])
+
+
+async def test_clients_with_frames_are_written_by_one_callback_a_turn(caplog: Any) -> None:
+    import asyncio
+    import logging
+
+    from jupyter_ystore.server import handlers
+
+    written: list[str] = []
+
+    class Client:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.username, self.fail, self._flush_soon = name, fail, False
+            self.log = logging.getLogger("test_frames")
+
+        def queue(self) -> None:
+            if not self._flush_soon:
+                self._flush_soon = True
+                handlers.flush_soon(self)  # type: ignore[arg-type]
+
+        def _flush(self) -> None:
+            self._flush_soon = False
+            if self.fail:
+                raise RuntimeError("broken socket object")
+            written.append(self.username)
+
+    loop = asyncio.get_running_loop()
+    scheduled = []
+    real_call_soon = loop.call_soon
+    loop.call_soon = lambda *args, **kw: scheduled.append(args[0]) or real_call_soon(*args, **kw)  # type: ignore[method-assign]
+    try:
+        clients = [Client("a"), Client("b", fail=True), Client("c"), Client("d")]
+        for client in clients:
+            client.queue()
+            client.queue()  # queued once
+        clients[3]._flush()  # written directly meanwhile (a close): not written twice
+        await asyncio.sleep(0)
+    finally:
+        del loop.call_soon
+    assert scheduled.count(handlers._flush_all) == 1
+    assert written == ["d", "a", "c"]  # b failed, and did not stop c
+    assert "writing to b failed" in caplog.text

@@ -1,4 +1,4 @@
-"""Reading a client's websocket frames in one pass over what arrived.
+"""Reading a client's websocket frames in one pass over what arrived; writing ours at once.
 
 Tornado reads every frame with three or four ``read_bytes`` calls (header, length, mask,
 payload), each a future and a trip through its stream buffer: under load that was a sixth
@@ -6,7 +6,11 @@ of an edit's CPU. ``BufferedFrameReader`` asks the stream once for whatever has 
 to 64 KiB) and cuts the frames out of its own buffer; everything a frame means (control
 frames, closing, the message handler) stays tornado's.
 
-It relies on ``WebSocketProtocol13``'s internals (``_receive_frame``, ``_handle_message`` and
+``write_now`` writes frames straight to the socket when tornado has nothing of its own waiting
+to be written: ``IOStream.write`` makes a future and schedules two callbacks for every write,
+more work than the system call itself.
+
+The reader relies on ``WebSocketProtocol13``'s internals (``_receive_frame``, ``_handle_message`` and
 the fragment state). ``adopt_buffered_reader`` checks they are there and otherwise leaves tornado's reader in
 place, so a tornado that changed them still works, only slower.
 """
@@ -15,11 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.util import _websocket_mask  # type: ignore[attr-defined]
 from tornado.websocket import WebSocketProtocol13
 
 #: Bytes asked of the stream at a time when a frame is incomplete.
 CHUNK = 65536
+
+#: Writes up to this size may go straight to the socket (Windows refuses big sends).
+DIRECT_WRITE = 65536
 
 _NEEDED = (
     "_receive_frame",
@@ -142,3 +150,25 @@ def adopt_buffered_reader(protocol: Any) -> Any:
         protocol._inbuf = bytearray()
         protocol._inpos = 0
     return protocol
+
+
+def write_now(stream: Any, data: bytes) -> None:
+    """Write ``data`` to ``stream`` in order with tornado's own writes (pongs, closes):
+    straight to the socket when its write buffer is empty, what the socket does not take
+    through the stream. Raises ``StreamClosedError`` when the connection is gone."""
+    waiting = getattr(stream, "_write_buffer", True)  # tornado's unsent bytes
+    if type(stream) is IOStream and not waiting and len(data) <= DIRECT_WRITE:
+        sock = stream.socket
+        if sock is None:
+            raise StreamClosedError()
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            stream.close(exc_info=exc)
+            raise StreamClosedError(real_error=exc) from None
+        if sent == len(data):
+            return
+        data = data[sent:]
+    stream.write(data)  # (its future's exception is retrieved by tornado)

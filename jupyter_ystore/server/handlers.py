@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from typing import TYPE_CHECKING, Any, Awaitable
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -28,7 +29,7 @@ from jupyter_ystore.core.keys import check_format
 from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.server import metrics, protocol
-from jupyter_ystore.server.frames import adopt_buffered_reader
+from jupyter_ystore.server.frames import adopt_buffered_reader, write_now
 from jupyter_ystore.server.rooms import DocumentRoom, RoomError
 from jupyter_ystore.server.sessions import history_of, new_session_id
 
@@ -125,8 +126,8 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         self._closed = False
         self._outbox: list[bytes] = []  # frames waiting for the end of this loop turn
         self._outbox_size = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self._flush_soon = False  # the handle runs at the end of this turn
+        self._flush_handle: asyncio.Handle | None = None  # an awareness frame's wait
+        self._flush_soon = False  # queued to be written at the end of this turn
 
     _tornado_asks = False
 
@@ -347,8 +348,9 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         if message[:1] != _AWARENESS:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_handle = None
             self._flush_soon = True
+            flush_soon(self)
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
                 AWARENESS_WAIT, self._flush
@@ -356,19 +358,18 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 
     def _flush(self) -> None:
         """Write the frames gathered this turn, in one write."""
+        self._flush_soon = False
         if self._flush_handle is not None:
             self._flush_handle.cancel()  # (a no-op when it is the handle running now)
-            self._flush_handle, self._flush_soon = None, False
+            self._flush_handle = None
         frames, self._outbox, self._outbox_size = self._outbox, [], 0
         stream = getattr(self.ws_connection, "stream", None)
         if self._closed or not frames or stream is None or self.ws_connection.is_closing():
             return
         try:
-            future = stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            write_now(stream, frames[0] if len(frames) == 1 else b"".join(frames))
         except StreamClosedError:
             self._closed = True
-            return
-        future.add_done_callback(_ignore_closed)
 
     def _unsent(self) -> int:
         """Bytes queued for this client that it has not taken yet. A single frame of any
@@ -394,6 +395,34 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 
 
 _last_frame: tuple[bytes, bytes] = (b"", b"")
+
+#: Clients with frames to write at the end of this turn of the event loop, per loop.
+_to_flush: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[RoomHandler]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def flush_soon(client: RoomHandler) -> None:
+    """Have ``client._flush()`` run at the end of this turn: one loop callback for every
+    client that has frames, not one each (a relay to ten clients was ten)."""
+    loop = asyncio.get_running_loop()
+    waiting = _to_flush.get(loop)
+    if waiting is None:
+        waiting = _to_flush[loop] = []
+    if not waiting:
+        loop.call_soon(_flush_all, waiting)
+    waiting.append(client)
+
+
+def _flush_all(waiting: list[RoomHandler]) -> None:
+    clients = waiting[:]
+    waiting.clear()  # (a client queued while these are written waits for the next call)
+    for client in clients:
+        if client._flush_soon:
+            try:
+                client._flush()
+            except Exception:  # one client's failure is not the others'
+                client.log.exception("Collaboration: writing to %s failed", client.username)
 
 #: The first byte of a y-websocket awareness message.
 _AWARENESS = bytes((protocol.MessageType.AWARENESS,))
@@ -428,7 +457,3 @@ def _update_of(message: Any) -> bytes:
         return b""
     return getattr(parsed, "update", b"")
 
-
-def _ignore_closed(future: Any) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so a closed socket is not logged as unhandled

@@ -130,8 +130,16 @@ Message = Union[
 ]
 
 
+#: The first two bytes of a sync update message.
+_UPDATE_HEAD = bytes((MessageType.SYNC, SyncType.UPDATE))
+
+
 def parse_message(frame: bytes) -> Message:
     """Decode one binary websocket frame; raise ``ProtocolError`` when it is malformed."""
+    if type(frame) is bytes and frame[:2] == _UPDATE_HEAD and len(frame) > 2:
+        size = frame[2]  # the common case, a keystroke: a length in one byte
+        if size < 0x80 and len(frame) >= 3 + size:
+            return SyncUpdate(frame[3 : 3 + size])
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise ProtocolError("text frames are not part of the protocol; send binary frames")
     frame = bytes(frame)

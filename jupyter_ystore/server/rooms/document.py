@@ -32,9 +32,8 @@ import hashlib
 import logging
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Iterator
+from typing import Any, Awaitable
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -67,7 +66,7 @@ from jupyter_ystore.server.rooms.filesync import (
 )
 from jupyter_ystore.server.rooms.room import Client, RoomError
 from jupyter_ystore.server.rooms.spill import Spill
-from jupyter_ystore.server.rooms.writer import Origin, WritePipeline
+from jupyter_ystore.server.rooms.writer import Origin, WritePipeline, client_origin
 from jupyter_ystore.stores.base import BaseYStore
 
 #: The store attribute naming the stored history (what session ids name).
@@ -452,22 +451,12 @@ class DocumentRoom:
         with self._receiving(client, update):
             return self.guard.apply_now(update)
 
-    @contextmanager
-    def _receiving(self, client: Client, update: bytes) -> Iterator[None]:
+    def _receiving(self, client: Client, update: bytes) -> _Receiving:
         """Around applying a client's update: its origin; a damaged document reset, with
         nothing of the update stored or relayed."""
         if self._fault is not None:
             raise BadUpdate("the document is being reset; reconnect")
-        mark = self.writer.queued
-        try:
-            with self._changes_by(Origin("client", user=client.username)):
-                yield
-        except DocumentDamaged as exc:
-            self.writer.drop_since(mark)  # never stored, never relayed
-            self.reset(f"an update from {client.username} ({describe(update)}) {exc}")
-            raise
-        if self.writer.queued > mark:
-            self._changed_by_people = True
+        return _Receiving(self, client_origin(client.username), update)
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""
@@ -573,3 +562,27 @@ class DocumentRoom:
         client.send(protocol.save_reply(request_id, status))
 
     # ------------------------------------------------------------------ saving
+
+
+class _Receiving:
+    """``DocumentRoom._receiving``: a class, not a generator (it runs for every keystroke)."""
+
+    __slots__ = ("room", "origin", "update", "mark", "previous")
+
+    def __init__(self, room: DocumentRoom, origin: Origin, update: bytes) -> None:
+        self.room, self.origin, self.update = room, origin, update
+
+    def __enter__(self) -> None:
+        room = self.room
+        self.mark = room.writer.queued
+        self.previous, room._origin = room._origin, self.origin
+
+    def __exit__(self, kind: Any, exc: Any, traceback: Any) -> None:
+        room = self.room
+        room._origin = self.previous
+        if exc is None:
+            if room.writer.queued > self.mark:
+                room._changed_by_people = True
+        elif isinstance(exc, DocumentDamaged):
+            room.writer.drop_since(self.mark)  # never stored, never relayed
+            room.reset(f"an update from {self.origin.user} ({describe(self.update)}) {exc}")
