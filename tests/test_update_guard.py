@@ -354,3 +354,63 @@ async def test_generated_hostile_updates_never_leave_a_document_that_replays_dif
         assert YNotebook(replay).get() == live, update.hex()
         assert YNotebook(peer).get() == live, update.hex()
     assert accepted >= 15 and refused > 500, (accepted, refused)  # (20, 1389) at 20261203
+
+
+def edited_by_many(sessions: int) -> pycrdt.Doc:
+    """A notebook ``sessions`` past clients have typed in (each one character)."""
+    doc = loaded_notebook()
+    rng = random.Random(7)
+    for _ in range(sessions):
+        past = pycrdt.Doc(client_id=rng.getrandbits(32))
+        past.apply_update(doc.get_update())
+        source = YNotebook(past).ycells[0]["source"]
+        source.insert(len(source), "z")
+        doc.apply_update(past.get_update(doc.get_state()))
+    return doc
+
+
+async def test_a_keystroke_checks_the_state_without_decoding_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state after a keystroke is compared as bytes, not decoded client by client (that
+    cost O(clients) in Python per keystroke); what the guard knows stays exact."""
+    from jupyter_ystore.core import update_guard
+
+    doc = edited_by_many(200)
+    guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+    doc.observe(lambda event: guard.note_change(event.update))
+    await guard.prepare()
+    updates = typing_updates(doc, 200)[:-1]  # keystrokes (the last one adds a cell)
+    decoded = []
+    real = update_guard.parse_state_vector
+    monkeypatch.setattr(update_guard, "parse_state_vector", lambda data: decoded.append(1) or real(data))
+    for update in updates:
+        assert guard.apply_now(update)
+    assert len(decoded) <= 3  # the first state, the new client's first keystroke
+    assert guard._state is not None
+    assert guard._state.clocks == parse_state_vector(doc.get_state())
+    assert guard._state.encoded == doc.get_state()
+
+
+@pytest.mark.parametrize("misstep", ["nothing", "more", "other client"])
+async def test_a_state_that_is_not_what_the_keystroke_said_is_damage(misstep: str) -> None:
+    doc = edited_by_many(50)
+    guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+    await guard.prepare()
+    updates = typing_updates(doc, 6)
+    for update in updates[:3]:
+        assert guard.apply_now(update)  # the guard now knows where this client's clock is
+    intruder = pycrdt.Doc(client_id=777)
+    intruder.apply_update(doc.get_update())
+    YNotebook(intruder).ycells[1]["source"] += "!"
+    extra = intruder.get_update(doc.get_state())
+    real_apply = doc.apply_update
+
+    def misapply(update: bytes) -> None:  # yrs integrating something else than the update
+        if misstep == "more":
+            real_apply(update)
+            real_apply(updates[5])  # the next keystroke too
+        elif misstep == "other client":
+            real_apply(extra)
+
+    doc.apply_update = misapply  # type: ignore[method-assign]
+    with pytest.raises(DocumentDamaged, match="state became"):
+        guard.apply_now(updates[3])

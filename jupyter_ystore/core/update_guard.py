@@ -10,7 +10,9 @@ itself can no longer be trusted, and its room must start again from the store.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+import itertools
+import re
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import anyio
 from pycrdt import Doc
@@ -63,7 +65,71 @@ def apply_checked(
     """Apply ``update`` (read as ``summary``) to ``doc`` if it fits (with ``index``: if each
     item lands where it fits). Raises ``BadUpdate`` before touching ``doc``,
     ``DocumentDamaged`` after; ``index`` learns the new items."""
-    _apply(doc, update, summary, index, parse_state_vector(doc.get_state()))
+    _apply(doc, update, summary, index, known_state(doc))
+
+
+#: One lib0 varint (unsigned LEB128): bytes with the high bit set, then one without.
+_VARINT = re.compile(rb"[\x80-\xff]*[\x00-\x7f]")
+
+
+class KnownState:
+    """A document's state vector, decoded (``clocks``) and as yrs encoded it (``encoded``).
+
+    Checking the state after a keystroke used to decode the whole state vector in Python,
+    ~1.5 µs a client id: 0.5 ms a keystroke in a notebook 300 sessions have edited. yrs
+    writes its state vector in the order of its own table, which a keystroke does not
+    change; so the state a keystroke must leave is the previous encoding with that one
+    client's clock replaced (a deletion: the previous encoding), and comparing the bytes is
+    exact. Anything else (a new client, an update of several clients, yrs reordering) is
+    decoded as before.
+    """
+
+    __slots__ = ("clocks", "encoded", "_where")
+
+    def __init__(self, clocks: Dict[int, int], encoded: bytes) -> None:
+        self.clocks = clocks
+        self.encoded = encoded
+        self._where: Optional[Dict[bytes, Tuple[int, int]]] = None
+
+    def advanced(self, clocks: Dict[int, int], client: int, encoded: bytes) -> Optional[KnownState]:
+        """The state ``clocks`` (these with ``client``'s clock moved) if ``encoded`` is
+        exactly what yrs writes for it; None when that cannot be told this way."""
+        where = self._where
+        if where is None:
+            where = self._where = self._locate()
+        place = where.get(_varint(client))
+        if place is None:
+            return None
+        start, size = place
+        clock = _varint(clocks[client])
+        if encoded != self.encoded[:start] + clock + self.encoded[start + size :]:
+            return None
+        state = KnownState(clocks, encoded)
+        if len(clock) == size:
+            state._where = where  # nothing moved
+        return state
+
+    def _locate(self) -> Dict[bytes, Tuple[int, int]]:
+        """Where each client's clock is in ``encoded``: {client's varint: (offset, size)}."""
+        tokens = _VARINT.findall(self.encoded)
+        sizes = list(map(len, tokens))
+        starts = list(itertools.accumulate(sizes, initial=0))
+        return dict(zip(tokens[1::2], zip(starts[2::2], sizes[2::2])))
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as lib0 and yrs write it (the shortest form)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def known_state(doc: Doc) -> KnownState:
+    encoded = doc.get_state()
+    return KnownState(parse_state_vector(encoded), encoded)
 
 
 def _apply(
@@ -71,9 +137,10 @@ def _apply(
     update: bytes,
     summary: UpdateSummary,
     index: Optional[ItemIndex],
-    state: Dict[int, int],
-) -> Dict[int, int]:
-    """``apply_checked`` for a document whose state vector is ``state``; returns the new one."""
+    known: KnownState,
+) -> KnownState:
+    """``apply_checked`` for a document whose state vector is ``known``; returns the new one."""
+    state = known.clocks
     try:
         expected = summary.check_against(state)
         placed = index.check(summary, state) if index is not None else Placement()
@@ -89,7 +156,18 @@ def _apply(
         if _nonzero(parse_state_vector(doc.get_state())) == _nonzero(state):
             raise BadUpdate(f"the CRDT library refused it: {exc}") from None
         raise DocumentDamaged(f"the CRDT library failed on it: {exc}") from None
-    after = parse_state_vector(doc.get_state())
+    encoded = doc.get_state()
+    advanced: Optional[KnownState] = None
+    if not summary.structs:  # deletions only: no clock moved
+        advanced = known if encoded == known.encoded else None
+    elif len(summary.structs) == 1:  # a keystroke: one client's clock moved
+        (client,) = summary.structs
+        advanced = known.advanced(expected, client, encoded)
+    if advanced is not None:
+        if index is not None:
+            index.add(placed)
+        return advanced
+    after = parse_state_vector(encoded)
     if _nonzero(after) != _nonzero(expected):
         raise DocumentDamaged(
             f"the document's state became {_nonzero(after)} where the update described "
@@ -97,7 +175,7 @@ def _apply(
         )
     if index is not None:
         index.add(placed)
-    return after
+    return KnownState(after, encoded)
 
 
 def _nonzero(state: dict[int, int]) -> dict[int, int]:
@@ -122,7 +200,7 @@ class DocumentGuard:
         self._noted: Optional[List[bytes]] = None  # changes to index (None: no index yet)
         self._applying = False
         self._building = anyio.Lock()
-        self._state: Optional[Dict[int, int]] = None  # the state vector, while known
+        self._state: Optional[KnownState] = None  # the state vector, while known
 
     def note_change(self, update: bytes) -> None:
         """A change of the document (called from its observer)."""
@@ -176,7 +254,7 @@ class DocumentGuard:
     def _apply_read(self, update: bytes, summary: UpdateSummary, index: ItemIndex) -> None:
         state = self._state
         if state is None:
-            state = parse_state_vector(self.doc.get_state())
+            state = known_state(self.doc)
         self._state = None
         self._applying = True
         try:
