@@ -646,7 +646,7 @@ PROFILE_PARTS = [
     ("update: store write (event-loop side)", ("WritePipeline", "YStore.write", "_checked_update")),
     ("file: poll for outside changes, save", ("_poller", "DocumentFile", "save", "nbformat")),
     ("websocket: read and unframe (tornado)", ("_receive_frame", "_read_bytes", "read_from_fd")),
-    ("websocket: other writes (tornado)", ("write_message", "write_to_fd")),
+    ("websocket: writes", ("write_message", "write_to_fd", "write_now")),
     ("event loop, selectors, task switches, other", ("",)),
 ]
 

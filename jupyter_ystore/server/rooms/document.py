@@ -561,8 +561,6 @@ class DocumentRoom:
             status = "failed"
         client.send(protocol.save_reply(request_id, status))
 
-    # ------------------------------------------------------------------ saving
-
 
 class _Receiving:
     """``DocumentRoom._receiving``: a class, not a generator (it runs for every keystroke)."""
