@@ -190,11 +190,15 @@ async def test_an_oversized_frame_is_refused_before_its_payload_arrives() -> Non
 
 
 async def test_a_protocol_without_tornados_internals_keeps_its_reader() -> None:
-    class Other(WebSocketProtocol13):
+    class Other(WebSocketProtocol13):  # someone else's protocol: not ours to change
         pass
 
     other = Other(_Handler(), False, _WebSocketParams())
     assert type(adopt_buffered_reader(other)) is Other
+    changed = WebSocketProtocol13(_Handler(), False, _WebSocketParams())
+    del changed._fragmented_message_buffer  # a tornado whose internals moved
+    assert type(adopt_buffered_reader(changed)) is WebSocketProtocol13
+    assert type(adopt_buffered_reader(WebSocketProtocol13(_Handler(), False, _WebSocketParams()))) is BufferedFrameReader
 
 
 # --------------------------------------------------------------- against a real server

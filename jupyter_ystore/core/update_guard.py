@@ -156,25 +156,32 @@ def _apply(
         if _nonzero(parse_state_vector(doc.get_state())) == _nonzero(state):
             raise BadUpdate(f"the CRDT library refused it: {exc}") from None
         raise DocumentDamaged(f"the CRDT library failed on it: {exc}") from None
+    after = _state_after(doc, known, expected, summary)
+    if index is not None:
+        index.add(placed)
+    return after
+
+
+def _state_after(
+    doc: Doc, known: KnownState, expected: Dict[int, int], summary: UpdateSummary
+) -> KnownState:
+    """The document's state once ``summary``'s update is applied: ``DocumentDamaged`` unless
+    it is ``expected``. Compared as bytes when one clock at most moved, else decoded."""
     encoded = doc.get_state()
-    advanced: Optional[KnownState] = None
     if not summary.structs:  # deletions only: no clock moved
-        advanced = known if encoded == known.encoded else None
+        if encoded == known.encoded:
+            return known
     elif len(summary.structs) == 1:  # a keystroke: one client's clock moved
         (client,) = summary.structs
         advanced = known.advanced(expected, client, encoded)
-    if advanced is not None:
-        if index is not None:
-            index.add(placed)
-        return advanced
+        if advanced is not None:
+            return advanced
     after = parse_state_vector(encoded)
     if _nonzero(after) != _nonzero(expected):
         raise DocumentDamaged(
             f"the document's state became {_nonzero(after)} where the update described "
             f"{_nonzero(expected)}"
         )
-    if index is not None:
-        index.add(placed)
     return KnownState(after, encoded)
 
 

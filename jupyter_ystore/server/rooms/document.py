@@ -562,22 +562,21 @@ class DocumentRoom:
         client.send(protocol.save_reply(request_id, status))
 
 
-class _Receiving:
-    """``DocumentRoom._receiving``: a class, not a generator (it runs for every keystroke)."""
-
-    __slots__ = ("room", "origin", "update", "mark", "previous")
+class _Receiving(DocumentRoom._OriginScope):
+    """``DocumentRoom._receiving``: the origin's scope, plus what a client's update needs
+    (a class, not a generator: it runs for every keystroke)."""
 
     def __init__(self, room: DocumentRoom, origin: Origin, update: bytes) -> None:
-        self.room, self.origin, self.update = room, origin, update
+        super().__init__(room, origin)
+        self.update = update
 
     def __enter__(self) -> None:
-        room = self.room
-        self.mark = room.writer.queued
-        self.previous, room._origin = room._origin, self.origin
+        self.mark = self.room.writer.queued
+        super().__enter__()
 
     def __exit__(self, kind: Any, exc: Any, traceback: Any) -> None:
+        super().__exit__()
         room = self.room
-        room._origin = self.previous
         if exc is None:
             if room.writer.queued > self.mark:
                 room._changed_by_people = True
