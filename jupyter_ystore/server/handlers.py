@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from typing import TYPE_CHECKING, Any, Awaitable
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -26,6 +25,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from jupyter_ystore.core.keys import check_format
+from jupyter_ystore.core.per_loop import PerLoop
 from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.server import metrics, protocol
@@ -397,9 +397,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
 _last_frame: tuple[bytes, bytes] = (b"", b"")
 
 #: Clients with frames to write at the end of this turn of the event loop, per loop.
-_to_flush: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[RoomHandler]] = (
-    weakref.WeakKeyDictionary()
-)
+_to_flush: PerLoop[list[RoomHandler]] = PerLoop(lambda loop: [])
 
 
 def flush_soon(client: RoomHandler) -> None:
@@ -407,8 +405,6 @@ def flush_soon(client: RoomHandler) -> None:
     client that has frames, not one each (a relay to ten clients was ten)."""
     loop = asyncio.get_running_loop()
     waiting = _to_flush.get(loop)
-    if waiting is None:
-        waiting = _to_flush[loop] = []
     if not waiting:
         loop.call_soon(_flush_all, waiting)
     waiting.append(client)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 
 from jupyter_ystore.core import threads
+from jupyter_ystore.core.per_loop import PerLoop
 
 #: Seconds a stat waits for others to share its thread call (a poll is due every second).
 WINDOW = 0.05
@@ -73,13 +73,9 @@ def _answer(
             future.set_result(result)
 
 
-_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
+_batches: PerLoop[_Batch] = PerLoop(_Batch)
 
 
 async def of(os_path: str) -> Fingerprint | None:
     """``fingerprint(os_path)``, in a worker thread shared with the stats asked around it."""
-    loop = asyncio.get_running_loop()
-    batch = _batches.get(loop)
-    if batch is None:
-        batch = _batches[loop] = _Batch(loop)
-    return await batch.ask(os_path)
+    return await _batches.get(asyncio.get_running_loop()).ask(os_path)
