@@ -448,15 +448,17 @@ class DocumentRoom:
     def receive_update_now(self, client: Client, update: bytes) -> bool:
         """``receive_update`` without waiting, when the guard can take the update at once
         (``DocumentGuard.apply_now``); whether it was done."""
-        with self._receiving(client, update):
+        with self._receiving(client, update, held=True):
             return self.guard.apply_now(update)
 
-    def _receiving(self, client: Client, update: bytes) -> _Receiving:
+    def _receiving(self, client: Client, update: bytes, *, held: bool = False) -> _Receiving:
         """Around applying a client's update: its origin; a damaged document reset, with
-        nothing of the update stored or relayed."""
+        nothing of the update stored or relayed. ``held``: around code that does not await,
+        the writer holds the change until the update is checked, then may hand it straight
+        to the store (``WritePipeline.hold``); else its task takes it at an await."""
         if self._fault is not None:
             raise BadUpdate("the document is being reset; reconnect")
-        return _Receiving(self, client_origin(client.username), update)
+        return _Receiving(self, client_origin(client.username), update, held)
 
     async def _watch_store(self) -> None:
         """Apply updates other servers committed to the store (they are stored already)."""
@@ -566,20 +568,27 @@ class _Receiving(DocumentRoom._OriginScope):
     """``DocumentRoom._receiving``: the origin's scope, plus what a client's update needs
     (a class, not a generator: it runs for every keystroke)."""
 
-    def __init__(self, room: DocumentRoom, origin: Origin, update: bytes) -> None:
+    def __init__(self, room: DocumentRoom, origin: Origin, update: bytes, held: bool) -> None:
         super().__init__(room, origin)
         self.update = update
+        self.held = held
 
     def __enter__(self) -> None:
-        self.mark = self.room.writer.queued
+        writer = self.room.writer
+        self.mark = writer.hold() if self.held else writer.queued
         super().__enter__()
 
     def __exit__(self, kind: Any, exc: Any, traceback: Any) -> None:
         super().__exit__()
         room = self.room
-        if exc is None:
-            if room.writer.queued > self.mark:
-                room._changed_by_people = True
-        elif isinstance(exc, DocumentDamaged):
-            room.writer.drop_since(self.mark)  # never stored, never relayed
-            room.reset(f"an update from {self.origin.user} ({describe(self.update)}) {exc}")
+        writer = room.writer
+        try:
+            if exc is None:
+                if writer.queued > self.mark:
+                    room._changed_by_people = True
+            elif isinstance(exc, DocumentDamaged):
+                writer.drop_since(self.mark)  # never stored, never relayed
+                room.reset(f"an update from {self.origin.user} ({describe(self.update)}) {exc}")
+        finally:
+            if self.held:
+                writer.release()

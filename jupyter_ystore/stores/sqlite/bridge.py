@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from typing import Any, Awaitable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
 
@@ -60,6 +60,49 @@ class Waiter:
         if error is not None:
             raise error
         return result
+
+
+class _Callback:
+    """Stands where a waiter's future would: calls ``fn(result, error)`` on the loop
+    instead of waking a task. A failing callback is reported to the loop and does not stop
+    the rest of its batch (other documents' writes)."""
+
+    __slots__ = ("fn", "_called")
+
+    def __init__(self, fn: Callable[[Any, BaseException | None], None]) -> None:
+        self.fn = fn
+        self._called = False
+
+    def done(self) -> bool:
+        return self._called
+
+    def set_result(self, result: Any) -> None:
+        self._call(result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._call(None, error)
+
+    def _call(self, result: Any, error: BaseException | None) -> None:
+        self._called = True
+        try:
+            self.fn(result, error)
+        except Exception as exc:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a database completion callback failed", "exception": exc}
+            )
+
+
+class CallbackWaiter(Waiter):
+    """A ``Waiter`` whose completion calls ``fn(result, error)`` on the running event loop
+    (no task waits: a room's writer hands over a keystroke and goes on). asyncio only."""
+
+    __slots__ = ()
+
+    def __init__(self, fn: Callable[[Any, BaseException | None], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._future = _Callback(fn)  # type: ignore[assignment]
+        self._event = None
+        self._outcome = (None, None)
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

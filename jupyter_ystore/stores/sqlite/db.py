@@ -39,15 +39,15 @@ import queue
 import sqlite3
 import threading
 import time
-import weakref
 from typing import Any, Awaitable, Callable
 
+from jupyter_ystore.core.per_loop import PerLoop
 from jupyter_ystore.errors import YStoreError
 from jupyter_ystore.stores.base import DocumentInfo
 from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.shared import SharedMap
 from jupyter_ystore.stores.sqlite import attributes, pending, queries
-from jupyter_ystore.stores.sqlite.bridge import Waiter, deliver
+from jupyter_ystore.stores.sqlite.bridge import CallbackWaiter, Waiter, deliver
 from jupyter_ystore.stores.sqlite.compact import Compactor, reclaim
 from jupyter_ystore.stores.sqlite.errors import map_error
 from jupyter_ystore.stores.sqlite.pacing import CommitPacer
@@ -127,7 +127,9 @@ class SharedDatabase:
         self.schema: Schema | None = None
         self.compactor = Compactor(self)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs, or lists of writes
-        self._pacers: weakref.WeakKeyDictionary[Any, CommitPacer] = weakref.WeakKeyDictionary()
+        self._pacers: PerLoop[CommitPacer] = PerLoop(
+            lambda loop: CommitPacer(loop, self.options.commit_interval, self._queue.put)
+        )
         self._hub = Hub(db_path)  # live updates: touched by the database thread only
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
@@ -168,27 +170,38 @@ class SharedDatabase:
         compaction threshold of ``policy``. (A plain function returning the waiter's future:
         one coroutine less per write on the hot path.)
         """
+        waiter = Waiter()
+        self._add_write(_Write(waiter, path, update, metadata, timestamp, policy, owner))
+        return waiter.wait()
+
+    def write_soon(
+        self,
+        path: str,
+        update: bytes,
+        metadata: bytes,
+        timestamp: float,
+        policy: Policy,
+        owner: Owner | None,
+        done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """``write`` without a task waiting: ``done(wanted, error)`` is called on this event
+        loop once the commit is done (or failed)."""
+        self._add_write(_Write(CallbackWaiter(done), path, update, metadata, timestamp, policy, owner))
+
+    def _add_write(self, job: _Write) -> None:
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
-        waiter = Waiter()
-        job = _Write(waiter, path, update, metadata, timestamp, policy, owner)
-        loop = waiter._loop
+        loop = job.waiter._loop
         if loop is None or self.options.commit_interval <= 0:
             self._queue.put(job)
         else:
-            pacer = self._pacers.get(loop)
-            if pacer is None:
-                pacer = self._pacers[loop] = CommitPacer(
-                    loop, self.options.commit_interval, self._queue.put
-                )
-            pacer.add(path, job)
-        return waiter.wait()
+            self._pacers.get(loop).add(job.path, job)
 
     def _send_held(self) -> None:
         """Writes this event loop holds for their commit go first (jobs keep their order)."""
         if self._pacers:
             try:
-                pacer = self._pacers.get(asyncio.get_running_loop())
+                pacer = self._pacers.peek(asyncio.get_running_loop())
             except RuntimeError:
                 return
             if pacer is not None and pacer.holding:

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 from traitlets import CaselessStrEnum, TraitError, Unicode, validate
@@ -265,6 +265,36 @@ class SQLiteYStore(BaseYStore):
         )
         if wanted:
             self._want_compaction()
+
+    def write_soon(
+        self, data: bytes, metadata: bytes, done: Callable[[BaseException | None], None]
+    ) -> bool:
+        """Start committing ``data``, an update a document encoded (so not checked again),
+        and call ``done(error)`` on the event loop when the commit is over: what ``write``
+        does, without a task that waits. A room's writer hands each keystroke over this way.
+
+        False, and nothing started, where only ``write`` will do: the store is not running,
+        its class has a ``write`` of its own, it has a ``metadata_callback``, or no asyncio
+        loop runs."""
+        db = self._db
+        if (
+            db is None
+            or not self._running
+            or type(self).write is not SQLiteYStore.write
+            or self.metadata_callback is not None
+        ):
+            return False
+
+        def committed(wanted: Any, error: BaseException | None) -> None:
+            if wanted:
+                self._want_compaction()
+            done(error)
+
+        try:
+            db.write_soon(self.path, data, metadata, self.clock(), self._policy, self._owner, committed)
+        except RuntimeError:  # no asyncio loop (trio), or the connection is closing
+            return False
+        return True
 
     async def read(self) -> AsyncIterator[tuple[bytes, bytes, float]]:  # type: ignore[override]
         """Every stored ``(update, metadata, timestamp)``, oldest first (snapshot first)."""

@@ -1,0 +1,261 @@
+"""A room's writer hands a keystroke straight to SQLite (``SQLiteYStore.write_soon``) and
+relays it from the commit's callback: what a client receives is still durable, in order,
+exactly once; a failed commit, a refused update and every store that cannot take the hand-over
+go through the writer task as before."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import pycrdt
+import pytest
+
+from jupyter_ystore import SQLiteYStore
+from jupyter_ystore.core.per_loop import PerLoop
+from jupyter_ystore.server.rooms.writer import WritePipeline, client_origin
+from jupyter_ystore.stores.sqlite.bridge import CallbackWaiter, deliver
+
+pytestmark = pytest.mark.anyio
+
+LOG = logging.getLogger("test_writer_handover")
+ALICE = client_origin("alice")
+
+
+def stored_count(db: Path, path: str) -> int:
+    """Rows of ``path`` another connection sees committed (pending rows included)."""
+    with sqlite3.connect(db) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        count = conn.execute("SELECT count(*) FROM yupdates WHERE path = ?", (path,)).fetchone()[0]
+        if "ystore_pending" in tables:
+            count += conn.execute("SELECT count(*) FROM ystore_pending WHERE path = ?", (path,)).fetchone()[0]
+        return int(count)
+
+
+def keystrokes(count: int) -> tuple[pycrdt.Doc, list[bytes]]:
+    """A document typed one character at a time, and each keystroke's update."""
+    doc = pycrdt.Doc()
+    text = doc.get("t", type=pycrdt.Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        text.insert(len(text), "abcdefghij"[i % 10])
+    return doc, updates
+
+
+class Recorder:
+    """The pipeline's relay: records what was relayed, and how many rows were durable then."""
+
+    def __init__(self, db: Path, path: str) -> None:
+        self.db, self.path = db, path
+        self.relayed: list[bytes] = []
+        self.durable_at_relay: list[int] = []
+
+    def __call__(self, update: bytes) -> None:
+        self.relayed.append(update)
+        self.durable_at_relay.append(stored_count(self.db, self.path))
+
+
+def store(db: Path, path: str = "doc", **traits: Any) -> SQLiteYStore:
+    return SQLiteYStore(path, db_path=str(db), compact_after_updates=0, compact_after_bytes=0, **traits)
+
+
+def received(relayed: list[bytes]) -> str:
+    doc = pycrdt.Doc()
+    for update in relayed:
+        doc.apply_update(update)
+    return str(doc.get("t", type=pycrdt.Text))
+
+
+async def run_pipeline(pipeline: WritePipeline, tg: Any) -> None:
+    tg.start_soon(pipeline.run)
+    await anyio.sleep(0.01)  # the writer task parks
+
+
+def type_one(pipeline: WritePipeline, update: bytes) -> None:
+    """What the room does for a client's keystroke: queued while held, then released."""
+    pipeline.hold()
+    pipeline.queue(update, ALICE)
+    pipeline.release()
+
+
+async def test_a_keystroke_goes_straight_to_the_store_and_is_relayed_once_durable(tmp_path: Path) -> None:
+    db = tmp_path / "y.db"
+    _, updates = keystrokes(1)
+    async with store(db) as st:
+        calls: list[str] = []
+        real = st.write_soon
+
+        def write_soon(data: bytes, metadata: bytes, done: Callable[..., None]) -> bool:
+            calls.append("write_soon")
+            return real(data, metadata, done)
+
+        st.write_soon = write_soon  # type: ignore[method-assign]
+        relay = Recorder(db, "doc")
+        pipeline = WritePipeline("room", st, relay, LOG)
+        async with anyio.create_task_group() as tg:
+            await run_pipeline(pipeline, tg)
+            type_one(pipeline, updates[0])
+            assert calls == ["write_soon"] and pipeline._in_flight is not None
+            assert not pipeline._wakeup.is_set()  # the writer task was not woken
+            assert relay.relayed == []  # not durable yet
+            await pipeline.flush()
+            assert relay.relayed == updates and relay.durable_at_relay == [1]
+            assert pipeline.written == pipeline.queued == 1 and pipeline.unstored == 0
+            rows = [(u, m) async for u, m, _ in st.read()]
+            assert rows == [(updates[0], ALICE.metadata())]
+            tg.cancel_scope.cancel()
+
+
+async def test_a_burst_is_stored_and_relayed_in_order_each_change_once(tmp_path: Path) -> None:
+    db = tmp_path / "y.db"
+    doc, updates = keystrokes(60)
+    async with store(db) as st:
+        relay = Recorder(db, "doc")
+        pipeline = WritePipeline("room", st, relay, LOG)
+        async with anyio.create_task_group() as tg:
+            await run_pipeline(pipeline, tg)
+            for i, update in enumerate(updates):
+                type_one(pipeline, update)  # some find one in flight: they queue for the task
+                if i % 7 == 0:
+                    await anyio.sleep(0)
+                if i % 13 == 0:
+                    await anyio.sleep(0.01)
+            await pipeline.flush()
+            assert pipeline.written == pipeline.queued == 60
+            assert received(relay.relayed) == str(doc.get("t", type=pycrdt.Text))
+            # every relay came after its commit: the rows durable then never decrease and
+            # cover what was relayed so far (merged batches are one row)
+            assert relay.durable_at_relay == sorted(relay.durable_at_relay)
+            assert all(n >= i + 1 for i, n in enumerate(relay.durable_at_relay))
+            replayed = pycrdt.Doc()
+            async for update, _, _ in st.read():
+                replayed.apply_update(update)
+            assert str(replayed.get("t", type=pycrdt.Text)) == str(doc.get("t", type=pycrdt.Text))
+            tg.cancel_scope.cancel()
+
+
+async def test_a_failed_commit_goes_to_the_writer_task_and_is_written_once(tmp_path: Path) -> None:
+    db = tmp_path / "y.db"
+    _, updates = keystrokes(2)
+    async with store(db) as st:
+        real = st.write_soon
+        failures = [OSError("disk I/O error")]
+
+        def write_soon(data: bytes, metadata: bytes, done: Callable[..., None]) -> bool:
+            if failures:
+                error = failures.pop()
+                asyncio.get_running_loop().call_soon(done, error)  # as a failed commit reports
+                return True
+            return real(data, metadata, done)
+
+        st.write_soon = write_soon  # type: ignore[method-assign]
+        writes: list[bytes] = []
+        real_write = st.write
+
+        async def write(data: bytes, *, metadata: bytes | None = None) -> None:
+            writes.append(data)
+            await real_write(data, metadata=metadata)
+
+        st.write = write  # type: ignore[method-assign]
+        relay = Recorder(db, "doc")
+        pipeline = WritePipeline("room", st, relay, LOG)
+        async with anyio.create_task_group() as tg:
+            await run_pipeline(pipeline, tg)
+            type_one(pipeline, updates[0])
+            await pipeline.flush()
+            assert writes == [updates[0]]  # the task wrote it after the failed hand-over
+            assert relay.relayed == [updates[0]] and relay.durable_at_relay == [1]
+            assert pipeline.outage is None  # the retry worked: no outage
+            type_one(pipeline, updates[1])  # the next one is handed over again
+            assert pipeline._in_flight is not None
+            await pipeline.flush()
+            assert writes == [updates[0]] and relay.relayed == updates
+            assert stored_count(db, "doc") == 2
+            tg.cancel_scope.cancel()
+
+
+async def test_a_change_dropped_while_held_never_reaches_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "y.db"
+    _, updates = keystrokes(2)
+    async with store(db) as st:
+        relay = Recorder(db, "doc")
+        pipeline = WritePipeline("room", st, relay, LOG)
+        async with anyio.create_task_group() as tg:
+            await run_pipeline(pipeline, tg)
+            mark = pipeline.hold()
+            pipeline.queue(updates[0], ALICE)
+            pipeline.drop_since(mark)  # the room found the update damaging
+            pipeline.release()
+            assert pipeline._in_flight is None and pipeline.queued == 0
+            await anyio.sleep(0.1)
+            assert stored_count(db, "doc") == 0 and relay.relayed == []
+            type_one(pipeline, updates[1])
+            await pipeline.flush()
+            assert relay.relayed == [updates[1]] and stored_count(db, "doc") == 1
+            tg.cancel_scope.cancel()
+
+
+class OwnWrite(SQLiteYStore):
+    written: list[bytes] = []
+
+    async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
+        type(self).written.append(data)
+        await super().write(data, metadata=metadata)
+
+
+async def test_stores_that_cannot_take_a_hand_over_get_every_change_through_write(tmp_path: Path) -> None:
+    _, updates = keystrokes(1)
+    db = tmp_path / "y.db"
+    async with OwnWrite("a", db_path=str(db)) as own:
+        assert own.write_soon(updates[0], b"", lambda error: None) is False
+        relay = Recorder(db, "a")
+        pipeline = WritePipeline("room", own, relay, LOG)
+        async with anyio.create_task_group() as tg:
+            await run_pipeline(pipeline, tg)
+            type_one(pipeline, updates[0])
+            assert pipeline._in_flight is None
+            await pipeline.flush()
+            assert OwnWrite.written == updates and relay.relayed == updates
+            tg.cancel_scope.cancel()
+    async with store(db, "b", metadata_callback=lambda: b"signed") as signed:
+        assert signed.write_soon(updates[0], b"", lambda error: None) is False
+    stopped = store(db, "c")
+    assert stopped.write_soon(updates[0], b"", lambda error: None) is False  # not running
+
+
+async def test_a_failing_callback_does_not_stop_the_rest_of_its_batch() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    calls: list[Any] = []
+
+    def broken(result: Any, error: BaseException | None) -> None:
+        raise RuntimeError("a relay failed")
+
+    waiters = [CallbackWaiter(broken), CallbackWaiter(lambda r, e: calls.append((r, e)))]
+    await anyio.to_thread.run_sync(deliver, [(waiters[0], True, None), (waiters[1], True, None)])
+    await anyio.sleep(0.05)
+    loop.set_exception_handler(None)
+    assert calls == [(True, None)]
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+
+
+def test_per_loop_values_are_made_once_per_loop_and_die_with_it() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+    per_loop: PerLoop[list[int]] = PerLoop(lambda loop: made.append(loop) or [])
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert per_loop.peek(first) is None and not per_loop
+        value = per_loop.get(first)
+        assert per_loop.get(first) is value and per_loop.peek(first) is value
+        other = per_loop.get(second)
+        assert other is not value and per_loop.get(first) is value  # not the last loop's
+        assert made == [first, second]
+    finally:
+        first.close()
+        second.close()
