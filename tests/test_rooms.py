@@ -553,8 +553,8 @@ async def test_a_poll_waiting_for_its_stat_does_not_hold_up_a_save(
         client = FakeClient()
         room.join(client)
         loop = asyncio.get_running_loop()
-        await wait_until(lambda: bool(getattr(fingerprints._batches.get(loop), "waiting", None)))
-        batch = fingerprints._batches[loop]
+        await wait_until(lambda: bool(getattr(fingerprints._batches.peek(loop), "waiting", None)))
+        batch = fingerprints._batches.get(loop)
         assert not room.files._save_lock.locked()
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # saved"))
         await room.handle(client, sync.SyncUpdate(update))

@@ -259,3 +259,59 @@ def test_per_loop_values_are_made_once_per_loop_and_die_with_it() -> None:
     finally:
         first.close()
         second.close()
+
+
+async def test_in_a_room_a_keystroke_that_damages_the_document_is_never_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over waits for the guard: a keystroke found damaging after it was applied
+    (the guard's state check) is neither stored nor relayed, on SQLite as on any store."""
+    import functools
+
+    from _server_helpers import append, write_notebook
+    from test_rooms import ROOM, FakeClient, Setup, client_update, run_manager
+
+    from jupyter_ystore.core import update_guard
+    from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged
+    from jupyter_ystore.server import protocol as sync
+
+    db = tmp_path / "y.db"
+    store_class = functools.partial(SQLiteYStore, db_path=str(db))
+    setup = Setup(tmp_path, store_class, save_delay=None)  # type: ignore[arg-type]
+    write_notebook(setup.nb, ["a"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice, bob = FakeClient("alice"), FakeClient("bob")
+        room.join(alice)
+        room.join(bob)
+        first = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
+        pending = room.handle_now(alice, sync.SyncUpdate(first))
+        if pending is not None:  # the first one builds the guard's index
+            await pending
+        await room.flush()
+        path = room.store.path
+        before = stored_count(db, path)
+        relayed = len([m for m in bob.frames if isinstance(m, sync.SyncUpdate)])
+        good = client_update(room, lambda nb: append(nb.ycells[0]["source"], "b"))
+        assert room.handle_now(alice, sync.SyncUpdate(good)) is None  # handled at once
+        assert room.writer._in_flight is not None  # handed straight to the store
+        await room.flush()
+        assert stored_count(db, path) == before + 1
+        assert len([m for m in bob.frames if isinstance(m, sync.SyncUpdate)]) == relayed + 1
+        relayed += 1
+
+        def damaged(*args: Any) -> Any:
+            raise DocumentDamaged("simulated: the state after it is not what it said")
+
+        monkeypatch.setattr(update_guard, "_state_after", damaged)
+        bad = client_update(room, lambda nb: append(nb.ycells[0]["source"], "c"))
+        with pytest.raises(BadUpdate):
+            room.handle_now(alice, sync.SyncUpdate(bad))
+        await room.closed.wait()
+        await anyio.sleep(0.1)
+        assert stored_count(db, path) == before + 1  # never stored
+        assert len([m for m in bob.frames if isinstance(m, sync.SyncUpdate)]) == relayed  # never relayed
+        await manager.close_all()
+        tg.cancel_scope.cancel()
