@@ -64,3 +64,53 @@ async def test_a_file_that_changes_gets_another_fingerprint(tmp_path: Path) -> N
     before = await fingerprints.of(str(path))
     path.write_text('{"cells": []}')
     assert await fingerprints.of(str(path)) != before
+
+
+@pytest.mark.parametrize("interval", [1.0, 0.2, 7.5])
+def test_polls_are_due_at_slot_boundaries_shared_by_the_rooms(interval: float) -> None:
+    """Rooms that opened at different moments poll at one of ``SLOTS`` boundaries of the
+    interval: at least ``interval`` after the last poll, less than a slot later than that."""
+    slot = interval / fingerprints.SLOTS
+    dues = set()
+    for step in range(400):
+        now = 1000.0 + step * interval / 97  # rooms' last polls, spread over four intervals
+        delay = fingerprints.poll_delay(interval, now)
+        assert interval - 1e-9 <= delay < interval + slot + 1e-9
+        dues.add(round(now + delay, 9))
+    # every due time is a slot boundary, so the 400 rooms share a handful of wake-ups
+    assert all(abs(due / slot - round(due / slot)) < 1e-6 for due in dues)
+    span = 399 * interval / 97
+    assert len(dues) <= span / slot + 2  # one per slot the 400 moments cover, not 400
+
+
+async def test_rooms_polling_in_one_slot_share_one_thread_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pollers sleeping ``poll_delay`` from different moments of one slot wake together and
+    their stats go to the worker thread in one call."""
+    calls: list[int] = []
+    real = fingerprints._fingerprints
+
+    def counted(paths: list[str]) -> list:
+        calls.append(len(paths))
+        return real(paths)
+
+    monkeypatch.setattr(fingerprints, "_fingerprints", counted)
+    files = []
+    for i in range(6):
+        path = tmp_path / f"f{i}"
+        path.write_text("x")
+        files.append(str(path))
+    interval = 0.4  # slots of 0.1 s; the pollers start 0.012 s apart, within 0.072 s
+
+    async def poller(path: str) -> None:
+        await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))
+        assert await fingerprints.of(path) is not None
+
+    start = anyio.current_time()
+    slot = interval / fingerprints.SLOTS
+    # begin just after a boundary so that all six starts fall in one slot
+    await anyio.sleep((int(start / slot) + 1) * slot - start + 0.001)
+    async with anyio.create_task_group() as tg:
+        for path in files:
+            tg.start_soon(poller, path)
+            await anyio.sleep(0.012)
+    assert calls == [6]

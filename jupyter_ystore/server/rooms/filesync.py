@@ -24,6 +24,7 @@ import anyio
 from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
+from jupyter_ystore.server.rooms import fingerprints
 from jupyter_ystore.server.rooms.files import FileGone, FileState
 from jupyter_ystore.server.rooms.writer import Origin
 
@@ -402,7 +403,8 @@ class FileSync:
         failures = 0
         unchanged: tuple[Any, Any] | None = None  # (fingerprint, our mtime) of that moment
         while True:
-            await anyio.sleep(self.settings.poll_interval)
+            interval = self.settings.poll_interval
+            await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))
             try:
                 path = self.file.path
                 fingerprint = await self.file.fingerprint(path)
