@@ -148,12 +148,15 @@ class WritePipeline:
     def release(self) -> None:
         """What was queued since ``hold()`` may go: straight to the store when it can."""
         self._holds -= 1
-        if self._holds or not self._pending or self._in_flight is not None:
-            return
-        if self._parked and len(self._pending) == 1 and self.outage is None:
-            if self._hand_over(self._pending[0]):
-                return
-        self._wake()
+        if not self._holds and self._pending and self._in_flight is None:
+            self._go_on()
+
+    def _go_on(self) -> None:
+        """What is queued goes on: straight to the store when the writer task is idle and
+        there is one change, else through the task."""
+        pending = self._pending
+        if not (self._parked and len(pending) == 1 and self.outage is None and self._hand_over(pending[0])):
+            self._wake()
 
     def _wake(self) -> None:
         self._parked = False
@@ -186,10 +189,7 @@ class WritePipeline:
         finally:
             self._notify()
             if pending:
-                if self._parked and len(pending) == 1 and self.outage is None and self._hand_over(pending[0]):
-                    pass
-                else:
-                    self._wake()
+                self._go_on()
 
     def drop_since(self, mark: int) -> None:
         """Forget changes queued after ``queued`` was ``mark`` (a refused client update);
