@@ -99,7 +99,7 @@ async def test_rooms_polling_in_one_slot_share_one_thread_call(tmp_path: Path, m
         path = tmp_path / f"f{i}"
         path.write_text("x")
         files.append(str(path))
-    interval = 0.4  # slots of 0.1 s; the pollers start 0.012 s apart, within 0.072 s
+    interval = 1.2  # slots of 0.3 s; the pollers start 0.012 s apart (a slow machine has 0.2 s to spare)
 
     async def poller(path: str) -> None:
         await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))

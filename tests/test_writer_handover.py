@@ -6,10 +6,11 @@ go through the writer task as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import pycrdt
@@ -71,9 +72,18 @@ def received(relayed: list[bytes]) -> str:
     return str(doc.get("t", type=pycrdt.Text))
 
 
-async def run_pipeline(pipeline: WritePipeline, tg: Any) -> None:
-    tg.start_soon(pipeline.run)
-    await anyio.sleep(0.01)  # the writer task parks
+@contextlib.asynccontextmanager
+async def running(st: SQLiteYStore, db: Path) -> AsyncIterator[tuple[WritePipeline, Recorder]]:
+    """A pipeline writing to ``st``, its writer task parked (idle), and its relay."""
+    relay = Recorder(db, st.path)
+    pipeline = WritePipeline("room", st, relay, LOG)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipeline.run)
+        with anyio.fail_after(5):
+            while not pipeline._parked:
+                await anyio.sleep(0)
+        yield pipeline, relay
+        tg.cancel_scope.cancel()
 
 
 def type_one(pipeline: WritePipeline, update: bytes) -> None:
@@ -95,10 +105,7 @@ async def test_a_keystroke_goes_straight_to_the_store_and_is_relayed_once_durabl
             return real(data, metadata, done)
 
         st.write_soon = write_soon  # type: ignore[method-assign]
-        relay = Recorder(db, "doc")
-        pipeline = WritePipeline("room", st, relay, LOG)
-        async with anyio.create_task_group() as tg:
-            await run_pipeline(pipeline, tg)
+        async with running(st, db) as (pipeline, relay):
             type_one(pipeline, updates[0])
             assert calls == ["write_soon"] and pipeline._in_flight is not None
             assert not pipeline._wakeup.is_set()  # the writer task was not woken
@@ -108,17 +115,13 @@ async def test_a_keystroke_goes_straight_to_the_store_and_is_relayed_once_durabl
             assert pipeline.written == pipeline.queued == 1 and pipeline.unstored == 0
             rows = [(u, m) async for u, m, _ in st.read()]
             assert rows == [(updates[0], ALICE.metadata())]
-            tg.cancel_scope.cancel()
 
 
 async def test_a_burst_is_stored_and_relayed_in_order_each_change_once(tmp_path: Path) -> None:
     db = tmp_path / "y.db"
     doc, updates = keystrokes(60)
     async with store(db) as st:
-        relay = Recorder(db, "doc")
-        pipeline = WritePipeline("room", st, relay, LOG)
-        async with anyio.create_task_group() as tg:
-            await run_pipeline(pipeline, tg)
+        async with running(st, db) as (pipeline, relay):
             for i, update in enumerate(updates):
                 type_one(pipeline, update)  # some find one in flight: they queue for the task
                 if i % 7 == 0:
@@ -136,7 +139,6 @@ async def test_a_burst_is_stored_and_relayed_in_order_each_change_once(tmp_path:
             async for update, _, _ in st.read():
                 replayed.apply_update(update)
             assert str(replayed.get("t", type=pycrdt.Text)) == str(doc.get("t", type=pycrdt.Text))
-            tg.cancel_scope.cancel()
 
 
 async def test_a_failed_commit_goes_to_the_writer_task_and_is_written_once(tmp_path: Path) -> None:
@@ -162,10 +164,7 @@ async def test_a_failed_commit_goes_to_the_writer_task_and_is_written_once(tmp_p
             await real_write(data, metadata=metadata)
 
         st.write = write  # type: ignore[method-assign]
-        relay = Recorder(db, "doc")
-        pipeline = WritePipeline("room", st, relay, LOG)
-        async with anyio.create_task_group() as tg:
-            await run_pipeline(pipeline, tg)
+        async with running(st, db) as (pipeline, relay):
             type_one(pipeline, updates[0])
             await pipeline.flush()
             assert writes == [updates[0]]  # the task wrote it after the failed hand-over
@@ -176,17 +175,40 @@ async def test_a_failed_commit_goes_to_the_writer_task_and_is_written_once(tmp_p
             await pipeline.flush()
             assert writes == [updates[0]] and relay.relayed == updates
             assert stored_count(db, "doc") == 2
-            tg.cancel_scope.cancel()
+
+
+async def test_a_commit_the_database_refuses_is_not_counted_as_stored(tmp_path: Path) -> None:
+    """A real failed commit (another connection holds the write lock past the busy
+    timeout): the handed-over change is neither relayed nor counted; the writer task takes it
+    (an outage, changes kept in memory and relayed) and stores it once the lock is gone."""
+    db = tmp_path / "y.db"
+    _, updates = keystrokes(1)
+    async with store(db, busy_timeout=0.1) as st:
+        async with running(st, db) as (pipeline, relay):
+            pipeline.retry_delay = 0.05
+            locker = sqlite3.connect(db, timeout=10, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                type_one(pipeline, updates[0])
+                assert pipeline._in_flight is not None
+                with anyio.fail_after(10):
+                    while pipeline.outage is None:
+                        await anyio.sleep(0.01)
+                assert pipeline.written == 0 and relay.durable_at_relay in ([], [0])
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            with anyio.fail_after(10):
+                while stored_count(db, "doc") < 1 or pipeline.written < 1:
+                    await anyio.sleep(0.02)
+            assert received(relay.relayed) == "a" and stored_count(db, "doc") == 1
 
 
 async def test_a_change_dropped_while_held_never_reaches_the_store(tmp_path: Path) -> None:
     db = tmp_path / "y.db"
     _, updates = keystrokes(2)
     async with store(db) as st:
-        relay = Recorder(db, "doc")
-        pipeline = WritePipeline("room", st, relay, LOG)
-        async with anyio.create_task_group() as tg:
-            await run_pipeline(pipeline, tg)
+        async with running(st, db) as (pipeline, relay):
             mark = pipeline.hold()
             pipeline.queue(updates[0], ALICE)
             pipeline.drop_since(mark)  # the room found the update damaging
@@ -197,11 +219,10 @@ async def test_a_change_dropped_while_held_never_reaches_the_store(tmp_path: Pat
             type_one(pipeline, updates[1])
             await pipeline.flush()
             assert relay.relayed == [updates[1]] and stored_count(db, "doc") == 1
-            tg.cancel_scope.cancel()
 
 
 class OwnWrite(SQLiteYStore):
-    written: list[bytes] = []
+    written: list[bytes]
 
     async def write(self, data: bytes, *, metadata: bytes | None = None) -> None:
         type(self).written.append(data)
@@ -211,17 +232,14 @@ class OwnWrite(SQLiteYStore):
 async def test_stores_that_cannot_take_a_hand_over_get_every_change_through_write(tmp_path: Path) -> None:
     _, updates = keystrokes(1)
     db = tmp_path / "y.db"
+    OwnWrite.written = []
     async with OwnWrite("a", db_path=str(db)) as own:
         assert own.write_soon(updates[0], b"", lambda error: None) is False
-        relay = Recorder(db, "a")
-        pipeline = WritePipeline("room", own, relay, LOG)
-        async with anyio.create_task_group() as tg:
-            await run_pipeline(pipeline, tg)
+        async with running(own, db) as (pipeline, relay):
             type_one(pipeline, updates[0])
             assert pipeline._in_flight is None
             await pipeline.flush()
             assert OwnWrite.written == updates and relay.relayed == updates
-            tg.cancel_scope.cancel()
     async with store(db, "b", metadata_callback=lambda: b"signed") as signed:
         assert signed.write_soon(updates[0], b"", lambda error: None) is False
     stopped = store(db, "c")
