@@ -3,10 +3,12 @@ dictionary for file ids, in-memory stores (one private database per test) and fa
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -454,6 +456,42 @@ async def test_the_checks_index_is_built_when_someone_who_may_edit_joins(setup: 
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "!"))
         assert room.handle_now(editor, sync.SyncUpdate(update)) is None  # no wait for a build
         assert room.document.get()["cells"][0]["source"] == "a = 1!"
+        await manager.close_all()
+
+
+async def test_a_rooms_document_keeps_no_undo_history(setup: Setup, monkeypatch: Any) -> None:
+    """jupyter_ydoc's undo manager records every change made without an origin: in a room,
+    every user's keystroke, kept until the room closes (and an undo there would revert other
+    people's typing). No undo manager may be left tracking a room's document."""
+    import jupyter_ydoc.ybasedoc as ybasedoc
+
+    made: list[weakref.ref] = []
+
+    class Recorded(ybasedoc.UndoManager):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tracked: list[Any] = []
+            made.append(weakref.ref(self))
+
+        def expand_scope(self, scope: Any) -> None:
+            super().expand_scope(scope)
+            self.tracked.append(scope.doc)
+
+    monkeypatch.setattr(ybasedoc, "UndoManager", Recorded)
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        for _ in range(20):
+            update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "x"))
+            await room.handle(alice, sync.SyncUpdate(update))
+        assert room.document.get()["cells"][0]["source"] == "a = 1" + "x" * 20
+        gc.collect()
+        assert made, "jupyter_ydoc made no undo manager: this test no longer sees them"
+        tracking = [m for m in (ref() for ref in made) if m is not None and room.ydoc in m.tracked]
+        assert tracking == [], f"undo stacks of {[len(m.undo_stack) for m in tracking]} items"
         await manager.close_all()
 
 

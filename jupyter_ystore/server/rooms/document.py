@@ -37,10 +37,9 @@ from typing import Any, Awaitable
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from jupyter_ydoc import ydocs as YDOCS
 from pycrdt import Doc
 
-from jupyter_ystore.core.content import file_document
+from jupyter_ystore.core.content import file_document, shared_document
 from jupyter_ystore.core.item_index import DOCUMENT_ROOTS
 from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.core.update_guard import (
@@ -115,7 +114,7 @@ class DocumentRoom:
         self.log = log
         self.spill = spill
         self.ydoc = Doc()
-        self.document = YDOCS.get(file.file_type, YDOCS["file"])(self.ydoc)
+        self.document = shared_document(file.file_type, self.ydoc)
         self.guard = DocumentGuard(self.ydoc, DOCUMENT_ROOTS.get(file.file_type, DOCUMENT_ROOTS["file"]))
         self.relay = AwarenessRelay()
         self.writer = WritePipeline(
@@ -372,7 +371,7 @@ class DocumentRoom:
         if self._subscription is not None:
             self.ydoc.unobserve(self._subscription)
         self.ydoc = Doc()
-        self.document = YDOCS.get(self.file.file_type, YDOCS["file"])(self.ydoc)
+        self.document = shared_document(self.file.file_type, self.ydoc)
         self.guard = DocumentGuard(self.ydoc, self.guard.roots)
         self._subscription = self.ydoc.observe(self._on_change)
 
