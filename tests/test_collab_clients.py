@@ -6,10 +6,11 @@ the session check, and a server restart that finds the content in the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ import tornado.testing
 from pycrdt import Doc, Text
 from traitlets.config import Config
 
-from _server_helpers import append, read_sources, wait_until, write_notebook, yclient
+from _server_helpers import YClient, append, read_sources, wait_until, write_notebook, yclient
 from jupyter_ystore.server.sessions import history_of
 from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.stores.sqlite.store import DEFAULT_DB_NAME
@@ -66,6 +67,16 @@ def room_url(port: int, base_url: str, session: dict, token: str, session_id: st
     room = f"{session['format']}:{session['type']}:{session['fileId']}"
     query = urllib.parse.urlencode({"sessionId": session_id or session["sessionId"], "token": token})
     return f"ws://127.0.0.1:{port}{base_url}api/collaboration/room/{room}?{query}"
+
+
+@contextlib.asynccontextmanager
+async def two_synced(url: str, doc_type: str = "notebook") -> AsyncIterator[tuple[YClient, YClient]]:
+    """Two clients of one room, each synced (its step 2 received)."""
+    async with yclient(url, doc_type) as c1, yclient(url, doc_type) as c2:
+        with anyio.fail_after(10):
+            await c1.synced.wait()
+            await c2.synced.wait()
+        yield c1, c2
 
 
 def test_session_endpoint(jp_asyncio_loop, jp_fetch, jp_root_dir) -> None:
@@ -118,10 +129,7 @@ def test_two_clients_sync_awareness_and_save(
     async def scenario() -> None:
         _, session = await open_session(jp_fetch, "two.ipynb")
         url = room_url(jp_http_port, jp_base_url, session, token)
-        async with yclient(url) as c1, yclient(url) as c2:
-            with anyio.fail_after(10):
-                await c1.synced.wait()
-                await c2.synced.wait()
+        async with two_synced(url) as (c1, c2):
             assert c1.sources() == c2.sources() == ["x = 1", "y = 2"]
 
             # sync both ways
@@ -171,10 +179,7 @@ def test_a_cursor_frame_shares_a_write_with_the_update_after_it_and_keeps_its_pl
     async def scenario() -> None:
         _, session = await open_session(jp_fetch, "order.ipynb")
         url = room_url(jp_http_port, jp_base_url, session, token)
-        async with yclient(url) as typist, yclient(url) as watcher:
-            with anyio.fail_after(10):
-                await typist.synced.wait()
-                await watcher.synced.wait()
+        async with two_synced(url) as (typist, watcher):
             for i in range(5):  # a keystroke: its cursor, then its update
                 start = len(watcher.kinds)
                 await typist.send_awareness({"user": {"name": "t"}, "cursor": i})
@@ -265,9 +270,7 @@ def test_restart_finds_content_in_store_and_file(
     async def first_run() -> dict:
         _, session = await open_session(jp_fetch, "restart.ipynb")
         url = room_url(jp_http_port, jp_base_url, session, token)
-        async with yclient(url) as c1, yclient(url) as c2:
-            await c1.synced.wait()
-            await c2.synced.wait()
+        async with two_synced(url) as (c1, c2):
             append(c1.document.ycells[0]["source"], "\nb = 2")
             await c1.acknowledged()
             await wait_until(lambda: c2.sources() == ["a = 1\nb = 2"])
@@ -331,10 +334,7 @@ def test_text_file_room(
         session = json.loads(response.body)
         assert response.code == 201 and session["type"] == "file"
         url = room_url(jp_http_port, jp_base_url, session, token)
-        async with yclient(url, "file") as c1, yclient(url, "file") as c2:
-            with anyio.fail_after(10):
-                await c1.synced.wait()
-                await c2.synced.wait()
+        async with two_synced(url, "file") as (c1, c2):
             assert c1.document.get() == "print('hello')\n"  # line endings normalised
             text = c1.ydoc.get("source", type=Text)
             append(text, "print('world')\n")
@@ -360,10 +360,7 @@ def test_room_websockets_have_nagle_off(
     async def scenario() -> None:
         _, session = await open_session(jp_fetch, "nagle.ipynb")
         url = room_url(jp_http_port, jp_base_url, session, token)
-        async with yclient(url) as c1, yclient(url) as c2:
-            with anyio.fail_after(10):
-                await c1.synced.wait()
-                await c2.synced.wait()
+        async with two_synced(url) as (c1, c2):
             handlers = list(_ext(jp_serverapp).connections)
             assert len(handlers) == 2
             for handler in handlers:

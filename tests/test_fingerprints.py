@@ -99,7 +99,9 @@ async def test_rooms_polling_in_one_slot_share_one_thread_call(tmp_path: Path, m
         path = tmp_path / f"f{i}"
         path.write_text("x")
         files.append(str(path))
-    interval = 1.2  # slots of 0.3 s; the pollers start 0.012 s apart (a slow machine has 0.2 s to spare)
+    # slots of 0.3 s; the pollers start 0.025 s apart, 0.125 s in all: without slots they
+    # would poll as far apart, more than a stat batch's WINDOW (a slow machine has 0.17 s to spare)
+    interval = 1.2
 
     async def poller(path: str) -> None:
         await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))
@@ -112,5 +114,5 @@ async def test_rooms_polling_in_one_slot_share_one_thread_call(tmp_path: Path, m
     async with anyio.create_task_group() as tg:
         for path in files:
             tg.start_soon(poller, path)
-            await anyio.sleep(0.012)
+            await anyio.sleep(0.025)
     assert calls == [6]
