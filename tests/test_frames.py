@@ -4,12 +4,14 @@ Differential: the same bytes, cut into the same random arrivals, go through torn
 reader and through ours; what each then does (messages handed on, aborts, closes) must be the
 same, for well-formed streams (fragments, control frames between fragments, every length
 encoding, masked or not) and hostile ones (reserved bits, oversized frames, long or fragmented
-control frames, a continuation with nothing to continue). Then once against a real server
-through a raw socket: frames that share one TCP segment and a frame that arrives in pieces.
+control frames, a continuation with nothing to continue); once as tornado's stream delivers
+them, once read straight from a socket pair. Then once against a real server through a raw
+socket: frames that share one TCP segment and a frame that arrives in pieces.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import random
@@ -22,11 +24,16 @@ from typing import Any
 import anyio
 import pytest
 from pycrdt import Array, Doc
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketProtocol13, _WebSocketParams
 
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.frames import BufferedFrameReader, adopt_buffered_reader, write_now
+from jupyter_ystore.server.frames import (
+    BufferedFrameReader,
+    DirectReadStream,
+    adopt_buffered_reader,
+    write_now,
+)
 
 from _server_helpers import JupyterServerProcess, wait_until, write_notebook, yclient
 
@@ -89,6 +96,32 @@ async def run_reader(buffered: bool, arrivals: list[bytes]) -> tuple[list[Any], 
     protocol.stream = ScriptedStream(arrivals)  # type: ignore[assignment]
     with anyio.fail_after(10):
         await protocol._receive_frame_loop()
+    return events, protocol._wire_bytes_in
+
+
+async def run_direct_reader(arrivals: list[bytes]) -> tuple[list[Any], int]:
+    """``run_reader`` with the frames read straight from a socket (``DirectReadStream``):
+    the arrivals are sent one by one through a socket pair by a thread, which then closes
+    its end."""
+    ours, theirs = socket.socketpair()
+    protocol = adopt_buffered_reader(
+        WebSocketProtocol13(_Handler(), False, _WebSocketParams(max_message_size=MAX_MESSAGE))
+    )
+    events: list[Any] = []
+    recording(protocol, events)
+    protocol.stream = IOStream(ours)
+
+    def send() -> None:
+        with theirs:
+            for piece in arrivals:
+                theirs.sendall(piece)
+                time.sleep(0.0005)  # separate arrivals, mostly
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(protocol._receive_frame_loop)
+            await anyio.to_thread.run_sync(send)
+    assert type(protocol.stream) is DirectReadStream and protocol.stream.closed()
     return events, protocol._wire_bytes_in
 
 
@@ -167,6 +200,60 @@ async def test_buffered_reader_does_what_tornados_does(seed: int) -> None:
     assert theirs[-1][0] == "abort" or theirs[-1][:2] == ("message", 0x8)
     if theirs[-1] != ("abort",) or our_bytes == len(data):
         assert our_bytes == their_bytes  # the bytes it took account for what it read
+
+
+@pytest.mark.parametrize("seed", range(0, 60, 3))
+async def test_direct_reader_does_what_tornados_does(seed: int) -> None:
+    rng = random.Random(seed)
+    data = random_stream(rng)
+    arrivals = cut(rng, data)
+    theirs, their_bytes = await run_reader(False, arrivals)
+    ours, our_bytes = await run_direct_reader(arrivals)
+    assert ours == theirs
+    if theirs[-1] != ("abort",) or our_bytes == len(data):
+        assert our_bytes == their_bytes
+
+
+async def test_direct_reader_holds_later_frames_while_a_message_is_handled() -> None:
+    """A message whose handling awaits (a sync answered once the store caught up) is
+    finished before the next frame of that client is handed on, as tornado's loop does."""
+    events: list[Any] = []
+    release = asyncio.Event()
+
+    ours, theirs = socket.socketpair()
+    protocol = adopt_buffered_reader(WebSocketProtocol13(_Handler(), False, _WebSocketParams(max_message_size=MAX_MESSAGE)))
+    recording(protocol, events)
+    protocol.stream = IOStream(ours)
+
+    async def slow() -> None:
+        await release.wait()
+        events.append(("handled", b"first"))
+
+    plain = protocol._handle_message
+
+    def handle(opcode: int, data: bytes) -> Any:
+        plain(opcode, data)
+        return asyncio.ensure_future(slow()) if data == b"first" else None
+
+    protocol._handle_message = handle  # type: ignore[method-assign]
+    theirs.sendall(frame(0x2, b"first") + frame(0x2, b"second"))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(protocol._receive_frame_loop)
+            await wait_until(lambda: len(events) >= 1)
+            theirs.sendall(frame(0x2, b"third"))
+            await anyio.sleep(0.05)
+            assert events == [("message", 0x2, b"first")]  # the rest wait, read or not
+            release.set()
+            await wait_until(lambda: len(events) >= 4)
+            theirs.close()
+    assert events == [
+        ("message", 0x2, b"first"),
+        ("handled", b"first"),
+        ("message", 0x2, b"second"),
+        ("message", 0x2, b"third"),
+        ("abort",),  # the stream ended
+    ]
 
 
 async def test_frames_in_one_arrival_and_frames_in_pieces() -> None:
@@ -290,8 +377,6 @@ async def test_a_real_server_reads_frames_that_share_or_split_segments(server: A
 
 
 async def _stream_pair() -> tuple[Any, socket.socket]:
-    from tornado.iostream import IOStream
-
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     return IOStream(ours), peer
@@ -332,8 +417,6 @@ async def test_write_now_keeps_order_when_the_socket_is_full() -> None:
 
 
 async def test_write_now_to_a_closed_connection_raises() -> None:
-    from tornado.iostream import StreamClosedError
-
     stream, peer = await _stream_pair()
     peer.close()
     with pytest.raises(StreamClosedError):
