@@ -486,3 +486,37 @@ async def test_clients_with_frames_are_written_by_one_callback_a_turn(caplog: An
     assert scheduled.count(handlers._flush_all) == 1
     assert written == ["d", "a", "c"]  # b failed, and did not stop c
     assert "writing to b failed" in caplog.text
+
+
+async def test_clients_that_vanish_mid_frame_leave_their_room_cleanly(tmp_path: Path) -> None:
+    """Raw clients that stop halfway through a frame (the length said, the payload not all
+    there), then close (FIN) or reset (RST), or reset right after the handshake: each is
+    dropped as a client of the room, so the room closes once nobody is left; the server logs
+    no error and keeps serving."""
+    write_notebook(tmp_path / "root" / "gone.ipynb", ["start"])
+    server = JupyterServerProcess(
+        tmp_path / "root", tmp_path / "home", config={"YStoreExtension": {"document_cleanup_delay": 0.5}}
+    ).start()
+    try:
+        session = server.session("gone.ipynb")
+        room_path = f"/api/collaboration/room/json:notebook:{session['fileId']}"
+        half = frame(0x2, sync.sync_step1(Doc()) + b"x" * 3000)
+        socks = []
+        for n in range(6):
+            sock = handshake(server.port, room_path, server.token)
+            if n % 3 != 2:
+                sock.sendall(half[: 4 + n * 500])  # mid-header or mid-payload
+            socks.append(sock)
+        await anyio.sleep(0.3)
+        for n, sock in enumerate(socks):
+            if n % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            sock.close()
+        await wait_until(lambda: "no client left, closing" in server.log(), timeout=20)
+        async with yclient(server.ws_url + room_path + f"?token={server.token}") as again:
+            await wait_until(lambda: again.synced.is_set())
+            assert again.sources() == ["start"]
+        log = server.log()
+        assert "Traceback" not in log and "Uncaught exception" not in log, log[-3000:]
+    finally:
+        server.kill()
