@@ -3,6 +3,7 @@ dictionary for file ids, in-memory stores (one private database per test) and fa
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -962,5 +963,54 @@ async def test_an_autosave_converts_the_document_once_and_saves_what_came_during
         await room.handle(alice, sync.SyncUpdate(update))
         await wait_until(lambda: len(written) >= 2)
         assert written[1] == ["a = 1  # one  # two", "b = 2  # late"]
+        await manager.close_all()
+        tg.cancel_scope.cancel()
+
+
+class OverlapCountingContents(AsyncLargeFileManager):
+    """Records how many saves are in progress at once (each takes a while, as on a slow disk)."""
+
+    in_flight = 0
+    most_at_once = 0
+    saved: list[str] = []
+
+    async def save(self, model: dict, path: str = "") -> dict:
+        cls = type(self)
+        cls.in_flight += 1
+        cls.most_at_once = max(cls.most_at_once, cls.in_flight)
+        try:
+            await anyio.sleep(0.2)
+            return await super().save(model, path)
+        finally:
+            cls.in_flight -= 1
+            cls.saved.append(path)
+
+
+async def test_rooms_that_stop_typing_together_save_a_few_at_a_time(setup: Setup) -> None:
+    """Twelve rooms whose autosave delays end in the same turn: at most ``AT_ONCE`` saves
+    (each converting its document on the event loop first) run at a time; all are saved."""
+    from jupyter_ystore.server.rooms import save_slots
+
+    counting = type("Overlap", (OverlapCountingContents,), {"in_flight": 0, "most_at_once": 0, "saved": []})
+    setup.contents = counting(root_dir=str(setup.root))
+    setup.settings = dataclasses.replace(setup.settings, save_delay=0.5)  # all due together
+    names = [f"nb{i}.ipynb" for i in range(12)]
+    for i, name in enumerate(names):
+        write_notebook(setup.root / name, [f"x = {i}"])
+    setup.ids.paths.update({f"id-{i}": name for i, name in enumerate(names)})
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        rooms = [await manager.get_room(f"json:notebook:id-{i}") for i in range(12)]
+        clients = [FakeClient() for _ in rooms]
+        for room, client in zip(rooms, clients):
+            room.join(client)
+        updates = [client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # typed")) for room in rooms]
+        for room, client, update in zip(rooms, clients, updates):  # one edit each, together
+            await room.handle(client, sync.SyncUpdate(update))
+        await wait_until(lambda: len(set(counting.saved) & set(names)) == 12, timeout=20)
+        assert 1 < counting.most_at_once <= save_slots.AT_ONCE
+        for i, name in enumerate(names):
+            assert read_sources(setup.root / name) == [f"x = {i}  # typed"]
         await manager.close_all()
         tg.cancel_scope.cancel()

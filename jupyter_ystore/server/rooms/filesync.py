@@ -24,7 +24,7 @@ import anyio
 from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
-from jupyter_ystore.server.rooms import fingerprints
+from jupyter_ystore.server.rooms import fingerprints, save_slots
 from jupyter_ystore.server.rooms.files import FileGone, FileState
 from jupyter_ystore.server.rooms.writer import Origin
 
@@ -247,13 +247,18 @@ class FileSync:
                 continue
             while (wait := self._last_change + (delay or 0) - time.monotonic()) > 0:
                 await anyio.sleep(wait)
-            taken = (self.room.changes, self.document.get())
-            if self._base is not None and taken[1] == self._base and self._save_failure is None:
-                continue  # nothing new since the last save (e.g. only the state map changed)
-            try:
-                await self.save(reason="auto", taken=taken)
-            except Exception as exc:
-                self.save_failed(exc, "autosave")
+            failure: Exception | None = None
+            await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
+            async with save_slots.slots():  # (converting the document is part of the save)
+                taken = (self.room.changes, self.document.get())
+                if self._base is not None and taken[1] == self._base and self._save_failure is None:
+                    continue  # nothing new since the last save (e.g. only the state map changed)
+                try:
+                    await self._save(reason="auto", taken=taken)
+                except Exception as exc:
+                    failure = exc
+            if failure is not None:
+                self.save_failed(failure, "autosave")
                 await anyio.sleep(retry)
                 retry = min(60.0, retry * 2)
                 self._save_wakeup.set()
@@ -276,6 +281,13 @@ class FileSync:
 
     async def save(self, *, reason: str = "auto", taken: tuple[int, Any] | None = None) -> bool:
         """Write the document to its file if it changed; whether the file was written.
+        Waits for one of the loop's save slots first (``save_slots``); see ``_save``."""
+        await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
+        async with save_slots.slots():
+            return await self._save(reason=reason, taken=taken)
+
+    async def _save(self, *, reason: str = "auto", taken: tuple[int, Any] | None = None) -> bool:
+        """``save`` in a save slot already taken.
 
         Waits for the store at most ``store_wait`` seconds and never for a failing one: the
         file is the users' copy and must not fall behind because the store is down. Raises
