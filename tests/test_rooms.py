@@ -1014,3 +1014,38 @@ async def test_rooms_that_stop_typing_together_save_a_few_at_a_time(setup: Setup
             assert read_sources(setup.root / name) == [f"x = {i}  # typed"]
         await manager.close_all()
         tg.cancel_scope.cancel()
+
+
+async def test_saves_stuck_in_every_slot_do_not_keep_other_rooms_from_saving(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four saves hang (a network file system gone away): a fifth room still saves, once it
+    has waited ``LONGEST_WAIT`` for a slot."""
+    from jupyter_ystore.server.rooms import save_slots
+
+    monkeypatch.setattr(save_slots, "LONGEST_WAIT", 0.3)
+    hung = anyio.Event()
+
+    class Hanging(AsyncLargeFileManager):
+        async def save(self, model: dict, path: str = "") -> dict:
+            if path != "free.ipynb":
+                await hung.wait()
+            return await super().save(model, path)
+
+    setup.contents = Hanging(root_dir=str(setup.root))
+    names = [f"stuck{i}.ipynb" for i in range(save_slots.AT_ONCE)] + ["free.ipynb"]
+    for name in names:
+        write_notebook(setup.root / name, ["x = 0"])
+    setup.ids.paths.update({f"id-{i}": name for i, name in enumerate(names)})
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        rooms = [await manager.get_room(f"json:notebook:id-{i}") for i in range(len(names))]
+        for room in rooms:
+            client = FakeClient()
+            room.join(client)
+            update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # typed"))
+            await room.handle(client, sync.SyncUpdate(update))
+            await anyio.sleep(0.02)  # the stuck ones take the slots first
+        await wait_until(lambda: read_sources(setup.root / "free.ipynb") == ["x = 0  # typed"], timeout=10)
+        hung.set()
+        await manager.close_all()
+        tg.cancel_scope.cancel()

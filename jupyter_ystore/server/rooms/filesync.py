@@ -249,7 +249,7 @@ class FileSync:
                 await anyio.sleep(wait)
             failure: Exception | None = None
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
-            async with save_slots.slots():  # (converting the document is part of the save)
+            async with save_slots.save_slot():  # (converting the document is part of the save)
                 taken = (self.room.changes, self.document.get())
                 if self._base is not None and taken[1] == self._base and self._save_failure is None:
                     continue  # nothing new since the last save (e.g. only the state map changed)
@@ -283,7 +283,7 @@ class FileSync:
         """Write the document to its file if it changed; whether the file was written.
         Waits for one of the loop's save slots first (``save_slots``); see ``_save``."""
         await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
-        async with save_slots.slots():
+        async with save_slots.save_slot():
             return await self._save(reason=reason, taken=taken)
 
     async def _save(self, *, reason: str = "auto", taken: tuple[int, Any] | None = None) -> bool:

@@ -9,11 +9,17 @@ autosaves held the event loop for 867 ms, every collaborator's edits waiting beh
 Saves now take one of ``AT_ONCE`` slots first; the others wait for theirs, so a turn of the
 loop converts at most that many documents and at most that many worker threads serialize
 notebooks against the loop for the GIL.
+
+A slot is a bound on bursts, not a queue to wait in forever: a save that has waited
+``LONGEST_WAIT`` seconds goes ahead without one (four saves stuck on a hung network file
+system must not keep every other room from saving).
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import anyio
 
@@ -22,9 +28,22 @@ from jupyter_ystore.core.per_loop import PerLoop
 #: Saves in progress at once, per event loop.
 AT_ONCE = 4
 
+#: Seconds a save waits for a slot before it goes ahead without one.
+LONGEST_WAIT = 5.0
+
 _slots: PerLoop[anyio.CapacityLimiter] = PerLoop(lambda loop: anyio.CapacityLimiter(AT_ONCE))
 
 
-def slots() -> anyio.CapacityLimiter:
-    """This event loop's save slots (``async with slots():`` around a save)."""
-    return _slots.get(asyncio.get_running_loop())
+@asynccontextmanager
+async def save_slot() -> AsyncIterator[None]:
+    """Around a save: one of this event loop's slots, or none after ``LONGEST_WAIT``."""
+    limiter = _slots.get(asyncio.get_running_loop())
+    taken = False
+    with anyio.move_on_after(LONGEST_WAIT):
+        await limiter.acquire()
+        taken = True
+    try:
+        yield
+    finally:
+        if taken:
+            limiter.release()
