@@ -99,17 +99,24 @@ async def run_reader(buffered: bool, arrivals: list[bytes]) -> tuple[list[Any], 
     return events, protocol._wire_bytes_in
 
 
-async def run_direct_reader(arrivals: list[bytes]) -> tuple[list[Any], int]:
-    """``run_reader`` with the frames read straight from a socket (``DirectReadStream``):
-    the arrivals are sent one by one through a socket pair by a thread, which then closes
-    its end."""
+def direct_protocol(events: list[Any]) -> tuple[WebSocketProtocol13, socket.socket]:
+    """A recording protocol with the buffered reader on one end of a socket pair; the other
+    end, for the test to write the client's bytes to."""
     ours, theirs = socket.socketpair()
     protocol = adopt_buffered_reader(
         WebSocketProtocol13(_Handler(), False, _WebSocketParams(max_message_size=MAX_MESSAGE))
     )
-    events: list[Any] = []
     recording(protocol, events)
     protocol.stream = IOStream(ours)
+    return protocol, theirs
+
+
+async def run_direct_reader(arrivals: list[bytes]) -> tuple[list[Any], int]:
+    """``run_reader`` with the frames read straight from a socket (``DirectReadStream``):
+    the arrivals are sent one by one through a socket pair by a thread, which then closes
+    its end."""
+    events: list[Any] = []
+    protocol, theirs = direct_protocol(events)
 
     def send() -> None:
         with theirs:
@@ -219,11 +226,7 @@ async def test_direct_reader_holds_later_frames_while_a_message_is_handled() -> 
     finished before the next frame of that client is handed on, as tornado's loop does."""
     events: list[Any] = []
     release = asyncio.Event()
-
-    ours, theirs = socket.socketpair()
-    protocol = adopt_buffered_reader(WebSocketProtocol13(_Handler(), False, _WebSocketParams(max_message_size=MAX_MESSAGE)))
-    recording(protocol, events)
-    protocol.stream = IOStream(ours)
+    protocol, theirs = direct_protocol(events)
 
     async def slow() -> None:
         await release.wait()

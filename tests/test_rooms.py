@@ -70,6 +70,14 @@ class Setup:
             **{"save_delay": 0.05, "cleanup_delay": None, "poll_interval": 0, **settings}
         )
 
+    def add_notebooks(self, names: list[str]) -> list[str]:
+        """Notebooks ``names`` (the i-th holding one cell ``x = i``), each with a file id;
+        their room ids."""
+        for i, name in enumerate(names):
+            write_notebook(self.root / name, [f"x = {i}"])
+            self.ids.paths[f"id-{i}"] = name
+        return [f"json:notebook:id-{i}" for i in range(len(names))]
+
     def make_store(self, file_type: str, file_id: str) -> MemoryYStore:
         store = self.store_class(path=f".{file_type}:{file_id}.y", log=LOG)
         self.stores.append(store)
@@ -995,13 +1003,11 @@ async def test_rooms_that_stop_typing_together_save_a_few_at_a_time(setup: Setup
     setup.contents = counting(root_dir=str(setup.root))
     setup.settings = dataclasses.replace(setup.settings, save_delay=0.5)  # all due together
     names = [f"nb{i}.ipynb" for i in range(12)]
-    for i, name in enumerate(names):
-        write_notebook(setup.root / name, [f"x = {i}"])
-    setup.ids.paths.update({f"id-{i}": name for i, name in enumerate(names)})
+    room_ids = setup.add_notebooks(names)
     manager = setup.manager()
     async with anyio.create_task_group() as tg:
         await run_manager(manager, tg)
-        rooms = [await manager.get_room(f"json:notebook:id-{i}") for i in range(12)]
+        rooms = [await manager.get_room(room_id) for room_id in room_ids]
         clients = [FakeClient() for _ in rooms]
         for room, client in zip(rooms, clients):
             room.join(client)
@@ -1032,20 +1038,19 @@ async def test_saves_stuck_in_every_slot_do_not_keep_other_rooms_from_saving(set
 
     setup.contents = Hanging(root_dir=str(setup.root))
     names = [f"stuck{i}.ipynb" for i in range(save_slots.AT_ONCE)] + ["free.ipynb"]
-    for name in names:
-        write_notebook(setup.root / name, ["x = 0"])
-    setup.ids.paths.update({f"id-{i}": name for i, name in enumerate(names)})
+    room_ids = setup.add_notebooks(names)
     manager = setup.manager()
     async with anyio.create_task_group() as tg:
         await run_manager(manager, tg)
-        rooms = [await manager.get_room(f"json:notebook:id-{i}") for i in range(len(names))]
+        rooms = [await manager.get_room(room_id) for room_id in room_ids]
         for room in rooms:
             client = FakeClient()
             room.join(client)
             update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # typed"))
             await room.handle(client, sync.SyncUpdate(update))
             await anyio.sleep(0.02)  # the stuck ones take the slots first
-        await wait_until(lambda: read_sources(setup.root / "free.ipynb") == ["x = 0  # typed"], timeout=10)
+        free = f"x = {len(names) - 1}  # typed"
+        await wait_until(lambda: read_sources(setup.root / "free.ipynb") == [free], timeout=10)
         hung.set()
         await manager.close_all()
         tg.cancel_scope.cancel()

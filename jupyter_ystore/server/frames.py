@@ -126,9 +126,8 @@ class BufferedFrameReader(WebSocketProtocol13):
         while self._waiting_on is None and not self.client_terminated:
             got = self._cut_frame()
             if type(got) is not tuple:
-                if got != ABORTED and self._inpos:
-                    del self._inbuf[: self._inpos]  # keep only the incomplete frame
-                    self._inpos = 0
+                if got != ABORTED:
+                    self._compact()
                 return
             pending = self._dispatch_now(*got)
             if pending is not None:
@@ -216,13 +215,18 @@ class BufferedFrameReader(WebSocketProtocol13):
         """Append what the stream has (at least one byte; ``missing`` when that is more than
         a chunk, so that a big frame is read in one call)."""
         buf = self._inbuf
-        if self._inpos:
-            del buf[: self._inpos]  # compact: only when a frame is incomplete
-            self._inpos = 0
+        self._compact()
         if missing > CHUNK:
             buf += await self.stream.read_bytes(missing)
         else:
             buf += await self.stream.read_bytes(CHUNK, partial=True)
+
+    def _compact(self) -> None:
+        """Drop the bytes of the frames already handed on (only when a frame is incomplete:
+        a whole buffer is cleared as its last frame is cut)."""
+        if self._inpos:
+            del self._inbuf[: self._inpos]
+            self._inpos = 0
 
     def _dispatch_now(self, final: int, opcode: int, data: bytes) -> Awaitable[None] | None:
         """Tornado's rules for what a frame means (fragments, control frames); what
