@@ -1,9 +1,12 @@
-"""The rooms' file polls: stats asked together share one worker-thread call."""
+"""The rooms' file polls: one watcher per loop stats the files of a slot in one thread call
+and wakes a room only when its file or its path is not what the room confirmed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -12,107 +15,180 @@ from jupyter_ystore.server.rooms import fingerprints
 
 pytestmark = pytest.mark.anyio
 
-
-async def test_stats_asked_together_share_one_thread_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[list[str]] = []
-    real = fingerprints._fingerprints
-
-    def counted(os_paths: list[str]) -> list[fingerprints.Fingerprint | None]:
-        calls.append(list(os_paths))
-        return real(os_paths)
-
-    monkeypatch.setattr(fingerprints, "_fingerprints", counted)
-    files = [tmp_path / f"nb{i}.ipynb" for i in range(10)]
-    for i, path in enumerate(files):
-        path.write_text("x" * i)
-    results: dict[int, fingerprints.Fingerprint | None] = {}
-
-    async def poll(i: int, path: Path) -> None:
-        results[i] = await fingerprints.of(str(path))
-
-    async with anyio.create_task_group() as tasks:
-        for i, path in enumerate(files + [tmp_path / "gone.ipynb"]):
-            tasks.start_soon(poll, i, path)
-    assert len(calls) == 1 and len(calls[0]) == 11
-    for i, path in enumerate(files):
-        info = os.stat(path)
-        assert results[i] == (info.st_ino, i, info.st_mtime_ns, info.st_ctime_ns)
-    assert results[10] is None  # gone: the contents manager will say why
+INTERVAL = 0.2  # slots of 50 ms
 
 
-async def test_a_cancelled_poll_leaves_the_others_their_answer(tmp_path: Path) -> None:
-    path = tmp_path / "nb.ipynb"
-    path.write_text("{}")
-    got: list[object] = []
+class Room:
+    """What a room's poller does with its watch: wait, confirm what it was woken with."""
 
-    async def poll() -> None:
-        got.append(await fingerprints.of(str(path)))
+    def __init__(self, path: Path, *, on_disk: bool = True) -> None:
+        self.path = str(path)
+        self.on_disk = on_disk
+        self.fail = False
+        self.wakes: list[Any] = []
+        self.watch = fingerprints.watch(INTERVAL, self.path_of, self.os_path_of)
 
-    async with anyio.create_task_group() as tasks:
-        with anyio.CancelScope() as cancelled:
-            cancelled.cancel()
-            await fingerprints.of(str(path))  # asked, then cancelled before its answer
-        tasks.start_soon(poll)
-    assert got == [fingerprints.fingerprint(str(path))]
+    def path_of(self) -> str:
+        if self.fail:
+            raise LookupError("no file has that id")
+        return self.path
 
+    def os_path_of(self, path: str) -> str | None:
+        return path if self.on_disk else None
 
-async def test_a_file_that_changes_gets_another_fingerprint(tmp_path: Path) -> None:
-    path = tmp_path / "nb.ipynb"
-    path.write_text("{}")
-    before = await fingerprints.of(str(path))
-    path.write_text('{"cells": []}')
-    assert await fingerprints.of(str(path)) != before
-
-
-@pytest.mark.parametrize("interval", [1.0, 0.2, 7.5])
-def test_polls_are_due_at_slot_boundaries_shared_by_the_rooms(interval: float) -> None:
-    """Rooms that opened at different moments poll at one of ``SLOTS`` boundaries of the
-    interval: at least ``interval`` after the last poll, less than a slot later than that."""
-    slot = interval / fingerprints.SLOTS
-    dues = set()
-    for step in range(400):
-        now = 1000.0 + step * interval / 97  # rooms' last polls, spread over four intervals
-        delay = fingerprints.poll_delay(interval, now)
-        assert interval - 1e-9 <= delay < interval + slot + 1e-9
-        dues.add(round(now + delay, 9))
-    # every due time is a slot boundary, so the 400 rooms share a handful of wake-ups
-    assert all(abs(due / slot - round(due / slot)) < 1e-6 for due in dues)
-    span = 399 * interval / 97
-    assert len(dues) <= span / slot + 2  # one per slot the 400 moments cover, not 400
+    async def run(self) -> None:
+        try:
+            while True:
+                seen, found = await self.watch.changed()
+                self.wakes.append((seen, found))
+                if found is not None:
+                    self.watch.known = (seen, found)  # the contents manager agreed
+        finally:
+            fingerprints.unwatch(self.watch)
 
 
-async def test_rooms_polling_in_one_slot_share_one_thread_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pollers sleeping ``poll_delay`` from different moments of one slot wake together and
-    their stats go to the worker thread in one call."""
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = fingerprints._fingerprints
 
-    def counted(paths: list[str]) -> list:
-        calls.append(len(paths))
-        return real(paths)
+    def counted(os_paths: list[str]) -> list[fingerprints.Fingerprint | None]:
+        calls.append(len(os_paths))
+        return real(os_paths)
 
     monkeypatch.setattr(fingerprints, "_fingerprints", counted)
-    files = []
-    for i in range(6):
-        path = tmp_path / f"f{i}"
-        path.write_text("x")
-        files.append(str(path))
-    # slots of 0.3 s; the pollers start 0.025 s apart, 0.125 s in all: without slots they
-    # would poll as far apart, more than a stat batch's WINDOW (a slow machine has 0.17 s to spare)
-    interval = 1.2
+    return calls
 
-    async def poller(path: str) -> None:
-        await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))
-        assert await fingerprints.of(path) is not None
 
-    start = anyio.current_time()
-    slot = interval / fingerprints.SLOTS
-    # begin just after a boundary so that all six starts fall in one slot
-    await anyio.sleep((int(start / slot) + 1) * slot - start + 0.001)
+async def test_a_rooms_file_as_it_confirmed_never_wakes_it_and_a_change_does(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    room = Room(path)
     async with anyio.create_task_group() as tg:
-        for path in files:
-            tg.start_soon(poller, path)
-            await anyio.sleep(0.025)
-    assert calls == [6]
+        tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL * 1.5)
+        assert room.wakes == [(room.path, fingerprints.fingerprint(room.path))]  # nothing known yet
+        await anyio.sleep(INTERVAL * 3)
+        assert len(room.wakes) == 1  # three intervals as confirmed: never woken
+        path.write_text('{"cells": []}')
+        with anyio.fail_after(5):
+            while len(room.wakes) < 2:
+                await anyio.sleep(0.01)
+        assert room.wakes[1] == (room.path, fingerprints.fingerprint(room.path))
+        assert room.wakes[1][1] != room.wakes[0][1]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_rename_wakes_the_room_with_the_new_path(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    room = Room(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL * 1.5)
+        renamed = tmp_path / "renamed.ipynb"
+        os.rename(path, renamed)
+        room.path = str(renamed)
+        with anyio.fail_after(5):
+            while len(room.wakes) < 2:
+                await anyio.sleep(0.01)
+        assert room.wakes[1][0] == str(renamed)
+        tg.cancel_scope.cancel()
+
+
+async def test_rooms_it_cannot_stat_are_woken_every_interval(tmp_path: Path) -> None:
+    """A path lookup that fails, a file that is gone, a contents manager off the file
+    system: the watcher cannot tell, so the room asks the contents manager each interval."""
+    failing = Room(tmp_path / "a.ipynb")
+    failing.fail = True
+    gone = Room(tmp_path / "gone.ipynb")
+    elsewhere = Room(tmp_path / "c.ipynb", on_disk=False)
+    async with anyio.create_task_group() as tg:
+        for room in (failing, gone, elsewhere):
+            tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL * 3.5)
+        tg.cancel_scope.cancel()
+    assert len(failing.wakes) >= 2 and set(failing.wakes) == {(None, None)}
+    assert len(gone.wakes) >= 2 and set(gone.wakes) == {(gone.path, None)}
+    assert len(elsewhere.wakes) >= 2 and set(elsewhere.wakes) == {(elsewhere.path, None)}
+
+
+async def test_the_files_of_a_slot_share_one_thread_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight rooms: two a slot, so each tick stats two files in one call, and every room is
+    looked at once an interval."""
+    calls = counting(monkeypatch)
+    rooms = []
+    for i in range(8):
+        path = tmp_path / f"nb{i}.ipynb"
+        path.write_text("x" * i)
+        rooms.append(Room(path))
+    watcher = rooms[0].watch.watcher
+    assert watcher is not None and [len(slot) for slot in watcher.slots] == [2, 2, 2, 2]
+    async with anyio.create_task_group() as tg:
+        for room in rooms:
+            tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL * 2.1)
+        tg.cancel_scope.cancel()
+    assert calls and set(calls) == {2}
+    assert SLOTS_PER_INTERVAL * 2 - 1 <= len(calls) <= SLOTS_PER_INTERVAL * 2 + 1
+    assert all(len(room.wakes) == 1 for room in rooms)  # confirmed once, then left asleep
+
+
+SLOTS_PER_INTERVAL = fingerprints.SLOTS
+
+
+async def test_a_room_busy_with_a_change_is_not_looked_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While its poller is busy (asking the contents manager), a room's file is not stated
+    again nor the room woken twice for one change."""
+    calls = counting(monkeypatch)
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    watch = fingerprints.watch(INTERVAL, lambda: str(path), lambda p: p)
+    try:
+        first = await watch.changed()
+        await anyio.sleep(INTERVAL * 2)  # busy: not waiting
+        assert calls == [1]
+        assert await watch.changed() == first  # nothing confirmed: woken again, once
+    finally:
+        fingerprints.unwatch(watch)
+
+
+async def test_no_timer_is_left_once_the_last_room_is_gone(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    rooms = [Room(path), Room(path)]
+    watcher = rooms[0].watch.watcher
+    assert watcher is not None and watcher._timer is not None
+    async with anyio.create_task_group() as tg:
+        for room in rooms:
+            tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL)
+        tg.cancel_scope.cancel()
+    assert watcher._timer is None and not any(watcher.slots)
+    loop = asyncio.get_running_loop()
+    assert not [h for h in loop._scheduled if not h.cancelled() and getattr(h, "_callback", None) == watcher._tick]  # type: ignore[attr-defined]
+
+
+async def test_ticks_fall_on_slot_boundaries_of_the_loops_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rooms opened at any moment are looked at on boundaries of the loop's clock (watchers of
+    other intervals too): the loop wakes once for all of a boundary's work."""
+    dues: list[float] = []
+    real = fingerprints.FileWatcher._schedule
+
+    def recorded(self: fingerprints.FileWatcher) -> None:
+        real(self)
+        assert self._timer is not None
+        dues.append(self._timer.when())
+
+    monkeypatch.setattr(fingerprints.FileWatcher, "_schedule", recorded)
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    await anyio.sleep(0.013)  # not on a boundary
+    room = Room(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(room.run)
+        await anyio.sleep(INTERVAL * 1.3)
+        tg.cancel_scope.cancel()
+    slot = INTERVAL / fingerprints.SLOTS
+    assert len(dues) >= 4
+    assert all(abs(due / slot - round(due / slot)) < 1e-6 for due in dues)
+    assert len({round(due / slot) for due in dues}) == len(dues)  # never twice for one boundary

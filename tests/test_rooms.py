@@ -584,14 +584,22 @@ async def test_the_poller_asks_the_contents_manager_only_when_the_file_changed(
 async def test_a_poll_waiting_for_its_stat_does_not_hold_up_a_save(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A poll's stat waits up to ``fingerprints.WINDOW`` for others to share its thread
-    call; the save lock is not held meanwhile, and a save during that wait is not taken
-    for a change on disk."""
-    import asyncio
+    """The watcher's stat runs in a worker thread without the room's save lock; a save while
+    it is on its way is not held up, nor taken for a change on disk when its answer (the file
+    before the save) arrives."""
+    import threading
 
     from jupyter_ystore.server.rooms import fingerprints
 
-    monkeypatch.setattr(fingerprints, "WINDOW", 0.5)
+    in_flight = threading.Event()
+    real = fingerprints._fingerprints
+
+    def slow(os_paths: list[str]) -> list:
+        found = real(os_paths)  # the file as it was before the save
+        in_flight.set()
+        time.sleep(0.5)
+        return found
+
     setup.settings.poll_interval = 0.02
     manager = setup.manager()
     async with anyio.create_task_group() as tg:
@@ -599,17 +607,19 @@ async def test_a_poll_waiting_for_its_stat_does_not_hold_up_a_save(
         room = await manager.get_room(ROOM)
         client = FakeClient()
         room.join(client)
-        loop = asyncio.get_running_loop()
-        await wait_until(lambda: bool(getattr(fingerprints._batches.peek(loop), "waiting", None)))
-        batch = fingerprints._batches.get(loop)
+        await anyio.sleep(0.2)  # the first polls: the file is the one loaded
+        monkeypatch.setattr(fingerprints, "_fingerprints", slow)
+        await wait_until(in_flight.is_set)
         assert not room.files._save_lock.locked()
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # saved"))
         await room.handle(client, sync.SyncUpdate(update))
+        started = time.monotonic()
         await room.handle(client, sync.SaveRequest(1))
         await wait_until(lambda: any(r.get("responseTo") == 1 for r in client.raw()))
-        assert batch.waiting  # saved while that poll still waited for its stat
+        assert time.monotonic() - started < 0.4  # not behind the stat
         assert read_sources(setup.nb) == ["a = 1  # saved", "b = 2"]
-        await anyio.sleep(1.2)  # that poll and the next see our own save
+        monkeypatch.setattr(fingerprints, "_fingerprints", real)
+        await anyio.sleep(1.2)  # that poll's answer and the next ones see our own save
         assert room.document.get()["cells"][0]["source"] == "a = 1  # saved"
         assert "changed on disk" not in " ".join(str(r) for r in client.raw())
         await manager.close_all()

@@ -23,7 +23,6 @@ from jupyter_server.utils import ensure_async
 from tornado.web import HTTPError
 
 from jupyter_ystore.core import threads
-from jupyter_ystore.server.rooms import fingerprints
 
 try:
     import fcntl
@@ -87,7 +86,8 @@ class DocumentFile:
             raise FileGone(f"no file has id {self.file_id}")
         return path
 
-    def _os_path(self, path: str) -> str | None:
+    def os_path(self, path: str) -> str | None:
+        """Where ``path`` is on disk; None when the contents manager is not on a file system."""
         get_os_path = getattr(self._contents_manager, "_get_os_path", None)
         if get_os_path is None:  # not a file-system contents manager
             return None
@@ -99,7 +99,7 @@ class DocumentFile:
     async def load(self) -> FileState:
         """The file's content, modification time and hash."""
         path = self.path
-        async with _flocked(self._os_path(path), exclusive=False):
+        async with _flocked(self.os_path(path), exclusive=False):
             return await self._load(path)
 
     async def _load(self, path: str) -> FileState:
@@ -122,24 +122,13 @@ class DocumentFile:
             content = content.replace("\r\n", "\n")
         return FileState(_timestamp(model.get("last_modified")), model.get("hash"), content)
 
-    async def fingerprint(self, path: str) -> fingerprints.Fingerprint | None:
-        """The file's inode, size and times from a ``stat(2)`` in a worker thread, or None
-        where the contents manager is not on a file system (or the stat fails). What the
-        poller asks every second of every open room: the contents manager's own stat (a
-        model, a hidden-file check, an event validated against its schema) cost ~1 ms of
-        the event loop's CPU each, most of an idle room's cost."""
-        os_path = self._os_path(path)
-        if os_path is None:
-            return None
-        return await fingerprints.of(os_path)
-
     async def stat(self, *, with_hash: bool = True) -> FileState:
         """Modification time and hash, without the content. ``with_hash=False``: the time
         alone (no read of the file, no lock): what the poller asks every second."""
         path = self.path
         if not with_hash:
             return await self._stat(path, with_hash=False)
-        async with _flocked(self._os_path(path), exclusive=False):
+        async with _flocked(self.os_path(path), exclusive=False):
             return await self._stat(path)
 
     async def _stat(self, path: str, *, with_hash: bool = True) -> FileState:
@@ -157,7 +146,7 @@ class DocumentFile:
         """Write ``content``; return the new modification time and hash."""
         path = self.path
         model = {"type": self.contents_type, "format": self.file_format, "content": content}
-        async with _flocked(self._os_path(path), exclusive=True):
+        async with _flocked(self.os_path(path), exclusive=True):
             saved = await ensure_async(self._contents_manager.save(model, path))
             state = await self._stat(path)
         return FileState(_timestamp(saved.get("last_modified")) or state.last_modified, state.hash)

@@ -408,43 +408,42 @@ class FileSync:
     async def poller(self) -> None:
         """Notice out-of-band file changes and renames every ``poll_interval`` seconds.
 
-        A file whose ``stat(2)`` is what it was when the contents manager last said it was
-        unchanged is not asked again (``unchanged``). The stat is taken before the save lock
-        (it may wait for others to share its thread call): a save meanwhile changes our
-        modification time, so the comparison fails and the contents manager is asked."""
+        The loop's ``FileWatcher`` looks at the file for us and wakes this room only when the
+        file's path or ``stat(2)`` is not what the contents manager last confirmed (``known``).
+        The stat is taken without the save lock: a save meanwhile changes our modification
+        time, so the contents manager's answer is compared with the time of that save."""
         failures = 0
-        unchanged: tuple[Any, Any] | None = None  # (fingerprint, our mtime) of that moment
-        while True:
-            interval = self.settings.poll_interval
-            await anyio.sleep(fingerprints.poll_delay(interval, anyio.current_time()))
-            try:
-                path = self.file.path
-                fingerprint = await self.file.fingerprint(path)
-                async with self._save_lock:
-                    if self.document.path != path:
-                        with self._changes_by(SERVER_SAVE):
-                            self._set_state(path=path)
-                    if fingerprint is not None and unchanged == (fingerprint, self._file_mtime):
-                        failures = 0
-                        continue
-                    disk = await self.file.stat(with_hash=False)  # the time only
-                    if disk.last_modified == self._file_mtime:
-                        unchanged = (fingerprint, self._file_mtime)
-                        failures = 0
-                        continue
-                    disk = await self.file.stat()  # changed: its hash says whether by us
-                    if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
-                        if await self._settled_elsewhere(disk):
-                            await self._adopt_saved_file()
-                        else:
-                            await self._apply_file_change()
-                    elif disk.last_modified != self._file_mtime:
-                        self._file_mtime = disk.last_modified
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
+        watch = fingerprints.watch(self.settings.poll_interval, lambda: self.file.path, self.file.os_path)
+        try:
+            while True:
+                seen, fingerprint = await watch.changed()
+                try:
+                    path = self.file.path
+                    async with self._save_lock:
+                        if self.document.path != path:
+                            with self._changes_by(SERVER_SAVE):
+                                self._set_state(path=path)
+                        disk = await self.file.stat(with_hash=False)  # the time only
+                        if disk.last_modified == self._file_mtime:
+                            if fingerprint is not None and seen == path:
+                                watch.known = (path, fingerprint)
+                            failures = 0
+                            continue
+                        disk = await self.file.stat()  # changed: its hash says whether by us
+                        if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
+                            if await self._settled_elsewhere(disk):
+                                await self._adopt_saved_file()
+                            else:
+                                await self._apply_file_change()
+                        elif disk.last_modified != self._file_mtime:
+                            self._file_mtime = disk.last_modified
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1:
+                        self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
+        finally:
+            fingerprints.unwatch(watch)
 
 
 def _comparable(content: Any) -> Any:

@@ -1,16 +1,20 @@
-"""The open rooms' file polls, stat(2) by stat(2) but a worker thread call per batch.
+"""The open rooms' file polls: one watcher per event loop, which wakes a room only when its
+file (or the file's path) changed.
 
-Every open room stats its file every second (``FileSync.poller``). A thread call costs the
-process ~280 µs of CPU on a 2-core VM (waking a worker, then the loop), far more than the
-stat: measured at rest with 50 open rooms, it was 0.28 of the 0.7 ms of CPU a room costs
-each second. Stats asked within ``WINDOW`` seconds of each other share one call.
+Every open room checks its file every ``poll_interval`` seconds for changes made outside
+(``git pull``, an editor, a script) and for renames (``FileSync.poller``). With a poll task a
+room, each poll woke the loop for its timer, its worker-thread stat and the answer, then took
+the room's save lock and read the document's path: measured at rest with 50 open rooms, a
+room cost 0.1 ms of CPU a second without polls and 0.5 with them (0.25 with the polls of a
+slot sharing their wake-ups), and under typing the polls still took a tenth of the CPU of an
+edit.
 
-What the thread call leaves is the wake-ups: a poll woke the loop three times (its timer,
-the batch, the answer), for every room every second. Polls are due at slot boundaries of the
-loop's clock (``poll_delay``), a quarter of the interval apart, so the rooms of one slot
-share all three. Measured at rest, 50 rooms: without polls a room cost 0.1 ms of CPU a
-second, with them 0.5. Not one slot for all: a thousand rooms polled in one turn of the loop
-would be a pause; a quarter of them is a few milliseconds.
+So rooms do not poll. A ``FileWatcher`` does, for all the rooms of its loop: every
+``interval / SLOTS`` seconds it takes the rooms of one slot, looks up each file's path (a
+rename changes it) and stats their files in one worker-thread call. A room whose path and
+``stat(2)`` are what it last confirmed with the contents manager (``Watch.known``) is left
+asleep; the others are woken, and ask the contents manager under their save lock as before.
+Not one slot for all: a thousand rooms in one turn of the loop would be a pause.
 """
 
 from __future__ import annotations
@@ -18,24 +22,21 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from functools import partial
+from typing import Callable
 
 from jupyter_ystore.core import threads
 from jupyter_ystore.core.per_loop import PerLoop
 
-#: Seconds a stat waits for others to share its thread call (a poll is due every second).
-WINDOW = 0.05
-
-#: A poll interval is cut into this many slots; every poll is due at the start of one.
+#: A poll interval is cut into this many slots; a watched file is looked at in one of them.
 SLOTS = 4
 
-
-def poll_delay(interval: float, now: float) -> float:
-    """Seconds from ``now`` (the event loop's clock) to a room's next poll: ``interval``,
-    then on to the next slot boundary, where the polls of other rooms are due too."""
-    slot = interval / SLOTS
-    return math.ceil((now + interval) / slot) * slot - now
-
 Fingerprint = tuple[int, int, int, int]
+
+#: What a room is woken with: the path and fingerprint the watcher found (None: the path
+#: lookup or the stat failed, or the file is not on a file system; the room asks the
+#: contents manager, which says why).
+Found = tuple["str | None", "Fingerprint | None"]
 
 
 def fingerprint(os_path: str) -> Fingerprint | None:
@@ -52,46 +53,134 @@ def _fingerprints(os_paths: list[str]) -> list[Fingerprint | None]:
     return [fingerprint(os_path) for os_path in os_paths]
 
 
-class _Batch:
-    """The stats asked on one event loop and not yet sent to a thread."""
+class Watch:
+    """One room's file, as its watcher sees it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("path_of", "os_path_of", "known", "slot", "watcher", "_waiting", "_path", "_os_path")
+
+    def __init__(self, path_of: Callable[[], str], os_path_of: Callable[[str], "str | None"]) -> None:
+        self.path_of = path_of  # the file's path now (raises when its id is gone)
+        self.os_path_of = os_path_of  # where that is on disk (None: not a file system)
+        #: (path, fingerprint) the room confirmed with the contents manager: not woken for it.
+        self.known: tuple[str, Fingerprint] | None = None
+        self.slot = 0
+        self.watcher: FileWatcher | None = None
+        self._waiting: asyncio.Future[Found] | None = None
+        self._path: str | None = None  # the last path looked up, and where it is on disk
+        self._os_path: str | None = None
+
+    async def changed(self) -> Found:
+        """Wait for the watcher to find the file other than ``known`` (at once after
+        ``add``: nothing is known yet)."""
+        self._waiting = asyncio.get_running_loop().create_future()
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting is not None and not self._waiting.done()
+
+    def wake(self, path: str | None, found: Fingerprint | None) -> None:
+        if self.waiting:
+            self._waiting.set_result((path, found))  # type: ignore[union-attr]
+
+    def locate(self) -> tuple[str, str | None]:
+        """The file's path and where it is on disk (the latter remembered per path)."""
+        path = self.path_of()
+        if path != self._path:
+            self._path, self._os_path = path, self.os_path_of(path)
+        return path, self._os_path
+
+
+class FileWatcher:
+    """The watched files of one event loop at one interval."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop = loop
-        self.waiting: list[tuple[str, asyncio.Future[Fingerprint | None]]] = []
+        self.interval = interval
+        self.slots: list[list[Watch]] = [[] for _ in range(SLOTS)]
+        self._timer: asyncio.TimerHandle | None = None
+        self._boundary = 0  # the last boundary scheduled (a timer may fire a hair early)
 
-    def ask(self, os_path: str) -> asyncio.Future[Fingerprint | None]:
-        future: asyncio.Future[Fingerprint | None] = self.loop.create_future()
-        self.waiting.append((os_path, future))
-        if len(self.waiting) == 1:
-            self.loop.call_later(WINDOW, self._send)
-        return future
+    def add(self, watch: Watch) -> None:
+        """Watch ``watch`` in the emptiest slot, from its next turn on."""
+        watch.slot = min(range(SLOTS), key=lambda slot: len(self.slots[slot]))
+        watch.watcher = self
+        self.slots[watch.slot].append(watch)
+        if self._timer is None:
+            self._schedule()
 
-    def _send(self) -> None:
-        batch, self.waiting = self.waiting, []
-        done = self.loop.run_in_executor(
-            threads.executor(), _fingerprints, [os_path for os_path, _ in batch]
-        )
-        done.add_done_callback(lambda outcome: _answer(batch, outcome))
+    def remove(self, watch: Watch) -> None:
+        members = self.slots[watch.slot]
+        if watch in members:
+            members.remove(watch)
+        watch.watcher = None
+        if self._timer is not None and not any(self.slots):
+            self._timer.cancel()  # nothing left to watch: no timer left on the loop
+            self._timer = None
+
+    def _schedule(self) -> None:
+        """Tick at the next slot boundary of the loop's clock."""
+        length = self.interval / SLOTS
+        boundary = max(math.floor(self.loop.time() / length) + 1, self._boundary + 1)
+        self._boundary = boundary
+        self._timer = self.loop.call_at(boundary * length, self._tick, boundary % SLOTS)
+
+    def _tick(self, slot: int) -> None:
+        """Look at the files of one slot: paths here, stats in one thread call."""
+        self._schedule()
+        batch: list[tuple[Watch, str, str]] = []
+        for watch in self.slots[slot]:
+            if not watch.waiting:
+                continue  # its room is still busy with the last change
+            try:
+                path, os_path = watch.locate()
+            except Exception:
+                watch.wake(None, None)  # the room looks again, and says why
+                continue
+            if os_path is None:
+                watch.wake(path, None)
+            else:
+                batch.append((watch, path, os_path))
+        if batch:
+            try:
+                done = self.loop.run_in_executor(
+                    threads.executor(), _fingerprints, [os_path for _, _, os_path in batch]
+                )
+            except RuntimeError:  # the executor is shut down (the server is stopping)
+                for watch, path, _ in batch:
+                    watch.wake(path, None)
+                return
+            done.add_done_callback(partial(_answer, batch))
 
 
-def _answer(
-    batch: list[tuple[str, asyncio.Future[Fingerprint | None]]],
-    outcome: asyncio.Future[list[Fingerprint | None]],
-) -> None:
-    error = None if outcome.cancelled() else outcome.exception()
-    results = [None] * len(batch) if outcome.cancelled() or error else outcome.result()
-    for (_, future), result in zip(batch, results):
-        if future.done():  # its poller was cancelled
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+def _answer(batch: list[tuple[Watch, str, str]], outcome: asyncio.Future[list[Fingerprint | None]]) -> None:
+    """Wake the rooms whose files are not as they confirmed (all of them if the stats
+    failed)."""
+    failed = outcome.cancelled() or outcome.exception() is not None
+    found = [None] * len(batch) if failed else outcome.result()
+    for (watch, path, _), stat in zip(batch, found):
+        if stat is None or watch.known != (path, stat):
+            watch.wake(path, stat)
 
 
-_batches: PerLoop[_Batch] = PerLoop(_Batch)
+_watchers: PerLoop[dict[float, FileWatcher]] = PerLoop(lambda loop: {})
 
 
-async def of(os_path: str) -> Fingerprint | None:
-    """``fingerprint(os_path)``, in a worker thread shared with the stats asked around it."""
-    return await _batches.get(asyncio.get_running_loop()).ask(os_path)
+def watch(interval: float, path_of: Callable[[], str], os_path_of: Callable[[str], "str | None"]) -> Watch:
+    """Watch a file every ``interval`` seconds on the running loop; ``unwatch`` ends it."""
+    loop = asyncio.get_running_loop()
+    watchers = _watchers.get(loop)
+    watcher = watchers.get(interval)
+    if watcher is None:
+        watcher = watchers[interval] = FileWatcher(loop, interval)
+    new = Watch(path_of, os_path_of)
+    watcher.add(new)
+    return new
+
+
+def unwatch(watch: Watch) -> None:
+    if watch.watcher is not None:
+        watch.watcher.remove(watch)
