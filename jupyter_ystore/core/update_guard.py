@@ -19,6 +19,7 @@ from pycrdt import Doc
 
 from jupyter_ystore.core import threads
 from jupyter_ystore.core.item_index import ItemIndex, Placement
+from jupyter_ystore.core.keystrokes import read_keystroke
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.core.yupdate import (
     InvalidUpdate,
@@ -54,9 +55,15 @@ async def read_checked(update: bytes) -> UpdateSummary:
     try:
         if len(update) >= READ_IN_THREAD:
             return await threads.run_sync(read_update, update)
-        return read_update(update)
+        return _read(update)
     except InvalidUpdate as exc:
         raise BadUpdate(f"malformed update: {exc}") from None
+
+
+def _read(update: bytes) -> UpdateSummary:
+    """``read_update``, with the shortcut for a keystroke's two common shapes."""
+    summary = read_keystroke(update)
+    return read_update(update) if summary is None else summary
 
 
 def apply_checked(
@@ -251,7 +258,7 @@ class DocumentGuard:
         if self._noted and not self._absorb_noted(index):
             return False
         try:
-            summary = read_update(update)
+            summary = _read(update)
         except InvalidUpdate as exc:
             raise BadUpdate(f"malformed update: {exc}") from None
         if not summary.is_empty:
