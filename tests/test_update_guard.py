@@ -387,13 +387,36 @@ async def test_a_keystroke_checks_the_state_without_decoding_it(monkeypatch: pyt
     assert len(decoded) <= 3  # the first state, the new client's first keystroke
     assert guard._state is not None
     assert guard._state.clocks == parse_state_vector(doc.get_state())
-    assert guard._state.encoded == doc.get_state()
+    assert guard._state.encoded in (None, doc.get_state())  # None: its observer saw the update as sent
 
 
+async def test_a_keystroke_its_observer_saw_integrate_as_sent_reads_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document's observer saw the keystroke integrate as exactly its bytes: the state is
+    not read back at all, and what the guard knows stays exact."""
+    doc = edited_by_many(30)
+    guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+    doc.observe(lambda event: guard.note_change(event.update))
+    await guard.prepare()
+    updates = typing_updates(doc, 50)[:-1]
+    assert guard.apply_now(updates[0])
+    reads = []
+    real = doc.get_state
+    monkeypatch.setattr(doc, "get_state", lambda: reads.append(1) or real())
+    for update in updates[1:]:
+        assert guard.apply_now(update)
+    assert reads == []
+    assert guard._state is not None
+    assert guard._state.clocks == parse_state_vector(real())
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["unobserved", "observed"])
 @pytest.mark.parametrize("misstep", ["nothing", "more", "other client"])
-async def test_a_state_that_is_not_what_the_keystroke_said_is_damage(misstep: str) -> None:
+async def test_a_state_that_is_not_what_the_keystroke_said_is_damage(misstep: str, observed: bool) -> None:
+    """(observed: what the document's observer sees integrate is not the update either.)"""
     doc = edited_by_many(50)
     guard = DocumentGuard(doc, DOCUMENT_ROOTS["notebook"])
+    if observed:
+        doc.observe(lambda event: guard.note_change(event.update))
     await guard.prepare()
     updates = typing_updates(doc, 6)
     for update in updates[:3]:
