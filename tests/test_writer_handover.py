@@ -323,7 +323,10 @@ async def test_in_a_room_a_keystroke_that_damages_the_document_is_never_stored(
         def damaged(*args: Any) -> Any:
             raise DocumentDamaged("simulated: the state after it is not what it said")
 
+        # the state read back after the keystroke is not what it said (the observer's view of
+        # what it integrated taken away: otherwise a keystroke's state is not read back)
         monkeypatch.setattr(update_guard, "_state_after", damaged)
+        monkeypatch.setattr(update_guard.DocumentGuard, "_integrated_as", lambda self: None)
         bad = client_update(room, lambda nb: append(nb.ycells[0]["source"], "c"))
         with pytest.raises(BadUpdate):
             room.handle_now(alice, sync.SyncUpdate(bad))
