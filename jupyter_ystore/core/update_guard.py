@@ -88,7 +88,8 @@ class KnownState:
     change; so the state a keystroke must leave is the previous encoding with that one
     client's clock replaced (a deletion: the previous encoding), and comparing the bytes is
     exact. Anything else (a new client, an update of several clients, yrs reordering) is
-    decoded as before.
+    decoded as before. ``encoded`` is None when the clocks were known without reading the
+    state (the observer saw the keystroke integrate as sent); the next read decodes.
     """
 
     __slots__ = ("clocks", "encoded", "_where")
