@@ -59,6 +59,13 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+async def woken(room: Room, times: int) -> None:
+    """Wait (5 s at most) until ``room`` was woken ``times`` times."""
+    with anyio.fail_after(5):
+        while len(room.wakes) < times:
+            await anyio.sleep(0.01)
+
+
 async def test_a_rooms_file_as_it_confirmed_never_wakes_it_and_a_change_does(tmp_path: Path) -> None:
     path = tmp_path / "nb.ipynb"
     path.write_text("{}")
@@ -70,9 +77,7 @@ async def test_a_rooms_file_as_it_confirmed_never_wakes_it_and_a_change_does(tmp
         await anyio.sleep(INTERVAL * 3)
         assert len(room.wakes) == 1  # three intervals as confirmed: never woken
         path.write_text('{"cells": []}')
-        with anyio.fail_after(5):
-            while len(room.wakes) < 2:
-                await anyio.sleep(0.01)
+        await woken(room, 2)
         assert room.wakes[1] == (room.path, fingerprints.fingerprint(room.path))
         assert room.wakes[1][1] != room.wakes[0][1]
         tg.cancel_scope.cancel()
@@ -88,9 +93,7 @@ async def test_a_rename_wakes_the_room_with_the_new_path(tmp_path: Path) -> None
         renamed = tmp_path / "renamed.ipynb"
         os.rename(path, renamed)
         room.path = str(renamed)
-        with anyio.fail_after(5):
-            while len(room.wakes) < 2:
-                await anyio.sleep(0.01)
+        await woken(room, 2)
         assert room.wakes[1][0] == str(renamed)
         tg.cancel_scope.cancel()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional
 
+from jupyter_ystore.core.codec import read_var_uint
 from jupyter_ystore.core.yupdate import (
     ID,
     MAX_CLOCK,
@@ -53,9 +54,7 @@ def _number(encoded: bytes) -> int:
     """A lib0 unsigned number (the regular expression has checked its form)."""
     value = _DECODED.get(encoded)
     if value is None:
-        value = 0
-        for shift, byte in enumerate(encoded):
-            value |= (byte & 0x7F) << (7 * shift)
+        value, _ = read_var_uint(encoded)
         if len(_DECODED) >= _DECODED_MAX:
             _DECODED.clear()
         _DECODED[encoded] = value
