@@ -749,7 +749,17 @@ async def run_worker(spec: dict[str, Any]) -> int:
         return done
 
     drain_deadline = time.monotonic() + float(spec.get("drain", 15))
-    await asyncio.sleep(0.1)
+    # Wait for the arrivals to stop before attributing them: attribution takes the loop for
+    # seconds at the biggest steps, and a frame arriving meanwhile would be timed when it
+    # ends (an edit relayed 0.2 s late measured as 3 s late).
+    arrived, quiet_since = -1, time.monotonic()
+    while time.monotonic() < drain_deadline:
+        await asyncio.sleep(0.05)
+        total = sum(len(client.updates) for room in rooms for client in room["clients"])
+        if total != arrived:
+            arrived, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.3:
+            break
     while not attribute() and time.monotonic() < drain_deadline:
         await asyncio.sleep(0.1)
     t_drained = time.monotonic()

@@ -66,6 +66,7 @@ COLLAB_VENV = HERE / ".venv-collab"
 DEFAULT_DSN = os.environ.get("JUPYTER_YSTORE_TEST_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "bench-token"
 OURS_SRC: list[str] = []  # --ours-src: put first on our servers' PYTHONPATH
+OURS_CONFIG: dict[str, Any] = {}  # --ours-config: merged into our servers' config
 P99_LIMIT_MS = 100.0
 ALL_SERVERS = ("ours-sqlite", "ours-postgres", "collab")
 FULL_STEPS = [(1, 2), (1, 5), (2, 5), (4, 5), (3, 10), (4, 10), (6, 10), (8, 10), (12, 10), (16, 10), (24, 10)]
@@ -181,6 +182,8 @@ def make_kind(name: str, dsn: str, cleanup_delay: float | None = None) -> Kind:
     config = {"ServerApp": {"jpserver_extensions": exts}, "YStoreExtension": {}}
     if cleanup_delay is not None:
         config["YStoreExtension"]["document_cleanup_delay"] = cleanup_delay
+    for section, values in OURS_CONFIG.items():
+        config.setdefault(section, {}).update(values)
     if name == "ours-postgres":
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         config["YStoreExtension"]["ystore_class"] = "jupyter_ystore.PostgresYStore"
@@ -1076,7 +1079,15 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder holding the jupyter_ystore package to measure (e.g. a `git archive` of a "
         "commit) instead of the installed one; our servers and the store checks import it",
     )
+    parser.add_argument(
+        "--ours-config",
+        type=json.loads,
+        default={},
+        help='JSON merged into our servers\' config, e.g. \'{"SQLiteYStore": '
+        '{"compact_after_updates": 0}}\' (to tell what a setting costs)',
+    )
     args = parser.parse_args(argv)
+    OURS_CONFIG.update(args.ours_config)
     if args.ours_src is not None:
         OURS_SRC.append(str(args.ours_src.resolve()))
         sys.path.insert(0, OURS_SRC[0])
