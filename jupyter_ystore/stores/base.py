@@ -36,6 +36,7 @@ from traitlets.config import LoggingConfigurable
 from jupyter_ystore.core import threads
 from jupyter_ystore.core import ydoc as _ydoc
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError, YStoreInvalidUpdate
+from jupyter_ystore.stores.compaction import turn as compaction_turn
 from jupyter_ystore.stores.compaction import undecodable
 from jupyter_ystore.stores.retention import (
     DEFAULT_RETENTION,
@@ -280,17 +281,19 @@ class BaseYStore(LoggingConfigurable):
 
     async def _run(self) -> None:
         """Background work while running, cancelled by stop(): automatic compaction, off the
-        write path (a write never waits for it), each time ``_want_compaction`` was called."""
+        write path (a write never waits for it), each time ``_want_compaction`` was called,
+        one store of the event loop at a time (``compaction.turn``)."""
         while True:
             wanted = self._compaction_wanted
             assert wanted is not None
             await wanted.wait()
-            self._compaction_wanted = anyio.Event()
-            try:
-                await self._compact_once()
-            except anyio.get_cancelled_exc_class():
-                self._want_compaction()  # stopped midway: _compact_if_due does it before closing
-                raise
+            async with compaction_turn():  # (stopped while waiting: still wanted, see below)
+                self._compaction_wanted = anyio.Event()
+                try:
+                    await self._compact_once()
+                except anyio.get_cancelled_exc_class():
+                    self._want_compaction()  # stopped midway: _compact_if_due does it before closing
+                    raise
 
     def _want_compaction(self) -> None:
         """A write or load passed a compaction threshold: compact soon, in ``_run``."""
