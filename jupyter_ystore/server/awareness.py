@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from pycrdt import Awareness, Doc, create_awareness_message
+from pycrdt import Doc
 
-from jupyter_ystore.core.ydoc import crdt_errors
 from jupyter_ystore.server import protocol
+from jupyter_ystore.server.awareness_states import AwarenessStates
 
 if TYPE_CHECKING:  # (rooms import this module: importing them here would be a cycle)
     from jupyter_ystore.server.rooms.room import Client
@@ -38,8 +38,7 @@ class AwarenessRelay:
     """The awareness states of one room and which client owns each of them."""
 
     def __init__(self) -> None:
-        self.awareness = Awareness(Doc())
-        self.awareness.set_local_state(None)  # the server is not a peer
+        self.awareness = AwarenessStates()  # the server is not a peer: no state of its own
         self.clients: set[Any] = set()
         self._owned: dict[Any, set[int]] = {}
         self._owner: dict[int, Any] = {}
@@ -51,9 +50,9 @@ class AwarenessRelay:
     def add(self, client: Any) -> None:
         self.clients.add(client)
         self._owned.setdefault(client, set())
-        ids = [cid for cid, state in self.awareness.states.items() if state is not None]
+        ids = list(self.awareness.states)
         if ids:
-            client.send(protocol.awareness_message(self.awareness, ids))
+            client.send(self.awareness.message(ids))
 
     def handle(self, client: Any, message: protocol.AwarenessMessage) -> None:
         """Relay one awareness frame of ``client``; ``ProtocolError`` if it is malformed or
@@ -62,13 +61,13 @@ class AwarenessRelay:
         owned = self._owned.setdefault(client, set())
         claims = []
         kept = []
-        meta = self.awareness.meta
+        clocks = self.awareness.clocks
         for entry in entries:
             client_id, clock, state = entry
             owner = self._owner.get(client_id)
             if owner is not client:
-                known = meta.get(client_id)
-                if known is not None and clock <= known.get("clock", -1):
+                known = clocks.get(client_id)
+                if known is not None and clock <= known:
                     continue  # an echo: y-websocket sends back every change it applies
             if owner is not None and owner is not client:
                 if getattr(owner, "username", None) != getattr(client, "username", None):
@@ -83,13 +82,11 @@ class AwarenessRelay:
             raise protocol.ProtocolError(f"more than {MAX_IDS_PER_CLIENT} awareness ids on one socket")
         if not kept:
             return
-        update, frame = message.update, message.frame
+        frame = message.frame
         if len(kept) < len(entries):  # re-encoded without the dropped entries
-            update = protocol.encode_awareness_update(kept)
-            frame = create_awareness_message(update)
+            frame = protocol.awareness_frame(kept)
         entries = kept
-        with crdt_errors():
-            self.awareness.apply_awareness_update(update, origin=client)
+        self.awareness.apply(entries)
         for client_id, _clock, state in entries:
             previous = self._owner.get(client_id)
             if state is None:
@@ -110,7 +107,7 @@ class AwarenessRelay:
 
     def query(self, client: Any) -> None:
         ids = list(self.awareness.states)
-        client.send(protocol.awareness_message(self.awareness, ids))
+        client.send(self.awareness.message(ids))
 
     def remove(self, client: Any) -> None:
         self.clients.discard(client)
@@ -119,8 +116,8 @@ class AwarenessRelay:
             if self._owner.get(client_id) is client:
                 del self._owner[client_id]
         if ids:
-            self.awareness.remove_awareness_states(ids, origin=client)
-            self.broadcast(protocol.awareness_message(self.awareness, ids))
+            self.awareness.remove(ids)
+            self.broadcast(self.awareness.message(ids))
 
 
 class AwarenessRoom:
