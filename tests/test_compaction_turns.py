@@ -121,6 +121,7 @@ async def test_the_next_compaction_waits_a_rest_proportional_to_the_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(compaction, "REST", 2.0)
+    monkeypatch.setattr(compaction, "LONGEST_REST", 60.0)  # (a slow machine: no cap reached)
     stores = [_sqlite(tmp_path, None)(f"doc{i}") for i in range(3)]
     overlap = Overlap(monkeypatch, SQLiteYStore)
     async with anyio.create_task_group() as tg:

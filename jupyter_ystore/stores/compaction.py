@@ -5,8 +5,8 @@ snapshot, counted by the store) and ``document_ttl`` (a write after that many id
 squashes first) and answers "is it due?"; each backend counts and does the work its own way.
 A stored update that is not valid Yjs makes the store corrupt, never empty (``undecodable``).
 Stores ``report`` each compaction they commit; the server's metrics ``observe`` them, so
-that stores import nothing of the server. Automatic compactions take ``turns``: one at a time
-per event loop.
+that stores import nothing of the server. Automatic compactions take turns (``turn``): one at
+a time per event loop, with a rest after each.
 """
 
 from __future__ import annotations
