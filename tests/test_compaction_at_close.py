@@ -8,64 +8,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import anyio
-import pycrdt
 import pytest
+from _compacting_stores import MAKER_IDS, MAKERS, THRESHOLD, content, records, sqlite_maker, typed
 
-from jupyter_ystore import BaseYStore, FileYStore, SQLiteYStore
+from jupyter_ystore import BaseYStore
 
 pytestmark = pytest.mark.anyio
 
-THRESHOLD = 20
 
-
-def _sqlite(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    return lambda path: SQLiteYStore(
-        path, db_path=str(tmp_path / "y.db"), compact_after_updates=THRESHOLD
-    )
-
-
-def _file(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    return lambda path: FileYStore(
-        path, root_dir=str(tmp_path / "files"), compact_after_updates=THRESHOLD
-    )
-
-
-def _postgres(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    from postgres_helpers import fresh_config
-
-    from jupyter_ystore import PostgresYStore
-
-    config = fresh_config(request)
-    return lambda path: PostgresYStore(path, compact_after_updates=THRESHOLD, **config)
-
-
-@pytest.fixture(params=[_sqlite, _file, _postgres], ids=["sqlite", "file", "postgres"])
+@pytest.fixture(params=MAKERS, ids=MAKER_IDS)
 def make(request: Any, tmp_path: Path) -> Callable[[str], BaseYStore]:
     return request.param(tmp_path, request)
-
-
-def typed(count: int, *, then_delete: int = 0) -> list[bytes]:
-    """``count`` keystrokes, one update each; then one update deleting the first
-    ``then_delete`` characters (deleted content for a squash to collect)."""
-    doc = pycrdt.Doc()
-    text = doc.get("source", type=pycrdt.Text)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    for i in range(count):
-        text += "abcdefghij"[i % 10]
-    if then_delete:
-        del text[0:then_delete]
-    return updates
-
-
-async def records(store: BaseYStore) -> int:
-    return len([record async for record in store.read()])
-
-
-async def content(store: BaseYStore) -> str:
-    doc = pycrdt.Doc()
-    await store.apply_updates(doc)
-    return str(doc.get("source", type=pycrdt.Text))
 
 
 @pytest.mark.parametrize("turns", [0, 1, 3, 10])
@@ -105,7 +58,7 @@ async def test_a_failing_compaction_at_close_leaves_the_history_and_closes(
     async def broken(*args: Any, **kwargs: Any) -> bool:
         raise OSError("disk gone")
 
-    make = _sqlite(tmp_path, None)
+    make = sqlite_maker(tmp_path)
     updates = typed(THRESHOLD + 5)
     monkeypatch.setattr(compact.Compactor, "compact", broken)
     async with make("doc") as store:

@@ -9,66 +9,34 @@ is still compacted, and a store stopped while it waits still compacts before it 
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import anyio
-import pycrdt
 import pytest
+from _compacting_stores import MAKER_IDS, MAKERS, THRESHOLD, content, records, sqlite_maker, typed
 
-from jupyter_ystore import BaseYStore, FileYStore, SQLiteYStore
+from jupyter_ystore import BaseYStore, SQLiteYStore
 from jupyter_ystore.stores import compaction
 
 pytestmark = pytest.mark.anyio
 
-THRESHOLD = 20
 ROOMS = 6
 
 
-def _sqlite(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    return lambda path: SQLiteYStore(
-        path, db_path=str(tmp_path / "y.db"), compact_after_updates=THRESHOLD
-    )
-
-
-def _file(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    return lambda path: FileYStore(
-        path, root_dir=str(tmp_path / "files"), compact_after_updates=THRESHOLD
-    )
-
-
-def _postgres(tmp_path: Path, request: Any) -> Callable[[str], BaseYStore]:
-    from postgres_helpers import fresh_config
-
-    from jupyter_ystore import PostgresYStore
-
-    config = fresh_config(request)
-    return lambda path: PostgresYStore(path, compact_after_updates=THRESHOLD, **config)
-
-
-@pytest.fixture(params=[_sqlite, _file, _postgres], ids=["sqlite", "file", "postgres"])
+@pytest.fixture(params=MAKERS, ids=MAKER_IDS)
 def make(request: Any, tmp_path: Path) -> Callable[[str], BaseYStore]:
     return request.param(tmp_path, request)
 
 
-def typed(count: int, letter: str) -> list[bytes]:
-    doc = pycrdt.Doc()
-    text = doc.get("source", type=pycrdt.Text)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    for _ in range(count):
-        text += letter
-    return updates
-
-
-async def records(store: BaseYStore) -> int:
-    return len([record async for record in store.read()])
-
-
-async def content(store: BaseYStore) -> str:
-    doc = pycrdt.Doc()
-    await store.apply_updates(doc)
-    return str(doc.get("source", type=pycrdt.Text))
+@asynccontextmanager
+async def running(stores: list[BaseYStore]) -> AsyncIterator[None]:
+    """Every store started, and stopped again at the end."""
+    async with AsyncExitStack() as stack:
+        for store in stores:
+            await stack.enter_async_context(store)
+        yield
 
 
 class Overlap:
@@ -93,28 +61,28 @@ class Overlap:
 
         monkeypatch.setattr(cls, "_compact_once", counted)
 
+    async def wait_for(self, count: int) -> None:
+        """Until ``count`` compactions ended (10 s at most)."""
+        with anyio.fail_after(10):
+            while len(self.spans) < count:
+                await anyio.sleep(0.02)
+
 
 async def test_stores_passing_their_threshold_together_compact_one_at_a_time(
     make: Callable[[str], BaseYStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stores = [make(f"doc{i}") for i in range(ROOMS)]
     overlap = Overlap(monkeypatch, type(stores[0]))
-    async with anyio.create_task_group() as tg:
-        for store in stores:
-            await tg.start(store.start)
-        for n, update_batch in enumerate(zip(*(typed(THRESHOLD + 1, "abcdef"[i]) for i in range(ROOMS)))):
-            for store, update in zip(stores, update_batch):
+    async with running(stores):
+        typing = [typed(THRESHOLD + 1, letters="abcdef"[i]) for i in range(ROOMS)]
+        for keystroke in zip(*typing):  # every store a keystroke in turn
+            for store, update in zip(stores, keystroke):
                 await store.write(update)
-        with anyio.fail_after(30):
-            while len(overlap.spans) < ROOMS:
-                await anyio.sleep(0.02)
+        await overlap.wait_for(ROOMS)
         assert overlap.most == 1
         for i, store in enumerate(stores):
             assert await records(store) <= 2  # a snapshot (and the write that came after)
             assert await content(store) == "abcdef"[i] * (THRESHOLD + 1)
-        for store in stores:
-            await store.stop()
-        tg.cancel_scope.cancel()
 
 
 async def test_the_next_compaction_waits_a_rest_proportional_to_the_last(
@@ -122,29 +90,23 @@ async def test_the_next_compaction_waits_a_rest_proportional_to_the_last(
 ) -> None:
     monkeypatch.setattr(compaction, "REST", 2.0)
     monkeypatch.setattr(compaction, "LONGEST_REST", 60.0)  # (a slow machine: no cap reached)
-    stores = [_sqlite(tmp_path, None)(f"doc{i}") for i in range(3)]
+    make = sqlite_maker(tmp_path)
+    stores = [make(f"doc{i}") for i in range(3)]
     overlap = Overlap(monkeypatch, SQLiteYStore)
-    async with anyio.create_task_group() as tg:
-        for store in stores:
-            await tg.start(store.start)
+    async with running(stores):
         for i, store in enumerate(stores):
-            for update in typed(THRESHOLD, "xyz"[i]):
+            for update in typed(THRESHOLD, letters="xyz"[i]):
                 await store.write(update)
-        with anyio.fail_after(30):
-            while len(overlap.spans) < 3:
-                await anyio.sleep(0.02)
-        spans = sorted(overlap.spans)
-        for (start, end), (next_start, _) in zip(spans, spans[1:]):
-            assert next_start - end >= 2.0 * (end - start) * 0.9
-        for store in stores:
-            await store.stop()
-        tg.cancel_scope.cancel()
+        await overlap.wait_for(3)
+    spans = sorted(overlap.spans)
+    for (start, end), (next_start, _) in zip(spans, spans[1:]):
+        assert next_start - end >= 2.0 * (end - start) * 0.9
 
 
 async def test_a_store_stopped_while_waiting_its_turn_compacts_as_it_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make = _sqlite(tmp_path, None)
+    make = sqlite_maker(tmp_path)
     holding = anyio.Event()
     release = anyio.Event()
     original = SQLiteYStore._compact_once
@@ -157,21 +119,17 @@ async def test_a_store_stopped_while_waiting_its_turn_compacts_as_it_closes(
 
     monkeypatch.setattr(SQLiteYStore, "_compact_once", slow_for_first)
     first, second = make("first"), make("second")
-    async with anyio.create_task_group() as tg:
-        await tg.start(first.start)
-        await tg.start(second.start)
-        for update in typed(THRESHOLD, "a"):
+    async with first:
+        for update in typed(THRESHOLD, letters="a"):
             await first.write(update)
         with anyio.fail_after(10):
             await holding.wait()  # first holds the turn
-        for update in typed(THRESHOLD, "b"):
-            await second.write(update)
-        await anyio.sleep(0.1)  # second's background task now waits for its turn
-        with anyio.fail_after(10):
-            await second.stop()
+            async with second:
+                for update in typed(THRESHOLD, letters="b"):
+                    await second.write(update)
+                await anyio.sleep(0.1)  # second's background task now waits for its turn
+            # second stopped while waiting
         release.set()
-        await first.stop()
-        tg.cancel_scope.cancel()
     async with make("second") as again:
         assert await records(again) == 1
         assert await content(again) == "b" * THRESHOLD
