@@ -12,7 +12,7 @@ from jupyter_ydoc import YNotebook
 from jupyter_ystore.server import protocol as sync
 from jupyter_ystore.core.codec import write_var_bytes, write_var_string, write_var_uint
 from jupyter_ystore.core.content import file_document
-from jupyter_ystore.core.item_index import DOCUMENT_ROOTS, ItemIndex
+from jupyter_ystore.core.item_index import DOCUMENT_ROOTS, PARENT, ItemIndex
 from jupyter_ystore.core.update_guard import BadUpdate, DocumentDamaged, DocumentGuard, apply_checked, read_checked
 from jupyter_ystore.core.ydoc import CRDTError, crdt_errors, missing_dependencies
 from jupyter_ystore.core.yupdate import (
@@ -253,15 +253,15 @@ def _ids(doc: pycrdt.Doc) -> dict[str, tuple[int, int]]:
     index = _placed(doc)
     found: dict[str, tuple[int, int]] = {}
     for client, runs in index._runs.items():
-        for run in runs:
-            ident = (client, run.start)
-            if run.ref == 4 and "text0" not in found:
+        for start, _end, parent, ref, keyed, _kind in runs:
+            ident = (client, start)
+            if ref == 4 and "text0" not in found:
                 found["text0"] = ident
-            elif run.ref == 4 and run.parent != index.find(found["text0"]).parent and "text1" not in found:
+            elif ref == 4 and parent != index.find(found["text0"])[PARENT] and "text1" not in found:
                 found["text1"] = ident
-            elif run.ref == 7 and run.parent == "cells" and "cell" not in found:
+            elif ref == 7 and parent == "cells" and "cell" not in found:
                 found["cell"] = ident
-            elif run.parent == "meta" and run.keyed and "entry" not in found:
+            elif parent == "meta" and keyed and "entry" not in found:
                 found["entry"] = ident
     return found
 

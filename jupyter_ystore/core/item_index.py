@@ -27,7 +27,6 @@ each put it somewhere else, and the text after it can be lost to replays.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from dataclasses import dataclass
 from collections import Counter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -60,16 +59,13 @@ DOCUMENT_ROOTS: Dict[str, Dict[str, str]] = {
 }
 
 
-@dataclass
-class Run:
-    """Consecutive clocks of one client in one parent, with one kind of content."""
-
-    start: int
-    end: int
-    parent: Parent
-    ref: int
-    keyed: bool
-    kind: Optional[str] = None  # for a type item: the kind of type it is
+#: Consecutive clocks of one client in one parent, with one kind of content: (start, end,
+#: parent, content ref, whether they are map entries, the kind of type a type item is).
+#: A plain tuple of atomic values, not an object: Python's garbage collector stops tracking
+#: such tuples, and a room holds hundreds of runs (a third of the objects a full collection
+#: walked at 48 rooms x 10 typists, each such collection pausing every room).
+Run = Tuple[int, int, Parent, int, bool, Optional[str]]
+START, END, PARENT, REF, KEYED, KIND = range(6)
 
 
 class Placement(List[Tuple[int, "Run"]]):
@@ -145,7 +141,7 @@ class ItemIndex:
         if i < 0:
             return None
         run = self._runs[target[0]][i]
-        return run if target[1] < run.end else None
+        return run if target[1] < run[END] else None
 
     # ------------------------------------------------------------------ placing
 
@@ -247,9 +243,9 @@ class ItemIndex:
         run = self.find(right)
         return (
             run is not None
-            and run.start <= left[1]
-            and run.ref != _GC
-            and not run.keyed
+            and run[START] <= left[1]
+            and run[REF] != _GC
+            and not run[KEYED]
             and not self._cut_between(right[0], left[1], right[1])
         )
 
@@ -262,7 +258,7 @@ class ItemIndex:
     def _in_a_list(self, target: ID) -> bool:
         """``target`` is in the document, in a list or text (not a map entry, not collected)."""
         run = self.find(target)
-        return run is not None and run.ref != _GC and not run.keyed and run.parent is not None
+        return run is not None and run[REF] != _GC and not run[KEYED] and run[PARENT] is not None
 
     def _side_by_side(self, target: ID) -> bool:
         """Whether ``target`` and the clock before it are in the document, in one list (not
@@ -273,12 +269,12 @@ class ItemIndex:
         return (
             here is not None
             and before is not None
-            and here.ref != _GC
-            and before.ref != _GC
-            and not here.keyed
-            and not before.keyed
-            and here.parent == before.parent
-            and here.parent is not None
+            and here[REF] != _GC
+            and before[REF] != _GC
+            and not here[KEYED]
+            and not before[KEYED]
+            and here[PARENT] == before[PARENT]
+            and here[PARENT] is not None
         )
 
     def _place(self, summary: UpdateSummary, state: Mapping[int, int], *, strict: bool) -> List[Tuple[int, Run]]:
@@ -293,7 +289,7 @@ class ItemIndex:
                 if target is not None and self.find(target) is None:
                     if strict:
                         raise InvalidUpdate(f"the item at {(item.client, item.clock)} points at {target}, which cannot be placed")
-                    return [(item.client, Run(item.clock, item.clock + item.length, None, item.ref, item.keyed))]
+                    return [(item.client, (item.clock, item.clock + item.length, None, item.ref, item.keyed, None))]
             return [(item.client, self._place_one(item, self.find, strict))]
         todo: Dict[int, List[ItemInfo]] = {}
         for item in items:
@@ -350,11 +346,11 @@ class ItemIndex:
                             raise InvalidUpdate(
                                 f"the item at {key} points at {blocked}, which cannot be placed"
                             )
-                        run = Run(item.clock, item.clock + item.length, None, item.ref, item.keyed)
+                        run = (item.clock, item.clock + item.length, None, item.ref, item.keyed, None)
                         runs_of[key] = run
                         placed.append((item.client, run))
                         stack.pop()
-        placed.sort(key=lambda entry: (entry[0], entry[1].start))
+        placed.sort(key=lambda entry: (entry[0], entry[1][START]))
         return placed
 
     def _place_one(self, item: ItemInfo, lookup: Callable[[ID], Optional[Run]], strict: bool) -> Run:
@@ -362,7 +358,7 @@ class ItemIndex:
         span = (item.clock, item.clock + item.length)
         kind = _TYPE_KINDS.get(item.type_ref) if item.type_ref is not None else None
         if item.ref == _GC:
-            return Run(*span, None, _GC, False)
+            return (*span, None, _GC, False, None)
         if item.root is not None:
             parent: Parent = item.root
             keyed = item.keyed
@@ -373,12 +369,12 @@ class ItemIndex:
             target = lookup(item.parent)
             assert target is not None
             parent, keyed = item.parent, item.keyed
-            if target.ref == _TYPE:
-                parent_kind = target.kind
-            elif target.ref in (_DELETED, _GC):
+            if target[REF] == _TYPE:
+                parent_kind = target[KIND]
+            elif target[REF] in (_DELETED, _GC):
                 parent_kind = None  # lands in a deleted type: integrated as deleted
             elif strict:
-                raise InvalidUpdate(f"its parent {item.parent} is {_NAMES.get(target.ref, 'content')}, not a shared type")
+                raise InvalidUpdate(f"its parent {item.parent} is {_NAMES.get(target[REF], 'content')}, not a shared type")
             else:
                 parent_kind = None
         else:
@@ -387,15 +383,15 @@ class ItemIndex:
             near = left or right
             assert near is not None
             if left is not None and right is not None and strict:
-                if (left.ref == _GC) != (right.ref == _GC) or (
-                    left.ref != _GC and (left.parent != right.parent or left.keyed or right.keyed)
+                if (left[REF] == _GC) != (right[REF] == _GC) or (
+                    left[REF] != _GC and (left[PARENT] != right[PARENT] or left[KEYED] or right[KEYED])
                 ):
                     raise InvalidUpdate(
                         f"its neighbours {item.origin} and {item.right} are not in one list"
                     )
-            if near.ref == _GC:
-                return Run(*span, None, item.ref, False, kind)  # its parent is gone: GC'd
-            parent, keyed = near.parent, near.keyed
+            if near[REF] == _GC:
+                return (*span, None, item.ref, False, kind)  # its parent is gone: GC'd
+            parent, keyed = near[PARENT], near[KEYED]
             parent_kind = self._kind_of(parent)
         if strict and parent_kind is not None:
             if (parent_kind == "map") != keyed:
@@ -406,7 +402,7 @@ class ItemIndex:
                 raise InvalidUpdate(
                     f"{_NAMES.get(item.ref, 'this')} content does not belong in a {parent_kind}"
                 )
-        return Run(*span, parent, item.ref, keyed, kind)
+        return (*span, parent, item.ref, keyed, kind)
 
     def _kind_of(self, parent: Parent) -> Optional[str]:
         if isinstance(parent, str):
@@ -414,31 +410,31 @@ class ItemIndex:
         if parent is None:
             return None
         run = self.find(parent)
-        return run.kind if run is not None and run.ref == _TYPE else None
+        return run[KIND] if run is not None and run[REF] == _TYPE else None
 
     # ------------------------------------------------------------------ storage
 
     def _end(self, client: int) -> int:
         runs = self._runs.get(client)
-        return runs[-1].end if runs else 0
+        return runs[-1][END] if runs else 0
 
     def _append(self, client: int, run: Run) -> None:
         runs = self._runs.setdefault(client, [])
         starts = self._starts.setdefault(client, [])
         if runs:
             last = runs[-1]
-            if run.start < last.end:  # partly known (an update sent again): keep the new part
-                if run.end <= last.end:
+            if run[START] < last[END]:  # partly known (an update sent again): keep the new part
+                if run[END] <= last[END]:
                     return
-                run = Run(last.end, run.end, run.parent, run.ref, run.keyed, run.kind)
+                run = (last[END], *run[END:])
             if (
-                run.start == last.end
-                and run.ref == last.ref
-                and run.ref != _TYPE
-                and run.parent == last.parent
-                and run.keyed == last.keyed
+                run[START] == last[END]
+                and run[REF] == last[REF]
+                and run[REF] != _TYPE
+                and run[PARENT] == last[PARENT]
+                and run[KEYED] == last[KEYED]
             ):
-                last.end = run.end  # typing on: one run
+                runs[-1] = (last[START], run[END], *last[PARENT:])  # typing on: one run
                 return
         runs.append(run)
-        starts.append(run.start)
+        starts.append(run[START])
