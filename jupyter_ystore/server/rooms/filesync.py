@@ -26,6 +26,7 @@ from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
 from jupyter_ystore.server.rooms import fingerprints, save_slots
 from jupyter_ystore.server.rooms.files import FileGone, FileState
+from jupyter_ystore.server.rooms.frozen_content import FrozenContent
 from jupyter_ystore.server.rooms.writer import Origin
 
 if TYPE_CHECKING:
@@ -62,6 +63,11 @@ class SaveRefused(RuntimeError):
 
 def encode_base(content: Any) -> bytes:
     """The base content as a store attribute: compressed JSON (bytes for blobs)."""
+    if isinstance(content, FrozenContent):
+        text = content.json_text()
+        if text is not None:
+            return b"J" + zlib.compress(text.encode(), 6)
+        content = content.content()
     if isinstance(content, (bytes, bytearray)):
         return b"B" + zlib.compress(bytes(content), 6)
     return b"J" + zlib.compress(json.dumps(content, separators=(",", ":")).encode(), 6)
@@ -91,8 +97,9 @@ class FileSync:
         self._save_lock = anyio.Lock()
         self._save_wakeup = anyio.Event()
         self._last_change = 0.0
-        self._base: Any = None  # the content last saved to or loaded from the file
-        self._pending_base: Any = None  # a base not stored yet
+        # the content last saved to or loaded from the file, as text (see FrozenContent)
+        self._base: FrozenContent | None = None
+        self._pending_base: FrozenContent | None = None  # a base not stored yet
         self._file_mtime: Any = None
         self._save_failure: str | None = None
         self._claim = uuid.uuid4().hex  # names this room in file-import claims
@@ -128,7 +135,7 @@ class FileSync:
     def loaded(self, state: FileState, content: Any) -> None:
         """The document was just loaded from the file (``content``, as the document has it)."""
         self._file_mtime = state.last_modified
-        self._base = content
+        self._base = FrozenContent(content)
 
     def opened(self, state: FileState) -> None:
         """The document was loaded from the store; the file is as ``state`` says."""
@@ -225,9 +232,9 @@ class FileSync:
 
     def _adopt_base(self, content: Any, *, stored: Any = None) -> None:
         """``content`` is what the file holds now; remember it (in the store too)."""
-        self._base = content
+        self._base = FrozenContent(content)
         if stored is None or stored != content:
-            self._pending_base = content
+            self._pending_base = self._base
             self._save_wakeup.set()  # the saver stores it (off the open path)
 
     def schedule_save(self) -> None:
@@ -251,7 +258,7 @@ class FileSync:
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
             async with save_slots.save_slot():  # (converting the document is part of the save)
                 taken = (self.room.changes, self.document.get())
-                if self._base is not None and taken[1] == self._base and self._save_failure is None:
+                if self._base is not None and self._base.matches(taken[1]) and self._save_failure is None:
                     continue  # nothing new since the last save (e.g. only the state map changed)
                 try:
                     await self._save(reason="auto", taken=taken)
@@ -309,7 +316,7 @@ class FileSync:
             else:
                 content = self.document.get()
             written = False
-            if content != self._base or disk.hash != self.document.hash:
+            if self._base is None or not self._base.matches(content) or disk.hash != self.document.hash:
                 if is_empty(content) and not self.room._changed_by_people and disk.size:
                     raise SaveRefused(
                         "refusing to write an empty document over a non-empty file that no "
@@ -318,8 +325,7 @@ class FileSync:
                 self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
                 state = await self.file.save(content)
                 self._file_mtime = state.last_modified
-                self._base = content
-                self._pending_base = content
+                self._base = self._pending_base = FrozenContent(content)
                 written = True
             else:
                 state = disk
@@ -351,11 +357,12 @@ class FileSync:
         state = await self.file.load()
         self._file_mtime = state.last_modified
         file_content = file_document(self.file.file_type, state.content).get()
-        if _comparable(file_content) == _comparable(self._base):  # touched, or saved again
+        base = self._base.content() if self._base is not None else None
+        if _comparable(file_content) == _comparable(base):  # touched, or saved again
             with self._changes_by(SERVER_SAVE):
                 self.record_file(state)
             return
-        await self._merge_file(state, file_content, self._base, when="while open")
+        await self._merge_file(state, file_content, base, when="while open")
         await self.writer.settle(self.settings.store_wait)
 
     async def _settled_elsewhere(self, disk: FileState) -> bool:
@@ -401,8 +408,8 @@ class FileSync:
         if our document differs (not the same content again)."""
         state = await self.file.load()
         self._file_mtime = state.last_modified
-        self._base = file_document(self.file.file_type, state.content).get()
-        if self.document.get() != self._base:
+        self._base = FrozenContent(file_document(self.file.file_type, state.content).get())
+        if not self._base.matches(self.document.get()):
             self.schedule_save()  # it saved before our latest changes reached it
 
     async def poller(self) -> None:
