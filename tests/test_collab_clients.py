@@ -253,6 +253,54 @@ def test_stale_session_closed_once_then_refused(
     jp_asyncio_loop.run_until_complete(scenario())
 
 
+def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    """Once a room websocket is open, its upgrade request's leftovers (headers, arguments,
+    the HTTP connection objects) and the task that ran the handshake are gone: a full garbage
+    collection walked them for every open connection. The connection still works both ways,
+    and a session refused after that (a bad update) is still refused at the handshake."""
+    import asyncio
+
+    from websockets.exceptions import InvalidStatus
+
+    write_notebook(jp_root_dir / "h.ipynb", ["x = 1"])
+    token = jp_serverapp.identity_provider.token
+
+    async def scenario() -> None:
+        _, session = await open_session(jp_fetch, "h.ipynb")
+        url = room_url(jp_http_port, jp_base_url, session, token)
+        async with two_synced(url) as (c1, c2):
+            handlers = list(_ext(jp_serverapp).connections)
+            assert len(handlers) == 2
+            for handler in handlers:
+                request = handler.request
+                assert request.connection is None and request.server_connection is None
+                assert not request.headers and not request.query_arguments
+                assert handler.session_id == session["sessionId"]
+            running = [getattr(task.get_coro(), "__qualname__", "") for task in asyncio.all_tasks()]
+            assert "RequestHandler._execute" not in running
+
+            append(c1.document.ycells[0]["source"], "  # one")
+            await wait_until(lambda: c2.sources()[0] == "x = 1  # one")
+            append(c2.document.ycells[0]["source"], "  # two")
+            await wait_until(lambda: c1.sources()[0] == "x = 1  # one  # two")
+
+            await c1.send(b"\x00\x02\x07\xff\xfe\xfd\xfc\x00\x13\x37")  # an update that does not decode
+            await wait_until(lambda: c1.closed.is_set())
+            assert c1.close_code == 1003
+            assert json.loads(c1.close_reason)["sessionId"] == session["sessionId"]
+            await wait_until(lambda: len(_ext(jp_serverapp).connections) == 1)
+            append(c2.document.ycells[0]["source"], "  # on")
+            await c2.acknowledged()
+        with pytest.raises(InvalidStatus) as err:
+            async with yclient(url):
+                pass
+        assert err.value.response.status_code == 409
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
 def test_restart_finds_content_in_store_and_file(
     jp_asyncio_loop,
     jp_serverapp,

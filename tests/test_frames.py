@@ -62,8 +62,17 @@ class ScriptedStream:
 
 
 class _Handler:
+    """Records the end of the connection, as the reader reports it (once)."""
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[Any, Any]] = []
+
     def on_ws_connection_close(self, code: Any, reason: Any) -> None:
-        pass
+        self.ends.append((code, reason))
+
+    async def ended(self) -> None:
+        while not self.ends:
+            await asyncio.sleep(0.001)
 
 
 def recording(protocol: WebSocketProtocol13, events: list[Any]) -> WebSocketProtocol13:
@@ -125,10 +134,11 @@ async def run_direct_reader(arrivals: list[bytes]) -> tuple[list[Any], int]:
                 time.sleep(0.0005)  # separate arrivals, mostly
 
     with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(protocol._receive_frame_loop)
-            await anyio.to_thread.run_sync(send)
+        await protocol._receive_frame_loop()  # returns at once: reading goes on in callbacks
+        await anyio.to_thread.run_sync(send)
+        await protocol.handler.ended()
     assert type(protocol.stream) is DirectReadStream and protocol.stream.closed()
+    assert len(protocol.handler.ends) == 1
     return events, protocol._wire_bytes_in
 
 
@@ -241,15 +251,15 @@ async def test_direct_reader_holds_later_frames_while_a_message_is_handled() -> 
     protocol._handle_message = handle  # type: ignore[method-assign]
     theirs.sendall(frame(0x2, b"first") + frame(0x2, b"second"))
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(protocol._receive_frame_loop)
-            await wait_until(lambda: len(events) >= 1)
-            theirs.sendall(frame(0x2, b"third"))
-            await anyio.sleep(0.05)
-            assert events == [("message", 0x2, b"first")]  # the rest wait, read or not
-            release.set()
-            await wait_until(lambda: len(events) >= 4)
-            theirs.close()
+        await protocol._receive_frame_loop()
+        await wait_until(lambda: len(events) >= 1)
+        theirs.sendall(frame(0x2, b"third"))
+        await anyio.sleep(0.05)
+        assert events == [("message", 0x2, b"first")]  # the rest wait, read or not
+        release.set()
+        await wait_until(lambda: len(events) >= 4)
+        theirs.close()
+        await protocol.handler.ended()
     assert events == [
         ("message", 0x2, b"first"),
         ("handled", b"first"),

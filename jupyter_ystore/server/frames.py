@@ -79,7 +79,12 @@ class BufferedFrameReader(WebSocketProtocol13):
         ):
             await super()._receive_frame_loop()
             return
+        # Returns at once, unlike tornado's loop: what awaits it is the whole handshake (the
+        # request's task and nine coroutines), which would stay alive as long as the
+        # connection does, for the garbage collector to walk (see ``handshake``). The end is
+        # handled by a callback on ``_ended``.
         ended = self._ended = asyncio.get_running_loop().create_future()
+        ended.add_done_callback(self._reading_ended)
         try:
             stream.__class__ = DirectReadStream
             stream._frame_reader = self  # type: ignore[attr-defined]
@@ -90,7 +95,14 @@ class BufferedFrameReader(WebSocketProtocol13):
             else:
                 stream._add_io_state(IOLoop.READ)
                 self._drain()
-            await ended
+        except BaseException:
+            if ended.remove_done_callback(self._reading_ended):  # (else it is on its way)
+                self._reading_ended(ended)
+            raise
+
+    def _reading_ended(self, _ended: Any) -> None:
+        """The stream closed: as tornado's frame loop ends."""
+        try:
             if not self.client_terminated:  # gone without a close frame: as tornado does
                 self._abort()
         finally:

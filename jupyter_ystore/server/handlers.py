@@ -30,6 +30,7 @@ from jupyter_ystore.core.update_guard import BadUpdate, describe
 from jupyter_ystore.core.ydoc import is_panic
 from jupyter_ystore.server import metrics, protocol
 from jupyter_ystore.server.frames import adopt_buffered_reader, write_now
+from jupyter_ystore.server.handshake import forget_handshake
 from jupyter_ystore.server.rooms import DocumentRoom, RoomError
 from jupyter_ystore.server.sessions import history_of, new_session_id
 
@@ -121,6 +122,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         self.extension = extension
         self.room: Any = None
         self.username = "anonymous"
+        self.session_id: str | None = None  # the front end's, from the query (kept: see open)
         self.can_write = False
         self._told_read_only = False
         self._closed = False
@@ -187,7 +189,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
             self.log.error("Collaboration room %s cannot open: %s", room_id, exc, exc_info=exc)
             self.close(4500, close_reason(f"{type(exc).__name__}: {exc}"))
             return
-        session_id = self.get_query_argument("sessionId", None)
+        session_id = self.session_id = self.get_query_argument("sessionId", None)
         if (
             isinstance(room, DocumentRoom)
             and session_id is not None
@@ -207,13 +209,14 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ig
         self.room = room
         self.extension.connections.add(self)
         room.join(self)
+        forget_handshake(self)
 
     def _refuse_session(self, reason: str) -> None:
         """Close with 1003 and a reason the front end shows with a Reload button, once;
         then refuse this session id at the handshake (the front end retries every ~110 ms
         while its dialog is open). The front end's own texts say what to do ("Reload the
         browser tab to continue"; for "initialization_error": close and reopen the file)."""
-        session_id = self.get_query_argument("sessionId", None) or ""
+        session_id = self.session_id or ""
         if session_id:
             refused = self.extension.refused_sessions
             refused[session_id] = None
