@@ -8,7 +8,11 @@ Measured with ``bench_server.py`` at 200x2 (200 rooms stop typing at once): the 
 autosaves held the event loop for 867 ms, every collaborator's edits waiting behind them.
 Saves now take one of ``AT_ONCE`` slots first; the others wait for theirs, so a turn of the
 loop converts at most that many documents and at most that many worker threads serialize
-notebooks against the loop for the GIL.
+notebooks against the loop for the GIL. Saves are bound by the GIL, not by their number: at
+48x10, the 48 autosaves took 0.9 s with 1, 2 or 4 slots, while the loop's longest pause
+among them (sampled every 50 ms, garbage collections aside) was 31-34 ms with 4, 22-25 with 2
+and 15-19 with 1 (2 runs each). Two keep a slow disk's waits (a network home directory)
+from queueing every save behind one.
 
 A slot is a bound on bursts, not a queue to wait in forever: a save that has waited
 ``LONGEST_WAIT`` seconds goes ahead without one (four saves stuck on a hung network file
@@ -26,7 +30,7 @@ import anyio
 from jupyter_ystore.core.per_loop import PerLoop
 
 #: Saves in progress at once, per event loop.
-AT_ONCE = 4
+AT_ONCE = 2
 
 #: Seconds a save waits for a slot before it goes ahead without one.
 LONGEST_WAIT = 5.0
