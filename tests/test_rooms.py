@@ -1033,8 +1033,8 @@ async def test_rooms_that_stop_typing_together_save_a_few_at_a_time(setup: Setup
 
 
 async def test_saves_stuck_in_every_slot_do_not_keep_other_rooms_from_saving(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A save hangs in every slot (a network file system gone away): one more room still saves, once it
-    has waited ``LONGEST_WAIT`` for a slot."""
+    """A save hangs in every slot (a network file system gone away): one more room still
+    saves, once it has waited ``LONGEST_WAIT`` for a slot."""
     from jupyter_ystore.server.rooms import save_slots
 
     monkeypatch.setattr(save_slots, "LONGEST_WAIT", 0.3)

@@ -59,4 +59,5 @@ class FrozenContent:
 
     def __repr__(self) -> str:
         size = len(self._text) if self._text is not None else len(self._raw or "")
-        return f"FrozenContent({'json' if self._text is not None else type(self._raw).__name__}, {size} chars)"
+        kind = "json" if self._text is not None else type(self._raw).__name__
+        return f"FrozenContent({kind}, {size} chars)"
