@@ -64,9 +64,6 @@ class SaveRefused(RuntimeError):
 def encode_base(content: Any) -> bytes:
     """The base content as a store attribute: compressed JSON (bytes for blobs)."""
     if isinstance(content, FrozenContent):
-        text = content.json_text()
-        if text is not None:
-            return b"J" + zlib.compress(text.encode(), 6)
         content = content.content()
     if isinstance(content, (bytes, bytearray)):
         return b"B" + zlib.compress(bytes(content), 6)
@@ -316,7 +313,8 @@ class FileSync:
             else:
                 content = self.document.get()
             written = False
-            if self._base is None or not self._base.matches(content) or disk.hash != self.document.hash:
+            frozen = FrozenContent(content)
+            if self._base != frozen or disk.hash != self.document.hash:
                 if is_empty(content) and not self.room._changed_by_people and disk.size:
                     raise SaveRefused(
                         "refusing to write an empty document over a non-empty file that no "
@@ -325,7 +323,7 @@ class FileSync:
                 self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
                 state = await self.file.save(content)
                 self._file_mtime = state.last_modified
-                self._base = self._pending_base = FrozenContent(content)
+                self._base = self._pending_base = frozen
                 written = True
             else:
                 state = disk
