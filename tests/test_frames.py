@@ -533,3 +533,34 @@ async def test_clients_that_vanish_mid_frame_leave_their_room_cleanly(tmp_path: 
         assert "Traceback" not in log and "Uncaught exception" not in log, log[-3000:]
     finally:
         server.kill()
+
+
+async def test_a_closed_connections_reader_is_freed_without_the_garbage_collector() -> None:
+    """Once reading ended, the stream lets go of its reader: the connection's objects go
+    as soon as nothing uses them, not at the next full collection (which holds the loop
+    for every room, and frees a whole class's connections at once when it leaves)."""
+    import gc
+    import weakref
+
+    ours, theirs = socket.socketpair()
+    handler = _Handler()
+    protocol = adopt_buffered_reader(
+        WebSocketProtocol13(handler, False, _WebSocketParams(max_message_size=MAX_MESSAGE))
+    )
+    protocol.stream = IOStream(ours)
+    stream = protocol.stream
+    with anyio.fail_after(10):
+        await protocol._receive_frame_loop()
+        theirs.close()
+        await handler.ended()
+    assert len(handler.ends) == 1
+    assert "_frame_reader" not in stream.__dict__
+    stream.close()  # closing again is harmless once the reader is gone
+    reader = weakref.ref(protocol)
+    gc.disable()
+    try:
+        del protocol
+        await asyncio.sleep(0)
+        assert reader() is None
+    finally:
+        gc.enable()

@@ -101,12 +101,20 @@ class BufferedFrameReader(WebSocketProtocol13):
             raise
 
     def _reading_ended(self, _ended: Any) -> None:
-        """The stream closed: as tornado's frame loop ends."""
+        """The stream closed: as tornado's frame loop ends. Then the stream lets go of this
+        reader (a reference cycle): the connection's objects are freed as soon as nothing
+        uses them, not by the next full garbage collection (which, as a class leaves,
+        holds the loop for every room still open)."""
         try:
             if not self.client_terminated:  # gone without a close frame: as tornado does
                 self._abort()
         finally:
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+            try:
+                self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+            finally:
+                stream = self.stream
+                if stream is not None:
+                    stream.__dict__.pop("_frame_reader", None)
 
     def _on_readable(self) -> None:
         """The socket has bytes (or its end): take one read's worth and hand on the whole
@@ -272,19 +280,23 @@ class DirectReadStream(IOStream):
     """A websocket's ``IOStream`` whose reads go to its ``BufferedFrameReader``: readable
     means "cut frames", never a tornado read. Writes and closing stay tornado's."""
 
-    _frame_reader: BufferedFrameReader
-
     def reading(self) -> bool:
         # Always listening (also while a write waits): tornado keeps the socket registered
         # for reads, and a client's frames are read as they come.
         return not self.closed()
 
+    _frame_reader: BufferedFrameReader | None
+
     def _handle_read(self) -> None:
-        self._frame_reader._on_readable()
+        reader = self.__dict__.get("_frame_reader")
+        if reader is not None:
+            reader._on_readable()
 
     def close(self, exc_info: Any = False) -> None:
         super().close(exc_info)
-        self._frame_reader._stream_closed()
+        reader = self.__dict__.get("_frame_reader")
+        if reader is not None:  # (gone once the reading ended)
+            reader._stream_closed()
 
 
 def adopt_buffered_reader(protocol: Any) -> Any:
