@@ -79,6 +79,20 @@ async def two_synced(url: str, doc_type: str = "notebook") -> AsyncIterator[tupl
         yield c1, c2
 
 
+@contextlib.asynccontextmanager
+async def two_synced_handlers(
+    jp_fetch: Any, app: Any, port: int, base_url: str, path: str
+) -> AsyncIterator[tuple[dict, str, YClient, YClient, list]]:
+    """A session for ``path``, two synced clients of its room, and the server's two
+    handlers of them: ``(session, url, c1, c2, handlers)``."""
+    _, session = await open_session(jp_fetch, path)
+    url = room_url(port, base_url, session, app.identity_provider.token)
+    async with two_synced(url) as (c1, c2):
+        handlers = list(_ext(app).connections)
+        assert len(handlers) == 2
+        yield session, url, c1, c2, handlers
+
+
 def test_session_endpoint(jp_asyncio_loop, jp_fetch, jp_root_dir) -> None:
     write_notebook(jp_root_dir / "dir" / "nb.ipynb", ["a = 1"])
     write_notebook(jp_root_dir / "my dir" / "ünï côdé.ipynb", ["b = 2"])
@@ -265,14 +279,10 @@ def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
     from websockets.exceptions import InvalidStatus
 
     write_notebook(jp_root_dir / "h.ipynb", ["x = 1"])
-    token = jp_serverapp.identity_provider.token
 
     async def scenario() -> None:
-        _, session = await open_session(jp_fetch, "h.ipynb")
-        url = room_url(jp_http_port, jp_base_url, session, token)
-        async with two_synced(url) as (c1, c2):
-            handlers = list(_ext(jp_serverapp).connections)
-            assert len(handlers) == 2
+        opened = two_synced_handlers(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, "h.ipynb")
+        async with opened as (session, url, c1, c2, handlers):
             for handler in handlers:
                 request = handler.request
                 assert request.connection is None and request.server_connection is None
@@ -403,14 +413,10 @@ def test_room_websockets_have_nagle_off(
     import socket
 
     write_notebook(jp_root_dir / "nagle.ipynb", ["x = 1"])
-    token = jp_serverapp.identity_provider.token
 
     async def scenario() -> None:
-        _, session = await open_session(jp_fetch, "nagle.ipynb")
-        url = room_url(jp_http_port, jp_base_url, session, token)
-        async with two_synced(url) as (c1, c2):
-            handlers = list(_ext(jp_serverapp).connections)
-            assert len(handlers) == 2
+        opened = two_synced_handlers(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, "nagle.ipynb")
+        async with opened as (_session, _url, _c1, _c2, handlers):
             for handler in handlers:
                 sock = handler.ws_connection.stream.socket
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

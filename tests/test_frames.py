@@ -554,7 +554,7 @@ async def test_a_closed_connections_reader_is_freed_without_the_garbage_collecto
         theirs.close()
         await handler.ended()
     assert len(handler.ends) == 1
-    assert "_frame_reader" not in stream.__dict__
+    assert stream._frame_reader is None
     stream.close()  # closing again is harmless once the reader is gone
     reader = weakref.ref(protocol)
     gc.disable()

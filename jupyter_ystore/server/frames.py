@@ -112,9 +112,8 @@ class BufferedFrameReader(WebSocketProtocol13):
             try:
                 self.handler.on_ws_connection_close(self.close_code, self.close_reason)
             finally:
-                stream = self.stream
-                if stream is not None:
-                    stream.__dict__.pop("_frame_reader", None)
+                if self.stream is not None:
+                    self.stream._frame_reader = None  # type: ignore[attr-defined]
 
     def _on_readable(self) -> None:
         """The socket has bytes (or its end): take one read's worth and hand on the whole
@@ -280,22 +279,22 @@ class DirectReadStream(IOStream):
     """A websocket's ``IOStream`` whose reads go to its ``BufferedFrameReader``: readable
     means "cut frames", never a tornado read. Writes and closing stay tornado's."""
 
+    _frame_reader: BufferedFrameReader | None = None  # None once reading ended
+
     def reading(self) -> bool:
         # Always listening (also while a write waits): tornado keeps the socket registered
         # for reads, and a client's frames are read as they come.
         return not self.closed()
 
-    _frame_reader: BufferedFrameReader | None
-
     def _handle_read(self) -> None:
-        reader = self.__dict__.get("_frame_reader")
+        reader = self._frame_reader
         if reader is not None:
             reader._on_readable()
 
     def close(self, exc_info: Any = False) -> None:
         super().close(exc_info)
-        reader = self.__dict__.get("_frame_reader")
-        if reader is not None:  # (gone once the reading ended)
+        reader = self._frame_reader
+        if reader is not None:
             reader._stream_closed()
 
 

@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Tuple
 
 import anyio
 
@@ -57,6 +57,10 @@ def synced_key(state: FileState) -> str | None:
     return SYNCED + hashlib.blake2b(version, digest_size=8).hexdigest()
 
 
+#: What a save was handed: the room's change count, the content then and its frozen form.
+Taken = Tuple[int, Any, FrozenContent]
+
+
 class SaveRefused(RuntimeError):
     """A save that would lose content (an empty document over a file with content)."""
 
@@ -94,7 +98,7 @@ class FileSync:
         self._save_lock = anyio.Lock()
         self._save_wakeup = anyio.Event()
         self._last_change = 0.0
-        # the content last saved to or loaded from the file, as text (see FrozenContent)
+        # the content last saved to or loaded from the file (kept out of the GC's walk)
         self._base: FrozenContent | None = None
         self._pending_base: FrozenContent | None = None  # a base not stored yet
         self._file_mtime: Any = None
@@ -254,8 +258,9 @@ class FileSync:
             failure: Exception | None = None
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
             async with save_slots.save_slot():  # (converting the document is part of the save)
-                taken = (self.room.changes, self.document.get())
-                if self._base is not None and self._base.matches(taken[1]) and self._save_failure is None:
+                content = self.document.get()
+                taken = (self.room.changes, content, FrozenContent(content))
+                if self._base == taken[2] and self._save_failure is None:
                     continue  # nothing new since the last save (e.g. only the state map changed)
                 try:
                     await self._save(reason="auto", taken=taken)
@@ -283,21 +288,21 @@ class FileSync:
             )
         self._save_failure = reason
 
-    async def save(self, *, reason: str = "auto", taken: tuple[int, Any] | None = None) -> bool:
+    async def save(self, *, reason: str = "auto", taken: Taken | None = None) -> bool:
         """Write the document to its file if it changed; whether the file was written.
         Waits for one of the loop's save slots first (``save_slots``); see ``_save``."""
         await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
         async with save_slots.save_slot():
             return await self._save(reason=reason, taken=taken)
 
-    async def _save(self, *, reason: str = "auto", taken: tuple[int, Any] | None = None) -> bool:
+    async def _save(self, *, reason: str = "auto", taken: Taken | None = None) -> bool:
         """``save`` in a save slot already taken.
 
         Waits for the store at most ``store_wait`` seconds and never for a failing one: the
         file is the users' copy and must not fall behind because the store is down. Raises
-        if the file could not be written. ``taken``: the room's change count and the content
-        the caller converted then, used if nothing changed since (converting a notebook of
-        400 cells holds the event loop for 20 ms).
+        if the file could not be written. ``taken``: the room's change count, the content
+        the caller converted then and its frozen form, used if nothing changed since
+        (converting a notebook of 400 cells holds the event loop for 20 ms).
         """
         async with self._save_lock:
             await self.writer.settle(self.settings.store_wait)
@@ -309,11 +314,11 @@ class FileSync:
                         return False
                     await self._adopt_saved_file()  # unchanged since: nothing to write
             if taken is not None and taken[0] == self.room.changes:
-                content = taken[1]
+                _changes, content, frozen = taken
             else:
                 content = self.document.get()
+                frozen = FrozenContent(content)
             written = False
-            frozen = FrozenContent(content)
             if self._base != frozen or disk.hash != self.document.hash:
                 if is_empty(content) and not self.room._changed_by_people and disk.size:
                     raise SaveRefused(
