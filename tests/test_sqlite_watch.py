@@ -261,6 +261,62 @@ async def test_a_watcher_behind_a_compaction_gets_the_snapshot(tmp_path: Path) -
     assert len(collector.updates) == 2  # the snapshot, then the update after it
 
 
+async def test_a_watcher_whose_store_wrote_what_was_compacted_does_not_read_it_back(
+    tmp_path: Path,
+) -> None:
+    """Every row a compaction covered past the watcher is its own store's: the snapshot
+    holds nothing new to it, so it is not handed back (a room would apply its whole
+    document again after every compaction) and the record of own rows is let go."""
+    db = tmp_path / "ystore.db"
+    mine, theirs = pycrdt.Doc(), pycrdt.Doc()
+    async with store(db, poll_interval=3600, compact_after_updates=0) as a, store(db) as b:
+        await a.write(edit(mine, "a", "loaded"))
+        await a.apply_updates(pycrdt.Doc())  # the watch starts after this load
+        collector = Collector(a)
+        async with anyio.create_task_group() as tg:
+            await tg.start(collector.run)
+            await wait_until(lambda: a._watches and next(iter(a._watches)).waiter is not None)
+            for i in range(20):
+                await a.write(edit(mine, "a", f" {i}"))
+            assert len(a._owner.own) == 20
+            await a.compact()
+            assert len(a._owner.own) == 0
+            after = edit(theirs, "t", "theirs")
+            await b.write(after)  # wakes the watcher (same process)
+            await wait_until(lambda: collector.updates)
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert collector.updates == [after]
+
+
+async def test_a_watcher_behind_another_stores_compacted_row_gets_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """The watcher has not read a row another store of this process wrote when a
+    compaction covers it with the watcher's own rows: the snapshot brings that row, so the
+    watcher still reads it."""
+    db = tmp_path / "ystore.db"
+    mine, theirs = pycrdt.Doc(), pycrdt.Doc()
+    async with store(db, poll_interval=3600, compact_after_updates=0) as a, store(db) as b:
+        await a.write(edit(mine, "a", "loaded"))
+        await a.apply_updates(pycrdt.Doc())
+        watcher = a.watch()
+        await b.write(edit(theirs, "t", "first,"))
+        with anyio.fail_after(5):
+            assert await watcher.__anext__()  # the watcher stops right after this row
+        for i in range(3):
+            await a.write(edit(mine, "a", f" {i}"))
+        await b.write(edit(theirs, "t", "second"))  # not read: the watcher is not iterated
+        await a.write(edit(mine, "a", " last"))
+        await b.compact()
+        with anyio.fail_after(5):
+            snapshot = await watcher.__anext__()
+        await watcher.aclose()
+    doc = pycrdt.Doc()
+    doc.apply_update(snapshot)
+    assert text(doc, "t") == "first,second"
+
+
 async def test_a_deleted_document_rewritten_from_scratch_reaches_the_watcher(
     tmp_path: Path,
 ) -> None:

@@ -58,6 +58,7 @@ class CompactionInput:
 
     updates: list[bytes]
     last_row: int | None  # newest yupdates rowid covered (None: only a legacy checkpoint)
+    rowids: list[int]  # of the yupdates rows covered: the last len(rowids) of ``updates``
     count: int  # yupdates rows covered
     timestamp: float  # newest covered: the snapshot's timestamp
     metadata: bytes  # of the newest covered row
@@ -124,6 +125,7 @@ def read(
     data = CompactionInput(
         updates=updates,
         last_row=rows[-1][0] if rows else None,
+        rowids=[row[0] for row in rows],
         count=len(rows),
         timestamp=timestamp,
         metadata=bytes(rows[-1][2] or b"") if rows else b"",
@@ -357,6 +359,7 @@ class Compactor:
                 wanted = await db.call(
                     lambda conn, schema: policy is None or self.wants(path, policy),
                     f"reading {path!r} to compact it",
+                    yields=True,  # writes committed first only count towards the threshold
                 )
                 if not wanted:
                     data = None
@@ -372,7 +375,8 @@ class Compactor:
                     data.prepare, path, db.db_path
                 )
                 replace_it = self._replace_job(path, data, snapshot, change, automatic)
-                if await db.call(replace_it, f"compacting {path!r}"):
+                # Yields: rows committed first are above what it replaces, which it checks.
+                if await db.call(replace_it, f"compacting {path!r}", yields=True):
                     return True
             raise YStoreError(
                 f"document {path!r} kept changing under compaction (5 attempts)",
@@ -469,6 +473,9 @@ class Compactor:
                 return False
             finally:
                 self.tails.pop(path, None)
+            if data.last_row is not None and not pending.any_below(conn, schema, data.last_row):
+                covered = data.updates[len(data.updates) - len(data.rowids) :]
+                self.db.hub.compacted(path, data.rowids, covered, data.last_row)
             reclaim(conn, self.db.db_path, automatic=automatic)
             return True
 

@@ -97,13 +97,41 @@ class _Write:
 
 
 class _Call:
-    __slots__ = ("waiter", "fn", "action", "fold")
+    __slots__ = ("waiter", "fn", "action", "fold", "yields")
 
-    def __init__(self, waiter: Waiter, fn: Callable[..., Any], action: str, fold: bool = True):
+    def __init__(
+        self,
+        waiter: Waiter,
+        fn: Callable[..., Any],
+        action: str,
+        fold: bool = True,
+        yields: bool = False,
+    ):
         self.waiter = waiter
         self.fn = fn  # fn(connection, schema)
         self.action = action
         self.fold = fold  # move pending rows into yupdates first
+        self.yields = yields  # writes queued after it may be committed before it
+
+
+def writes_first(jobs: list[Any]) -> list[Any]:
+    """``jobs`` with every write moved ahead of the yielding calls queued before it, order
+    otherwise kept. A write's commit is what its room waits for before relaying a keystroke
+    ("store, then relay"); a yielding call (a watch catching up, a compaction's check or its
+    replace) gives the same result a few milliseconds later. Any other call, or a close, is
+    a barrier that nothing crosses."""
+    ordered: list[Any] = []
+    waiting: list[Any] = []
+    for job in jobs:
+        if type(job) is _Write:
+            ordered.append(job)
+        elif type(job) is _Call and job.yields:
+            waiting.append(job)
+        else:
+            ordered += waiting
+            waiting = []
+            ordered.append(job)
+    return ordered + waiting
 
 
 class _Close:
@@ -131,6 +159,7 @@ class SharedDatabase:
             lambda loop: CommitPacer(loop, self.options.commit_interval, self._queue.put)
         )
         self._hub = Hub(db_path)  # live updates: touched by the database thread only
+        self.hub = self._hub  # for the compactor's jobs (database thread)
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
         self._fold_failing = False
@@ -142,16 +171,23 @@ class SharedDatabase:
     # ------------------------------------------------------------------ event-loop side
 
     async def call(
-        self, fn: Callable[[sqlite3.Connection, Schema], Any], action: str, *, fold: bool = True
+        self,
+        fn: Callable[[sqlite3.Connection, Schema], Any],
+        action: str,
+        *,
+        fold: bool = True,
+        yields: bool = False,
     ) -> Any:
         """Run ``fn(connection, schema)`` on the database thread; its exception is raised
         here (sqlite3 errors as ``YStoreError``s naming ``action``). ``fold=False``: for
-        work that reads no updates, so pending rows are left as they are."""
+        work that reads no updates, so pending rows are left as they are. ``yields=True``:
+        for work whose outcome does not depend on whether writes queued after it are
+        committed first (``writes_first``); writes queued before it always are."""
         if self.closing:
             raise RuntimeError(f"the SQLite connection to {self.db_path} is closed")
         waiter = Waiter()
         self._send_held()
-        self._queue.put(_Call(waiter, fn, action, fold))
+        self._queue.put(_Call(waiter, fn, action, fold, yields))
         return await waiter.wait()
 
     def write(
@@ -257,6 +293,7 @@ class SharedDatabase:
         return await self.call(
             lambda conn, schema: self._hub.fetch(conn, watch, waiter),
             f"reading new updates of {watch.owner.path!r}",
+            yields=True,  # rows committed first are read now, or skipped as its own
         )
 
     def stop_watch(self, watch: Watch) -> None:
@@ -316,17 +353,10 @@ class SharedDatabase:
                 idle = max(0.0, self._fold_at - time.monotonic())
                 timeout = idle if timeout is None else min(timeout, idle)
             try:
-                taken = [self._queue.get(timeout=timeout)]
+                first = [self._queue.get(timeout=timeout)]
             except queue.Empty:
-                taken = []
-            while not self._queue.empty():
-                taken.append(self._queue.get())
-            jobs: list[Any] = []
-            for job in taken:  # a list: a batch of writes the commit pacer held
-                if type(job) is list:
-                    jobs.extend(job)
-                else:
-                    jobs.append(job)
+                first = []
+            jobs = writes_first(self._take(first))
             i = 0
             while i < len(jobs):
                 job = jobs[i]
@@ -350,6 +380,9 @@ class SharedDatabase:
                 else:
                     self._guarded(lambda calls: [self._run_call(call) for call in calls], [job])
                     i += 1
+                    if not self._queue.empty():  # writes that came meanwhile go first
+                        jobs = writes_first(jobs[i:] + self._take([]))
+                        i = 0
             try:
                 if self._pending and (
                     self._pending >= pending.FOLD_ROWS or time.monotonic() >= self._fold_at
@@ -361,6 +394,18 @@ class SharedDatabase:
                 log.exception("SQLite thread for %s, between jobs", self.db_path)
                 self._rollback()
                 self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
+
+    def _take(self, taken: list[Any]) -> list[Any]:
+        """``taken`` and every job queued now, the held batches of writes unpacked."""
+        while not self._queue.empty():
+            taken.append(self._queue.get())
+        jobs: list[Any] = []
+        for job in taken:  # a list: a batch of writes the commit pacer held
+            if type(job) is list:
+                jobs.extend(job)
+            else:
+                jobs.append(job)
+        return jobs
 
     def _guarded(self, work: Callable[[list[Any]], list[Outcome]], jobs: list[Any]) -> None:
         """Run ``work`` and deliver its outcomes; an unexpected error fails these jobs

@@ -29,6 +29,10 @@ What stays true:
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jupyter_ystore.stores.sqlite.schema import Schema
 
 TABLE = "ystore_pending"
 
@@ -75,6 +79,16 @@ def newest_row(conn: sqlite3.Connection) -> int:
 
 def any_pending(conn: sqlite3.Connection) -> bool:
     (found,) = conn.execute(_ANY).fetchone()
+    return bool(found)
+
+
+def any_below(conn: sqlite3.Connection, schema: Schema, rowid: int) -> bool:
+    """Whether a pending row (not in ``yupdates`` yet) has a rowid at most ``rowid``: then
+    a range of ``yupdates`` rowids does not hold every row in it."""
+    if not schema.has_pending:
+        return False
+    query = f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE rowid <= ?)"
+    (found,) = conn.execute(query, (rowid,)).fetchone()
     return bool(found)
 
 

@@ -22,6 +22,7 @@ created on the event loop but only touched by jobs.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sqlite3
 import time
@@ -186,6 +187,27 @@ class Hub:
             if owners != {watch.owner} or len(watch.owner.own) >= _CATCH_UP
         ]
         return self._wake(wake)
+
+    def compacted(
+        self, path: str, rowids: list[int], updates: list[bytes], last_row: int
+    ) -> None:
+        """This process replaced ``path``'s rows up to ``last_row`` (``rowids``, holding
+        ``updates``) by a snapshot that takes that rowid. A watch whose store wrote every one
+        of those rows past its cursor has had all the snapshot holds: it moves past it
+        instead of reading it back (a whole document, applied again by its room after every
+        compaction, and read again when its record of own rows grows long)."""
+        for watch in self.by_path.get(path, ()):
+            if watch.cursor >= last_row:
+                continue
+            own = watch.owner.own
+            start = bisect.bisect_right(rowids, watch.cursor)
+            if all(own.get(rowids[i]) == updates[i] for i in range(start, len(rowids))):
+                watch.cursor = last_row
+        for owner in {watch.owner for watch in self.by_path.get(path, ())}:
+            low = min(watch.cursor for watch in owner.watches)
+            if owner.mark is None or low > owner.mark:
+                owner.mark = low
+            owner._prune(low)
 
     def deleted(self, path: str, by: Owner | None) -> list[Wake]:
         """This process deleted a document: its rowids may be reused, so its watchers (and
