@@ -278,6 +278,8 @@ def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
 
     from websockets.exceptions import InvalidStatus
 
+    from jupyter_ystore.server.handshake import SPENT_HEADERS
+
     write_notebook(jp_root_dir / "h.ipynb", ["x = 1"])
 
     async def scenario() -> None:
@@ -287,6 +289,9 @@ def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
                 request = handler.request
                 assert request.connection is None and request.server_connection is None
                 assert not request.headers and not request.query_arguments
+                # one shared empty instance for every connection, and no future for its end
+                assert request.headers is SPENT_HEADERS and handler._headers is SPENT_HEADERS
+                assert handler.ws_connection._ended is False
                 assert handler.session_id == session["sessionId"]
             running = [getattr(task.get_coro(), "__qualname__", "") for task in asyncio.all_tasks()]
             assert "RequestHandler._execute" not in running
@@ -307,6 +312,8 @@ def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
             async with yclient(url):
                 pass
         assert err.value.response.status_code == 409
+        # nothing wrote into the shared headers: open, refused and closed connections alike
+        assert not list(SPENT_HEADERS.get_all()) and not SPENT_HEADERS._combined_cache
 
     jp_asyncio_loop.run_until_complete(scenario())
 

@@ -67,7 +67,8 @@ class BufferedFrameReader(WebSocketProtocol13):
 
     _inbuf: bytearray
     _inpos: int
-    _ended: asyncio.Future[None] | None = None  # direct reading: done once the stream closes
+    # Direct reading: False while it reads, True once its end is handled (None: tornado's).
+    _ended: bool | None = None
     _waiting_on: Any = None  # a message still being handled: the frames after it wait
 
     async def _receive_frame_loop(self) -> None:
@@ -82,9 +83,9 @@ class BufferedFrameReader(WebSocketProtocol13):
         # Returns at once, unlike tornado's loop: what awaits it is the whole handshake (the
         # request's task and nine coroutines), which would stay alive as long as the
         # connection does, for the garbage collector to walk (see ``handshake``). The end is
-        # handled by a callback on ``_ended``.
-        ended = self._ended = asyncio.get_running_loop().create_future()
-        ended.add_done_callback(self._reading_ended)
+        # handled by ``_stream_closed``, without a future and its callback: a connection's
+        # every long-lived object is one more for each full garbage collection to walk.
+        self._ended = False
         try:
             stream.__class__ = DirectReadStream
             stream._frame_reader = self  # type: ignore[attr-defined]
@@ -96,11 +97,12 @@ class BufferedFrameReader(WebSocketProtocol13):
                 stream._add_io_state(IOLoop.READ)
                 self._drain()
         except BaseException:
-            if ended.remove_done_callback(self._reading_ended):  # (else it is on its way)
-                self._reading_ended(ended)
+            if not self._ended:  # (else it is on its way)
+                self._ended = True
+                self._reading_ended()
             raise
 
-    def _reading_ended(self, _ended: Any) -> None:
+    def _reading_ended(self) -> None:
         """The stream closed: as tornado's frame loop ends. Then the stream lets go of this
         reader (a reference cycle): the connection's objects are freed as soon as nothing
         uses them, not by the next full garbage collection (which, as a class leaves,
@@ -160,9 +162,11 @@ class BufferedFrameReader(WebSocketProtocol13):
             self._drain()
 
     def _stream_closed(self) -> None:
-        ended = self._ended
-        if ended is not None and not ended.done():
-            ended.set_result(None)
+        """The stream closed: end the reading on the loop's next turn (not inside the
+        ``close`` call that got here), once."""
+        if self._ended is False:
+            self._ended = True
+            asyncio.get_running_loop().call_soon(self._reading_ended)
 
     async def _receive_frame(self) -> None:
         """Read one frame (RFC 6455 section 5.2) through the stream's ``read_bytes`` and

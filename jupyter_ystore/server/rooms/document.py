@@ -187,7 +187,6 @@ class DocumentRoom:
         try:
             async with anyio.create_task_group() as work:
                 self._work = work
-                work.start_soon(anyio.sleep_forever)  # open until cancelled, even if idle
                 work.start_soon(self.files.saver)
                 if self.settings.poll_interval:
                     work.start_soon(self.files.poller)
@@ -196,6 +195,9 @@ class DocumentRoom:
                 if not self.clients:  # opened by a session request, a timeline, a fork...
                     self._schedule_cleanup()
                 task_status.started()
+                # Open until cancelled, even if idle: in this task, not one more of its own
+                # (each open room's tasks are objects every full garbage collection walks).
+                await anyio.sleep_forever()
         except Exception as exc:  # a bug in one of them: the room closes, the server goes on
             self.log.error("Room %s: %s; closing the room", self.room_id, exc, exc_info=exc)
             self.closing = True
