@@ -9,6 +9,9 @@ file's real path); its thread owns the connection and works through a queue:
 * **Group commit.** Writes queue up while a commit is in flight; the thread takes every
   queued write and commits them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then
   wakes all their writers. A write's coroutine returns only after its commit.
+* **Commits first.** A room relays a keystroke once its commit is done, so a commit goes
+  ahead of queued work whose result does not depend on it (a watch catching up, a
+  compaction's check and replace: ``writes_first``); any other call keeps its place.
 * **Commit pacing.** Under load, writes of other documents are held on the event loop for
   at most ``Options.commit_interval`` so that they share a commit (``pacing``).
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
