@@ -69,6 +69,7 @@ class BufferedFrameReader(WebSocketProtocol13):
     _inpos: int
     # Direct reading: False while it reads, True once its end is handled (None: tornado's).
     _ended: bool | None = None
+    _loop: asyncio.AbstractEventLoop  # the loop it reads on (set with ``_ended``)
     _waiting_on: Any = None  # a message still being handled: the frames after it wait
 
     async def _receive_frame_loop(self) -> None:
@@ -85,6 +86,7 @@ class BufferedFrameReader(WebSocketProtocol13):
         # connection does, for the garbage collector to walk (see ``handshake``). The end is
         # handled by ``_stream_closed``, without a future and its callback: a connection's
         # every long-lived object is one more for each full garbage collection to walk.
+        self._loop = asyncio.get_running_loop()
         self._ended = False
         try:
             stream.__class__ = DirectReadStream
@@ -166,7 +168,7 @@ class BufferedFrameReader(WebSocketProtocol13):
         ``close`` call that got here), once."""
         if self._ended is False:
             self._ended = True
-            asyncio.get_running_loop().call_soon(self._reading_ended)
+            self._loop.call_soon(self._reading_ended)  # (a close may come from outside the loop)
 
     async def _receive_frame(self) -> None:
         """Read one frame (RFC 6455 section 5.2) through the stream's ``read_bytes`` and
