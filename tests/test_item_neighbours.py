@@ -199,3 +199,29 @@ def test_honest_concurrent_editing_is_never_refused() -> None:
         fresh.apply_update(room.get_update())
         assert str(fresh.get("t", type=Text)) == str(room.get("t", type=Text))
         assert fresh.get("cells", type=Array).to_py() == room.get("cells", type=Array).to_py()
+
+
+def test_the_index_keeps_each_items_origin_and_its_clocks_out_of_the_collectors_walk() -> None:
+    """Every item start's origin reads back as the update gave it (none, or another
+    client's clock), and the clocks live in arrays, whose entries the garbage collector
+    does not visit (hundreds in every open room)."""
+    import gc
+    from array import array
+
+    doc = typed("abcdef")
+    other = Doc()
+    other.apply_update(doc.get_update())
+    text = other.get("t", type=Text)
+    text.insert(3, "XY")  # origin: the first writer's clock 2; right: its clock 3
+    text.insert(0, ">")  # no origin
+    update = other.get_update()
+    index = ItemIndex.of_update(update, {"t": "text"})
+    items = read_update(update, strict=False).items
+    starts = [item for item in items if item.origin != (item.client, item.clock - 1)]
+    assert {item.origin for item in starts} >= {None, (doc.client_id, 2)}
+    for item in starts:
+        assert index._origin_of((item.client, item.clock)) == item.origin
+    clocks = [*index._starts.values(), *index._cuts.values()]
+    assert clocks and all(type(c) is array for c in clocks)
+    # one object each, whose entries a collection does not visit (a list's it does)
+    assert not any(type(r) is int for c in clocks for r in gc.get_referents(c))
