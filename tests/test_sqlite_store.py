@@ -651,7 +651,7 @@ async def test_the_wal_stays_bounded_under_continuous_writes(
 ) -> None:
     """Checkpoints must complete while writes keep coming, or the WAL grows without end
     (about 8 KiB a commit: 5,000 writes would leave ~40 MiB; a checkpoint every
-    WAL_AUTOCHECKPOINT pages keeps it near 16 MiB)."""
+    WAL_AUTOCHECKPOINT pages keeps it near 4 MiB)."""
     from jupyter_ystore.stores.sqlite.schema import WAL_AUTOCHECKPOINT
 
     db = tmp_path / "y.db"

@@ -17,7 +17,7 @@ file's real path); its thread owns the connection and works through a queue:
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``bridge``).
-* **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 4000
+* **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 1000
   WAL pages, see ``schema``) runs in this thread between commits, when no write of ours is
   in flight, so it completes and the WAL restarts. (A checkpointer running beside a
   continuous writer never catches up: the WAL then grows without bound.)

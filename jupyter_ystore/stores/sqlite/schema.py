@@ -21,11 +21,13 @@ log = logging.getLogger("jupyter_ystore.sqlite")
 
 
 #: WAL pages after which a commit of ours copies the WAL back into the database (SQLite's
-#: default is 1000). A checkpoint costs two fsyncs and one copy of every page changed since
-#: the last one, and a commit of 20 documents' updates dirties ~20 index pages: at 1000 the
-#: checkpoints were a large share of concurrent writing (measured: ~25% more updates/s at
-#: 4000). The WAL then peaks at ~16 MiB instead of ~4 MiB, and is reused, not grown.
-WAL_AUTOCHECKPOINT = 4000
+#: default). A checkpoint costs two fsyncs and one copy of every page changed since the last
+#: one, on the database thread, so the commits queued behind it wait for all of it: at 4000
+#: pages, 27-38 ms, and a server's slowest commits (48 rooms typing, as they compacted)
+#: took 37-38 ms; at 1000, 26-29 ms, none over 30. Writing costs 3-4% more at 1000 since
+#: keystrokes are committed as pending rows (once it was 25%, when every commit dirtied the
+#: index). The WAL peaks at ~4 MiB and is reused, not grown.
+WAL_AUTOCHECKPOINT = 1000
 
 
 @dataclass(frozen=True)
