@@ -161,8 +161,8 @@ class SharedDatabase:
         self._pacers: PerLoop[CommitPacer] = PerLoop(
             lambda loop: CommitPacer(loop, self.options.commit_interval, self._queue.put)
         )
-        self._hub = Hub(db_path)  # live updates: touched by the database thread only
-        self.hub = self._hub  # for the compactor's jobs (database thread)
+        # Live updates: touched by the database thread only (its jobs, the compactor's too).
+        self.hub = Hub(db_path)
         self._pending = 0  # rows this process committed into ystore_pending since its fold
         self._fold_at = 0.0  # time.monotonic() when those rows are folded if no write comes
         self._fold_failing = False
@@ -289,12 +289,12 @@ class SharedDatabase:
     # ------------------------------------------------------------------ live updates
 
     async def start_watch(self, watch: Watch) -> None:
-        await self.call(lambda conn, schema: self._hub.start(conn, watch), "starting to watch")
+        await self.call(lambda conn, schema: self.hub.start(conn, watch), "starting to watch")
 
     async def fetch_watched(self, watch: Watch, waiter: Waiter) -> list[bytes]:
         """Updates for ``watch`` from other writers; none: ``waiter`` is armed."""
         return await self.call(
-            lambda conn, schema: self._hub.fetch(conn, watch, waiter),
+            lambda conn, schema: self.hub.fetch(conn, watch, waiter),
             f"reading new updates of {watch.owner.path!r}",
             yields=True,  # rows committed first are read now, or skipped as its own
         )
@@ -303,7 +303,7 @@ class SharedDatabase:
         """Unregister ``watch`` (from anywhere, without waiting) and release its waiter."""
 
         def job(conn: sqlite3.Connection, schema: Schema) -> None:
-            deliver(self._hub.stop(watch))
+            deliver(self.hub.stop(watch))
 
         self.post(job, "stopping a watch")
 
@@ -337,7 +337,7 @@ class SharedDatabase:
                 queries.delete_document(conn, schema, path)
             finally:
                 self.compactor.tails.pop(path, None)
-                deliver(self._hub.deleted(path, owner))
+                deliver(self.hub.deleted(path, owner))
             reclaim(conn, self.db_path)
 
         return job
@@ -349,7 +349,7 @@ class SharedDatabase:
             self.conn, self.schema = open_database(self.db_path, self.options)
         except BaseException as exc:  # reported to every job
             self.failed = self.error(exc, "opening the database")
-        hub = self._hub
+        hub = self.hub
         while True:
             timeout = hub.timeout()  # None unless someone watches: then poll other processes
             if self._pending:  # fold once writes pause for FOLD_IDLE
@@ -594,8 +594,8 @@ class SharedDatabase:
             tail = tails.get(job.path)
             wanted = tail is not None and job.policy.due(tail.count, tail.nbytes)
             outcomes.append((job.waiter, wanted, None))
-        if self._hub.active:
-            outcomes += self._hub.committed((job.path, job.owner) for job in written)
+        if self.hub.active:
+            outcomes += self.hub.committed((job.path, job.owner) for job in written)
         return outcomes
 
     def _insert(
