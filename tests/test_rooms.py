@@ -985,6 +985,47 @@ async def test_an_autosave_converts_the_document_once_and_saves_what_came_during
         tg.cancel_scope.cancel()
 
 
+async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_again(setup: Setup) -> None:
+    """Typing goes on while the saver waits out its delay, so each keystroke asks for a save
+    again. The save converts after all of them, so afterwards there is nothing to compare:
+    no second conversion (48 rooms that stopped typing together each converted their
+    notebook a second time, one after another, for nothing: the loop held 24-28 ms)."""
+    setup.settings = dataclasses.replace(setup.settings, save_delay=0.3)
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        conversions = []
+        convert = room.document.get
+        room.document.get = lambda: conversions.append(1) or convert()
+        written: list[list[str]] = []
+        save_file = room.files.file.save
+
+        async def recording_save(content: Any) -> Any:
+            written.append([cell["source"] for cell in content["cells"]])
+            return await save_file(content)
+
+        room.files.file.save = recording_save
+        for typed in ("1", "2", "3"):  # within the delay of one another
+            update = client_update(room, lambda nb: append(nb.ycells[0]["source"], typed))
+            await room.handle(alice, sync.SyncUpdate(update))
+            await anyio.sleep(0.05)
+        await wait_until(lambda: read_sources(setup.nb) == ["a = 1123", "b = 2"])
+        await anyio.sleep(0.8)  # past another delay: the saver has woken again by now
+        assert written == [["a = 1123", "b = 2"]]
+        assert len(conversions) == 1
+
+        # a later edit is converted and saved as before
+        update = client_update(room, lambda nb: append(nb.ycells[1]["source"], "4"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await wait_until(lambda: read_sources(setup.nb) == ["a = 1123", "b = 24"])
+        assert len(conversions) == 2 and len(written) == 2
+        await manager.close_all()
+        tg.cancel_scope.cancel()
+
+
 class OverlapCountingContents(AsyncLargeFileManager):
     """Records how many saves are in progress at once (each takes a while, as on a slow disk)."""
 

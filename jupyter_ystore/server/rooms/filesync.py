@@ -57,8 +57,9 @@ def synced_key(state: FileState) -> str | None:
     return SYNCED + hashlib.blake2b(version, digest_size=8).hexdigest()
 
 
-#: What a save was handed: the room's change count, the content then and its frozen form.
-Taken = Tuple[int, Any, FrozenContent]
+#: What a save was handed: the room's change count, the content then, its frozen form, and
+#: how many saves had been asked for when it was converted.
+Taken = Tuple[int, Any, FrozenContent, int]
 
 
 class SaveRefused(RuntimeError):
@@ -103,6 +104,10 @@ class FileSync:
         self._pending_base: FrozenContent | None = None  # a base not stored yet
         self._file_mtime: Any = None
         self._save_failure: str | None = None
+        # Saves asked for (``schedule_save``) so far, and how many of them the file (or the
+        # last comparison with it) covers: equal, nothing to convert.
+        self._save_requests = 0
+        self._requests_saved = 0
         self._claim = uuid.uuid4().hex  # names this room in file-import claims
 
     @property
@@ -240,7 +245,13 @@ class FileSync:
 
     def schedule_save(self) -> None:
         self._last_change = time.monotonic()
+        self._save_requests += 1
         self._save_wakeup.set()
+
+    def _nothing_to_save(self) -> bool:
+        """Whether every save asked for is covered by a save (or a comparison) that
+        converted the document after it was asked, and none failed since."""
+        return self._requests_saved == self._save_requests and self._save_failure is None
 
     async def saver(self) -> None:
         """Debounced autosave: save once no change came for ``save_delay`` seconds; a failed
@@ -256,11 +267,21 @@ class FileSync:
             while (wait := self._last_change + (delay or 0) - time.monotonic()) > 0:
                 await anyio.sleep(wait)
             failure: Exception | None = None
+            if self._nothing_to_save():
+                # Edits that came while the last save waited out the delay woke us again,
+                # but its conversion came after them: converting again would find it equal
+                # (5 ms of the loop for a mid-sized notebook, in every room a class stopped
+                # typing in, one after another).
+                continue
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
             async with save_slots.save_slot():  # (converting the document is part of the save)
+                if self._nothing_to_save():
+                    continue  # a save (by request) covered it while we waited for the slot
+                asked = self._save_requests
                 content = self.document.get()
-                taken = (self.room.changes, content, FrozenContent(content))
+                taken = (self.room.changes, content, FrozenContent(content), asked)
                 if self._base == taken[2] and self._save_failure is None:
+                    self._requests_saved = asked
                     continue  # nothing new since the last save (e.g. only the state map changed)
                 try:
                     await self._save(reason="auto", taken=taken)
@@ -314,8 +335,9 @@ class FileSync:
                         return False
                     await self._adopt_saved_file()  # unchanged since: nothing to write
             if taken is not None and taken[0] == self.room.changes:
-                _changes, content, frozen = taken
+                _changes, content, frozen, asked = taken
             else:
+                asked = self._save_requests
                 content = self.document.get()
                 frozen = FrozenContent(content)
             written = False
@@ -334,6 +356,7 @@ class FileSync:
                 state = disk
             with self._changes_by(SERVER_SAVE):
                 self.record_file(state, dirty=False)
+            self._requests_saved = max(self._requests_saved, asked)
             if self._save_failure is not None:
                 self.log.info("Room %s: %s saved again", self.room_id, self.file.path)
                 self._save_failure = None
