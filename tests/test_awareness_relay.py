@@ -8,6 +8,8 @@ reconnection. A removal of another user's state is dropped; setting it is still 
 
 from __future__ import annotations
 
+import json
+
 import pycrdt
 import pytest
 
@@ -48,8 +50,8 @@ def test_a_removal_of_another_users_state_is_dropped_and_the_rest_relayed() -> N
     relay.handle(alice, frame([(11, 1, {"user": {"name": "alice"}})]))
     # bob's tab timed alice out (or lost its socket) and says so, with its own cursor
     relay.handle(bob, frame([(22, 1, {"user": {"name": "bob"}}), (11, 1, None)]))
-    assert relay.awareness.states[11] == {"user": {"name": "alice"}}  # not removed
-    assert relay.awareness.states[22] == {"user": {"name": "bob"}}
+    assert json.loads(relay.awareness.states[11]) == {"user": {"name": "alice"}}  # not removed
+    assert json.loads(relay.awareness.states[22]) == {"user": {"name": "bob"}}
     assert entries_of(watcher.sent[-1]) == [(22, 1, {"user": {"name": "bob"}})]
     # a frame of such removals only: nothing to relay
     before = len(watcher.sent)
@@ -73,7 +75,7 @@ def test_an_echo_of_another_users_state_is_dropped() -> None:
     assert entries_of(watcher.sent[-1]) == [(22, 1, {"user": {"name": "bob"}})]
     assert len(watcher.sent) == before + 1
     relay.handle(bob, frame([(11, 2, {"user": {"name": "older"}})]))  # older still: an echo
-    assert relay.awareness.states[11] == {"user": {"name": "alice"}}
+    assert json.loads(relay.awareness.states[11]) == {"user": {"name": "alice"}}
     assert len(watcher.sent) == before + 1
 
 
@@ -85,7 +87,7 @@ def test_setting_another_users_state_is_still_refused() -> None:
     relay.handle(alice, frame([(11, 1, {"user": {"name": "alice"}})]))
     with pytest.raises(protocol.ProtocolError, match="belongs to another user"):
         relay.handle(mallory, frame([(11, 5, {"user": {"name": "not alice"}})]))
-    assert relay.awareness.states[11] == {"user": {"name": "alice"}}
+    assert json.loads(relay.awareness.states[11]) == {"user": {"name": "alice"}}
 
 
 def test_a_frame_as_the_front_end_encodes_it_round_trips() -> None:
@@ -101,3 +103,19 @@ def test_a_frame_as_the_front_end_encodes_it_round_trips() -> None:
     assert isinstance(message, protocol.AwarenessMessage)
     ours.apply_awareness_update(message.update, origin="test")
     assert ours.states[7] == {"cursor": [1, 2], "user": {"name": "é"}}
+
+
+@pytest.mark.parametrize("state", ["NaN", '{"x": Infinity}', '{"cursor": -Infinity}', '{"a": [1, NaN]}'])
+def test_a_state_a_browsers_json_parse_rejects_is_refused(state: str) -> None:
+    """Python's json reads NaN and Infinity, every peer's JSON.parse throws on them: relayed,
+    such a state would break the awareness of every tab in the room."""
+    relay = AwarenessRelay()
+    mallory, watcher = Peer("mallory"), Peer("carol")
+    relay.add(mallory)
+    relay.add(watcher)
+    entry = bytes([1, 11, 1]) + bytes([len(state)]) + state.encode()
+    message = protocol.parse_message(bytes([1, len(entry)]) + entry)
+    assert isinstance(message, protocol.AwarenessMessage)
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        relay.handle(mallory, message)
+    assert watcher.sent == [] and 11 not in relay.awareness.states

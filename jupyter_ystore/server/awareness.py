@@ -57,7 +57,7 @@ class AwarenessRelay:
     def handle(self, client: Any, message: protocol.AwarenessMessage) -> None:
         """Relay one awareness frame of ``client``; ``ProtocolError`` if it is malformed or
         touches ids the client may not change."""
-        entries = protocol.check_awareness_update(message.update)
+        entries = protocol.read_awareness_entries(message.update)
         owned = self._owned.setdefault(client, set())
         claims = []
         kept = []
@@ -84,7 +84,7 @@ class AwarenessRelay:
             return
         frame = message.frame
         if len(kept) < len(entries):  # re-encoded without the dropped entries
-            frame = protocol.awareness_frame(kept)
+            frame = protocol.awareness_text_frame(kept)
         entries = kept
         self.awareness.apply(entries)
         for client_id, _clock, state in entries:

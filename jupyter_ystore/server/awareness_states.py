@@ -10,25 +10,31 @@ entries the relay decoded, by the rule every y-protocols peer uses:
 - a removal (state ``None``) at the clock held also applies, when a state is held: that is
   how a peer removes another's state (``remove_awareness_states`` keeps the clock);
 - a removed id keeps its clock, so an older state arriving late stays ignored.
+
+A state is kept as the JSON text it came in (checked already): the relay never looks inside
+a state, a late joiner gets the text as it was sent, and a string is not an object the
+garbage collector walks (a parsed cursor state was five, renewed with every cursor move).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable, Optional
 
 from jupyter_ystore.server import protocol
 
-#: ``(client_id, clock, state)``, as ``protocol.check_awareness_update`` decodes an entry.
-Entry = tuple[int, int, Any]
+#: ``(client_id, clock, state_json)``, as ``protocol.read_awareness_entries`` decodes an
+#: entry (``None``: a removal).
+Entry = tuple[int, int, Optional[str]]
 
 
 class AwarenessStates:
-    """Each awareness id's state (``states``, present ones only) and clock (``clocks``)."""
+    """Each awareness id's state as JSON text (``states``, present ones only) and clock
+    (``clocks``)."""
 
     __slots__ = ("states", "clocks")
 
     def __init__(self) -> None:
-        self.states: dict[int, Any] = {}
+        self.states: dict[int, str] = {}
         self.clocks: dict[int, int] = {}
 
     def apply(self, entries: Iterable[Entry]) -> None:
@@ -50,6 +56,6 @@ class AwarenessStates:
 
     def message(self, client_ids: Iterable[int]) -> bytes:
         """An awareness frame telling these ids' states (``None``: removed) at their clocks."""
-        return protocol.awareness_frame(
+        return protocol.awareness_text_frame(
             [(cid, self.clocks.get(cid, 0), self.states.get(cid)) for cid in client_ids]
         )

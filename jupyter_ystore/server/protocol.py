@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
 from pycrdt import (
     Awareness,
@@ -35,6 +35,9 @@ from jupyter_ystore.core.codec import (
     read_var_bytes,
     read_var_string,
     read_var_uint,
+    write_var_bytes,
+    write_var_string,
+    write_var_uint,
 )
 
 __all__ = [
@@ -57,6 +60,8 @@ __all__ = [
     "raw_json_message",
     "save_reply",
     "check_awareness_update",
+    "read_awareness_entries",
+    "awareness_text_frame",
 ]
 
 
@@ -179,8 +184,18 @@ def parse_message(frame: bytes) -> Message:
         raise ProtocolError(f"malformed frame: {exc}") from None
 
 
-def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
-    """Decode an awareness update strictly: ``[(client_id, clock, state)]``."""
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (a peer's JSON.parse would throw on it)")
+
+
+def read_awareness_entries(update: bytes) -> list[tuple[int, int, str | None]]:
+    """Decode an awareness update strictly: ``[(client_id, clock, state_json)]``, a removal's
+    state ``None``.
+
+    Each state is checked by parsing it, as every peer's ``JSON.parse`` will (Python's
+    extensions, ``NaN`` and ``Infinity``, refused), and kept as the text it came as: a
+    string is one object the garbage collector does not track, where the parsed state was
+    five or more it walked in every full collection, for every client of every room."""
     try:
         count, pos = read_var_uint(update)
         entries = []
@@ -188,11 +203,19 @@ def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
             client_id, pos = read_var_uint(update, pos)
             clock, pos = read_var_uint(update, pos)
             text, pos = read_var_string(update, pos)
-            state = json.loads(text) if text else None
-            entries.append((client_id, clock, state))
+            present = text and json.loads(text, parse_constant=_not_json) is not None
+            entries.append((client_id, clock, text if present else None))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed awareness update: {type(exc).__name__}: {exc}") from None
     return entries
+
+
+def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
+    """Decode an awareness update strictly: ``[(client_id, clock, state)]``, states parsed."""
+    return [
+        (client_id, clock, None if text is None else json.loads(text))
+        for client_id, clock, text in read_awareness_entries(update)
+    ]
 
 
 def encode_awareness_update(entries: list[tuple[int, int, Any]]) -> bytes:
@@ -209,6 +232,19 @@ def encode_awareness_update(entries: list[tuple[int, int, Any]]) -> bytes:
 def awareness_frame(entries: list[tuple[int, int, Any]]) -> bytes:
     """The awareness message of ``encode_awareness_update(entries)``."""
     return create_awareness_message(encode_awareness_update(entries))
+
+
+def awareness_text_frame(entries: Iterable[tuple[int, int, str | None]]) -> bytes:
+    """An awareness message of states given as JSON text (``read_awareness_entries``'s
+    form), written as they are; ``None`` is a removal."""
+    entries = list(entries)
+    parts = [write_var_uint(len(entries))]
+    for client_id, clock, text in entries:
+        parts.append(write_var_uint(client_id))
+        parts.append(write_var_uint(clock))
+        # lib0's length is in UTF-8 bytes (pycrdt's Encoder writes characters)
+        parts.append(write_var_string("null" if text is None else text))
+    return bytes([MessageType.AWARENESS]) + write_var_bytes(b"".join(parts))
 
 
 def sync_step1(doc: Doc) -> bytes:
