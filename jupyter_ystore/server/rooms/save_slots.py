@@ -11,8 +11,9 @@ loop converts at most that many documents and at most that many worker threads s
 notebooks against the loop for the GIL. Saves are bound by the GIL, not by their number: at
 48x10, the 48 autosaves took 0.9 s with 1, 2 or 4 slots, while the loop's longest pause
 among them (sampled every 50 ms, garbage collections aside) was 31-34 ms with 4, 22-25 with 2
-and 15-19 with 1 (2 runs each). Two keep a slow disk's waits (a network home directory)
-from queueing every save behind one.
+and 15-19 with 1 (2 runs each; those pauses included a second burst of conversions that found
+nothing new, which ``FileSync.saver`` no longer makes). Two keep a slow disk's waits (a network
+home directory) from queueing every save behind one.
 
 A slot is a bound on bursts, not a queue to wait in forever: a save that has waited
 ``LONGEST_WAIT`` seconds goes ahead without one (four saves stuck on a hung network file
