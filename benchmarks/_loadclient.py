@@ -704,6 +704,7 @@ async def run_worker(spec: dict[str, Any]) -> int:
         lags.append(now - due)
     t_end_send = time.monotonic()
     cpu_window = cpu_seconds() - cpu0
+    emit("typed", {"window": t_end_send - t0})  # (the orchestrator reads the loop's pauses so far)
 
     # Attribution, incremental: each poll reads only the frames that arrived since the last
     # one. An update holds the edits whose Yjs ids it carries (``EditIndex``); the server

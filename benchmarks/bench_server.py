@@ -546,10 +546,17 @@ def run_step(
         t0 = time.monotonic()
         lag0 = loop_lag_buckets(server) if kind.store != "collab" else None
         worker.send("go")
-        done = worker.expect("done", seconds + 120)
+        worker.expect("typed", seconds + 120)
+        lag_typed = loop_lag_buckets(server) if lag0 is not None else None
+        done = worker.expect("done", 120)
         elapsed = time.monotonic() - t0
         if lag0 is not None:
+            # the whole run (typing, then the drain while rooms relay the last edits and
+            # autosave), and the typing alone
             d.update(loop_pauses(lag0, loop_lag_buckets(server)))
+            typing = loop_pauses(lag0, lag_typed)
+            d["loop_pause_max_ms_typing"] = typing["loop_pause_max_ms"]
+            d["loop_pauses_over_20ms_typing"] = typing["loop_pauses_over_20ms"]
         cpu1, pg1, wcpu1 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
         busy1 = machine_busy()
         if spy is not None:
@@ -722,7 +729,14 @@ def step_line(res: StepResult) -> str:
         f"other processes {d.get('other_cpu_pct', 0):.0f}%"
         + (
             f", longest event-loop pause {d['loop_pause_max_ms'][0]:.0f}–{d['loop_pause_max_ms'][1]:.0f} ms "
-            f"({d['loop_pauses_over_20ms']} over 20 ms)"
+            f"({d['loop_pauses_over_20ms']} over 20 ms"
+            + (
+                f"; while typing {d['loop_pause_max_ms_typing'][0]:.0f}–{d['loop_pause_max_ms_typing'][1]:.0f} ms, "
+                f"{d['loop_pauses_over_20ms_typing']} over 20 ms"
+                if d.get("loop_pause_max_ms_typing")
+                else ""
+            )
+            + ")"
             if d.get("loop_pause_max_ms")
             else ""
         )
