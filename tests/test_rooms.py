@@ -940,6 +940,23 @@ async def test_reopening_a_saved_document_does_not_parse_its_file(setup: Setup) 
         tg.cancel_scope.cancel()
 
 
+def record_conversions_and_saves(room: Any) -> tuple[list[int], list[list[str]]]:
+    """Lists that grow with each conversion of ``room``'s document and with the cell sources
+    of each save of its file."""
+    conversions: list[int] = []
+    convert = room.document.get
+    room.document.get = lambda: conversions.append(1) or convert()
+    written: list[list[str]] = []
+    save_file = room.files.file.save
+
+    async def recording_save(content: Any) -> Any:
+        written.append([cell["source"] for cell in content["cells"]])
+        return await save_file(content)
+
+    room.files.file.save = recording_save
+    return conversions, written
+
+
 async def test_an_autosave_converts_the_document_once_and_saves_what_came_during_it(setup: Setup) -> None:
     """The saver converts the notebook to compare it with the last save and hands that to the
     save (20 ms of the event loop for 400 cells); an edit that arrives while the save waits
@@ -950,17 +967,7 @@ async def test_an_autosave_converts_the_document_once_and_saves_what_came_during
         room = await manager.get_room(ROOM)
         alice = FakeClient("alice")
         room.join(alice)
-        conversions = []
-        convert = room.document.get
-        room.document.get = lambda: conversions.append(1) or convert()
-        written: list[list[str]] = []
-        save_file = room.files.file.save
-
-        async def recording_save(content: Any) -> Any:
-            written.append([cell["source"] for cell in content["cells"]])
-            return await save_file(content)
-
-        room.files.file.save = recording_save
+        conversions, written = record_conversions_and_saves(room)
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # one"))
         await room.handle(alice, sync.SyncUpdate(update))
         await wait_until(lambda: read_sources(setup.nb) == ["a = 1  # one", "b = 2"])
@@ -997,17 +1004,7 @@ async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_
         room = await manager.get_room(ROOM)
         alice = FakeClient("alice")
         room.join(alice)
-        conversions = []
-        convert = room.document.get
-        room.document.get = lambda: conversions.append(1) or convert()
-        written: list[list[str]] = []
-        save_file = room.files.file.save
-
-        async def recording_save(content: Any) -> Any:
-            written.append([cell["source"] for cell in content["cells"]])
-            return await save_file(content)
-
-        room.files.file.save = recording_save
+        conversions, written = record_conversions_and_saves(room)
         for typed in ("1", "2", "3"):  # within the delay of one another
             update = client_update(room, lambda nb: append(nb.ycells[0]["source"], typed))
             await room.handle(alice, sync.SyncUpdate(update))
