@@ -8,6 +8,7 @@ that time.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -35,10 +36,10 @@ from jupyter_ystore.stores.retention import (
     Row,
     VersionExists,
     VersionNotFound,
-    decode_points,
-    encode_points,
     thin,
 )
+from jupyter_ystore.core.codec import write_var_uint
+from jupyter_ystore.stores.history_points import PointTable, decode_points, encode_points
 
 pytestmark = pytest.mark.anyio
 
@@ -80,9 +81,12 @@ def test_retention_settings() -> None:
         SQLiteYStore("d", history_retention="every day")
 
 
-def points_at(ends: list[float], names: dict[int, str] | None = None) -> list[Point]:
-    names = names or {}
-    return [Point(e, e, 1, 1, (), names.get(i)) for i, e in enumerate(ends)]
+def grouped(
+    ends: list[float], now: float, retention: Retention, names: dict[int, str] | None = None
+) -> list[list[int]]:
+    """``thin``'s groups as lists of point indexes (``names``: the indexes of named points)."""
+    stops = thin(ends, [i in (names or {}) for i in range(len(ends))], now, retention)
+    return [list(range(lo, hi)) for lo, hi in zip([0, *stops], stops)]
 
 
 def test_thinning_by_tier() -> None:
@@ -95,17 +99,17 @@ def test_thinning_by_tier() -> None:
         + [now - 30 * MINUTE + s for s in (0, 10, 70)]  # minutes: two points
         + [now - 5 * MINUTE + s for s in (0, 1, 2)]  # every update
     )
-    groups = thin(points_at(ends), now, retention)
+    groups = grouped(ends, now, retention)
     assert [len(g) for g in groups] == [5, 2, 1, 2, 1, 1, 1, 1]
     assert sum(groups, []) == list(range(len(ends)))  # nothing lost: merged forward
     # a named point is never merged into the next nor dropped; the newest point neither
-    named = thin(points_at(ends, {0: "v1"}), now, retention)
+    named = grouped(ends, now, retention, {0: "v1"})
     assert named[0] == [0] and named[1] == [1, 2, 3, 4]
     # nothing kept: nothing at all, or the named points and the newest
-    assert thin(points_at(ends), now, Retention(())) == []
-    kept = thin(points_at(ends, {3: "v"}), now, Retention(()))
+    assert grouped(ends, now, Retention(())) == []
+    kept = grouped(ends, now, Retention(()), {3: "v"})
     assert [g[-1] for g in kept] == [3, len(ends) - 1]
-    assert [len(g) for g in thin(points_at(ends), now, Retention(None))] == [1] * len(ends)
+    assert [len(g) for g in grouped(ends, now, Retention(None))] == [1] * len(ends)
 
 
 def test_rows_round_trip() -> None:
@@ -132,7 +136,7 @@ def test_rows_are_compressed_and_older_rows_still_read() -> None:
         text += "x"
         points.append(Point(T0 + i, T0 + i, 1, 30, ("alice (client)",), delta=doc.get_update(before)))
     row = Row.of(1, points)
-    raw = b"".join(R._uint(len(p.delta)) + p.delta for p in points)  # the layout before
+    raw = b"".join(write_var_uint(len(p.delta)) + p.delta for p in points)  # the layout before
     assert row.deltas is not None and row.deltas[:1] == b"\x00"
     assert len(row.deltas) * 3 < len(raw)
     assert decode_points(row.meta, row.deltas) == points
@@ -143,7 +147,7 @@ def test_rows_are_compressed_and_older_rows_still_read() -> None:
     with pytest.raises(ValueError, match="decompressed"):
         decode_points(row.meta[:-3])
     few = Row.of(2, points[:3])  # too short to gain: stored as before
-    assert few.deltas == b"".join(R._uint(len(p.delta)) + p.delta for p in points[:3])
+    assert few.deltas == b"".join(write_var_uint(len(p.delta)) + p.delta for p in points[:3])
     assert few.meta[:1] == b"\x01"
     assert decode_points(few.meta, few.deltas) == points[:3]
     with pytest.raises(ValueError, match="decompressed"):
@@ -152,6 +156,47 @@ def test_rows_are_compressed_and_older_rows_still_read() -> None:
         decode_points(row.meta, b"\x00" + zlib.compress(raw[:-1]))
     empty_first = [replace(points[0], delta=b""), *points[1:3]]  # never written, but unambiguous
     assert decode_points(Row.of(3, empty_first).meta, Row.of(3, empty_first).deltas) == empty_first
+
+
+def test_a_plan_holds_a_few_tracked_objects_however_many_points_it_covers() -> None:
+    """A compaction plans over columns, not an object per point: its plan, held while the
+    compaction goes from the database thread to a worker thread and back, must not hand the
+    garbage collector thousands of objects to promote (one per point and more, with 48
+    rooms compacting in the same seconds, set off full collections that paused the loop)."""
+    doc = pycrdt.Doc()
+    text = doc.get("source", type=pycrdt.Text)
+    updates = []
+    for _ in range(1000):
+        before = doc.get_state()
+        text += "x"
+        updates.append(doc.get_update(before))
+    meta = b'{"client": "alice"}'
+    retention = Retention.parse(R.DEFAULT_RETENTION)
+    old = T0 - 11 * MINUTE  # a row leaving the every-update tier: decoded and thinned
+    records = [(u, meta, old + i / 10) for i, u in enumerate(updates)]
+    first = R.compact_rows([], R.new_points(records), old + 100, retention)
+    stored = [Row(r.seq, r.first_ts, r.last_ts, r.upto, r.meta) for r in first.insert]
+    fresh = R.new_points([(u, meta, T0 + i / 10) for i, u in enumerate(updates)])
+    assert isinstance(fresh, PointTable)
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        plan = R.plan_chain(stored, fresh, T0 + 100, retention, upto=2000)
+        held = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert held < 100, held  # an object per point (and per group) held 6,000
+
+    change = plan.build({row.seq: first.insert[0].deltas for row in stored})
+    assert change.delete == [stored[0].seq]
+    points = R.points_of(change.insert)
+    assert sum(point.updates for point in points) == 2000  # merged forward, nothing lost
+    # the new keystrokes each, the old ones one per minute (T0 - 660 to - 560 s: 3 minutes)
+    assert len(points) == 1000 + 3
+    assert [p.updates for p in points[:3]] == [200, 600, 200]
+    assert len({point.authors for point in points}) == 1
 
 
 # ---------------------------------------------------------------------- the backends

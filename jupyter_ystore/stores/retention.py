@@ -25,6 +25,8 @@ holds e.g. the 1,000 updates it turned into points, so a keystroke-sized point c
 update plus ~14 bytes, not a database row. A row is immutable: a compaction deletes the rows
 whose points change and inserts new ones (``ChainPlan``), so a backend detects a concurrent
 change by the set of row numbers alone. Readers sort points by time, not by row.
+Planning works on the points as columns (``PointTable``, ``history_points.py``), not an
+object per point: see there why.
 
 Nothing here does I/O: the backends read rows, ask ``plan_chain`` which deltas it needs, and
 store the ``ChainChange`` it builds, in the transaction that replaces the history by the
@@ -35,20 +37,24 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
+from array import array
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from traitlets import TraitError, TraitType
 
 from jupyter_ystore.core import ydoc as _ydoc
-from jupyter_ystore.core.codec import (
-    read_var_bytes,
-    read_var_string,
-    read_var_uint,
-    write_var_string,
-    write_var_uint,
+from jupyter_ystore.stores.history_points import (
+    Point,
+    PointTable,
+    decode_table,
+    encode_deltas,
+    encode_points,
+    micros,
+    quantize,
 )
+
 
 #: An update that changes nothing (no structs, no deletions): the delta of a version saved
 #: when nothing changed since the point before it.
@@ -215,36 +221,7 @@ class RetentionTrait(TraitType):  # type: ignore[type-arg]
         return s
 
 
-# ---------------------------------------------------------------------- points and rows
-
-
-@dataclass
-class Point:
-    """One retained point: the document after every update up to ``end``.
-
-    ``delta`` is the merge of the updates since the point before it (None until loaded);
-    ``authors`` describe who made them (``describe_metadata``); ``name`` is set when a user
-    saved this point as a version (``saved_by`` who), and such a point is never dropped.
-    """
-
-    start: float
-    end: float
-    updates: int
-    size: int  # bytes of the updates it summarises (what it cost before merging)
-    authors: tuple[str, ...] = ()
-    name: str | None = None
-    saved_by: str | None = None
-    delta: bytes | None = None
-
-
-def quantize(timestamp: float) -> float:
-    """A point's time: ``timestamp`` rounded up to the microsecond (stored as an integer
-    count of microseconds; rounding up keeps every update a point holds at or before it)."""
-    return math.ceil(timestamp * 1_000_000) / 1_000_000
-
-
-def _micros(timestamp: float) -> int:
-    return round(timestamp * 1_000_000)
+# ---------------------------------------------------------------------- rows
 
 
 @dataclass
@@ -262,202 +239,33 @@ class Row:
     upto: int = 0
     meta: bytes = b""
     deltas: bytes | None = None
-    _points: list[Point] | None = field(default=None, repr=False)
+    _table: PointTable | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, seq: int, points: list[Point], upto: int = 0) -> Row:
+    def of(cls, seq: int, points: Sequence[Point] | PointTable, upto: int = 0) -> Row:
         """A new row of ``points`` (with their deltas)."""
+        table = points if isinstance(points, PointTable) else PointTable.of(points)
         return cls(
             seq,
-            min(point.start for point in points),
-            max(point.end for point in points),
+            min(table.starts),
+            max(table.ends),
             upto,
-            encode_points(points),
-            encode_deltas(points),
-            points,
+            encode_points(table),
+            encode_deltas(table),
+            table,
         )
 
     @property
+    def table(self) -> PointTable:
+        """The points as columns, with their deltas when the row was read with them."""
+        if self._table is None:
+            self._table = decode_table(self.meta, self.deltas)
+        return self._table
+
+    @property
     def points(self) -> list[Point]:
-        """The points, with their deltas when the row was read with them."""
-        if self._points is None:
-            self._points = decode_points(self.meta, self.deltas)
-        return self._points
-
-
-_HAS_START, _HAS_NAME, _HAS_SAVER, _BACKWARDS, _MANY = 1, 2, 4, 8, 16
-_FORMAT = 1
-_FORMAT_COMPRESSED = 2  # the same, zlib-compressed after the format number
-#: The first byte of a compressed deltas blob. An uncompressed one starts with the length of
-#: its first delta, never 0 unless that delta is empty (then it is always compressed).
-_COMPRESSED = b"\x00"
-#: Points and deltas shorter than this are stored as they are (a few points gain nothing).
-_COMPRESS_FROM = 512
-
-
-_SMALL = [bytes((i,)) for i in range(128)]
-
-
-def _uint(n: int) -> bytes:
-    """``write_var_uint`` with the one- and two-byte cases inline (compaction encodes a few
-    per point, thousands of points at a time)."""
-    if n < 128:
-        return _SMALL[n]
-    if n < 16384:
-        return bytes((0x80 | (n & 0x7F), n >> 7))
-    return write_var_uint(n)
-
-
-def encode_points(points: Sequence[Point]) -> bytes:
-    """Points' metadata, compactly (a keystroke's point: ~6 bytes): an author table, the
-    first end in microseconds, then per point flags, the end as a difference from the one
-    before, the start when it differs, counts and author indexes."""
-    authors: dict[str, int] = {}
-    for point in points:
-        for author in point.authors:
-            if author not in authors:
-                authors[author] = len(authors)
-    previous = _micros(points[0].end) if points else 0
-    out = [_uint(_FORMAT), _uint(len(authors))]
-    out += [write_var_string(author) for author in authors]
-    out += [write_var_uint(previous), write_var_uint(len(points))]
-    append = out.append
-    for point in points:
-        end = round(point.end * 1_000_000)
-        start = round(point.start * 1_000_000) if point.start != point.end else end
-        flags = (
-            (_HAS_START if start != end else 0)
-            | (_HAS_NAME if point.name is not None else 0)
-            | (_HAS_SAVER if point.saved_by is not None else 0)
-            | (_BACKWARDS if end < previous else 0)
-            | (_MANY if point.updates != 1 else 0)
-        )
-        append(_SMALL[flags])
-        append(_uint(abs(end - previous)))
-        previous = end
-        if flags & _HAS_START:
-            append(_uint(end - start))
-        if flags & _MANY:
-            append(_uint(point.updates))
-        append(_uint(point.size))
-        append(_uint(len(point.authors)))
-        for author in point.authors:
-            append(_uint(authors[author]))
-        if point.name is not None:
-            append(write_var_string(point.name))
-        if point.saved_by is not None:
-            append(write_var_string(point.saved_by))
-    body = b"".join(out[1:])
-    if len(body) >= _COMPRESS_FROM:  # a compaction's row of keystrokes: about 2× smaller
-        packed = zlib.compress(body, 6)
-        if len(packed) < len(body):
-            return _uint(_FORMAT_COMPRESSED) + packed
-    return out[0] + body
-
-
-def encode_deltas(points: Sequence[Point]) -> bytes:
-    """The deltas of a row, length-prefixed, zlib-compressed when that saves bytes.
-
-    Keystroke deltas repeat their client id and structure: a row of a compaction's 1,000
-    updates shrinks about 4× (measured on the benchmark's typing stream), which is most of a
-    store's size while the every-update tier holds a burst of typing. Only compactions write
-    rows (in a worker thread) and only history readers read deltas, so loading never pays."""
-    out = []
-    for point in points:
-        if point.delta is None:
-            raise ValueError("a history row is stored with every delta")
-        out.append(_uint(len(point.delta)))
-        out.append(point.delta)
-    raw = b"".join(out)
-    ambiguous = raw[:1] == _COMPRESSED  # an empty first delta: stored compressed whatever
-    if ambiguous or len(raw) >= _COMPRESS_FROM:
-        packed = zlib.compress(raw, 6)
-        if ambiguous or len(packed) + 1 < len(raw):
-            return _COMPRESSED + packed
-    return raw
-
-
-def decode_points(data: bytes, deltas: bytes | None = None) -> list[Point]:
-    """``encode_points`` read back, with the deltas of ``encode_deltas`` when given.
-    ValueError for bytes we did not write."""
-    pos = 0
-    version, pos = read_var_uint(data, pos)
-    if version == _FORMAT_COMPRESSED:
-        try:
-            data, pos = zlib.decompress(data[pos:]), 0
-        except zlib.error as exc:
-            raise ValueError(f"history row points cannot be decompressed ({exc})") from None
-    elif version != _FORMAT:
-        raise ValueError(f"unknown history row format {version}")
-    count, pos = read_var_uint(data, pos)
-    authors = []
-    for _ in range(count):
-        author, pos = read_var_string(data, pos)
-        authors.append(author)
-    previous, pos = read_var_uint(data, pos)
-    count, pos = read_var_uint(data, pos)
-    points = []
-    for _ in range(count):
-        flags, pos = read_var_uint(data, pos)
-        step, pos = read_var_uint(data, pos)
-        end = previous - step if flags & _BACKWARDS else previous + step
-        previous = end
-        start = end
-        if flags & _HAS_START:
-            step, pos = read_var_uint(data, pos)
-            start = end - step
-        updates = 1
-        if flags & _MANY:
-            updates, pos = read_var_uint(data, pos)
-        size, pos = read_var_uint(data, pos)
-        n, pos = read_var_uint(data, pos)
-        who = []
-        for _ in range(n):
-            index, pos = read_var_uint(data, pos)
-            who.append(authors[index])
-        name = saved_by = None
-        if flags & _HAS_NAME:
-            name, pos = read_var_string(data, pos)
-        if flags & _HAS_SAVER:
-            saved_by, pos = read_var_string(data, pos)
-        points.append(
-            Point(start / 1_000_000, end / 1_000_000, updates, size, tuple(who), name, saved_by)
-        )
-    if pos != len(data):
-        raise ValueError("trailing bytes after a history row")
-    if deltas is not None:
-        points = attach_deltas(points, deltas)
-    return points
-
-
-def attach_deltas(points: list[Point], deltas: bytes) -> list[Point]:
-    """``points`` (decoded without deltas) with the deltas of their row."""
-    if deltas[:1] == _COMPRESSED:
-        try:
-            deltas = zlib.decompress(deltas[1:])
-        except zlib.error as exc:
-            raise ValueError(f"history row deltas cannot be decompressed ({exc})") from None
-    pos = 0
-    out = []
-    for point in points:
-        delta, pos = read_var_bytes(deltas, pos)
-        out.append(replace(point, delta=delta))
-    if pos != len(deltas):
-        raise ValueError("history row deltas do not match its points")
-    return out
-
-
-def point_of_record(
-    update: bytes, metadata: bytes, timestamp: float, *, base: bool = False
-) -> Point:
-    """A stored update as a point of its own (``base``: a snapshot, whose metadata does not
-    say who wrote what it holds)."""
-    from jupyter_ystore.core.history import describe_metadata  # (it imports the stores)
-
-    author = "" if base else describe_metadata(metadata)
-    at = quantize(timestamp)
-    return Point(at, at, 1, len(update), (author,) if author else (), delta=update)
-
+        """The points (new objects at each call: planning keeps the columns only)."""
+        return self.table.points()
 
 # ---------------------------------------------------------------------- versions
 
@@ -492,13 +300,6 @@ class VersionNotFound(KeyError):
 
 
 @dataclass
-class _Entry:
-    point: Point
-    row: int | None  # seq of the stored row holding it; None: new in this compaction
-    index: int = 0
-
-
-@dataclass
 class ChainChange:
     """What a compaction does to the stored points: delete rows, insert rows."""
 
@@ -512,9 +313,17 @@ class ChainChange:
 
 @dataclass
 class ChainPlan:
-    """Which groups of points become one, and which stored rows survive untouched."""
+    """Which runs of points become one, and which stored rows survive untouched.
 
-    groups: list[list[_Entry]]
+    The points planned over are columns, oldest first: ``seqs[i]`` the stored row holding
+    the ``i``-th (-1: the table ``new`` of this compaction's points) and ``indexes[i]`` its
+    index there. ``stops`` cuts them into groups of consecutive points, each merged into its
+    last: group ``k`` ends just before ``stops[k]``."""
+
+    stops: list[int]
+    seqs: array[int]
+    indexes: array[int]
+    new: PointTable
     rows: dict[int, Row]  # the stored rows planned over (frozen ones left out)
     kept: set[int]
     next_seq: int
@@ -531,56 +340,55 @@ class ChainPlan:
         """The rows to delete and insert (CPU work: run it in a worker thread).
 
         ``deltas`` maps each seq of ``needs`` to that row's stored deltas blob."""
-        loaded = {
-            seq: attach_deltas(self.rows[seq].points, deltas[seq]) for seq in self.needs
-        }
-        out: list[list[Point]] = []
-        run: list[Point] = []
-        for position, group in enumerate(self.groups):
-            first = group[0]
-            if len(group) == 1 and first.row in self.kept:
-                if run:
-                    out.append(run)
-                    run = []
-                continue
-            points = [
-                entry.point if entry.row is None else loaded[entry.row][entry.index]
-                for entry in group
-            ]
-            run.append(self._merge(points, squash=position == 0 and self.squash_first))
-        if run:
+        tables = {seq: self.rows[seq].table.with_deltas(deltas[seq]) for seq in self.needs}
+        tables[-1] = self.new
+        out: list[PointTable] = []
+        run = PointTable()
+        lo = 0
+        for position, hi in enumerate(self.stops):
+            seq = self.seqs[lo]
+            if hi - lo > 1:
+                self._merge(run, tables, lo, hi, squash=position == 0 and self.squash_first)
+            elif seq not in self.kept:
+                run.append_from(tables[seq], self.indexes[lo])
+            elif len(run):
+                out.append(run)
+                run = PointTable()
+            lo = hi
+        if len(run):
             out.append(run)
         inserted: list[Row] = []
         seq = self.next_seq
-        for points in out:
-            for chunk in _chunks(points):
+        for table in out:
+            for chunk in _chunks(table):
                 inserted.append(Row.of(seq, chunk, self.upto))
                 seq += 1
         return ChainChange(sorted(self.needs), inserted)
 
-    def _merge(self, points: list[Point], *, squash: bool) -> Point:
-        last = points[-1]
-        if len(points) == 1:
-            return last
-        deltas = [point.delta or EMPTY_UPDATE for point in points]
+    def _merge(
+        self, run: PointTable, tables: Mapping[int, PointTable], lo: int, hi: int, *, squash: bool
+    ) -> None:
+        """Append to ``run`` the one point that the points ``lo`` to ``hi`` - 1 become."""
+        deltas: list[bytes] = []
+        authors: dict[str, None] = {}
+        start = math.inf
+        updates = size = 0
+        for i in range(lo, hi):
+            table, j = tables[self.seqs[i]], self.indexes[i]
+            deltas.append(table.deltas[j] or EMPTY_UPDATE)
+            authors.update(dict.fromkeys(table.authors[j]))
+            start = min(start, table.starts[j])
+            updates += table.updates[j]
+            size += table.sizes[j]
         if squash:
             from jupyter_ystore.stores.compaction import squash as squash_updates
 
             delta, _clean = squash_updates(deltas, self.document)
         else:
             delta = _ydoc.merge_updates(deltas)
-        authors: dict[str, None] = {}
-        for point in points:
-            authors.update(dict.fromkeys(point.authors))
-        return Point(
-            start=min(point.start for point in points),
-            end=last.end,
-            updates=sum(point.updates for point in points),
-            size=sum(point.size for point in points),
-            authors=tuple(authors),
-            name=last.name,
-            saved_by=last.saved_by,
-            delta=delta,
+        last, j = tables[self.seqs[hi - 1]], self.indexes[hi - 1]
+        run.append(
+            start, last.ends[j], updates, size, tuple(authors), last.names[j], last.savers[j], delta
         )
 
 
@@ -589,18 +397,18 @@ ROW_POINTS = 1024
 ROW_BYTES = 1 << 20
 
 
-def _chunks(points: list[Point]) -> Iterable[list[Point]]:
-    chunk: list[Point] = []
-    size = 0
-    for point in points:
-        length = len(point.delta or b"")
-        if chunk and (len(chunk) >= ROW_POINTS or size + length > ROW_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(point)
+def _chunks(table: PointTable) -> Iterable[PointTable]:
+    lo = size = 0
+    for i, delta in enumerate(table.deltas):
+        length = len(delta or b"")
+        if i > lo and (i - lo >= ROW_POINTS or size + length > ROW_BYTES):
+            yield table.slice(lo, i)
+            lo, size = i, 0
         size += length
-    if chunk:
-        yield chunk
+    if lo == 0:
+        yield table
+    elif lo < len(table):
+        yield table.slice(lo, len(table))
 
 
 def sorted_points(rows: Iterable[Row]) -> list[tuple[Point, int, int]]:
@@ -615,33 +423,29 @@ def sorted_points(rows: Iterable[Row]) -> list[tuple[Point, int, int]]:
     return found
 
 
-def thin(points: Sequence[Point], now: float, retention: Retention) -> list[list[int]]:
-    """Group ``points`` (oldest first) into the points to keep: indexes of each group, whose
-    deltas merge into its last point. Empty when nothing is to be kept."""
-    n = len(points)
+def thin(
+    ends: Sequence[float], named: Sequence[bool], now: float, retention: Retention
+) -> list[int]:
+    """Group points (oldest first: their ``ends``, and whether each is ``named``) into the
+    points to keep: runs of consecutive points whose deltas merge into the run's last,
+    given as each run's stop (one past its last index). Empty when nothing is to be kept."""
+    n = len(ends)
     if not n:
         return []
-    named = [point.name is not None for point in points]
     if retention.keeps_nothing and not any(named):
         return []
     keys: list[Any] = []
     key = retention.key
-    for i, point in enumerate(points):
+    for i in range(n):
         if named[i] or i == n - 1:
             keys.append(object())  # never merged away (into the next) nor dropped
         elif retention.keeps_nothing:
             keys.append(None)
         else:
-            keys.append(key(point.end, now))
-    groups: list[list[int]] = []
-    carry: list[int] = []
-    for i in range(n):
-        if i < n - 1 and (keys[i] is None or keys[i] == keys[i + 1]):
-            carry.append(i)
-            continue
-        groups.append(carry + [i])
-        carry = []
-    return groups
+            keys.append(key(ends[i], now))
+    stops = [i + 1 for i in range(n - 1) if keys[i] is not None and keys[i] != keys[i + 1]]
+    stops.append(n)
+    return stops
 
 
 def frozen_rows(rows: Iterable[Row], now: float, retention: Retention) -> set[int]:
@@ -658,7 +462,7 @@ def frozen_rows(rows: Iterable[Row], now: float, retention: Retention) -> set[in
 
 def plan_chain(
     rows: Sequence[Row],
-    new: Sequence[Point],
+    new: Sequence[Point] | PointTable,
     now: float,
     retention: Retention,
     *,
@@ -671,71 +475,106 @@ def plan_chain(
     of the updates it replaces (with deltas), and, for a version save, a point named
     ``name`` at ``now`` (after everything else). Raises ``VersionExists`` when ``name`` is
     taken. Only rows that may change are decoded (see ``frozen_rows``)."""
-    if name is not None and any(point.name == name for row in rows for point in row.points):
+    if name is not None and any(name in row.table.names for row in rows):
         raise VersionExists(name)
+    table = new if isinstance(new, PointTable) else PointTable.of(new)
     frozen = frozen_rows(rows, now, retention)
-    plan = _plan(rows, frozen, new, now, retention, name, saved_by)
+    plan = _plan(rows, frozen, table, now, retention, name, saved_by)
     if plan is None:  # a drop would reach past frozen rows: plan over every row
         frozen = set()
-        plan = _plan(rows, frozen, new, now, retention, name, saved_by)
+        plan = _plan(rows, frozen, table, now, retention, name, saved_by)
     assert plan is not None
-    groups, kept = plan
+    stops = plan.stops
     first_changed = (
-        bool(groups)
-        and not (len(groups[0]) == 1 and groups[0][0].row in kept)
+        bool(stops)
+        and not (stops[0] == 1 and plan.seqs[0] in plan.kept)
         # the chain's first point (frozen rows are newer than any point planned over)
-        and not any(row.first_ts <= groups[0][0].point.end for row in rows if row.seq in frozen)
+        and not any(row.first_ts <= plan.ends[0] for row in rows if row.seq in frozen)
     )
     return ChainPlan(
-        groups=groups,
+        stops=stops,
+        seqs=plan.seqs,
+        indexes=plan.indexes,
+        new=plan.new,
         rows={row.seq: row for row in rows if row.seq not in frozen},
-        kept=kept,
+        kept=plan.kept,
         next_seq=max((row.seq for row in rows), default=0) + 1,
         upto=upto,
-        squash_first=first_changed and len(groups[0]) > 1,
+        squash_first=first_changed and stops[0] > 1,
         document=document,
     )
+
+
+@dataclass
+class _Planned:
+    """``_plan``'s answer: the columns of the points planned over, their groups, kept rows."""
+
+    stops: list[int]
+    seqs: array[int]
+    indexes: array[int]
+    ends: array[float]
+    new: PointTable
+    kept: set[int]
 
 
 def _plan(
     rows: Sequence[Row],
     frozen: set[int],
-    new: Sequence[Point],
+    new: PointTable,
     now: float,
     retention: Retention,
     name: str | None,
     saved_by: str | None,
-) -> tuple[list[list[_Entry]], set[int]] | None:
+) -> _Planned | None:
     """Groups and kept rows, frozen rows left out; None when a group would merge points
     from both sides of frozen rows (their states would then change)."""
-    active = [row for row in rows if row.seq not in frozen]
-    entries = [_Entry(point, seq, index) for point, seq, index in sorted_points(active)]
+    active = sorted(
+        (row for row in rows if row.seq not in frozen), key=lambda r: (r.last_ts, r.seq)
+    )
+    seqs, indexes, ends = array("q"), array("q"), array("d")
+    named: list[bool] = []
+    for row in active:
+        stored = row.table
+        seqs.extend(repeat(row.seq, len(stored)))
+        indexes.extend(range(len(stored)))
+        ends.extend(stored.ends)
+        named.extend(point_name is not None for point_name in stored.names)
+    if len(ends) > 1:  # oldest first (by end; rows as stored break ties)
+        order = sorted(range(len(ends)), key=ends.__getitem__)
+        seqs = array("q", [seqs[i] for i in order])
+        indexes = array("q", [indexes[i] for i in order])
+        ends = array("d", [ends[i] for i in order])
+        named = [named[i] for i in order]
     # New points follow the stored ones in log order, each strictly later than the one
     # before (a microsecond later where clocks tie or disagree): merging forward then never
     # passes a point of the same time, whose state would change.
+    new = new.copy()
     last = max((row.last_ts for row in rows), default=-math.inf)
-    for point in new:
-        if point.end <= last:
-            end = (_micros(last) + 1) / 1_000_000
-            point = replace(point, start=min(point.start, end), end=end)
-        last = point.end
-        entries.append(_Entry(point, None))
+    for i, end in enumerate(new.ends):
+        if end <= last:
+            end = (micros(last) + 1) / 1_000_000
+            new.starts[i] = min(new.starts[i], end)
+            new.ends[i] = end
+        last = end
     if name is not None:
-        at = quantize(now) if now > last else (_micros(last) + 1) / 1_000_000
-        entries.append(_Entry(Point(at, at, 0, 0, (), name, saved_by, EMPTY_UPDATE), None))
-    indexes = thin([entry.point for entry in entries], now, retention)
-    groups = [[entries[i] for i in group] for group in indexes]
+        at = quantize(now) if now > last else (micros(last) + 1) / 1_000_000
+        new.append(at, at, 0, 0, (), name, saved_by, EMPTY_UPDATE)
+    seqs.extend(repeat(-1, len(new)))
+    indexes.extend(range(len(new)))
+    ends.extend(new.ends)
+    named.extend(point_name is not None for point_name in new.names)
+    stops = thin(ends, named, now, retention)
+    groups = list(zip([0, *stops], stops))
     if frozen:
         edge = min(row.first_ts for row in rows if row.seq in frozen)
-        if any(g[0].point.end < edge <= g[-1].point.end and len(g) > 1 for g in groups):
+        if any(hi - lo > 1 and ends[lo] < edge <= ends[hi - 1] for lo, hi in groups):
             return None
-    singletons = {(g[0].row, g[0].index) for g in groups if len(g) == 1 and g[0].row is not None}
-    kept = {
-        row.seq
-        for row in active
-        if all((row.seq, index) in singletons for index in range(len(row.points)))
-    }
-    return groups, kept
+    singles: dict[int, int] = {}  # per stored row, its points kept as they are
+    for lo, hi in groups:
+        if hi - lo == 1 and seqs[lo] >= 0:
+            singles[seqs[lo]] = singles.get(seqs[lo], 0) + 1
+    kept = {row.seq for row in active if singles.get(row.seq, 0) == len(row.table)}
+    return _Planned(stops, seqs, indexes, ends, new, kept)
 
 
 def rename_version(
@@ -794,24 +633,26 @@ def history_bytes(history: StoredHistory) -> int:
 
 def new_points(
     records: Sequence[tuple[bytes, bytes, float]], *, snapshot_first: bool = False
-) -> list[Point]:
+) -> PointTable:
     """The points of log records a compaction replaces (a leading snapshot included as the
-    chain's base when ``snapshot_first``)."""
+    chain's base when ``snapshot_first``: its metadata does not say who wrote what it
+    holds), as columns."""
     from jupyter_ystore.core.history import describe_metadata  # (it imports the stores)
 
     described: dict[bytes, tuple[str, ...]] = {}  # consecutive updates share their author
-    points = []
+    table = PointTable()
     for i, (update, metadata, timestamp) in enumerate(records):
         if snapshot_first and i == 0:
-            points.append(point_of_record(update, metadata, timestamp, base=True))
-            continue
-        authors = described.get(metadata)
-        if authors is None:
-            author = describe_metadata(metadata)
-            authors = described[metadata] = (author,) if author else ()
+            authors: tuple[str, ...] = ()
+        else:
+            found = described.get(metadata)
+            if found is None:
+                author = describe_metadata(metadata)
+                found = described[metadata] = (author,) if author else ()
+            authors = found
         at = math.ceil(timestamp * 1_000_000) / 1_000_000
-        points.append(Point(at, at, 1, len(update), authors, None, None, update))
-    return points
+        table.append(at, at, 1, len(update), authors, None, None, update)
+    return table
 
 
 Clock = Callable[[], float]
@@ -825,7 +666,7 @@ def apply_change(rows: Iterable[Row], change: ChainChange) -> list[Row]:
 
 def compact_rows(
     rows: Sequence[Row],
-    new: Sequence[Point],
+    new: Sequence[Point] | PointTable,
     now: float,
     retention: Retention,
     *,
