@@ -454,18 +454,36 @@ class Worker:
             self.proc.wait(10)
 
 
-def loop_lag_buckets(server: Server) -> dict[float, float]:
-    """Our server's event-loop lag histogram (``/metrics``): cumulative count per bound."""
+def histogram_buckets(server: Server, name: str) -> dict[float, float]:
+    """A histogram of our server's ``/metrics``: cumulative count per bound."""
     req = urllib.request.Request(
         f"http://127.0.0.1:{server.port}/metrics", headers={"Authorization": f"token {TOKEN}"}
     )
     text = urllib.request.urlopen(req, timeout=10).read().decode()
     buckets = {}
     for line in text.splitlines():
-        if line.startswith("jupyter_ystore_event_loop_lag_seconds_bucket{"):
+        if line.startswith(name + "_bucket{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
     return buckets
+
+
+def loop_lag_buckets(server: Server) -> dict[float, float]:
+    """Our server's event-loop lag histogram."""
+    return histogram_buckets(server, "jupyter_ystore_event_loop_lag_seconds")
+
+
+def full_collection_buckets(server: Server) -> dict[float, float]:
+    """Our server's full garbage collections (their durations)."""
+    return histogram_buckets(server, "jupyter_ystore_gc_full_collection_seconds")
+
+
+def full_collections(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Full garbage collections during the window: how many, and the bucket of the longest
+    (ms). Each one stops every thread of the server, the event loop's included."""
+    longest = loop_pauses(before, after)["loop_pause_max_ms"]
+    inf = float("inf")
+    return {"full_gcs": int(after.get(inf, 0.0) - before.get(inf, 0.0)), "full_gc_max_ms": longest}
 
 
 def loop_pauses(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
@@ -545,9 +563,11 @@ def run_step(
         busy0 = machine_busy()
         t0 = time.monotonic()
         lag0 = loop_lag_buckets(server) if kind.store != "collab" else None
+        gc0 = full_collection_buckets(server) if lag0 is not None else None
         worker.send("go")
         worker.expect("typed", seconds + 120)
         lag_typed = loop_lag_buckets(server) if lag0 is not None else None
+        gc_typed = full_collection_buckets(server) if lag0 is not None else None
         done = worker.expect("done", 120)
         elapsed = time.monotonic() - t0
         if lag0 is not None:
@@ -557,6 +577,11 @@ def run_step(
             typing = loop_pauses(lag0, lag_typed)
             d["loop_pause_max_ms_typing"] = typing["loop_pause_max_ms"]
             d["loop_pauses_over_20ms_typing"] = typing["loop_pauses_over_20ms"]
+            assert gc0 is not None and gc_typed is not None
+            d.update(full_collections(gc0, full_collection_buckets(server)))
+            typed = full_collections(gc0, gc_typed)
+            d["full_gcs_typing"] = typed["full_gcs"]
+            d["full_gc_max_ms_typing"] = typed["full_gc_max_ms"]
         cpu1, pg1, wcpu1 = proc_cpu(server.pid), postgres_cpu(), proc_cpu(worker.proc.pid)
         busy1 = machine_busy()
         if spy is not None:
@@ -738,6 +763,17 @@ def step_line(res: StepResult) -> str:
             )
             + ")"
             if d.get("loop_pause_max_ms")
+            else ""
+        )
+        + (
+            f", full garbage collections {d['full_gcs']} ({d['full_gcs_typing']} while typing"
+            + (
+                f"; longest {d['full_gc_max_ms'][0]:.0f}–{d['full_gc_max_ms'][1]:.0f} ms"
+                if d.get("full_gc_max_ms")
+                else ""
+            )
+            + ")"
+            if "full_gcs" in d
             else ""
         )
         + ("" if res.ok else f"  FAIL: {'; '.join(res.failures)}")

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -286,5 +288,53 @@ def test_startup_objects_are_left_out_of_full_collections(tmp_path: Path, freeze
             assert found and int(found.group(1)) > 10_000, server.log()[-2000:]
         else:
             assert found is None
+        # the full collections left are timed, either way
+        request = urllib.request.Request(
+            server.url + "/metrics", headers={"Authorization": f"token {server.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        assert "jupyter_ystore_gc_full_collection_seconds_count " in text
     finally:
         server.kill()
+
+
+def test_full_collections_are_timed_and_published_from_the_event_loop() -> None:
+    """Each full collection's duration is recorded by the collector's callback (in whichever
+    thread it runs) and reaches the histogram when ``publish`` runs; only full ones count,
+    and installing twice times each collection once."""
+    import gc
+
+    from jupyter_ystore.server import gc_pauses
+
+    def observed() -> tuple[float, float]:
+        count = gc_pauses.FULL_COLLECTIONS.collect()[0]
+        values = {s.name: s.value for s in count.samples}
+        return values["jupyter_ystore_gc_full_collection_seconds_count"], values[
+            "jupyter_ystore_gc_full_collection_seconds_sum"
+        ]
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the collections this test asks for
+    gc_pauses.publish()
+    count0, sum0 = observed()
+    gc_pauses.time_full_collections()
+    gc_pauses.time_full_collections()
+    try:
+        assert gc.callbacks.count(gc_pauses._on_collection) == 1
+        gc.collect(0)
+        gc.collect(1)
+        gc_pauses.publish()
+        assert observed()[0] == count0  # young collections are not full ones
+        threading_collect = threading.Thread(target=gc.collect)
+        threading_collect.start()
+        threading_collect.join()
+        gc.collect()
+        assert observed()[0] == count0  # recorded, not yet published
+        gc_pauses.publish()
+        count1, sum1 = observed()
+        assert count1 == count0 + 2 and sum1 > sum0
+    finally:
+        gc.callbacks.remove(gc_pauses._on_collection)
+        if was_enabled:
+            gc.enable()

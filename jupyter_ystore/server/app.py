@@ -213,6 +213,7 @@ class YStoreExtension(ExtensionApp):
             await self.rooms()
         if self.freeze_startup_objects:
             gc_pauses.freeze_startup_objects(self.serverapp.log)
+        gc_pauses.time_full_collections()
 
     def initialize_settings(self) -> None:
         # Our modules' own loggers (e.g. jupyter_ystore.sqlite, from database threads) write

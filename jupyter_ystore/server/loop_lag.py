@@ -6,7 +6,8 @@ A task asks to wake every ``INTERVAL`` seconds and records how late it woke:
 ``jupyter_ystore_event_loop_lag_seconds`` (a histogram) and
 ``jupyter_ystore_event_loop_lag_max_seconds`` (the longest pause since the server started, or
 since ``reset_max()``), both on ``/metrics``. Pauses over ``WARN_AFTER`` are logged, at most
-once a minute.
+once a minute. At each wake-up it also publishes the full garbage collections timed since
+the last (``gc_pauses``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 
 import anyio
 from prometheus_client import Gauge, Histogram
+
+from jupyter_ystore.server import gc_pauses
 
 #: Seconds between two wake-ups (cheap: 20 a second).
 INTERVAL = 0.05
@@ -58,6 +61,7 @@ async def watch_loop(log: logging.Logger) -> None:
         await anyio.sleep(INTERVAL)
         lag = max(0.0, time.monotonic() - due)
         LAG.observe(lag)
+        gc_pauses.publish()
         if lag > _max:
             _max = lag
             LAG_MAX.set(lag)
