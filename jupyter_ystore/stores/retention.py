@@ -55,7 +55,6 @@ from jupyter_ystore.stores.history_points import (
     quantize,
 )
 
-
 #: An update that changes nothing (no structs, no deletions): the delta of a version saved
 #: when nothing changed since the point before it.
 EMPTY_UPDATE = b"\x00\x00"
