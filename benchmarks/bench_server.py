@@ -676,7 +676,7 @@ PROFILE_PARTS = [
     ("SQLite thread (commits, pending-table moves)", ("ystore-sqlite",)),
     ("PostgreSQL driver (asyncpg)", ("asyncpg",)),
     ("update: relay to every client", ("_relay_update",)),
-    ("awareness: check + relay to every client", ("AwarenessRelay.handle", "check_awareness_update")),
+    ("awareness: check + relay to every client", ("AwarenessRelay.handle", "read_awareness_entries")),
     ("update: read, guard, apply to the room's document", ("DocumentGuard", "receive_update", "update_guard")),
     ("update: store write (event-loop side)", ("WritePipeline", "YStore.write", "_checked_update")),
     ("file: poll for outside changes, save", ("_poller", "DocumentFile", "save", "nbformat")),

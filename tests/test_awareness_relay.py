@@ -30,8 +30,12 @@ class Peer:
         pass
 
 
+def as_text(entries: list[tuple[int, int, object]]) -> list[tuple[int, int, str | None]]:
+    return [(cid, clock, None if state is None else json.dumps(state)) for cid, clock, state in entries]
+
+
 def frame(entries: list[tuple[int, int, object]]) -> protocol.AwarenessMessage:
-    message = protocol.parse_message(protocol.awareness_frame(entries))
+    message = protocol.parse_message(protocol.awareness_text_frame(as_text(entries)))
     assert isinstance(message, protocol.AwarenessMessage)
     return message
 
@@ -39,7 +43,10 @@ def frame(entries: list[tuple[int, int, object]]) -> protocol.AwarenessMessage:
 def entries_of(sent: bytes) -> list[tuple[int, int, object]]:
     message = protocol.parse_message(sent)
     assert isinstance(message, protocol.AwarenessMessage)
-    return protocol.check_awareness_update(message.update)
+    return [
+        (cid, clock, None if state is None else json.loads(state))
+        for cid, clock, state in protocol.read_awareness_entries(message.update)
+    ]
 
 
 def test_a_removal_of_another_users_state_is_dropped_and_the_rest_relayed() -> None:
@@ -91,12 +98,12 @@ def test_setting_another_users_state_is_still_refused() -> None:
 
 
 def test_a_frame_as_the_front_end_encodes_it_round_trips() -> None:
-    """``awareness_frame`` writes what pycrdt (and y-protocols) read."""
+    """``awareness_text_frame`` writes what pycrdt (and y-protocols) read."""
     theirs = pycrdt.Awareness(pycrdt.Doc(client_id=7))
     theirs.set_local_state({"cursor": [1, 2], "user": {"name": "é"}})
     original = protocol.awareness_message(theirs, [7])
     parsed = entries_of(original)
-    again = protocol.awareness_frame(parsed)
+    again = protocol.awareness_text_frame(as_text(parsed))
     assert entries_of(again) == parsed
     ours = pycrdt.Awareness(pycrdt.Doc())
     message = protocol.parse_message(again)

@@ -60,10 +60,10 @@ def test_remove_keeps_the_clock_and_its_message_removes_at_that_clock() -> None:
     assert parsed(table) == {6: {"user": "b"}} and table.clocks[5] == 4
     message = protocol.parse_message(table.message([5, 6]))
     assert isinstance(message, protocol.AwarenessMessage)
-    assert protocol.check_awareness_update(message.update) == [(5, 4, None), (6, 1, {"user": "b"})]
+    assert protocol.read_awareness_entries(message.update) == [(5, 4, None), (6, 1, text({"user": "b"}))]
     # a peer holding 5's state removes it on this message, as y-protocols does
     peer = pycrdt.Awareness(pycrdt.Doc())
-    peer.apply_awareness_update(protocol.encode_awareness_update([(5, 4, {"user": "a"})]), "x")
+    peer.apply_awareness_update(protocol.encode_awareness_update([(5, 4, text({"user": "a"}))]), "x")
     peer.apply_awareness_update(message.update, "x")
     assert 5 not in peer.states and peer.states[6] == {"user": "b"}
 
@@ -83,8 +83,9 @@ def test_random_streams_leave_the_same_states_and_clocks_as_pycrdts_awareness() 
                 )
                 for _ in range(rng.randint(1, 3))
             ]
-            table.apply([(cid, clock, None if state is None else text(state)) for cid, clock, state in entries])
-            theirs.apply_awareness_update(protocol.encode_awareness_update(entries), "x")
+            as_text = [(cid, clock, None if state is None else text(state)) for cid, clock, state in entries]
+            table.apply(as_text)
+            theirs.apply_awareness_update(protocol.encode_awareness_update(as_text), "x")
             if rng.random() < 0.1:
                 gone = [rng.choice([5, 6, 7])]
                 table.remove(gone)

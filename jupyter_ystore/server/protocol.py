@@ -59,7 +59,6 @@ __all__ = [
     "awareness_message",
     "raw_json_message",
     "save_reply",
-    "check_awareness_update",
     "read_awareness_entries",
     "awareness_text_frame",
 ]
@@ -210,41 +209,22 @@ def read_awareness_entries(update: bytes) -> list[tuple[int, int, str | None]]:
     return entries
 
 
-def check_awareness_update(update: bytes) -> list[tuple[int, int, Any]]:
-    """Decode an awareness update strictly: ``[(client_id, clock, state)]``, states parsed."""
-    return [
-        (client_id, clock, None if text is None else json.loads(text))
-        for client_id, clock, text in read_awareness_entries(update)
-    ]
-
-
-def encode_awareness_update(entries: list[tuple[int, int, Any]]) -> bytes:
-    """An awareness update holding ``entries`` (``check_awareness_update``'s form)."""
-    encoder = Encoder()
-    encoder.write_var_uint(len(entries))
-    for client_id, clock, state in entries:
-        encoder.write_var_uint(client_id)
-        encoder.write_var_uint(clock)
-        encoder.write_var_string(json.dumps(state, separators=(",", ":")))
-    return encoder.to_bytes()
-
-
-def awareness_frame(entries: list[tuple[int, int, Any]]) -> bytes:
-    """The awareness message of ``encode_awareness_update(entries)``."""
-    return create_awareness_message(encode_awareness_update(entries))
-
-
-def awareness_text_frame(entries: Iterable[tuple[int, int, str | None]]) -> bytes:
-    """An awareness message of states given as JSON text (``read_awareness_entries``'s
-    form), written as they are; ``None`` is a removal."""
+def encode_awareness_update(entries: Iterable[tuple[int, int, str | None]]) -> bytes:
+    """An awareness update of states given as JSON text (``read_awareness_entries``'s form),
+    written as they are; ``None`` is a removal. Lengths in UTF-8 bytes, as lib0 reads them
+    (pycrdt's ``Encoder.write_var_string`` writes characters)."""
     entries = list(entries)
     parts = [write_var_uint(len(entries))]
     for client_id, clock, text in entries:
         parts.append(write_var_uint(client_id))
         parts.append(write_var_uint(clock))
-        # lib0's length is in UTF-8 bytes (pycrdt's Encoder writes characters)
         parts.append(write_var_string("null" if text is None else text))
-    return bytes([MessageType.AWARENESS]) + write_var_bytes(b"".join(parts))
+    return b"".join(parts)
+
+
+def awareness_text_frame(entries: Iterable[tuple[int, int, str | None]]) -> bytes:
+    """The awareness message of ``encode_awareness_update(entries)``."""
+    return create_awareness_message(encode_awareness_update(entries))
 
 
 def sync_step1(doc: Doc) -> bytes:
@@ -258,7 +238,7 @@ def sync_step2(doc: Doc, state_vector: bytes) -> bytes:
         update = doc.get_update(state_vector)
     except Exception as exc:
         raise ProtocolError(f"the state vector does not decode: {exc}") from None
-    return bytes([MessageType.SYNC, SyncType.STEP2]) + _var_bytes(update)
+    return bytes([MessageType.SYNC, SyncType.STEP2]) + write_var_bytes(update)
 
 
 def update_message(update: bytes) -> bytes:
@@ -280,9 +260,3 @@ def raw_json_message(payload: dict[str, Any]) -> bytes:
 def save_reply(request_id: int, status: str) -> bytes:
     """``{"type":"save","responseTo":id,"status":"success"|"failed"|"skipped"}``."""
     return raw_json_message({"type": "save", "responseTo": request_id, "status": status})
-
-
-def _var_bytes(data: bytes) -> bytes:
-    from jupyter_ystore.core.codec import write_var_bytes
-
-    return write_var_bytes(data)

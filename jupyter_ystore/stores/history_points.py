@@ -108,20 +108,9 @@ class PointTable:
             other.deltas[i],
         )
 
-    def copy(self) -> PointTable:
-        """A table of the same points whose columns can change without touching these."""
-        table = PointTable()
-        table.starts = array("d", self.starts)
-        table.ends = array("d", self.ends)
-        table.updates = array("q", self.updates)
-        table.sizes = array("q", self.sizes)
-        table.authors = list(self.authors)
-        table.names = list(self.names)
-        table.savers = list(self.savers)
-        table.deltas = list(self.deltas)
-        return table
-
     def slice(self, lo: int, hi: int) -> PointTable:
+        """Points ``lo`` to ``hi`` - 1, in columns of their own (changing them changes
+        nothing here)."""
         table = PointTable()
         table.starts = self.starts[lo:hi]
         table.ends = self.ends[lo:hi]

@@ -547,7 +547,7 @@ def _plan(
     # New points follow the stored ones in log order, each strictly later than the one
     # before (a microsecond later where clocks tie or disagree): merging forward then never
     # passes a point of the same time, whose state would change.
-    new = new.copy()
+    new = new.slice(0, len(new))  # (its times change below)
     last = max((row.last_ts for row in rows), default=-math.inf)
     for i, end in enumerate(new.ends):
         if end <= last:
