@@ -252,17 +252,16 @@ def _ids(doc: pycrdt.Doc) -> dict[str, tuple[int, int]]:
     cell 1's, the cells array's first element (a map type) and an entry of ``meta``."""
     index = _placed(doc)
     found: dict[str, tuple[int, int]] = {}
-    for client, runs in index._runs.items():
-        for start, _end, parent, ref, keyed, _kind in runs:
-            ident = (client, start)
-            if ref == 4 and "text0" not in found:
-                found["text0"] = ident
-            elif ref == 4 and parent != index.find(found["text0"])[PARENT] and "text1" not in found:
-                found["text1"] = ident
-            elif ref == 7 and parent == "cells" and "cell" not in found:
-                found["cell"] = ident
-            elif parent == "meta" and keyed and "entry" not in found:
-                found["entry"] = ident
+    for client, (start, _end, parent, ref, keyed, _kind) in index.runs():
+        ident = (client, start)
+        if ref == 4 and "text0" not in found:
+            found["text0"] = ident
+        elif ref == 4 and parent != index.find(found["text0"])[PARENT] and "text1" not in found:
+            found["text1"] = ident
+        elif ref == 7 and parent == "cells" and "cell" not in found:
+            found["cell"] = ident
+        elif parent == "meta" and keyed and "entry" not in found:
+            found["entry"] = ident
     return found
 
 

@@ -27,9 +27,9 @@ each put it somewhere else, and the text after it can be lost to replays.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from jupyter_ystore.core.yupdate import (
     ID,
@@ -62,9 +62,8 @@ DOCUMENT_ROOTS: Dict[str, Dict[str, str]] = {
 
 #: Consecutive clocks of one client in one parent, with one kind of content: (start, end,
 #: parent, content ref, whether they are map entries, the kind of type a type item is).
-#: A plain tuple of atomic values, not an object: Python's garbage collector stops tracking
-#: such tuples, and a room holds hundreds of runs (a third of the objects a full collection
-#: walked at 48 rooms x 10 typists, each such collection pausing every room).
+#: The index stores runs column by column (``_ClientRuns``); this tuple is what a lookup
+#: returns and what placing an update produces.
 Run = Tuple[int, int, Parent, int, bool, Optional[str]]
 START, END, PARENT, REF, KEYED, KIND = range(6)
 
@@ -117,13 +116,13 @@ class ItemIndex:
 
     def __init__(self, roots: Mapping[str, str]) -> None:
         self.roots = dict(roots)
-        # Clocks as arrays of machine integers, whose entries the garbage collector does not
-        # visit (a loaded notebook's index holds hundreds a room: as lists they were a
-        # quarter of the references every full collection followed at 48 rooms).
-        self._starts: Dict[int, array[int]] = {}
-        self._runs: Dict[int, List[Run]] = {}
-        self._cuts: Dict[int, array[int]] = {}  # sorted
-        self._origins: Dict[int, Dict[int, Optional[ID]]] = {}  # item starts: their origin
+        # Every client's runs and item starts as columns of machine integers (``array``),
+        # whose entries the garbage collector does not visit. As lists of tuples and dicts of
+        # origins they were a third of the references every full collection followed at 48
+        # rooms x 10 typists (hundreds a room for a loaded notebook), each collection pausing
+        # every room. A run is made back into a tuple only when it is looked up.
+        self._clients: Dict[int, _ClientRuns] = {}
+        self._root_names: List[str] = list(self.roots)  # a root parent is stored as its place here
 
     @classmethod
     def of_update(cls, update: bytes, roots: Mapping[str, str]) -> ItemIndex:
@@ -133,19 +132,55 @@ class ItemIndex:
         return index
 
     def __len__(self) -> int:
-        return sum(len(runs) for runs in self._runs.values())
+        return sum(len(runs.starts) for runs in self._clients.values())
+
+    def runs(self) -> Iterator[Tuple[int, Run]]:
+        """Every run, client by client, in clock order (for inspection; not on a hot path)."""
+        for client, runs in self._clients.items():
+            for i in range(len(runs.starts)):
+                yield client, self._run(runs, i)
 
     # ------------------------------------------------------------------ lookups
 
     def find(self, target: ID) -> Optional[Run]:
-        starts = self._starts.get(target[0])
-        if not starts:
+        runs = self._clients.get(target[0])
+        if runs is None:
             return None
-        i = bisect_right(starts, target[1]) - 1
-        if i < 0:
+        i = bisect_right(runs.starts, target[1]) - 1
+        if i < 0 or target[1] >= runs.ends[i]:
             return None
-        run = self._runs[target[0]][i]
-        return run if target[1] < run[END] else None
+        return self._run(runs, i)
+
+    def _at(self, target: ID) -> Tuple[Optional[_ClientRuns], int]:
+        """The client's runs and the place of the run holding ``target`` (None, -1 if none):
+        for the checks that read a field or two, without making the run's tuple."""
+        runs = self._clients.get(target[0])
+        if runs is not None:
+            i = bisect_right(runs.starts, target[1]) - 1
+            if i >= 0 and target[1] < runs.ends[i]:
+                return runs, i
+        return None, -1
+
+    def _run(self, runs: _ClientRuns, i: int) -> Run:
+        fields = runs.fields
+        at = i * _STRIDE
+        code, flags = fields[at], fields[at + 2]
+        parent: Parent
+        if code >= 0:
+            parent = (code, fields[at + 1])
+        elif code == _NO_PARENT:
+            parent = None
+        else:
+            parent = self._root_names[_ROOT_CODE - code]
+        kind = flags >> _KIND_SHIFT
+        return (
+            runs.starts[i],
+            runs.ends[i],
+            parent,
+            flags & _REF_MASK,
+            bool(flags & _KEYED_BIT),
+            _KIND_NAMES[kind - 1] if kind else None,
+        )
 
     # ------------------------------------------------------------------ placing
 
@@ -169,14 +204,12 @@ class ItemIndex:
         for client, run in placed:
             self._append(client, run)
         for client, clock in placed.cuts:
-            cuts = self._cuts.get(client)
-            if cuts is None:
-                cuts = self._cuts[client] = array("q")
+            cuts = self._client(client).cuts
             i = bisect_left(cuts, clock)
             if i == len(cuts) or cuts[i] != clock:
-                insort(cuts, clock)
+                cuts.insert(i, clock)
         for (client, clock), origin in placed.starts:
-            self._origins.setdefault(client, {})[clock] = origin
+            self._client(client).set_origin(clock, origin)
 
     def absorb(self, update: bytes, state: Optional[Mapping[int, int]] = None) -> None:
         """Index a change the document made itself (loading, merging, the state map, another
@@ -239,48 +272,55 @@ class ItemIndex:
 
     def _cut_between(self, client: int, low: int, high: int) -> bool:
         """Whether one of ``client``'s clocks in ``(low, high]`` is a cut."""
-        cuts = self._cuts.get(client)
-        return bool(cuts) and bisect_right(cuts, low) < bisect_right(cuts, high)
+        runs = self._clients.get(client)
+        if runs is None:
+            return False
+        cuts = runs.cuts
+        return bisect_right(cuts, low) < bisect_right(cuts, high)
 
     def _left_of(self, left: ID, right: ID) -> bool:
         """``left`` is before ``right`` in one stretch of side-by-side clocks."""
         if left[0] != right[0] or left[1] >= right[1]:
             return False
-        run = self.find(right)
+        runs, i = self._at(right)
         return (
-            run is not None
-            and run[START] <= left[1]
-            and run[REF] != _GC
-            and not run[KEYED]
+            runs is not None
+            and runs.starts[i] <= left[1]
+            and runs.in_a_list(i)
             and not self._cut_between(right[0], left[1], right[1])
         )
 
     def _origin_of(self, target: ID) -> Optional[ID]:
-        origins = self._origins.get(target[0])
-        if origins is not None and target[1] in origins:
-            return origins[target[1]]
+        runs = self._clients.get(target[0])
+        if runs is not None:
+            found, origin = runs.origin_at(target[1])
+            if found:
+                return origin
         return (target[0], target[1] - 1)
 
     def _in_a_list(self, target: ID) -> bool:
         """``target`` is in the document, in a list or text (not a map entry, not collected)."""
-        run = self.find(target)
-        return run is not None and run[REF] != _GC and not run[KEYED] and run[PARENT] is not None
+        runs, i = self._at(target)
+        return runs is not None and runs.in_a_list(i) and runs.fields[i * _STRIDE] != _NO_PARENT
 
     def _side_by_side(self, target: ID) -> bool:
         """Whether ``target`` and the clock before it are in the document, in one list (not
         a map, not collected), so that only a cut can separate them."""
         if target[1] < 1:
             return False
-        here, before = self.find(target), self.find((target[0], target[1] - 1))
+        runs, i = self._at(target)
+        if runs is None or not runs.in_a_list(i) or runs.fields[i * _STRIDE] == _NO_PARENT:
+            return False
+        if target[1] > runs.starts[i]:
+            return True  # the clock before is in the same run
+        j = i - 1
+        fields, at = runs.fields, i * _STRIDE
         return (
-            here is not None
-            and before is not None
-            and here[REF] != _GC
-            and before[REF] != _GC
-            and not here[KEYED]
-            and not before[KEYED]
-            and here[PARENT] == before[PARENT]
-            and here[PARENT] is not None
+            j >= 0
+            and runs.ends[j] == target[1]  # the clock before is in the document
+            and runs.in_a_list(j)
+            and fields[at - _STRIDE] == fields[at]  # the same parent
+            and fields[at - _STRIDE + 1] == fields[at + 1]
         )
 
     def _place(self, summary: UpdateSummary, state: Mapping[int, int], *, strict: bool) -> List[Tuple[int, Run]]:
@@ -292,7 +332,7 @@ class ItemIndex:
             if not self._is_new(item, state):
                 return []
             for target in (item.origin, item.right, item.parent):
-                if target is not None and self.find(target) is None:
+                if target is not None and self._at(target)[0] is None:
                     if strict:
                         raise InvalidUpdate(f"the item at {(item.client, item.clock)} points at {target}, which cannot be placed")
                     return [(item.client, (item.clock, item.clock + item.length, None, item.ref, item.keyed, None))]
@@ -415,34 +455,108 @@ class ItemIndex:
             return self.roots.get(parent)
         if parent is None:
             return None
-        run = self.find(parent)
-        return run[KIND] if run is not None and run[REF] == _TYPE else None
+        runs, i = self._at(parent)
+        if runs is None:
+            return None
+        flags = runs.fields[i * _STRIDE + 2]
+        kind = flags >> _KIND_SHIFT
+        return _KIND_NAMES[kind - 1] if flags & _REF_MASK == _TYPE and kind else None
 
     # ------------------------------------------------------------------ storage
 
+    def _client(self, client: int) -> _ClientRuns:
+        runs = self._clients.get(client)
+        if runs is None:
+            runs = self._clients[client] = _ClientRuns()
+        return runs
+
     def _end(self, client: int) -> int:
-        runs = self._runs.get(client)
-        return runs[-1][END] if runs else 0
+        runs = self._clients.get(client)
+        return runs.ends[-1] if runs is not None and runs.ends else 0
+
+    def _parent_code(self, parent: Parent) -> Tuple[int, int]:
+        if parent is None:
+            return _NO_PARENT, 0
+        if isinstance(parent, str):
+            try:
+                place = self._root_names.index(parent)
+            except ValueError:  # a root the document type does not name (trusted changes)
+                place = len(self._root_names)
+                self._root_names.append(parent)
+            return _ROOT_CODE - place, 0
+        return parent
 
     def _append(self, client: int, run: Run) -> None:
-        runs = self._runs.setdefault(client, [])
-        starts = self._starts.get(client)
-        if starts is None:
-            starts = self._starts[client] = array("q")
-        if runs:
-            last = runs[-1]
-            if run[START] < last[END]:  # partly known (an update sent again): keep the new part
-                if run[END] <= last[END]:
+        runs = self._client(client)
+        parent_client, parent_clock = self._parent_code(run[PARENT])
+        flags = run[REF] | (_KEYED_BIT if run[KEYED] else 0) | _KIND_CODES[run[KIND]] << _KIND_SHIFT
+        if runs.starts:
+            last_end = runs.ends[-1]
+            if run[START] < last_end:  # partly known (an update sent again): keep the new part
+                if run[END] <= last_end:
                     return
-                run = (last[END], *run[END:])
+                run = (last_end, *run[END:])
+            fields = runs.fields
             if (
-                run[START] == last[END]
-                and run[REF] == last[REF]
+                run[START] == last_end
                 and run[REF] != _TYPE
-                and run[PARENT] == last[PARENT]
-                and run[KEYED] == last[KEYED]
+                and fields[-1] == flags
+                and fields[-3] == parent_client
+                and fields[-2] == parent_clock
             ):
-                runs[-1] = (last[START], run[END], *last[PARENT:])  # typing on: one run
+                runs.ends[-1] = run[END]  # typing on: one run
                 return
-        runs.append(run)
-        starts.append(run[START])
+        runs.starts.append(run[START])
+        runs.ends.append(run[END])
+        runs.fields.extend((parent_client, parent_clock, flags))
+
+
+_NO_PARENT = -1
+_ROOT_CODE = -2  # root n of ``_root_names`` is stored as -2 - n
+_KIND_NAMES = ("array", "map", "text")
+_KIND_CODES: Dict[Optional[str], int] = {None: 0, "array": 1, "map": 2, "text": 3}
+#: A run's fields after its start and end: its parent (client code, clock) and its flags, the
+#: content ref (a Yjs content ref is 0-10), whether it is a map entry, and its kind's code.
+_STRIDE = 3
+_REF_MASK, _KEYED_BIT, _KIND_SHIFT = 0x0F, 0x10, 5
+
+
+class _ClientRuns:
+    """One client's runs, cuts and item starts, in six arrays (each array is an object the
+    collector walks, so the fewer the better): the runs' starts and ends (sorted), their
+    other fields (``_STRIDE`` a run), the cuts (sorted), the clocks where an item starts
+    (sorted) and those items' origins (two a start: client and clock; client -1: none)."""
+
+    __slots__ = ("starts", "ends", "fields", "cuts", "origin_clocks", "origins")
+
+    def __init__(self) -> None:
+        self.starts = array("q")
+        self.ends = array("q")
+        self.fields = array("q")
+        self.cuts = array("q")
+        self.origin_clocks = array("q")
+        self.origins = array("q")
+
+    def in_a_list(self, i: int) -> bool:
+        """Run ``i`` is content in a list or text: not collected, not a map entry."""
+        flags = self.fields[i * _STRIDE + 2]
+        return flags & _REF_MASK != _GC and not flags & _KEYED_BIT
+
+    def origin_at(self, clock: int) -> Tuple[bool, Optional[ID]]:
+        """Whether an item starts at ``clock``, and its origin."""
+        clocks = self.origin_clocks
+        i = bisect_left(clocks, clock)
+        if i == len(clocks) or clocks[i] != clock:
+            return False, None
+        client = self.origins[2 * i]
+        return True, (None if client < 0 else (client, self.origins[2 * i + 1]))
+
+    def set_origin(self, clock: int, origin: Optional[ID]) -> None:
+        client, target = (-1, 0) if origin is None else origin
+        clocks = self.origin_clocks
+        i = bisect_left(clocks, clock)
+        if i < len(clocks) and clocks[i] == clock:
+            self.origins[2 * i : 2 * i + 2] = array("q", (client, target))
+        else:
+            clocks.insert(i, clock)
+            self.origins[2 * i : 2 * i] = array("q", (client, target))
