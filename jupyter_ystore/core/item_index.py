@@ -143,17 +143,12 @@ class ItemIndex:
     # ------------------------------------------------------------------ lookups
 
     def find(self, target: ID) -> Optional[Run]:
-        runs = self._clients.get(target[0])
-        if runs is None:
-            return None
-        i = bisect_right(runs.starts, target[1]) - 1
-        if i < 0 or target[1] >= runs.ends[i]:
-            return None
-        return self._run(runs, i)
+        runs, i = self._at(target)
+        return None if runs is None else self._run(runs, i)
 
     def _at(self, target: ID) -> Tuple[Optional[_ClientRuns], int]:
-        """The client's runs and the place of the run holding ``target`` (None, -1 if none):
-        for the checks that read a field or two, without making the run's tuple."""
+        """The client's runs and the place of the run holding ``target`` (None, -1 if none);
+        the checks that read a field or two use it without making the run's tuple."""
         runs = self._clients.get(target[0])
         if runs is not None:
             i = bisect_right(runs.starts, target[1]) - 1
