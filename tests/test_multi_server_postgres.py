@@ -76,6 +76,11 @@ async def two_servers(
         sessions = [server.session("shared.ipynb") for server in servers]
         assert sessions[0]["fileId"] == sessions[1]["fileId"], sessions
         yield servers, sessions
+    except BaseException:
+        # what each server did is the only way to tell a lost save from a slow one
+        for server in servers:
+            print(f"--- log of the server on port {server.port} ---\n{server.log()[-20000:]}")
+        raise
     finally:
         for server in servers:
             if server.proc is not None and server.proc.poll() is None:

@@ -24,7 +24,7 @@ from _server_helpers import append, read_sources, wait_until, write_notebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
 from jupyter_ystore import MemoryYStore, YStoreCorruptError
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.rooms.files import DocumentFile
+from jupyter_ystore.server.rooms.files import DocumentFile, FileChanged
 from jupyter_ystore.server.rooms import RoomError, RoomManager, RoomSettings
 
 pytestmark = pytest.mark.anyio
@@ -544,6 +544,71 @@ async def test_poller_applies_out_of_band_edits(setup: Setup) -> None:
         await manager.close_all()
 
 
+async def test_a_file_save_does_not_write_over_a_change_it_was_not_shown(setup: Setup) -> None:
+    """``DocumentFile.save(expected=...)`` writes only over the file its caller looked at: a
+    change since (by time, or by content within one tick of the file system's clock) fails
+    the save and is kept."""
+    file = setup.make_file("json", "notebook", "id-1")
+    ours = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("ours")])
+
+    seen = await file.stat()
+    write_notebook(setup.nb, ["theirs"])
+    edited_elsewhere(setup.nb)
+    with pytest.raises(FileChanged):
+        await file.save(ours, expected=seen)
+    assert read_sources(setup.nb) == ["theirs"]
+
+    seen = await file.stat()
+    mtime = os.stat(setup.nb).st_mtime_ns
+    write_notebook(setup.nb, ["theirs, again"])
+    os.utime(setup.nb, ns=(mtime, mtime))  # the same modification time
+    with pytest.raises(FileChanged):
+        await file.save(ours, expected=seen)
+    assert read_sources(setup.nb) == ["theirs, again"]
+
+    state = await file.save(ours, expected=await file.stat())
+    assert read_sources(setup.nb) == ["ours"]
+    now = await file.stat()
+    assert (state.last_modified, state.hash) == (now.last_modified, now.hash)
+
+
+async def test_a_file_written_between_a_saves_look_and_its_write_is_merged_not_overwritten(
+    setup: Setup,
+) -> None:
+    """Another server (or ``git pull``) can write the file after a save looked at it and
+    before it writes (it waits on the file's lock, not on the save's decision). Writing then
+    would drop that write's content (two servers' last saves crossing left the file without
+    the other's last keystrokes): the save looks again and merges it."""
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        file = room.files.file
+        stat = file.stat
+        written_elsewhere: list[float] = []
+
+        async def stat_then_written_elsewhere(*, with_hash: bool = True) -> Any:
+            state = await stat(with_hash=with_hash)
+            if with_hash and not written_elsewhere:  # the save's look at the file
+                write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
+                edited_elsewhere(setup.nb)
+                written_elsewhere.append(time.time())
+            return state
+
+        file.stat = stat_then_written_elsewhere
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # alice"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        expected = ["a = 1  # alice", "b = 2", "c = 3"]
+        await wait_until(lambda: read_sources(setup.nb) == expected)
+        assert written_elsewhere
+        assert [cell["source"] for cell in room.document.get()["cells"]] == expected
+        await room.flush()
+        assert setup.replay() == room.document.get()
+        await manager.close_all()
+
+
 class StatCountingContents(AsyncLargeFileManager):
     """Counts every ``get`` (the poller's time-only stats included)."""
 
@@ -949,9 +1014,9 @@ def record_conversions_and_saves(room: Any) -> tuple[list[int], list[list[str]]]
     written: list[list[str]] = []
     save_file = room.files.file.save
 
-    async def recording_save(content: Any) -> Any:
+    async def recording_save(content: Any, **kwargs: Any) -> Any:
         written.append([cell["source"] for cell in content["cells"]])
-        return await save_file(content)
+        return await save_file(content, **kwargs)
 
     room.files.file.save = recording_save
     return conversions, written

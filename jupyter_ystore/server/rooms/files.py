@@ -39,6 +39,11 @@ class FileGone(Exception):
     """The room's file no longer exists (deleted, or its id is unknown)."""
 
 
+class FileChanged(Exception):
+    """The file changed between the look a save was decided on and its write (another
+    server's save, ``git pull``): writing would overwrite that change unseen."""
+
+
 @dataclass(frozen=True)
 class FileState:
     """What we know of the file on disk at one moment."""
@@ -142,11 +147,22 @@ class DocumentFile:
             raise
         return FileState(_timestamp(model.get("last_modified")), model.get("hash"), size=model.get("size"))
 
-    async def save(self, content: Any) -> FileState:
-        """Write ``content``; return the new modification time and hash."""
+    async def save(self, content: Any, *, expected: FileState | None = None) -> FileState:
+        """Write ``content``; return the new modification time and hash.
+
+        ``expected``: the file as the caller last looked at it. Raises ``FileChanged``,
+        writing nothing, if it is no longer so once the lock is held: between that look and
+        the write, another server can save (it waits on our lock, not on our decision), and a
+        write over it would drop the edits it saved that we have not received yet. The hash
+        is compared too, since two writes in one tick of the file system's clock keep the
+        same modification time."""
         path = self.path
         model = {"type": self.contents_type, "format": self.file_format, "content": content}
         async with _flocked(self.os_path(path), exclusive=True):
+            if expected is not None:
+                now = await self._stat(path, with_hash=expected.hash is not None)
+                if now.last_modified != expected.last_modified or now.hash != expected.hash:
+                    raise FileChanged(f"{path} changed since it was looked at")
             saved = await ensure_async(self._contents_manager.save(model, path))
             state = await self._stat(path)
         return FileState(_timestamp(saved.get("last_modified")) or state.last_modified, state.hash)

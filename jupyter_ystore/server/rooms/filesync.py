@@ -25,7 +25,7 @@ from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
 from jupyter_ystore.server.rooms import fingerprints, save_slots
-from jupyter_ystore.server.rooms.files import FileGone, FileState
+from jupyter_ystore.server.rooms.files import FileChanged, FileGone, FileState
 from jupyter_ystore.server.rooms.frozen_content import FrozenContent
 from jupyter_ystore.server.rooms.writer import Origin
 
@@ -44,6 +44,9 @@ BASE = "base"
 SYNCED = "synced:"
 #: How many of those records the state keeps (the oldest are deleted).
 SYNCED_KEPT = 16
+
+#: How many times a save looks at the file again when it changed just before the write.
+SAVE_RACES = 5
 
 SERVER_FILE = Origin("server", reason="file-changed")
 SERVER_SAVE = Origin("server", reason="save")
@@ -326,34 +329,45 @@ class FileSync:
         (converting a notebook of 400 cells holds the event loop for 20 ms).
         """
         async with self._save_lock:
-            await self.writer.settle(self.settings.store_wait)
-            disk = await self.file.stat()  # FileGone: the file was deleted
-            if self._file_mtime is not None and disk.last_modified != self._file_mtime:
-                if disk.hash is None or disk.hash != self.document.hash:
-                    if not await self._settled_elsewhere(disk):
-                        await self._apply_file_change()
-                        return False
-                    await self._adopt_saved_file()  # unchanged since: nothing to write
-            if taken is not None and taken[0] == self.room.changes:
-                _changes, content, frozen, asked = taken
-            else:
-                asked = self._save_requests
-                content = self.document.get()
-                frozen = FrozenContent(content)
-            written = False
-            if self._base != frozen or disk.hash != self.document.hash:
+            for attempt in range(SAVE_RACES + 1):
+                await self.writer.settle(self.settings.store_wait)
+                disk = await self.file.stat()  # FileGone: the file was deleted
+                if self._file_mtime is not None and disk.last_modified != self._file_mtime:
+                    if disk.hash is None or disk.hash != self.document.hash:
+                        if not await self._settled_elsewhere(disk):
+                            await self._apply_file_change()
+                            return False
+                        await self._adopt_saved_file()  # unchanged since: nothing to write
+                if taken is not None and taken[0] == self.room.changes:
+                    _changes, content, frozen, asked = taken
+                else:
+                    asked = self._save_requests
+                    content = self.document.get()
+                    frozen = FrozenContent(content)
+                written = False
+                if self._base == frozen and disk.hash == self.document.hash:
+                    state = disk
+                    break
                 if is_empty(content) and not self.room._changed_by_people and disk.size:
                     raise SaveRefused(
                         "refusing to write an empty document over a non-empty file that no "
                         "collaborator emptied"
                     )
                 self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
-                state = await self.file.save(content)
+                try:
+                    state = await self.file.save(content, expected=disk)
+                except FileChanged:
+                    if attempt == SAVE_RACES:
+                        raise
+                    # written in between (by another server, most likely): look again
+                    self.log.info(
+                        "Room %s: %s changed as it was saved; looking again", self.room_id, self.file.path
+                    )
+                    continue
                 self._file_mtime = state.last_modified
                 self._base = self._pending_base = frozen
                 written = True
-            else:
-                state = disk
+                break
             with self._changes_by(SERVER_SAVE):
                 self.record_file(state, dirty=False)
             self._requests_saved = max(self._requests_saved, asked)
