@@ -395,6 +395,58 @@ async def test_a_write_by_another_server_is_known_even_when_its_hash_lost(
     assert len(keys) == 4  # loaded, saved, the other's save, saved again
 
 
+async def test_a_save_crossing_another_servers_save_waits_for_its_edits(tmp_path: Path) -> None:
+    """Two servers sharing a store save at the same moment (the CI failure of 2026-12-05):
+    this server looks at the file, the other writes it with an edit this one has not
+    received yet, then this one writes. Writing its own content then would drop the other's
+    edit from the file, and neither server would save again (the other takes the file for
+    one it knows). The save must see the other's write, wait for its edit and save both."""
+    from jupyter_ystore.server.rooms.filesync import synced_key
+
+    send, store_class = live_store_class()
+    setup = Setup(tmp_path, store_class, save_delay=None, shared_file_grace=5.0)
+    write_notebook(setup.nb, ["a", "b"])
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        client = FakeClient()
+        room.join(client)
+        other = Doc(client_id=1)  # the other server's document
+        other.apply_update(room.ydoc.get_update())
+        since = other.get_state()
+        other_nb = YNotebook(other)
+        append(other_nb.ycells[1]["source"], " by bob")  # not here yet
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " by alice"))
+        await room.handle(client, sync.SyncUpdate(update))
+
+        file = room.files.file
+        stat = file.stat
+        crossed: list[Any] = []
+
+        async def edits_arrive_later() -> None:
+            await anyio.sleep(0.2)  # through the other server's store write and our watch
+            await send.send(other.get_update(since))
+
+        async def stat_then_the_other_server_saves(*, with_hash: bool = True) -> Any:
+            state = await stat(with_hash=with_hash)
+            if with_hash and not crossed:  # our save's look at the file
+                written = await file.save(other_nb.get())
+                other_nb.ystate["hash"] = written.hash
+                other_nb.ystate[synced_key(written)] = time.time()
+                crossed.append(written)
+                tg.start_soon(edits_arrive_later)
+            return state
+
+        file.stat = stat_then_the_other_server_saves
+        assert await room.files.save(reason="test")
+        assert crossed
+        await wait_until(lambda: room.document.get()["cells"][1]["source"] == "b by bob")
+        assert read_sources(setup.nb) == ["a by alice", "b by bob"]
+        send.close()
+        await manager.close_all()
+
+
 async def test_most_messages_are_handled_before_handle_now_returns(setup: Setup) -> None:
     """Keystrokes and cursors are handled at once (the websocket then needs no task per
     frame); a big update (read in a thread) and a sync step 1 (answered once the store has
