@@ -624,6 +624,31 @@ async def test_a_file_save_does_not_write_over_a_change_it_was_not_shown(setup: 
     assert (state.last_modified, state.hash) == (now.last_modified, now.hash)
 
 
+async def test_a_write_that_keeps_the_files_time_is_noticed_by_the_next_save(setup: Setup) -> None:
+    """On a file system with a coarse clock (Linux before 6.13: a tick of a few ms), a write
+    by another process just after ours keeps our modification time. The next save must still
+    see it (by its hash) and merge it, not write over it."""
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # one"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await wait_until(lambda: read_sources(setup.nb) == ["a = 1  # one", "b = 2"])
+        await room.files.save(reason="test")  # settled: nothing left to write
+        ours = os.stat(setup.nb).st_mtime_ns
+        write_notebook(setup.nb, ["a = 1  # one", "b = 2", "c = 3"])
+        os.utime(setup.nb, ns=(ours, ours))  # the same tick as our save
+        update = client_update(room, lambda nb: append(nb.ycells[1]["source"], "  # two"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        expected = ["a = 1  # one", "b = 2  # two", "c = 3"]
+        await wait_until(lambda: read_sources(setup.nb) == expected)
+        assert [cell["source"] for cell in room.document.get()["cells"]] == expected
+        await manager.close_all()
+
+
 async def test_a_file_written_between_a_saves_look_and_its_write_is_merged_not_overwritten(
     setup: Setup,
 ) -> None:

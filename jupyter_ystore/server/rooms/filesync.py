@@ -105,7 +105,10 @@ class FileSync:
         # the content last saved to or loaded from the file (kept out of the GC's walk)
         self._base: FrozenContent | None = None
         self._pending_base: FrozenContent | None = None  # a base not stored yet
+        # The file as this room last knew it: its modification time, and its hash (a write by
+        # another process in the same tick of a coarse file-system clock keeps the time).
         self._file_mtime: Any = None
+        self._file_hash: str | None = None
         self._save_failure: str | None = None
         # Saves asked for (``schedule_save``) so far, and how many of them the file (or the
         # last comparison with it) covers: equal, nothing to convert.
@@ -143,12 +146,26 @@ class FileSync:
 
     def loaded(self, state: FileState, content: Any) -> None:
         """The document was just loaded from the file (``content``, as the document has it)."""
-        self._file_mtime = state.last_modified
+        self._seen(state)
         self._base = FrozenContent(content)
 
     def opened(self, state: FileState) -> None:
         """The document was loaded from the store; the file is as ``state`` says."""
+        self._seen(state)
+
+    def _seen(self, state: FileState) -> None:
+        """The file is as ``state`` says, as far as this room knows."""
         self._file_mtime = state.last_modified
+        if state.hash is not None:
+            self._file_hash = state.hash
+
+    def _changed_since_seen(self, disk: FileState) -> bool:
+        """Whether the file is not as this room last knew it (by time, or by hash)."""
+        if self._file_mtime is None:
+            return False
+        if disk.last_modified != self._file_mtime:
+            return True
+        return disk.hash is not None and self._file_hash is not None and disk.hash != self._file_hash
 
     async def reconcile(self, file_state: FileState, base: Any) -> None:
         """After loading from the store, bring in what changed in the file since the last
@@ -169,7 +186,7 @@ class FileSync:
             return
         if file_state.content is None:  # only its time and hash were read
             file_state = await self.file.load()
-            self._file_mtime = file_state.last_modified
+            self._seen(file_state)
         file_content = file_document(self.file.file_type, file_state.content).get()
         if _comparable(content) == _comparable(file_content):
             self._adopt_base(file_content, stored=base)
@@ -332,7 +349,7 @@ class FileSync:
             for attempt in range(SAVE_RACES + 1):
                 await self.writer.settle(self.settings.store_wait)
                 disk = await self.file.stat()  # FileGone: the file was deleted
-                if self._file_mtime is not None and disk.last_modified != self._file_mtime:
+                if self._changed_since_seen(disk):
                     if disk.hash is None or disk.hash != self.document.hash:
                         if not await self._settled_elsewhere(disk):
                             await self._apply_file_change()
@@ -364,7 +381,7 @@ class FileSync:
                         "Room %s: %s changed as it was saved; looking again", self.room_id, self.file.path
                     )
                     continue
-                self._file_mtime = state.last_modified
+                self._seen(state)
                 self._base = self._pending_base = frozen
                 written = True
                 break
@@ -395,7 +412,7 @@ class FileSync:
     async def _apply_file_change(self) -> None:
         """The file changed on disk behind our back: merge its change since the base."""
         state = await self.file.load()
-        self._file_mtime = state.last_modified
+        self._seen(state)
         file_content = file_document(self.file.file_type, state.content).get()
         base = self._base.content() if self._base is not None else None
         if _comparable(file_content) == _comparable(base):  # touched, or saved again
@@ -447,7 +464,7 @@ class FileSync:
         """Another server wrote the file: remember what it holds, so that we write it only
         if our document differs (not the same content again)."""
         state = await self.file.load()
-        self._file_mtime = state.last_modified
+        self._seen(state)
         self._base = FrozenContent(file_document(self.file.file_type, state.content).get())
         if not self._base.matches(self.document.get()):
             self.schedule_save()  # it saved before our latest changes reached it
@@ -477,13 +494,13 @@ class FileSync:
                             failures = 0
                             continue
                         disk = await self.file.stat()  # changed: its hash says whether by us
-                        if disk.last_modified != self._file_mtime and disk.hash != self.document.hash:
+                        if self._changed_since_seen(disk) and disk.hash != self.document.hash:
                             if await self._settled_elsewhere(disk):
                                 await self._adopt_saved_file()
                             else:
                                 await self._apply_file_change()
-                        elif disk.last_modified != self._file_mtime:
-                            self._file_mtime = disk.last_modified
+                        elif self._changed_since_seen(disk):
+                            self._seen(disk)
                     failures = 0
                 except Exception as exc:
                     failures += 1
