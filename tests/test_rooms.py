@@ -10,8 +10,9 @@ import logging
 import os
 import time
 import weakref
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 import nbformat
@@ -133,6 +134,44 @@ def client_update(room: Any, edit: Any) -> bytes:
     return doc.get_update(before)
 
 
+@asynccontextmanager
+async def open_room(setup: Setup) -> AsyncIterator[tuple[Any, FakeClient, Any]]:
+    """``ROOM`` opened by a running manager with alice in it, and the task group around it;
+    every room closed after."""
+    manager = setup.manager()
+    async with anyio.create_task_group() as tg:
+        await run_manager(manager, tg)
+        room = await manager.get_room(ROOM)
+        alice = FakeClient("alice")
+        room.join(alice)
+        yield room, alice, tg
+        await manager.close_all()
+        tg.cancel_scope.cancel()
+
+
+async def type_into(room: Any, client: FakeClient, cell: int, text: str) -> None:
+    """``client`` appends ``text`` to the source of cell ``cell``."""
+    update = client_update(room, lambda nb: append(nb.ycells[cell]["source"], text))
+    await room.handle(client, sync.SyncUpdate(update))
+
+
+def after_the_next_look(room: Any, action: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run ``action`` once, right after the next stat of ``room``'s file that reads its hash
+    (a save's look at the file, before it writes); the list returned holds its result."""
+    file = room.files.file
+    stat = file.stat
+    done: list[Any] = []
+
+    async def stat_then_act(*, with_hash: bool = True) -> Any:
+        state = await stat(with_hash=with_hash)
+        if with_hash and not done:
+            done.append(await action())
+        return state
+
+    file.stat = stat_then_act
+    return done
+
+
 async def test_loading_goes_through_the_store(setup: Setup) -> None:
     manager = setup.manager()
     async with anyio.create_task_group() as tg:
@@ -149,12 +188,7 @@ async def test_loading_goes_through_the_store(setup: Setup) -> None:
 
 
 async def test_client_changes_are_stored_with_their_author_before_the_save(setup: Setup) -> None:
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
+    async with open_room(setup) as (room, alice, _tg):
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # alice"))
         await room.handle(alice, sync.SyncUpdate(update))
         await room.handle(alice, sync.SaveRequest(7))
@@ -166,7 +200,6 @@ async def test_client_changes_are_stored_with_their_author_before_the_save(setup
         assert {"origin": "server", "reason": "save"} in metas  # hash and dirty after the save
         assert setup.replay() == room.document.get()
         assert room.document.ystate.get("dirty") is False
-        await manager.close_all()
 
 
 async def test_a_users_metadata_callback_keeps_working(tmp_path: Path) -> None:
@@ -406,45 +439,31 @@ async def test_a_save_crossing_another_servers_save_waits_for_its_edits(tmp_path
     send, store_class = live_store_class()
     setup = Setup(tmp_path, store_class, save_delay=None, shared_file_grace=5.0)
     write_notebook(setup.nb, ["a", "b"])
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        client = FakeClient()
-        room.join(client)
+    async with open_room(setup) as (room, alice, tg):
         other = Doc(client_id=1)  # the other server's document
         other.apply_update(room.ydoc.get_update())
         since = other.get_state()
         other_nb = YNotebook(other)
         append(other_nb.ycells[1]["source"], " by bob")  # not here yet
-        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " by alice"))
-        await room.handle(client, sync.SyncUpdate(update))
-
-        file = room.files.file
-        stat = file.stat
-        crossed: list[Any] = []
+        await type_into(room, alice, 0, " by alice")
 
         async def edits_arrive_later() -> None:
             await anyio.sleep(0.2)  # through the other server's store write and our watch
             await send.send(other.get_update(since))
 
-        async def stat_then_the_other_server_saves(*, with_hash: bool = True) -> Any:
-            state = await stat(with_hash=with_hash)
-            if with_hash and not crossed:  # our save's look at the file
-                written = await file.save(other_nb.get())
-                other_nb.ystate["hash"] = written.hash
-                other_nb.ystate[synced_key(written)] = time.time()
-                crossed.append(written)
-                tg.start_soon(edits_arrive_later)
-            return state
+        async def the_other_server_saves() -> Any:
+            written = await room.files.file.save(other_nb.get())
+            other_nb.ystate["hash"] = written.hash
+            other_nb.ystate[synced_key(written)] = time.time()
+            tg.start_soon(edits_arrive_later)
+            return written
 
-        file.stat = stat_then_the_other_server_saves
+        crossed = after_the_next_look(room, the_other_server_saves)
         assert await room.files.save(reason="test")
         assert crossed
         await wait_until(lambda: room.document.get()["cells"][1]["source"] == "b by bob")
         assert read_sources(setup.nb) == ["a by alice", "b by bob"]
         send.close()
-        await manager.close_all()
 
 
 async def test_most_messages_are_handled_before_handle_now_returns(setup: Setup) -> None:
@@ -539,12 +558,7 @@ async def test_a_rooms_document_keeps_no_undo_history(setup: Setup, monkeypatch:
             self.tracked.append(scope.doc)
 
     monkeypatch.setattr(ybasedoc, "UndoManager", Recorded)
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
+    async with open_room(setup) as (room, alice, _tg):
         for _ in range(20):
             update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "x"))
             await room.handle(alice, sync.SyncUpdate(update))
@@ -553,7 +567,6 @@ async def test_a_rooms_document_keeps_no_undo_history(setup: Setup, monkeypatch:
         assert made, "jupyter_ydoc made no undo manager: this test no longer sees them"
         tracking = [m for m in (ref() for ref in made) if m is not None and room.ydoc in m.tracked]
         assert tracking == [], f"undo stacks of {[len(m.undo_stack) for m in tracking]} items"
-        await manager.close_all()
 
 
 async def test_last_client_gone_closes_the_room_after_the_delay(setup: Setup) -> None:
@@ -628,25 +641,17 @@ async def test_a_write_that_keeps_the_files_time_is_noticed_by_the_next_save(set
     """On a file system with a coarse clock (Linux before 6.13: a tick of a few ms), a write
     by another process just after ours keeps our modification time. The next save must still
     see it (by its hash) and merge it, not write over it."""
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
-        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # one"))
-        await room.handle(alice, sync.SyncUpdate(update))
+    async with open_room(setup) as (room, alice, _tg):
+        await type_into(room, alice, 0, "  # one")
         await wait_until(lambda: read_sources(setup.nb) == ["a = 1  # one", "b = 2"])
         await room.files.save(reason="test")  # settled: nothing left to write
         ours = os.stat(setup.nb).st_mtime_ns
         write_notebook(setup.nb, ["a = 1  # one", "b = 2", "c = 3"])
         os.utime(setup.nb, ns=(ours, ours))  # the same tick as our save
-        update = client_update(room, lambda nb: append(nb.ycells[1]["source"], "  # two"))
-        await room.handle(alice, sync.SyncUpdate(update))
+        await type_into(room, alice, 1, "  # two")
         expected = ["a = 1  # one", "b = 2  # two", "c = 3"]
         await wait_until(lambda: read_sources(setup.nb) == expected)
         assert [cell["source"] for cell in room.document.get()["cells"]] == expected
-        await manager.close_all()
 
 
 async def test_a_file_written_between_a_saves_look_and_its_write_is_merged_not_overwritten(
@@ -656,34 +661,20 @@ async def test_a_file_written_between_a_saves_look_and_its_write_is_merged_not_o
     before it writes (it waits on the file's lock, not on the save's decision). Writing then
     would drop that write's content (two servers' last saves crossing left the file without
     the other's last keystrokes): the save looks again and merges it."""
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
-        file = room.files.file
-        stat = file.stat
-        written_elsewhere: list[float] = []
+    async with open_room(setup) as (room, alice, _tg):
 
-        async def stat_then_written_elsewhere(*, with_hash: bool = True) -> Any:
-            state = await stat(with_hash=with_hash)
-            if with_hash and not written_elsewhere:  # the save's look at the file
-                write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
-                edited_elsewhere(setup.nb)
-                written_elsewhere.append(time.time())
-            return state
+        async def written_elsewhere() -> None:
+            write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
+            edited_elsewhere(setup.nb)
 
-        file.stat = stat_then_written_elsewhere
-        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # alice"))
-        await room.handle(alice, sync.SyncUpdate(update))
+        written = after_the_next_look(room, written_elsewhere)
+        await type_into(room, alice, 0, "  # alice")
         expected = ["a = 1  # alice", "b = 2", "c = 3"]
         await wait_until(lambda: read_sources(setup.nb) == expected)
-        assert written_elsewhere
+        assert written
         assert [cell["source"] for cell in room.document.get()["cells"]] == expected
         await room.flush()
         assert setup.replay() == room.document.get()
-        await manager.close_all()
 
 
 class StatCountingContents(AsyncLargeFileManager):
@@ -1103,12 +1094,7 @@ async def test_an_autosave_converts_the_document_once_and_saves_what_came_during
     """The saver converts the notebook to compare it with the last save and hands that to the
     save (20 ms of the event loop for 400 cells); an edit that arrives while the save waits
     for the store makes the save convert again, so the file never misses it."""
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
+    async with open_room(setup) as (room, alice, _tg):
         conversions, written = record_conversions_and_saves(room)
         update = client_update(room, lambda nb: append(nb.ycells[0]["source"], "  # one"))
         await room.handle(alice, sync.SyncUpdate(update))
@@ -1130,8 +1116,6 @@ async def test_an_autosave_converts_the_document_once_and_saves_what_came_during
         await room.handle(alice, sync.SyncUpdate(update))
         await wait_until(lambda: len(written) >= 2)
         assert written[1] == ["a = 1  # one  # two", "b = 2  # late"]
-        await manager.close_all()
-        tg.cancel_scope.cancel()
 
 
 async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_again(setup: Setup) -> None:
@@ -1140,12 +1124,7 @@ async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_
     no second conversion (48 rooms that stopped typing together each converted their
     notebook a second time, one after another, for nothing: the loop held 24-28 ms)."""
     setup.settings = dataclasses.replace(setup.settings, save_delay=0.3)
-    manager = setup.manager()
-    async with anyio.create_task_group() as tg:
-        await run_manager(manager, tg)
-        room = await manager.get_room(ROOM)
-        alice = FakeClient("alice")
-        room.join(alice)
+    async with open_room(setup) as (room, alice, _tg):
         conversions, written = record_conversions_and_saves(room)
         for typed in ("1", "2", "3"):  # within the delay of one another
             update = client_update(room, lambda nb: append(nb.ycells[0]["source"], typed))
@@ -1161,8 +1140,6 @@ async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_
         await room.handle(alice, sync.SyncUpdate(update))
         await wait_until(lambda: read_sources(setup.nb) == ["a = 1123", "b = 24"])
         assert len(conversions) == 2 and len(written) == 2
-        await manager.close_all()
-        tg.cancel_scope.cancel()
 
 
 class OverlapCountingContents(AsyncLargeFileManager):

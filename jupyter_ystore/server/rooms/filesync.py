@@ -346,6 +346,7 @@ class FileSync:
         (converting a notebook of 400 cells holds the event loop for 20 ms).
         """
         async with self._save_lock:
+            written = False
             for attempt in range(SAVE_RACES + 1):
                 await self.writer.settle(self.settings.store_wait)
                 disk = await self.file.stat()  # FileGone: the file was deleted
@@ -361,7 +362,6 @@ class FileSync:
                     asked = self._save_requests
                     content = self.document.get()
                     frozen = FrozenContent(content)
-                written = False
                 if self._base == frozen and disk.hash == self.document.hash:
                     state = disk
                     break
@@ -494,13 +494,13 @@ class FileSync:
                             failures = 0
                             continue
                         disk = await self.file.stat()  # changed: its hash says whether by us
-                        if self._changed_since_seen(disk) and disk.hash != self.document.hash:
-                            if await self._settled_elsewhere(disk):
+                        if self._changed_since_seen(disk):
+                            if disk.hash == self.document.hash:  # a save we know of
+                                self._seen(disk)
+                            elif await self._settled_elsewhere(disk):
                                 await self._adopt_saved_file()
                             else:
                                 await self._apply_file_change()
-                        elif self._changed_since_seen(disk):
-                            self._seen(disk)
                     failures = 0
                 except Exception as exc:
                     failures += 1
