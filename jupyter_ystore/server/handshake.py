@@ -36,3 +36,9 @@ def forget_handshake(handler: RequestHandler) -> None:
     handler._headers = SPENT_HEADERS  # the 101 response's, written already
     handler.__dict__.pop("_new_cookie", None)  # cookies set on that response
     handler.ui = None  # template modules (tornado drops them itself only at close)
+    # Lists of the HTTP side, three more objects a connection for the collector; tuples are
+    # not tracked. Read only while serving the upgrade (the route's arguments, the output
+    # transforms, the body written), never once the connection is open.
+    handler.path_args = ()
+    handler._transforms = ()
+    handler._write_buffer = ()
