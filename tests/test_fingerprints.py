@@ -200,3 +200,33 @@ async def test_ticks_fall_on_slot_boundaries_of_the_loops_clock(tmp_path: Path, 
     assert len(dues) >= 4
     assert all(abs(due / slot - round(due / slot)) < 1e-6 for due in dues)
     assert len({round(due / slot) for due in dues}) == len(dues)  # never twice for one boundary
+
+
+async def test_a_watch_with_a_callback_is_called_once_a_change_until_rearmed(tmp_path: Path) -> None:
+    """Rooms take the watcher's news by callback (no task of theirs waits for it): called once
+    for a change, not again while the room is busy with it (even if the file changes again),
+    and again after ``rearm`` for what is still not confirmed."""
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{}")
+    calls: list[fingerprints.Found] = []
+    watch = fingerprints.watch(INTERVAL, lambda: str(path), lambda p: p, calls.append)
+    try:
+        with anyio.fail_after(5):
+            while not calls:
+                await anyio.sleep(0.01)
+        assert calls == [(str(path), fingerprints.fingerprint(str(path)))]  # nothing known yet
+        path.write_text('{"cells": []}')
+        await anyio.sleep(INTERVAL * 2.5)
+        assert len(calls) == 1  # busy with the first: not called again
+        watch.known = calls[0]  # type: ignore[assignment]  (confirmed the first, not the second)
+        watch.rearm()
+        with anyio.fail_after(5):
+            while len(calls) < 2:
+                await anyio.sleep(0.01)
+        assert calls[1] == (str(path), fingerprints.fingerprint(str(path)))
+        watch.known = calls[1]  # type: ignore[assignment]
+        watch.rearm()
+        await anyio.sleep(INTERVAL * 2.5)
+        assert len(calls) == 2  # as confirmed: never called
+    finally:
+        fingerprints.unwatch(watch)

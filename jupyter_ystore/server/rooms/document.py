@@ -21,9 +21,10 @@ The rules rooms exist for:
 - One room's failure stays in that room.
 
 Lifecycles are task groups: the manager's group (``manager``) holds one task per room; a
-room's group holds its store, its writer, its saver and its file poller. Closing a room (last client gone after
-``document_cleanup_delay``, however the room was opened, or server shutdown) saves, flushes
-and stops the store.
+room's group holds its store and its writer; its work group, hosted in the room's own task,
+holds its saver, its live updates and short tasks (a file change the poll found, a save
+asked for). Closing a room (last client gone after ``document_cleanup_delay``, however the
+room was opened, or server shutdown) saves, flushes and stops the store.
 """
 
 from __future__ import annotations
@@ -157,19 +158,12 @@ class DocumentRoom:
         async with anyio.create_task_group() as tg:
             try:
                 await tg.start(self.store.start)
-                tg.start_soon(self.writer.run)
+                tg.start_soon(self.writer.run, tg)
                 await self._open()
             except Exception as exc:
                 failure = exc
             if failure is None:
-                work_done = anyio.Event()
-                await tg.start(self._run_work, work_done)
-                task_status.started()
-                await self._close_requested.wait()
-                await self._finish()
-                if self._work is not None:
-                    self._work.cancel_scope.cancel()
-                await work_done.wait()
+                await self._serve(task_status)
             elif self._subscription is not None:
                 self.ydoc.unobserve(self._subscription)
                 self._subscription = None
@@ -183,28 +177,37 @@ class DocumentRoom:
         if failure is not None:
             raise failure
 
-    async def _run_work(self, done: anyio.Event, *, task_status: TaskStatus[None]) -> None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Serve the open room until it is asked to close, then save it (``_finish``).
+
+        The work group is hosted here, in the room's own task, not in one more task of its
+        own: each open room's tasks are objects every full garbage collection walks (an
+        anyio task waiting in a task group is about 26 of them)."""
+        finished = False
         try:
             async with anyio.create_task_group() as work:
                 self._work = work
                 work.start_soon(self.files.saver)
                 if self.settings.poll_interval:
-                    work.start_soon(self.files.poller)
+                    self.files.watch_file(work)
                 if getattr(self.store, "supports_live_updates", False):
                     work.start_soon(self._watch_store)
                 if not self.clients:  # opened by a session request, a timeline, a fork...
                     self._schedule_cleanup()
                 task_status.started()
-                # Open until cancelled, even if idle: in this task, not one more of its own
-                # (each open room's tasks are objects every full garbage collection walks).
-                await anyio.sleep_forever()
+                await self._close_requested.wait()
+                await self._finish()
+                finished = True
+                work.cancel_scope.cancel()
         except Exception as exc:  # a bug in one of them: the room closes, the server goes on
             self.log.error("Room %s: %s; closing the room", self.room_id, exc, exc_info=exc)
             self.closing = True
             self._close_requested.set()
         finally:
             self._work = None
-            done.set()
+            self.files.unwatch_file()
+        if not finished:
+            await self._finish()
 
     async def close(self) -> None:
         """Save, flush and stop; returns when the store is stopped."""

@@ -20,6 +20,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, Tuple
 
 import anyio
+from anyio.abc import TaskGroup
 
 from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
@@ -115,6 +116,8 @@ class FileSync:
         self._save_requests = 0
         self._requests_saved = 0
         self._claim = uuid.uuid4().hex  # names this room in file-import claims
+        self._watch: fingerprints.Watch | None = None  # the file poll (``watch_file``)
+        self._poll_failures = 0
 
     @property
     def document(self) -> Any:
@@ -469,45 +472,64 @@ class FileSync:
         if not self._base.matches(self.document.get()):
             self.schedule_save()  # it saved before our latest changes reached it
 
-    async def poller(self) -> None:
-        """Notice out-of-band file changes and renames every ``poll_interval`` seconds.
+    def watch_file(self, work: TaskGroup) -> None:
+        """Notice out-of-band file changes and renames every ``poll_interval`` seconds, until
+        ``unwatch_file``; each change is handled by ``poll`` in a task of ``work``.
 
-        The loop's ``FileWatcher`` looks at the file for us and wakes this room only when the
-        file's path or ``stat(2)`` is not what the contents manager last confirmed (``known``).
-        The stat is taken without the save lock: a save meanwhile changes our modification
-        time, so the contents manager's answer is compared with the time of that save."""
-        failures = 0
-        watch = fingerprints.watch(self.settings.poll_interval, lambda: self.file.path, self.file.os_path)
+        The loop's ``FileWatcher`` looks at the file for us and calls back only when the
+        file's path or ``stat(2)`` is not what the contents manager last confirmed (``known``),
+        and not again until that call is done: no task of the room waits for it."""
+
+        def looks_changed(found: fingerprints.Found) -> None:
+            try:
+                work.start_soon(self.poll, found)
+            except RuntimeError:  # the room's work group has ended: it is closing
+                pass
+
+        self._watch = fingerprints.watch(
+            self.settings.poll_interval, lambda: self.file.path, self.file.os_path, looks_changed
+        )
+
+    def unwatch_file(self) -> None:
+        if self._watch is not None:
+            fingerprints.unwatch(self._watch)
+            self._watch = None
+
+    async def poll(self, found: fingerprints.Found) -> None:
+        """Ask the contents manager about a file the watcher found changed (``found``: the
+        path and fingerprint it saw). The stat is taken without the save lock: a save
+        meanwhile changes our modification time, so the contents manager's answer is
+        compared with the time of that save."""
+        watch = self._watch
+        seen, fingerprint = found
         try:
-            while True:
-                seen, fingerprint = await watch.changed()
-                try:
-                    path = self.file.path
-                    async with self._save_lock:
-                        if self.document.path != path:
-                            with self._changes_by(SERVER_SAVE):
-                                self._set_state(path=path)
-                        disk = await self.file.stat(with_hash=False)  # the time only
-                        if disk.last_modified == self._file_mtime:
-                            if fingerprint is not None and seen == path:
-                                watch.known = (path, fingerprint)
-                            failures = 0
-                            continue
-                        disk = await self.file.stat()  # changed: its hash says whether by us
-                        if self._changed_since_seen(disk):
-                            if disk.hash == self.document.hash:  # a save we know of
-                                self._seen(disk)
-                            elif await self._settled_elsewhere(disk):
-                                await self._adopt_saved_file()
-                            else:
-                                await self._apply_file_change()
-                    failures = 0
-                except Exception as exc:
-                    failures += 1
-                    if failures == 1:
-                        self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
+            path = self.file.path
+            async with self._save_lock:
+                if self.document.path != path:
+                    with self._changes_by(SERVER_SAVE):
+                        self._set_state(path=path)
+                disk = await self.file.stat(with_hash=False)  # the time only
+                if disk.last_modified == self._file_mtime:
+                    if fingerprint is not None and seen == path and watch is not None:
+                        watch.known = (path, fingerprint)
+                    self._poll_failures = 0
+                    return
+                disk = await self.file.stat()  # changed: its hash says whether by us
+                if self._changed_since_seen(disk):
+                    if disk.hash == self.document.hash:  # a save we know of
+                        self._seen(disk)
+                    elif await self._settled_elsewhere(disk):
+                        await self._adopt_saved_file()
+                    else:
+                        await self._apply_file_change()
+            self._poll_failures = 0
+        except Exception as exc:
+            self._poll_failures += 1
+            if self._poll_failures == 1:
+                self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
         finally:
-            fingerprints.unwatch(watch)
+            if watch is not None:
+                watch.rearm()
 
 
 def _comparable(content: Any) -> Any:

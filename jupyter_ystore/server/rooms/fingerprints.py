@@ -2,7 +2,7 @@
 file (or the file's path) changed.
 
 Every open room checks its file every ``poll_interval`` seconds for changes made outside
-(``git pull``, an editor, a script) and for renames (``FileSync.poller``). With a poll task a
+(``git pull``, an editor, a script) and for renames (``FileSync.poll``). With a poll task a
 room, each poll woke the loop for its timer, its worker-thread stat and the answer, then took
 the room's save lock and read the document's path: measured at rest with 50 open rooms, a
 room cost 0.1 ms of CPU a second without polls and 0.5 with them (0.25 with the polls of a
@@ -14,6 +14,9 @@ So rooms do not poll. A ``FileWatcher`` does, for all the rooms of its loop: eve
 rename changes it) and stats their files in one worker-thread call. A room whose path and
 ``stat(2)`` are what it last confirmed with the contents manager (``Watch.known``) is left
 asleep; the others are woken, and ask the contents manager under their save lock as before.
+No task of the room waits for that: the watcher calls the room back (``Watch.on_change``),
+which handles the change in a short task (a waiting task was about 30 objects a room that
+every full garbage collection walked).
 Not one slot for all: a thousand rooms in one turn of the loop would be a pause.
 """
 
@@ -56,11 +59,22 @@ def _fingerprints(os_paths: list[str]) -> list[Fingerprint | None]:
 class Watch:
     """One room's file, as its watcher sees it."""
 
-    __slots__ = ("path_of", "os_path_of", "known", "slot", "watcher", "_waiting", "_path", "_os_path")
+    __slots__ = (
+        "path_of", "os_path_of", "on_change", "known", "slot", "watcher", "_armed", "_waiting", "_path", "_os_path"
+    )
 
-    def __init__(self, path_of: Callable[[], str], os_path_of: Callable[[str], "str | None"]) -> None:
+    def __init__(
+        self,
+        path_of: Callable[[], str],
+        os_path_of: Callable[[str], "str | None"],
+        on_change: Callable[[Found], None] | None = None,
+    ) -> None:
         self.path_of = path_of  # the file's path now (raises when its id is gone)
         self.os_path_of = os_path_of  # where that is on disk (None: not a file system)
+        #: Called (on the loop) when the file is not as ``known``; then not again until
+        #: ``rearm()``. A room handles the change in a short task: no task waits for it.
+        self.on_change = on_change
+        self._armed = on_change is not None
         #: (path, fingerprint) the room confirmed with the contents manager: not woken for it.
         self.known: tuple[str, Fingerprint] | None = None
         self.slot = 0
@@ -78,13 +92,20 @@ class Watch:
         finally:
             self._waiting = None
 
+    def rearm(self) -> None:
+        """The room is done with the last change: call ``on_change`` for the next one."""
+        self._armed = self.on_change is not None
+
     @property
     def waiting(self) -> bool:
-        return self._waiting is not None and not self._waiting.done()
+        return self._armed or (self._waiting is not None and not self._waiting.done())
 
     def wake(self, path: str | None, found: Fingerprint | None) -> None:
-        if self.waiting:
-            self._waiting.set_result((path, found))  # type: ignore[union-attr]
+        if self._armed:
+            self._armed = False
+            self.on_change((path, found))  # type: ignore[misc]
+        elif self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result((path, found))
 
     def locate(self) -> tuple[str, str | None]:
         """The file's path and where it is on disk (the latter remembered per path)."""
@@ -169,14 +190,20 @@ def _answer(batch: list[tuple[Watch, str, str]], outcome: asyncio.Future[list[Fi
 _watchers: PerLoop[dict[float, FileWatcher]] = PerLoop(lambda loop: {})
 
 
-def watch(interval: float, path_of: Callable[[], str], os_path_of: Callable[[str], "str | None"]) -> Watch:
-    """Watch a file every ``interval`` seconds on the running loop; ``unwatch`` ends it."""
+def watch(
+    interval: float,
+    path_of: Callable[[], str],
+    os_path_of: Callable[[str], "str | None"],
+    on_change: Callable[[Found], None] | None = None,
+) -> Watch:
+    """Watch a file every ``interval`` seconds on the running loop; ``unwatch`` ends it.
+    Changes go to ``on_change`` (see ``Watch``), else to whoever awaits ``changed()``."""
     loop = asyncio.get_running_loop()
     watchers = _watchers.get(loop)
     watcher = watchers.get(interval)
     if watcher is None:
         watcher = watchers[interval] = FileWatcher(loop, interval)
-    new = Watch(path_of, os_path_of)
+    new = Watch(path_of, os_path_of, on_change)
     watcher.add(new)
     return new
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import anyio
+from anyio.abc import TaskGroup
 
 from jupyter_ystore.core.ydoc import CRDTError, merge_updates
 from jupyter_ystore.errors import YStoreInvalidUpdate
@@ -119,7 +120,7 @@ class WritePipeline:
         self._write_soon: Callable[..., bool] | None = getattr(store, "write_soon", None)
         self._metadata = b""
         self._spill_log: Any = None
-        self._tasks: Any = None
+        self._tasks: TaskGroup | None = None
         self._spilled = 0
         self._spill_failed = False
         self._retry_at = 0.0
@@ -231,10 +232,17 @@ class WritePipeline:
 
     # ------------------------------------------------------------------ the writer
 
-    async def run(self) -> None:
-        """The writer task (runs until cancelled; ``close()`` ends an outage cleanly)."""
-        async with anyio.create_task_group() as tasks:
-            self._tasks = tasks  # the spill log runs in here while it is open
+    async def run(self, tasks: TaskGroup | None = None) -> None:
+        """The writer task (runs until cancelled; ``close()`` ends an outage cleanly).
+
+        ``tasks``: where the spill log runs while it is open (the room's group, which
+        outlives this task); without it, a group of this task's own."""
+        if tasks is not None:
+            self._tasks = tasks
+            await self._write_forever()
+            return
+        async with anyio.create_task_group() as own:
+            self._tasks = own
             await self._write_forever()
 
     async def _write_forever(self) -> None:
