@@ -40,7 +40,9 @@ class AwarenessRelay:
     def __init__(self) -> None:
         self.awareness = AwarenessStates()  # the server is not a peer: no state of its own
         self.clients: set[Any] = set()
-        self._owned: dict[Any, set[int]] = {}
+        #: The ids each client set a state for (tuples: nearly always one id, and a tuple of
+        #: ints is no object for the garbage collector to walk, a set is one a client).
+        self._owned: dict[Any, tuple[int, ...]] = {}
         self._owner: dict[int, Any] = {}
 
     def broadcast(self, message: bytes) -> None:
@@ -49,7 +51,7 @@ class AwarenessRelay:
 
     def add(self, client: Any) -> None:
         self.clients.add(client)
-        self._owned.setdefault(client, set())
+        self._owned.setdefault(client, ())
         ids = list(self.awareness.states)
         if ids:
             client.send(self.awareness.message(ids))
@@ -58,7 +60,7 @@ class AwarenessRelay:
         """Relay one awareness frame of ``client``; ``ProtocolError`` if it is malformed or
         touches ids the client may not change."""
         entries = protocol.read_awareness_entries(message.update)
-        owned = self._owned.setdefault(client, set())
+        owned = self._owned.setdefault(client, ())
         claims = []
         kept = []
         clocks = self.awareness.clocks
@@ -95,15 +97,22 @@ class AwarenessRelay:
                 continue
             if previous is not client:
                 if previous is not None:
-                    self._owned.get(previous, set()).discard(client_id)
+                    self._disown(previous, client_id)
                 self._owner[client_id] = client
-                owned.add(client_id)
+                mine = self._owned.get(client, ())
+                if client_id not in mine:
+                    self._owned[client] = mine + (client_id,)
         self.broadcast(frame)
 
     def _release(self, client_id: int) -> None:
         owner = self._owner.pop(client_id, None)
         if owner is not None:
-            self._owned.get(owner, set()).discard(client_id)
+            self._disown(owner, client_id)
+
+    def _disown(self, client: Any, client_id: int) -> None:
+        owned = self._owned.get(client)
+        if owned is not None and client_id in owned:
+            self._owned[client] = tuple(cid for cid in owned if cid != client_id)
 
     def query(self, client: Any) -> None:
         ids = list(self.awareness.states)
@@ -111,7 +120,7 @@ class AwarenessRelay:
 
     def remove(self, client: Any) -> None:
         self.clients.discard(client)
-        ids = [cid for cid in self._owned.pop(client, set()) if cid in self.awareness.states]
+        ids = [cid for cid in self._owned.pop(client, ()) if cid in self.awareness.states]
         for client_id in ids:
             if self._owner.get(client_id) is client:
                 del self._owner[client_id]
