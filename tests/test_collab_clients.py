@@ -267,6 +267,58 @@ def test_stale_session_closed_once_then_refused(
     jp_asyncio_loop.run_until_complete(scenario())
 
 
+def test_an_open_room_keeps_nothing_of_the_requests_that_opened_it(
+    jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
+) -> None:
+    """The session requests that open rooms end; the rooms' tasks, timers and callbacks, and
+    the server's own (started by the first request), must not keep them: a task copies the
+    context it starts from, and a request's context holds its handler (jupyter_server's call
+    context). Each was about 30 objects a room for every full garbage collection, for as long
+    as the room stayed open."""
+    import asyncio
+    import gc
+    import weakref
+
+    from jupyter_ystore.server.handlers import SessionHandler
+
+    write_notebook(jp_root_dir / "r.ipynb", ["x = 1"])
+    write_notebook(jp_root_dir / "s.ipynb", ["y = 2"])
+    seen: list[weakref.ref] = []
+    real_put = SessionHandler.put
+
+    async def put(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(weakref.ref(self))
+        return await real_put(self, *args, **kwargs)
+
+    SessionHandler.put = put  # type: ignore[method-assign]
+
+    def forget_cancelled_timers() -> None:
+        """asyncio keeps a cancelled timer (with the context it was made in) until its time
+        comes; tornado cancels one such timer of each request. Not a holder to test for."""
+        import heapq
+
+        loop = asyncio.get_running_loop()
+        loop._scheduled = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        heapq.heapify(loop._scheduled)  # type: ignore[attr-defined]
+        loop._timer_cancelled_count = 0  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        try:
+            for path in ("r.ipynb", "s.ipynb"):  # the first request starts the room manager
+                opened = two_synced_handlers(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, path)
+                async with opened as (_session, _url, c1, c2, _handlers):
+                    append(c1.document.ycells[0]["source"], "  # one")
+                    await wait_until(lambda: c2.sources()[0].endswith("  # one"))
+                    forget_cancelled_timers()
+                    gc.collect()
+                    assert seen and all(ref() is None for ref in seen)
+            assert len(seen) == 2
+        finally:
+            SessionHandler.put = real_put  # type: ignore[method-assign]
+
+    jp_asyncio_loop.run_until_complete(scenario())
+
+
 def test_an_open_room_websocket_keeps_nothing_of_its_handshake(
     jp_asyncio_loop, jp_serverapp, jp_fetch, jp_root_dir, jp_http_port, jp_base_url
 ) -> None:

@@ -1239,7 +1239,7 @@ async def test_an_open_room_at_rest_keeps_only_the_tasks_it_waits_in(setup: Setu
         await anyio.sleep(0.2)  # polls come and go; the checks' index is built
         # (anyio names a task after its function: module, class, name)
         names = sorted(".".join(task.get_name().split(".")[-2:]) for task in asyncio.all_tasks() - before)
-        assert names == ["BaseYStore.start", "FileSync.saver", "RoomManager._serve", "WritePipeline.run"]
+        assert names == ["BaseYStore.start", "FileSync.saver", "RoomManager._serve_opening", "WritePipeline.run"]
         # the poll still works: a change on disk reaches the document
         write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])
         edited_elsewhere(setup.nb)

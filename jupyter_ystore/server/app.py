@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 from typing import Any
@@ -318,7 +319,10 @@ class YStoreExtension(ExtensionApp):
         """The running room manager (started with the server, in its event loop)."""
         if self._manager_task is None:
             self._manager_started = asyncio.Event()
-            self._manager_task = asyncio.ensure_future(self._run_manager())
+            # In an empty context, not the first request's: a task copies the context it
+            # starts from, and a request's holds jupyter_server's call context with its
+            # handler, which the manager, its metrics and loop tasks would keep for good.
+            self._manager_task = contextvars.Context().run(asyncio.ensure_future, self._run_manager())
         assert self._manager_started is not None
         await self._manager_started.wait()
         with anyio.move_on_after(10):  # a manager that died is being started again

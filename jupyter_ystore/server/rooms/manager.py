@@ -4,6 +4,7 @@ are disconnected with a reason and the next connection opens it afresh."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -41,6 +42,17 @@ class _StartStatus:
     def started(self, value: Any = None) -> None:
         self.started_ = True
         self.inner.started(value)
+
+
+class _Opening:
+    """A room's open in progress, as its opener waits for it (a task status)."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+    def started(self, value: Any = None) -> None:
+        self.done.set()
 
 
 @dataclass
@@ -105,7 +117,7 @@ class RoomManager:
             return room
         room = self._create(room_id)
         try:
-            await self._tg.start(self._serve, room)
+            await self._start(room)
         except RoomError:
             raise
         except Exception as exc:
@@ -132,6 +144,45 @@ class RoomManager:
         except ValueError as exc:
             raise RoomError(f"room {room_id!r} has no valid store name: {exc}", code=4400) from None
         return DocumentRoom(room_id, file, store, self.settings, self.log, spill=self.spill)
+
+    async def _start(self, room: Room) -> None:
+        """Start serving ``room`` in the manager's group; returns once it is open, raises
+        what made it fail to open.
+
+        Its task starts from an empty context, not the opener's: a task copies the context
+        it is started from, and the opener's (a session request's) holds jupyter_server's
+        call context with that request's handler. Every task, timer and callback of the
+        room copied it in turn, so each open room kept the request that opened it (about 30
+        objects that every full garbage collection walked) for as long as it stayed open.
+        The opener waits for the open to end even if cancelled meanwhile (a client that
+        left), so that an opened room is always registered, and closed when unused."""
+        assert self._tg is not None
+        opening = _Opening()
+        contextvars.Context().run(self._tg.start_soon, self._serve_opening, room, opening)
+        with anyio.CancelScope(shield=True):
+            await opening.done.wait()
+        if opening.error is not None:
+            raise opening.error
+
+    async def _serve_opening(self, room: Room, opening: _Opening) -> None:
+        """``_serve``, reporting to ``opening`` whether it opened; a failure to open goes
+        to the opener, not to the manager's group."""
+        try:
+            await self._serve(room, task_status=opening)
+        except anyio.get_cancelled_exc_class():
+            if not opening.done.is_set():
+                opening.error = RoomError("the server is stopping", code=4500)
+                opening.done.set()
+            raise
+        except BaseException as exc:
+            if opening.done.is_set():
+                raise
+            opening.error = exc
+            opening.done.set()
+        else:
+            if not opening.done.is_set():  # ended without opening (nothing to report)
+                opening.error = RoomError("the room closed while opening", code=4500)
+                opening.done.set()
 
     async def _serve(self, room: Room, *, task_status: TaskStatus[None]) -> None:
         """Run one room; a failure after it opened stays in it (logged, clients closed)."""
@@ -189,7 +240,7 @@ class RoomManager:
             raise RoomError("the room manager is not running", code=4500)
         if room.room_id in self.rooms:
             raise RoomError(f"room {room.room_id!r} exists already", code=4500)
-        await self._tg.start(self._serve, room)
+        await self._start(room)
         if not room.closing:
             self.rooms[room.room_id] = room
 
