@@ -702,3 +702,23 @@ async def test_file_damaged_history_is_set_aside_not_in_the_way(tmp_path: Path) 
         assert points and points[-1].updates == 1
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[:2] == ["doc", "doc.history"] and names[2].startswith("doc.history.damaged-")
+
+
+def test_stores_with_the_same_settings_share_one_policy(tmp_path: Path) -> None:
+    """A policy (with its retention tiers) is kept by every open store: equal ones are one
+    object, not seven a store for each full garbage collection to walk; other settings get
+    their own."""
+    from jupyter_ystore.stores.compaction import Policy
+
+    db = str(tmp_path / "y.db")
+    a = SQLiteYStore(path="a", db_path=db, history_retention="10m:every,1h:1m")
+    b = SQLiteYStore(path="b", db_path=db, history_retention="10m:every,1h:1m")
+    c = SQLiteYStore(path="c", db_path=db, history_retention="10m:every,2h:1m")
+    assert Policy.of(a) is Policy.of(b)
+    assert Policy.of(c) is not Policy.of(a)
+    assert Policy.of(c) == Policy(
+        retention=R.Retention.parse("10m:every,2h:1m"),
+        max_updates=Policy.of(a).max_updates,
+        max_bytes=Policy.of(a).max_bytes,
+        ttl=Policy.of(a).ttl,
+    )

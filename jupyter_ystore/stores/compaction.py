@@ -50,9 +50,12 @@ class Policy:
             if hasattr(store, "history_retention")
             else Retention(())
         )
-        return cls(
+        policy = cls(
             None if ttl is None else float(ttl), max_updates or None, max_bytes or None, retention
         )
+        if len(_POLICIES) >= 256:  # (settings that change all the time: no cache to speak of)
+            _POLICIES.clear()
+        return _POLICIES.setdefault(policy, policy)
 
     @property
     def automatic(self) -> bool:
@@ -69,6 +72,12 @@ class Policy:
     def idle(self, last: float | None, now: float) -> bool:
         """Whether a write at ``now`` squashes first, the last update being at ``last``."""
         return self.ttl is not None and last is not None and now - last > self.ttl
+
+
+#: One object for each distinct policy (frozen, so shared): every open store keeps its policy,
+#: and equal ones (nearly always all of a server's) were seven objects a store, its retention
+#: tiers included, for every full garbage collection to walk.
+_POLICIES: dict[Policy, Policy] = {}
 
 
 def undecodable(document: str, exc: BaseException, where: str | None = None) -> YStoreCorruptError:
