@@ -679,7 +679,7 @@ PROFILE_PARTS = [
     ("awareness: check + relay to every client", ("AwarenessRelay.handle", "read_awareness_entries")),
     ("update: read, guard, apply to the room's document", ("DocumentGuard", "receive_update", "update_guard")),
     ("update: store write (event-loop side)", ("WritePipeline", "YStore.write", "_checked_update")),
-    ("file: poll for outside changes, save", ("_poller", "DocumentFile", "save", "nbformat")),
+    ("file: poll for outside changes, save", ("FileSync.poll", "fingerprints", "DocumentFile", "save", "nbformat")),
     ("websocket: read and unframe (tornado)", ("_receive_frame", "_read_bytes", "read_from_fd")),
     ("websocket: writes", ("write_message", "write_to_fd", "write_now")),
     ("event loop, selectors, task switches, other", ("",)),

@@ -19,7 +19,8 @@ INTERVAL = 0.2  # slots of 50 ms
 
 
 class Room:
-    """What a room's poller does with its watch: wait, confirm what it was woken with."""
+    """A poller that awaits its watch (rooms take a callback instead: see the last test):
+    wait, confirm what it was woken with."""
 
     def __init__(self, path: Path, *, on_disk: bool = True) -> None:
         self.path = str(path)

@@ -151,7 +151,7 @@ class DocumentRoom:
         """Open the room, report it started, serve until closed, then save and stop.
 
         Two task groups: ``tg`` holds the store and the writer, which outlive everything
-        else; ``self._work`` holds what uses them (saver, poller, live updates, save
+        else; ``self._work`` holds what uses them (saver, file polls, live updates, save
         replies), cancelled once the final save is done and before the store stops.
         """
         failure: BaseException | None = None

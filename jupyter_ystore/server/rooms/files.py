@@ -129,7 +129,7 @@ class DocumentFile:
 
     async def stat(self, *, with_hash: bool = True) -> FileState:
         """Modification time and hash, without the content. ``with_hash=False``: the time
-        alone (no read of the file, no lock): what the poller asks every second."""
+        alone (no read of the file, no lock): what a file poll asks when the watcher finds a change."""
         path = self.path
         if not with_hash:
             return await self._stat(path, with_hash=False)
