@@ -152,7 +152,7 @@ class ItemIndex:
         runs = self._clients.get(target[0])
         if runs is not None:
             i = bisect_right(runs.starts, target[1]) - 1
-            if i >= 0 and target[1] < runs.ends[i]:
+            if i >= 0 and target[1] < runs.fields[i * _STRIDE + _END]:
                 return runs, i
         return None, -1
 
@@ -170,7 +170,7 @@ class ItemIndex:
         kind = flags >> _KIND_SHIFT
         return (
             runs.starts[i],
-            runs.ends[i],
+            fields[at + _END],
             parent,
             flags & _REF_MASK,
             bool(flags & _KEYED_BIT),
@@ -312,7 +312,7 @@ class ItemIndex:
         fields, at = runs.fields, i * _STRIDE
         return (
             j >= 0
-            and runs.ends[j] == target[1]  # the clock before is in the document
+            and fields[at - _STRIDE + _END] == target[1]  # the clock before is in the document
             and runs.in_a_list(j)
             and fields[at - _STRIDE] == fields[at]  # the same parent
             and fields[at - _STRIDE + 1] == fields[at + 1]
@@ -467,7 +467,7 @@ class ItemIndex:
 
     def _end(self, client: int) -> int:
         runs = self._clients.get(client)
-        return runs.ends[-1] if runs is not None and runs.ends else 0
+        return runs.fields[-_STRIDE + _END] if runs is not None and runs.starts else 0
 
     def _parent_code(self, parent: Parent) -> Tuple[int, int]:
         if parent is None:
@@ -486,47 +486,47 @@ class ItemIndex:
         parent_client, parent_clock = self._parent_code(run[PARENT])
         flags = run[REF] | (_KEYED_BIT if run[KEYED] else 0) | _KIND_CODES[run[KIND]] << _KIND_SHIFT
         if runs.starts:
-            last_end = runs.ends[-1]
+            fields = runs.fields
+            last_end = fields[-_STRIDE + _END]
             if run[START] < last_end:  # partly known (an update sent again): keep the new part
                 if run[END] <= last_end:
                     return
                 run = (last_end, *run[END:])
-            fields = runs.fields
             if (
                 run[START] == last_end
                 and run[REF] != _TYPE
-                and fields[-1] == flags
-                and fields[-3] == parent_client
-                and fields[-2] == parent_clock
+                and fields[-_STRIDE + 2] == flags
+                and fields[-_STRIDE] == parent_client
+                and fields[-_STRIDE + 1] == parent_clock
             ):
-                runs.ends[-1] = run[END]  # typing on: one run
+                fields[-_STRIDE + _END] = run[END]  # typing on: one run
                 return
         runs.starts.append(run[START])
-        runs.ends.append(run[END])
-        runs.fields.extend((parent_client, parent_clock, flags))
+        runs.fields.extend((parent_client, parent_clock, flags, run[END]))
 
 
 _NO_PARENT = -1
 _ROOT_CODE = -2  # root n of ``_root_names`` is stored as -2 - n
 _KIND_NAMES = ("array", "map", "text")
 _KIND_CODES: Dict[Optional[str], int] = {None: 0, "array": 1, "map": 2, "text": 3}
-#: A run's fields after its start and end: its parent (client code, clock) and its flags, the
-#: content ref (a Yjs content ref is 0-10), whether it is a map entry, and its kind's code.
-_STRIDE = 3
+#: A run's fields after its start: its parent (client code, clock), its flags (the content
+#: ref, a Yjs content ref is 0-10; whether it is a map entry; its kind's code) and its end
+#: (``_END``: only ever indexed, never bisected, so it needs no array of its own).
+_STRIDE = 4
+_END = 3
 _REF_MASK, _KEYED_BIT, _KIND_SHIFT = 0x0F, 0x10, 5
 
 
 class _ClientRuns:
-    """One client's runs, cuts and item starts, in six arrays (each array is an object the
-    collector walks, so the fewer the better): the runs' starts and ends (sorted), their
-    other fields (``_STRIDE`` a run), the cuts (sorted), the clocks where an item starts
-    (sorted) and those items' origins (two a start: client and clock; client -1: none)."""
+    """One client's runs, cuts and item starts, in five arrays (each array is an object the
+    collector walks, so the fewer the better): the runs' starts (sorted), their other fields
+    and ends (``_STRIDE`` a run), the cuts (sorted), the clocks where an item starts (sorted)
+    and those items' origins (two a start: client and clock; client -1: none)."""
 
-    __slots__ = ("starts", "ends", "fields", "cuts", "origin_clocks", "origins")
+    __slots__ = ("starts", "fields", "cuts", "origin_clocks", "origins")
 
     def __init__(self) -> None:
         self.starts = array("q")
-        self.ends = array("q")
         self.fields = array("q")
         self.cuts = array("q")
         self.origin_clocks = array("q")
