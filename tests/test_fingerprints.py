@@ -19,15 +19,14 @@ INTERVAL = 0.2  # slots of 50 ms
 
 
 class Room:
-    """A poller that awaits its watch (rooms take a callback instead: see the last test):
-    wait, confirm what it was woken with."""
+    """What a room does with its watch: take the watcher's news, confirm it, rearm."""
 
     def __init__(self, path: Path, *, on_disk: bool = True) -> None:
         self.path = str(path)
         self.on_disk = on_disk
         self.fail = False
         self.wakes: list[Any] = []
-        self.watch = fingerprints.watch(INTERVAL, self.path_of, self.os_path_of)
+        self.watch = fingerprints.watch(INTERVAL, self.path_of, self.os_path_of, self.changed)
 
     def path_of(self) -> str:
         if self.fail:
@@ -37,13 +36,16 @@ class Room:
     def os_path_of(self, path: str) -> str | None:
         return path if self.on_disk else None
 
+    def changed(self, found: fingerprints.Found) -> None:
+        seen, fingerprint = found
+        self.wakes.append(found)
+        if fingerprint is not None:
+            self.watch.known = (seen, fingerprint)  # type: ignore[assignment]  (the contents manager agreed)
+        self.watch.rearm()
+
     async def run(self) -> None:
         try:
-            while True:
-                seen, found = await self.watch.changed()
-                self.wakes.append((seen, found))
-                if found is not None:
-                    self.watch.known = (seen, found)  # the contents manager agreed
+            await anyio.sleep_forever()
         finally:
             fingerprints.unwatch(self.watch)
 
@@ -146,17 +148,24 @@ SLOTS_PER_INTERVAL = fingerprints.SLOTS
 
 
 async def test_a_room_busy_with_a_change_is_not_looked_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While its poller is busy (asking the contents manager), a room's file is not stated
-    again nor the room woken twice for one change."""
+    """While a room is busy with a change (asking the contents manager, not rearmed), its
+    file is not stated again nor the room called twice for one change."""
     calls = counting(monkeypatch)
     path = tmp_path / "nb.ipynb"
     path.write_text("{}")
-    watch = fingerprints.watch(INTERVAL, lambda: str(path), lambda p: p)
+    found: list[fingerprints.Found] = []
+    watch = fingerprints.watch(INTERVAL, lambda: str(path), lambda p: p, found.append)
     try:
-        first = await watch.changed()
-        await anyio.sleep(INTERVAL * 2)  # busy: not waiting
-        assert calls == [1]
-        assert await watch.changed() == first  # nothing confirmed: woken again, once
+        with anyio.fail_after(5):
+            while not found:
+                await anyio.sleep(0.01)
+        await anyio.sleep(INTERVAL * 2)  # busy: not rearmed
+        assert calls == [1] and len(found) == 1
+        watch.rearm()  # nothing confirmed: called again, once
+        with anyio.fail_after(5):
+            while len(found) < 2:
+                await anyio.sleep(0.01)
+        assert found[1] == found[0]
     finally:
         fingerprints.unwatch(watch)
 

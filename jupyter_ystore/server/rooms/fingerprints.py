@@ -59,53 +59,40 @@ def _fingerprints(os_paths: list[str]) -> list[Fingerprint | None]:
 class Watch:
     """One room's file, as its watcher sees it."""
 
-    __slots__ = (
-        "path_of", "os_path_of", "on_change", "known", "slot", "watcher", "_armed", "_waiting", "_path", "_os_path"
-    )
+    __slots__ = ("path_of", "os_path_of", "on_change", "known", "slot", "watcher", "_armed", "_path", "_os_path")
 
     def __init__(
         self,
         path_of: Callable[[], str],
         os_path_of: Callable[[str], "str | None"],
-        on_change: Callable[[Found], None] | None = None,
+        on_change: Callable[[Found], None],
     ) -> None:
         self.path_of = path_of  # the file's path now (raises when its id is gone)
         self.os_path_of = os_path_of  # where that is on disk (None: not a file system)
-        #: Called (on the loop) when the file is not as ``known``; then not again until
-        #: ``rearm()``. A room handles the change in a short task: no task waits for it.
+        #: Called (on the loop) when the file is not as ``known`` (at once after ``add``:
+        #: nothing is known yet); then not again until ``rearm()``. A room handles the
+        #: change in a short task: no task waits for it.
         self.on_change = on_change
-        self._armed = on_change is not None
+        self._armed = True
         #: (path, fingerprint) the room confirmed with the contents manager: not woken for it.
         self.known: tuple[str, Fingerprint] | None = None
         self.slot = 0
         self.watcher: FileWatcher | None = None
-        self._waiting: asyncio.Future[Found] | None = None
         self._path: str | None = None  # the last path looked up, and where it is on disk
         self._os_path: str | None = None
 
-    async def changed(self) -> Found:
-        """Wait for the watcher to find the file other than ``known`` (at once after
-        ``add``: nothing is known yet)."""
-        self._waiting = asyncio.get_running_loop().create_future()
-        try:
-            return await self._waiting
-        finally:
-            self._waiting = None
-
     def rearm(self) -> None:
         """The room is done with the last change: call ``on_change`` for the next one."""
-        self._armed = self.on_change is not None
+        self._armed = True
 
     @property
     def waiting(self) -> bool:
-        return self._armed or (self._waiting is not None and not self._waiting.done())
+        return self._armed
 
     def wake(self, path: str | None, found: Fingerprint | None) -> None:
         if self._armed:
             self._armed = False
-            self.on_change((path, found))  # type: ignore[misc]
-        elif self._waiting is not None and not self._waiting.done():
-            self._waiting.set_result((path, found))
+            self.on_change((path, found))
 
     def locate(self) -> tuple[str, str | None]:
         """The file's path and where it is on disk (the latter remembered per path)."""
@@ -194,10 +181,10 @@ def watch(
     interval: float,
     path_of: Callable[[], str],
     os_path_of: Callable[[str], "str | None"],
-    on_change: Callable[[Found], None] | None = None,
+    on_change: Callable[[Found], None],
 ) -> Watch:
-    """Watch a file every ``interval`` seconds on the running loop; ``unwatch`` ends it.
-    Changes go to ``on_change`` (see ``Watch``), else to whoever awaits ``changed()``."""
+    """Watch a file every ``interval`` seconds on the running loop, calling ``on_change``
+    (see ``Watch``); ``unwatch`` ends it."""
     loop = asyncio.get_running_loop()
     watchers = _watchers.get(loop)
     watcher = watchers.get(interval)

@@ -32,18 +32,6 @@ def _room_kind(room: Room) -> str:
     return "fork"
 
 
-class _StartStatus:
-    """Passes ``started()`` on, remembering that it was called."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self.inner = inner
-        self.started_ = False
-
-    def started(self, value: Any = None) -> None:
-        self.started_ = True
-        self.inner.started(value)
-
-
 class _Opening:
     """A room's open in progress, as its opener waits for it (a task status)."""
 
@@ -168,7 +156,7 @@ class RoomManager:
         """``_serve``, reporting to ``opening`` whether it opened; a failure to open goes
         to the opener, not to the manager's group."""
         try:
-            await self._serve(room, task_status=opening)
+            await self._serve(room, opening)
         except anyio.get_cancelled_exc_class():
             if not opening.done.is_set():
                 opening.error = RoomError("the server is stopping", code=4500)
@@ -184,15 +172,14 @@ class RoomManager:
                 opening.error = RoomError("the room closed while opening", code=4500)
                 opening.done.set()
 
-    async def _serve(self, room: Room, *, task_status: TaskStatus[None]) -> None:
+    async def _serve(self, room: Room, opening: _Opening) -> None:
         """Run one room; a failure after it opened stays in it (logged, clients closed)."""
         gauge = metrics.OPEN_ROOMS.labels(_room_kind(room))
         gauge.inc()
-        status = _StartStatus(task_status)
         try:
-            await room.run(task_status=status)
+            await room.run(task_status=opening)
         except BaseException as exc:
-            if not status.started_ or not (isinstance(exc, Exception) or is_panic(exc)):
+            if not opening.done.is_set() or not (isinstance(exc, Exception) or is_panic(exc)):
                 raise  # an open that failed goes to its opener; cancellation goes on
             self.log.error("Room %s failed: %s", room.room_id, exc, exc_info=exc)
             room.closing = True
