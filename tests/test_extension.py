@@ -338,3 +338,41 @@ def test_full_collections_are_timed_and_published_from_the_event_loop() -> None:
         gc.callbacks.remove(gc_pauses._on_collection)
         if was_enabled:
             gc.enable()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheduled", [True, False])
+async def test_full_collections_wait_for_rooms_to_close(tmp_path: Path, scheduled: bool) -> None:
+    """``schedule_full_collections`` (on by default): while a room is open the collector's
+    counters start no full collection, and the last room closing starts one at once, with a
+    line in the debug log. Off: the collector's own thresholds, and no such line."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    write_notebook(root / "one.ipynb", ["a"])
+    config: dict[str, Any] = {
+        "ServerApp": {"log_level": "DEBUG"},
+        "YStoreExtension": {"document_cleanup_delay": 0.2, "document_save_delay": 0.2},
+    }
+    if not scheduled:
+        config["YStoreExtension"]["schedule_full_collections"] = False
+    server = JupyterServerProcess(root, home, config=config)
+    server.start()
+    line = re.compile(r"full garbage collection \(1 room\(s\) closed\): \d+ objects freed")
+    try:
+        session = server.session("one.ipynb")
+        async with yclient(server.room_url(session)) as client:
+            with anyio.fail_after(20):
+                await client.synced.wait()
+            append(client.document.ycells[0]["source"], "b")
+            await client.acknowledged()
+            assert not line.search(server.log())
+            assert ("full garbage collections wait for rooms to close" in server.log()) == scheduled
+        with anyio.fail_after(15):
+            while scheduled and not line.search(server.log()):
+                await anyio.sleep(0.05)
+        if not scheduled:
+            await anyio.sleep(1.0)  # the room closes; no scheduled collection follows
+            assert "room(s) closed" not in server.log()
+            assert "no client left, closing" in server.log()
+    finally:
+        server.kill()
+    assert read_sources(root / "one.ipynb") == ["ab"]

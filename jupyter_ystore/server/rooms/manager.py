@@ -56,6 +56,8 @@ class RoomManager:
     settings: RoomSettings
     log: logging.Logger
     spill: Optional[Spill] = None
+    #: Told the number of rooms still open each time a room closes (full_collections).
+    on_room_closed: Optional[Callable[[int], None]] = None
     rooms: dict[str, Room] = field(default_factory=dict)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
     _tg: Optional[TaskGroup] = None
@@ -196,6 +198,8 @@ class RoomManager:
                 del self.rooms[room.room_id]
             if isinstance(room, DocumentRoom):
                 metrics.request_bytes_refresh()
+            if self.on_room_closed is not None:
+                self.on_room_closed(len(self.rooms))
 
     async def _replay_spills(self) -> None:
         """At start-up: spills left by rooms that closed (or a server that died) during a
