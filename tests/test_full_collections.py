@@ -137,6 +137,21 @@ async def test_a_grown_oldest_generation_is_collected() -> None:
         del kept
 
 
+async def test_a_collector_turned_off_by_someone_else_stays_off() -> None:
+    async with running(FullCollections(LOG, after_closed_rooms=1, check_every=60)) as schedule:
+        gc.disable()
+        try:
+            garbage = cyclic_garbage_in_the_oldest_generation()
+            schedule.room_closed(0)
+            await anyio.sleep(0.1)
+            assert garbage() is not None and schedule.runs == 0
+        finally:
+            gc.enable()
+        schedule.room_closed(0)
+        await wait_for(lambda: schedule.runs == 1)
+        assert garbage() is None
+
+
 def test_at_least_one_closed_room() -> None:
     with pytest.raises(ValueError, match="after_closed_rooms"):
         FullCollections(LOG, after_closed_rooms=0)

@@ -84,7 +84,7 @@ class FullCollections:
         self._closed = 0
         self.runs += 1
         self.log.debug(
-            "jupyter_ystore: full garbage collection (%s): %d objects freed, %d walked on, %.1f ms",
+            "jupyter_ystore: full garbage collection (%s): %d objects freed, %d long-lived left, %.1f ms",
             why,
             found,
             self._left,
@@ -107,7 +107,9 @@ class FullCollections:
                 self._due = anyio.Event()
                 with anyio.move_on_after(self.check_every):
                     await self._due.wait()
-                if self._due.is_set():
+                if not gc.isenabled():  # someone else turned the collector off: theirs to run
+                    self._closed = 0
+                elif self._due.is_set():
                     self.collect(f"{self._closed} room(s) closed")
                 elif self._grown():
                     self.collect("the oldest generation grew")
