@@ -4,6 +4,7 @@ dictionary for file ids, in-memory stores (one private database per test) and fa
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -635,6 +636,84 @@ async def test_a_file_save_does_not_write_over_a_change_it_was_not_shown(setup: 
     assert read_sources(setup.nb) == ["ours"]
     now = await file.stat()
     assert (state.last_modified, state.hash) == (now.last_modified, now.hash)
+
+
+async def test_a_file_renamed_as_it_is_saved_is_looked_for_again(setup: Setup) -> None:
+    """Another server renames the file while a save runs (no lock keeps a rename out):
+    jupyter_server writes it, then fails to copy it to its first checkpoint ("not
+    writable"). That is ``FileChanged`` (the room looks again), not a failing disk; nothing
+    is made again at the old path, and the next save writes the file at its new one."""
+    file = setup.make_file("json", "notebook", "id-1")
+    ours = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("ours")])
+    real_checkpoint = setup.contents.create_checkpoint
+
+    async def renamed_first(path: str) -> Any:
+        os.rename(setup.nb, setup.root / "moved.ipynb")
+        setup.ids.paths["id-1"] = "moved.ipynb"
+        return await real_checkpoint(path)
+
+    setup.contents.create_checkpoint = renamed_first  # type: ignore[method-assign]
+    try:
+        with pytest.raises(FileChanged, match="went away"):
+            await file.save(ours, expected=await file.stat())
+    finally:
+        setup.contents.create_checkpoint = real_checkpoint  # type: ignore[method-assign]
+    assert not setup.nb.exists()
+    assert read_sources(setup.root / "moved.ipynb") == ["ours"]  # written, then moved
+    again = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("ours, again")])
+    await file.save(again, expected=await file.stat())
+    assert read_sources(setup.root / "moved.ipynb") == ["ours, again"]
+    assert not setup.nb.exists()
+
+    async def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    setup.contents._save_notebook = disk_full  # type: ignore[method-assign]
+    try:  # a save that fails with the file still there is still an error
+        with pytest.raises(Exception, match="No space left") as failed:
+            await file.save(ours, expected=await file.stat())
+        assert not isinstance(failed.value, FileChanged)
+    finally:
+        del setup.contents._save_notebook
+
+
+async def test_a_room_whose_file_is_renamed_as_it_saves_keeps_its_save_and_merges_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another server renames the file while this room saves it (after the write, before
+    jupyter_server's first checkpoint). The room looks again, finds its own write at the
+    new path, and goes on as saved: no error, no merge of the file as a change made on disk,
+    and its next edit is saved at the new path."""
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=None)
+    write_notebook(setup.nb, ["a = 1", "b = 2"])
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    real_checkpoint = setup.contents.create_checkpoint
+    renames = []
+
+    async def renamed_first(path: str) -> Any:
+        if not renames:
+            renames.append(path)
+            os.rename(setup.nb, setup.root / "moved.ipynb")
+            setup.ids.paths["id-1"] = "moved.ipynb"
+        return await real_checkpoint(path)
+
+    setup.contents.create_checkpoint = renamed_first  # type: ignore[method-assign]
+    async with open_room(setup) as (room, alice, _tg):
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " # one"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await room.files.save(reason="test")
+        assert renames == ["nb.ipynb"]
+        assert not setup.nb.exists()
+        assert read_sources(tmp_path / "moved.ipynb") == ["a = 1 # one", "b = 2"]
+        assert room.files._save_failure is None
+        update = client_update(room, lambda nb: append(nb.ycells[1]["source"], " # two"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        await room.files.save(reason="test")
+        assert read_sources(tmp_path / "moved.ipynb") == ["a = 1 # one", "b = 2 # two"]
+        assert room.document.get()["cells"][0]["source"] == "a = 1 # one"
+    assert "went away as it was saved; looking again" in caplog.text
+    assert "changed on disk" not in caplog.text and "cannot save" not in caplog.text
+    assert not setup.nb.exists()
 
 
 async def test_a_write_that_keeps_the_files_time_is_noticed_by_the_next_save(setup: Setup) -> None:

@@ -87,6 +87,24 @@ def rename(server: JupyterServerProcess, old: str, new: str) -> None:
     assert status == 200, (status, reply)
 
 
+def without_a_rename_during_a_save(log: str) -> str:
+    """``log`` without jupyter_server's own error (and traceback) for a save whose first
+    checkpoint copy found the file renamed by another server just after writing it: no lock
+    keeps a rename out, and the room recovers from it, finding its write at the new path
+    (``test_rooms.py::test_a_room_whose_file_is_renamed_as_it_saves_keeps_its_save_and_merges_nothing``).
+    Taken out only when the room logged that it looked again."""
+    if "went away as it was saved; looking again" not in log:
+        return log
+    kept: list[str] = []
+    skipping = False
+    for line in log.splitlines():
+        if line.startswith("["):
+            skipping = "Error while saving file" in line and "File is not writable" in line
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 async def test_three_servers_share_only_postgres_and_the_notebooks(
     tmp_path: Path, pg_config: dict[str, Any]
 ) -> None:
@@ -230,7 +248,7 @@ async def test_three_servers_share_only_postgres_and_the_notebooks(
         for server in servers:
             server.kill()
     for server in (s1, s2):
-        log = server.log()
+        log = without_a_rename_during_a_save(server.log())
         assert server.proc is not None and server.proc.returncode == 0, log
         assert "Traceback" not in log and "[E " not in log, log
         assert "changed on disk" not in log, log

@@ -44,6 +44,11 @@ class FileChanged(Exception):
     server's save, ``git pull``): writing would overwrite that change unseen."""
 
 
+class FileMoved(FileChanged):
+    """The file was renamed or deleted while it was saved: the write may have reached it
+    before it moved (at its new path it may hold what was saved)."""
+
+
 @dataclass(frozen=True)
 class FileState:
     """What we know of the file on disk at one moment."""
@@ -155,7 +160,10 @@ class DocumentFile:
         the write, another server can save (it waits on our lock, not on our decision), and a
         write over it would drop the edits it saved that we have not received yet. The hash
         is compared too, since two writes in one tick of the file system's clock keep the
-        same modification time."""
+        same modification time. A save that fails because the file was renamed or deleted
+        meanwhile (no lock keeps a rename out; jupyter_server, having written the file, then
+        fails to copy it to its first checkpoint) raises ``FileMoved``: the caller looks
+        again, at the file's new path or its absence."""
         path = self.path
         model = {"type": self.contents_type, "format": self.file_format, "content": content}
         async with _flocked(self.os_path(path), exclusive=True):
@@ -163,9 +171,26 @@ class DocumentFile:
                 now = await self._stat(path, with_hash=expected.hash is not None)
                 if now.last_modified != expected.last_modified or now.hash != expected.hash:
                     raise FileChanged(f"{path} changed since it was looked at")
-            saved = await ensure_async(self._contents_manager.save(model, path))
+            try:
+                saved = await ensure_async(self._contents_manager.save(model, path))
+            except Exception:
+                if expected is not None and await self._went_away(path):
+                    # Renamed or deleted by another server as we saved (jupyter_server's
+                    # checkpoint copy then fails as "not writable"): not a failing disk.
+                    raise FileMoved(f"{path} went away as it was saved") from None
+                raise
             state = await self._stat(path)
         return FileState(_timestamp(saved.get("last_modified")) or state.last_modified, state.hash)
+
+    async def _went_away(self, path: str) -> bool:
+        """Whether nothing is at ``path`` any more."""
+        try:
+            await self._stat(path, with_hash=False)
+        except FileGone:
+            return True
+        except Exception:
+            return False
+        return False
 
 
 @asynccontextmanager

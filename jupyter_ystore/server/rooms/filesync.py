@@ -26,7 +26,7 @@ from jupyter_ystore.core import threads
 from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
 from jupyter_ystore.server.rooms import fingerprints, save_slots
-from jupyter_ystore.server.rooms.files import FileChanged, FileGone, FileState
+from jupyter_ystore.server.rooms.files import FileChanged, FileGone, FileMoved, FileState
 from jupyter_ystore.server.rooms.frozen_content import FrozenContent
 from jupyter_ystore.server.rooms.writer import Origin
 
@@ -350,11 +350,14 @@ class FileSync:
         """
         async with self._save_lock:
             written = False
+            moved: FrozenContent | None = None  # written, then the file moved (FileMoved)
             for attempt in range(SAVE_RACES + 1):
                 await self.writer.settle(self.settings.store_wait)
                 disk = await self.file.stat()  # FileGone: the file was deleted
                 if self._changed_since_seen(disk):
-                    if disk.hash is None or disk.hash != self.document.hash:
+                    if moved is not None and await self._holds_our_write(moved):
+                        pass  # our own write, at the file's new path: not a change to merge
+                    elif disk.hash is None or disk.hash != self.document.hash:
                         if not await self._settled_elsewhere(disk):
                             await self._apply_file_change()
                             return False
@@ -376,13 +379,13 @@ class FileSync:
                 self.log.info("Room %s: saving %s (%s)", self.room_id, self.file.path, reason)
                 try:
                     state = await self.file.save(content, expected=disk)
-                except FileChanged:
+                except FileChanged as exc:
                     if attempt == SAVE_RACES:
                         raise
-                    # written in between (by another server, most likely): look again
-                    self.log.info(
-                        "Room %s: %s changed as it was saved; looking again", self.room_id, self.file.path
-                    )
+                    moved = frozen if isinstance(exc, FileMoved) else None
+                    # written, renamed or deleted in between (by another server, most
+                    # likely): look again
+                    self.log.info("Room %s: %s; looking again", self.room_id, exc)
                     continue
                 self._seen(state)
                 self._base = self._pending_base = frozen
@@ -462,6 +465,17 @@ class FileSync:
             while not known():
                 await anyio.sleep(0.02)
         return known()
+
+    async def _holds_our_write(self, written: FrozenContent) -> bool:
+        """Whether the file (at its path now) holds ``written``, a save of ours it was
+        renamed after; if so it is remembered as saved, with no merge."""
+        state = await self.file.load()
+        content = file_document(self.file.file_type, state.content).get()
+        if _comparable(content) != _comparable(written.content()):
+            return False
+        self._seen(state)
+        self._base = FrozenContent(content)
+        return True
 
     async def _adopt_saved_file(self) -> None:
         """Another server wrote the file: remember what it holds, so that we write it only
