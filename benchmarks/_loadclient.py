@@ -938,6 +938,9 @@ async def send_history(host: str, port: int, token: str, path: str, updates: lis
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
+    if spec.get("sched_idle"):
+        # Set before any thread starts, so every thread of this process inherits it.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     return asyncio.run(run_worker(spec))
 
 

@@ -525,6 +525,7 @@ def run_step(
         server.start()
         time.sleep(1.0)
         d["rss_rest"] = proc_rss_mib(server.pid)
+        d["clients_idle"] = bool(args.clients_idle)
         spec = {
             "host": "127.0.0.1",
             "port": server.port,
@@ -537,6 +538,7 @@ def run_step(
             "script": str(script),
             "out": str(tmp),
             "drain": 15,
+            "sched_idle": args.clients_idle,
         }
         worker = Worker(spec)
         ready = worker.expect("ready", 300)
@@ -1111,6 +1113,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds between a client's cursor (awareness) frames; 0 (default): one with "
         "every edit, as the front end sends it; the issue's first figures used 2",
+    )
+    parser.add_argument(
+        "--clients-idle",
+        action="store_true",
+        help="run the load clients under SCHED_IDLE: they get a core only when the server "
+        "leaves one free, as if they ran on other machines (their latency figures then include "
+        "their own wait for a core); on a 2-core host this tells the server's own pauses from "
+        "its loop waiting behind the clients",
     )
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--json", type=Path, default=None, help="write every figure there")
