@@ -18,6 +18,8 @@ import pytest
 
 import hang_watchdog
 
+from jupyter_ystore.stores import squash_helper
+
 #: A last bound on hangs, setup and teardown included (see hang_watchdog).
 pytest_runtest_protocol = hang_watchdog.pytest_runtest_protocol
 
@@ -39,6 +41,15 @@ def _collect_y_py_docs_on_the_main_thread():
     yield
     if "y_py" in sys.modules:
         gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _compactions_in_process_after_each_test():
+    """A server extension started in this process sends compactions to the helper process
+    (``squash_helper.offload_compactions``) until it stops; a test that left one running must
+    not change where a later store test's compactions run (their monkeypatches are here)."""
+    yield
+    squash_helper.offload_compactions(False)
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +378,44 @@ async def test_full_collections_wait_for_rooms_to_close(tmp_path: Path, schedule
     finally:
         server.kill()
     assert read_sources(root / "one.ipynb") == ["ab"]
+
+
+@pytest.mark.anyio
+async def test_a_servers_compactions_run_in_its_helper_process(tmp_path: Path) -> None:
+    """While the server runs, a room's automatic compaction squashes and plans its history in
+    the helper process (a child of the server), not in a thread that would keep the GIL from
+    the event loop; the document comes through it whole."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    write_notebook(root / "one.ipynb", ["a"])
+    db = tmp_path / "y.db"
+    config: dict[str, Any] = {
+        "ServerApp": {"log_level": "DEBUG"},
+        "SQLiteYStore": {"db_path": str(db), "compact_after_updates": 10},
+        "YStoreExtension": {"document_cleanup_delay": 0.2, "document_save_delay": 0.2},
+    }
+    server = JupyterServerProcess(root, home, config=config)
+    server.start()
+    started = re.compile(r"squash helper process (\d+) started")
+    try:
+        session = server.session("one.ipynb")
+        async with yclient(server.room_url(session)) as client:
+            with anyio.fail_after(20):
+                await client.synced.wait()
+            for letter in "bcdefghijklmnopqrstuvwxyz":
+                append(client.document.ycells[0]["source"], letter)
+                await client.acknowledged()
+            with anyio.fail_after(20):
+                while not (found := started.search(server.log())):
+                    await anyio.sleep(0.05)
+            helper_pid = int(found.group(1))
+            stat = Path(f"/proc/{helper_pid}/stat").read_text()
+            assert int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid  # its parent
+        with anyio.fail_after(15):
+            while read_sources(root / "one.ipynb") != ["abcdefghijklmnopqrstuvwxyz"]:
+                await anyio.sleep(0.05)
+    finally:
+        server.kill()
+    assert "Traceback" not in server.log()
+    with closing(sqlite3.connect(db)) as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM yupdates").fetchone()
+    assert rows < 25  # fewer than the 25 edits written: compacted (a snapshot, then a tail)

@@ -4,6 +4,11 @@ what a squash here gives, errors included, and a helper that dies must cost noth
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pycrdt
@@ -97,3 +102,94 @@ async def test_a_long_uncompacted_sqlite_history_loads_through_the_helper(
         assert store.load_problem is None
     assert str(doc.get("source", type=pycrdt.Text)) == str(expected.get("source", type=pycrdt.Text))
     assert helper._process is not None  # the squash went there
+
+
+# ------------------------------------------------------- a server's compactions, whole
+
+
+def test_calls_go_to_the_helper_only_while_offloading(helper: squash_helper._Helper) -> None:
+    """``run`` is the identity of ``func(*args)``: here by default, in the helper process
+    while a server offloads its compactions, and here again once it stops."""
+    assert squash_helper.run(os.getpid) == os.getpid()
+    assert helper._process is None
+    squash_helper.offload_compactions(True)
+    assert squash_helper.run(os.getpid) != os.getpid()
+    assert helper._process is not None and squash_helper.run(os.getpid) == helper._process.pid
+    assert squash_helper.run(divmod, 17, 5) == (3, 2)
+    squash_helper.offload_compactions(False)
+    assert squash_helper.run(os.getpid) == os.getpid()
+
+
+def test_turning_the_helper_off_keeps_calls_here(
+    helper: squash_helper._Helper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    squash_helper.offload_compactions(True)
+    monkeypatch.setenv(squash_helper.ENV, "0")
+    assert squash_helper.run(os.getpid) == os.getpid()
+    assert helper._process is None
+
+
+def test_a_call_that_raises_there_raises_here_as_here(
+    helper: squash_helper._Helper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exception a caller sees is the one the code here raises (no exception crosses the
+    pipe), the helper goes on serving, and what cannot be pickled runs here."""
+    squash_helper.offload_compactions(True)
+    asked: list[Any] = []
+    real_call = helper.call
+    helper.call = lambda func, args: asked.append(real := real_call(func, args)) or real  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="invalid literal"):
+        squash_helper.run(int, "not a number")
+    assert asked == [None]  # it went there first, and raised there
+    alive = helper._process
+    assert alive is not None and alive.poll() is None
+    assert squash_helper.run(os.getpid) == alive.pid
+    assert squash_helper.run(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle
+    assert "cannot go to the helper process" in caplog.text
+
+
+def test_a_helper_killed_during_a_call_costs_nothing(helper: squash_helper._Helper) -> None:
+    squash_helper.offload_compactions(True)
+    first = squash_helper.run(os.getpid)
+    assert helper._process is not None
+    helper._process.kill()
+    helper._process.wait()
+    second = squash_helper.run(os.getpid)
+    assert second not in (first, os.getpid())  # a new helper answered
+
+
+def _tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with closing(sqlite3.connect(db)) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {name: sorted(map(tuple, conn.execute(f'SELECT * FROM "{name}"')), key=repr) for name in names}
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_compaction_in_the_helper_writes_what_one_here_writes(
+    tmp_path: Path, helper: squash_helper._Helper
+) -> None:
+    """The same database compacted twice, once with its squash and history plan in the
+    helper, once here: the very same rows, history points included."""
+    from jupyter_ystore import SQLiteYStore
+
+    source = tmp_path / "source.db"
+    async with SQLiteYStore("doc", db_path=str(source), compact_after_updates=0, compact_after_bytes=0) as store:
+        for update in typed(400):
+            await store.write(update)
+        await store.compact()  # a history point and a snapshot to plan over next
+        for update in typed(300)[-200:]:
+            await store.write(update)
+    asked: list[str] = []
+    real_call = helper.call
+    helper.call = lambda func, args: asked.append(func.__name__) or real_call(func, args)  # type: ignore[method-assign]
+    results = {}
+    for offloading in (False, True):
+        db = tmp_path / f"offloading-{offloading}.db"
+        shutil.copyfile(source, db)
+        squash_helper.offload_compactions(offloading)
+        async with SQLiteYStore("doc", db_path=str(db), compact_after_updates=0, compact_after_bytes=0) as store:
+            await store.compact()
+        results[offloading] = _tables(db)
+    assert asked == ["_prepare"]  # the second compaction went there, whole
+    assert results[True] == results[False]
+    assert any(len(rows) > 0 for name, rows in results[True].items() if "history" in name)

@@ -31,6 +31,7 @@ from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms.spill import Spill
 from jupyter_ystore.server.timeline import timeline_handlers
+from jupyter_ystore.stores import squash_helper
 from jupyter_ystore.stores.base import BaseYStore
 from jupyter_ystore.stores.filesystems import network_warning
 
@@ -227,6 +228,9 @@ class YStoreExtension(ExtensionApp):
         if self.freeze_startup_objects:
             gc_pauses.freeze_startup_objects(self.serverapp.log)
         gc_pauses.time_full_collections()
+        # Compactions squash and plan in the helper process: in a worker thread they would
+        # keep the GIL from the event loop after each of its system calls.
+        squash_helper.offload_compactions(True)
 
     def initialize_settings(self) -> None:
         # Our modules' own loggers (e.g. jupyter_ystore.sqlite, from database threads) write
@@ -381,6 +385,7 @@ class YStoreExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         """Server shutdown: close every socket, save and flush every room, stop every store."""
         self._stopping = True
+        squash_helper.offload_compactions(False)  # (in process again: an embedding app's own)
         for connection in list(getattr(self, "connections", ())):
             connection.close(1001, "server shutting down")
         if getattr(self, "_manager_task", None) is None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from jupyter_ystore.core import threads
 from jupyter_ystore.stores import retention as _retention
+from jupyter_ystore.stores import squash_helper
 from jupyter_ystore.stores.compaction import Policy, squash
 from jupyter_ystore.stores.postgres.names import CLEAN_SNAPSHOT_ORIGIN, Names
 from jupyter_ystore.stores.retention import ChainChange, Retention, Row, StoredHistory
@@ -89,7 +90,7 @@ async def compact_document(
                 change = await _history_change(
                     conn, names, path, rows, retention, now, name, saved_by
                 )
-            snapshot, clean = await threads.run_sync(squash, updates, path)
+            snapshot, clean = await threads.run_sync(squash_helper.run, squash, updates, path)
             await conn.execute(names.delete_upto, path, covered)
             await conn.execute(
                 names.insert_snapshot,
@@ -153,7 +154,7 @@ async def _history_change(
     if plan.needs:
         for record in await conn.fetch(names.select_history_deltas, path, sorted(plan.needs)):
             deltas[record["seq"]] = bytes(record["deltas"])
-    return await threads.run_sync(plan.build, deltas)
+    return await threads.run_sync(squash_helper.run, plan.build, deltas)
 
 
 async def apply_history(conn: Any, names: Names, path: str, change: ChainChange) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from jupyter_ystore.core import threads
 from jupyter_ystore.errors import YStoreError, YStorePermissionError
 from jupyter_ystore.stores import retention as _retention
+from jupyter_ystore.stores import squash_helper
 from jupyter_ystore.stores.compaction import Policy, report, squash
 from jupyter_ystore.stores.damaged import is_damaged_copy
 from jupyter_ystore.stores.retention import ChainChange, ChainPlan, Retention, StoredHistory
@@ -73,10 +74,15 @@ class CompactionInput:
         return len(self.updates) > 1 or not self.has_snapshot
 
     def prepare(self, path: str, db_path: str) -> tuple[Snapshot, ChainChange | None]:
-        """The snapshot and the history change (CPU work: any thread)."""
-        snapshot = Snapshot(*squash(self.updates, path, db_path))
-        change = None if self.plan is None else self.plan.build(self.deltas or {})
-        return snapshot, change
+        """The snapshot and the history change (CPU work: any thread; in the helper process
+        when a server runs, ``squash_helper.run``)."""
+        return squash_helper.run(_prepare, self, path, db_path)
+
+
+def _prepare(data: CompactionInput, path: str, db_path: str) -> tuple[Snapshot, ChainChange | None]:
+    snapshot = Snapshot(*squash(data.updates, path, db_path))
+    change = None if data.plan is None else data.plan.build(data.deltas or {})
+    return snapshot, change
 
 
 @dataclass(frozen=True)
