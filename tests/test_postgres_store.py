@@ -609,3 +609,37 @@ async def test_compaction_keeps_an_update_waiting_for_a_lost_one(pg_config):
         assert await restored_text(store) == expected
         await store.compact()
         assert await restored_text(store) == expected
+
+
+async def test_a_servers_compactions_squash_in_the_helper_process(pg_config, monkeypatch):
+    """With a server's offloading on (``squash_helper.offload_compactions``), a compaction's
+    squash and history plan go to the helper process, and the document comes back the same."""
+    from jupyter_ystore.stores import squash_helper
+
+    helper = squash_helper._Helper()
+    monkeypatch.setattr(squash_helper, "_HELPER", helper)
+    asked: list[str] = []
+    real_call = helper.call
+
+    def recording_call(func: Any, args: Any) -> Any:
+        answer = real_call(func, args)
+        asked.append(f"{getattr(func, '__name__', func)}:{'there' if answer is not None else 'here'}")
+        return answer
+
+    helper.call = recording_call
+    squash_helper.offload_compactions(True)
+    try:
+        updates, expected = text_updates(300)
+        async with PostgresYStore("doc", compact_after_updates=0, compact_after_bytes=0, **pg_config) as store:
+            for update in updates[:200]:
+                await store.write(update)
+            await store.compact()
+            for update in updates[200:]:
+                await store.write(update)
+            await store.compact()
+            assert await restored_text(store) == expected
+    finally:
+        squash_helper.offload_compactions(False)
+        helper.shutdown()
+    assert asked.count("squash:there") == 2, asked
+    assert all(entry.endswith(":there") for entry in asked), asked

@@ -1,6 +1,7 @@
 """Big squashes go to a helper process (``stores/squash_helper.py``), so that yrs holding the
-GIL for the length of a squash does not stall the server's event loop. What it answers must be
-what a squash here gives, errors included, and a helper that dies must cost nothing."""
+GIL for the length of a squash does not stall the server's event loop; in a server, so does
+every compaction's whole CPU work (``run``). What it answers must be what the same work here
+gives, errors included, and a helper that dies must cost nothing."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ class _Helper:
         the call raised there (then run it here)."""
         try:
             payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # a programming error: say so once, and run it here
+        except Exception as exc:  # a programming error: say so, and run it here
             log.warning("jupyter_ystore: %s cannot go to the helper process (%s)", func, exc)
             return None
         return self._request(lambda process: _ask_call(process, payload))
