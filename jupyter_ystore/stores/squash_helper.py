@@ -21,12 +21,10 @@ and the loop waits until the thread lets go: up to the switch interval (5 ms) fo
 code and the whole call for yrs. Measured at 480 typing clients: iterations of 15-20 ms in
 which the loop ran 1-3 ms, each while a compaction was squashing or planning in a thread.
 
-Protocol (little-endian): request ``u32 count`` then ``u32 length + bytes`` per update; answer
-``u8 status`` (0 ok, 1 error), then ok: ``u8 clean, u32 length + snapshot``, error:
-``u32 length + UTF-8 message`` (raised here as ``CRDTError``). A call: request ``u32
-0xFFFFFFFF, u32 length + pickle of (function, args)``; answer ``u8 status`` (0 ok, 2 the
-call raised), then ok: ``u32 length + pickle of the result``. A call that raised there runs
-again here, so that its exception is raised as the code here raises it.
+Protocol (little-endian), one kind of request, a call: ``u32 length + pickle of (function,
+args)``; answer ``u8 status`` (0 ok, 2 the call raised), then ok: ``u32 length + pickle of the
+result``. A call that raised there (a squash of bytes that are not Yjs) runs again here, so
+that its exception is raised as the code here raises it.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ MIN_BYTES = 256 * 1024
 ENV = "JUPYTER_YSTORE_SQUASH_HELPER"
 
 _U32 = struct.Struct("<I")
-_CALL = 0xFFFFFFFF  # a request's head: a pickled call, not a squash
 
 T = TypeVar("T")
 
@@ -78,8 +75,8 @@ def squash_clean(updates: Sequence[bytes]) -> tuple[bytes, bool]:
     calling thread, not the GIL). A squash that fails there raises as it would here."""
     if sum(len(update) for update in updates) < MIN_BYTES or not enabled():
         return _ydoc.squash_clean(updates)
-    answer = _HELPER.squash(updates)
-    return answer if answer is not None else _ydoc.squash_clean(updates)
+    answer = _HELPER.call(_ydoc.squash_clean, (list(updates),))
+    return answer[0] if answer is not None else _ydoc.squash_clean(updates)
 
 
 def run(func: Callable[..., T], *args: Any) -> T:
@@ -101,10 +98,6 @@ class _Helper:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._failures = 0
-
-    def squash(self, updates: Sequence[bytes]) -> tuple[bytes, bool] | None:
-        """The helper's answer, or None when it could not give one (then squash here)."""
-        return self._request(lambda process: _ask(process, updates))
 
     def call(self, func: Callable[..., T], args: tuple[Any, ...]) -> tuple[T] | None:
         """``(func(*args),)`` computed by the helper, or None when it could not give one or
@@ -173,26 +166,9 @@ class _Helper:
             self._stop()
 
 
-def _ask(process: subprocess.Popen[bytes], updates: Sequence[bytes]) -> tuple[bytes, bool]:
-    assert process.stdin is not None and process.stdout is not None
-    out = process.stdin
-    out.write(_U32.pack(len(updates)))
-    for update in updates:
-        out.write(_U32.pack(len(update)))
-        out.write(update)
-    out.flush()
-    reply = process.stdout
-    status = _read(reply, 1)[0]
-    if status == 0:
-        clean = _read(reply, 1)[0] == 1
-        return _read(reply, _U32.unpack(_read(reply, 4))[0]), clean
-    message = _read(reply, _U32.unpack(_read(reply, 4))[0]).decode("utf-8", "replace")
-    raise _ydoc.CRDTError(message)
-
-
 def _ask_call(process: subprocess.Popen[bytes], payload: bytes) -> tuple[Any] | None:
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(_U32.pack(_CALL) + _U32.pack(len(payload)))
+    process.stdin.write(_U32.pack(len(payload)))
     process.stdin.write(payload)
     process.stdin.flush()
     reply = process.stdout
@@ -210,27 +186,14 @@ def _read(stream: IO[bytes], size: int) -> bytes:
 
 
 def serve() -> None:
-    """The helper's main loop: answer requests until stdin closes (the parent is gone)."""
+    """The helper's main loop: answer calls until stdin closes (the parent is gone)."""
     os.environ[ENV] = "0"  # squash here: this is the helper
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     while True:
         head = requests.read(4)
         if len(head) != 4:
             return
-        if _U32.unpack(head)[0] == _CALL:
-            _serve_call(_read(requests, _U32.unpack(_read(requests, 4))[0]), replies)
-            continue
-        updates = []
-        for _ in range(_U32.unpack(head)[0]):
-            updates.append(_read(requests, _U32.unpack(_read(requests, 4))[0]))
-        try:
-            snapshot, clean = _ydoc.squash_clean(updates)
-        except Exception as exc:
-            message = f"{exc}".encode()
-            replies.write(b"\x01" + _U32.pack(len(message)) + message)
-        else:
-            replies.write(b"\x00" + (b"\x01" if clean else b"\x00") + _U32.pack(len(snapshot)) + snapshot)
-        replies.flush()
+        _serve_call(_read(requests, _U32.unpack(head)[0]), replies)
 
 
 def _serve_call(payload: bytes, replies: IO[bytes]) -> None:
