@@ -1286,6 +1286,73 @@ async def test_edits_during_the_autosave_delay_are_saved_once_and_not_converted_
         assert len(conversions) == 2 and len(written) == 2
 
 
+def save_answered(client: FakeClient, request_id: int) -> bool:
+    return {"type": "save", "responseTo": request_id, "status": "success"} in client.raw()
+
+
+async def test_a_save_or_a_close_with_nothing_new_since_the_last_save_converts_nothing(tmp_path: Path) -> None:
+    """A save request (Ctrl+S) or the room's close find the document as the last save left
+    it: nothing to convert (converting a 60-cell notebook at once held the event loop 12 ms
+    at every close). Any update since, the state map's included, makes them convert again,
+    a cell at a time where the document can, and save what is new."""
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=None)  # saves on request only
+    write_notebook(setup.nb, ["a = 1", "b = 2"])
+    async with open_room(setup) as (room, alice, _tg):
+        conversions, written = record_conversions_and_saves(room)
+        converted_at_once: list[int] = []
+        convert = room.document.get
+        room.document.get = lambda: converted_at_once.append(1) or convert()
+        await type_into(room, alice, 0, "1")
+        await room.handle(alice, sync.SaveRequest(1))
+        await wait_until(lambda: save_answered(alice, 1))
+        assert read_sources(setup.nb) == ["a = 11", "b = 2"]
+        assert len(conversions) == 1 and len(written) == 1
+
+        await room.handle(alice, sync.SaveRequest(2))
+        await wait_until(lambda: save_answered(alice, 2))
+        assert len(conversions) == 1 and len(written) == 1  # nothing converted, nothing written
+
+        await type_into(room, alice, 1, "2")
+        await room.handle(alice, sync.SaveRequest(3))
+        await wait_until(lambda: save_answered(alice, 3))
+        assert read_sources(setup.nb) == ["a = 11", "b = 22"]
+        assert len(conversions) == 2 and len(written) == 2
+
+        # an update of the state map only: converted, found equal, not written
+        with room.ydoc.transaction():
+            room.document.ystate["some_flag"] = True
+        await room.handle(alice, sync.SaveRequest(4))
+        await wait_until(lambda: save_answered(alice, 4))
+        assert len(conversions) == 3 and len(written) == 2
+
+        await room.close()  # nothing new since: the close converts nothing
+        assert len(conversions) == 3 and len(written) == 2
+        if getattr(room.document, "aget", None) is not None:
+            assert converted_at_once == []  # a cell at a time, every time
+    assert read_sources(setup.nb) == ["a = 11", "b = 22"]
+
+
+async def test_a_close_after_an_autosave_converts_nothing_unless_an_edit_came_since(setup: Setup) -> None:
+    """The autosave leaves the same mark: a close right after it converts nothing; a close
+    with an edit the autosave has not reached yet converts it and saves it."""
+    async with open_room(setup) as (room, alice, _tg):
+        conversions, written = record_conversions_and_saves(room)
+        await type_into(room, alice, 0, "1")
+        await wait_until(lambda: read_sources(setup.nb) == ["a = 11", "b = 2"])
+        await wait_until(lambda: room.files._nothing_to_save())
+        assert len(conversions) == 1
+        await room.close()
+        assert len(conversions) == 1 and len(written) == 1
+
+    setup.settings.save_delay = 30.0  # the edit waits for the close
+    async with open_room(setup) as (room, alice, _tg):
+        conversions, written = record_conversions_and_saves(room)
+        await type_into(room, alice, 1, "2")
+        await room.close()
+        assert len(conversions) == 1 and written == [["a = 11", "b = 22"]]
+    assert read_sources(setup.nb) == ["a = 11", "b = 22"]
+
+
 class OverlapCountingContents(AsyncLargeFileManager):
     """Records how many saves are in progress at once (each takes a while, as on a slow disk)."""
 

@@ -106,6 +106,9 @@ class FileSync:
         # the content last saved to or loaded from the file (kept out of the GC's walk)
         self._base: FrozenContent | None = None
         self._pending_base: FrozenContent | None = None  # a base not stored yet
+        # The room's change count at which the document was last found equal to ``_base``,
+        # and that base: while both still hold, a save has nothing to convert (see ``_save``).
+        self._base_current: tuple[int, FrozenContent] | None = None
         # The file as this room last knew it: its modification time, and its hash (a write by
         # another process in the same tick of a coarse file-system clock keeps the time).
         self._file_mtime: Any = None
@@ -305,6 +308,7 @@ class FileSync:
                 taken = (changes, content, FrozenContent(content), asked)
                 if self._base == taken[2] and self._save_failure is None:
                     self._requests_saved = asked
+                    self._note_base_current(changes)
                     continue  # nothing new since the last save (e.g. only the state map changed)
                 try:
                     await self._save(reason="auto", taken=taken)
@@ -317,6 +321,18 @@ class FileSync:
                 self._save_wakeup.set()
             else:
                 retry = self.settings.save_retry_delay
+
+    def _note_base_current(self, changes: int) -> None:
+        """The document, at the room's change count ``changes``, is ``_base``."""
+        if self._base is not None:
+            self._base_current = (changes, self._base)
+
+    def _unchanged_since_base(self) -> bool:
+        """Whether the document is still what ``_note_base_current`` found: no change of any
+        kind came since (the count moves with every update, the state map's included), and
+        the base was not replaced (a load or merge from the file sets a new one)."""
+        current = self._base_current
+        return current is not None and current[0] == self.room.changes and current[1] is self._base
 
     async def _content_in_steps(self) -> tuple[int, Any]:
         """The room's change count and the document's content as of that count, read a cell
@@ -371,6 +387,7 @@ class FileSync:
         async with self._save_lock:
             written = False
             moved: FrozenContent | None = None  # written, then the file moved (FileMoved)
+            content_at = -1  # the room's change count the content saved or compared is of
             for attempt in range(SAVE_RACES + 1):
                 await self.writer.settle(self.settings.store_wait)
                 disk = await self.file.stat()  # FileGone: the file was deleted
@@ -383,10 +400,16 @@ class FileSync:
                             return False
                         await self._adopt_saved_file()  # unchanged since: nothing to write
                 if taken is not None and taken[0] == self.room.changes:
-                    _changes, content, frozen, asked = taken
+                    content_at, content, frozen, asked = taken
+                elif self._unchanged_since_base() and disk.hash == self.document.hash:
+                    # (a close or a save request after an autosave: converting the notebook
+                    # again, at once, held the loop 12 ms for a 60-cell notebook)
+                    content_at, asked = self.room.changes, self._save_requests
+                    state = disk
+                    break
                 else:
                     asked = self._save_requests
-                    content = self.document.get()
+                    content_at, content = await self._content_in_steps()
                     frozen = FrozenContent(content)
                 if self._base == frozen and disk.hash == self.document.hash:
                     state = disk
@@ -411,8 +434,12 @@ class FileSync:
                 self._base = self._pending_base = frozen
                 written = True
                 break
+            # the content saved or compared is the document's still: no edit came since
+            current = content_at == self.room.changes
             with self._changes_by(SERVER_SAVE):
                 self.record_file(state, dirty=False)
+            if current:
+                self._note_base_current(self.room.changes)
             self._requests_saved = max(self._requests_saved, asked)
             if self._save_failure is not None:
                 self.log.info("Room %s: %s saved again", self.room_id, self.file.path)
