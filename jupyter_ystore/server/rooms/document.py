@@ -40,7 +40,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from pycrdt import Doc
 
-from jupyter_ystore.core.content import file_document, shared_document
+from jupyter_ystore.core.content import shared_document
 from jupyter_ystore.core.item_index import DOCUMENT_ROOTS
 from jupyter_ystore.core.keys import store_key
 from jupyter_ystore.core.update_guard import (
@@ -53,6 +53,7 @@ from jupyter_ystore.core.ydoc import CRDTError, crdt_errors
 from jupyter_ystore.errors import YDocNotFound, YStoreCorruptError
 from jupyter_ystore.server import metrics, protocol
 from jupyter_ystore.server.awareness import AwarenessRelay
+from jupyter_ystore.server.rooms import file_convert
 from jupyter_ystore.server.rooms.aside import set_aside
 from jupyter_ystore.server.rooms.files import DocumentFile, FileGone
 from jupyter_ystore.server.rooms.filesync import (
@@ -272,11 +273,11 @@ class DocumentRoom:
         attributes = await self._attributes()
         if not trusted:
             file_state = await self.file.load()
-            # A fixed client id makes the loaded history the same for the same content.
-            file_doc = file_document(self.file.file_type, file_state.content)
-            file_content = file_doc.get()  # as the document has it
+            # A fixed client id makes the loaded history the same for the same content;
+            # file_content is the content as the document has it.
+            update, file_content = await file_convert.load(self.file.file_type, file_state.content)
             with self._changes_by(SERVER_LOAD):
-                self.ydoc.apply_update(file_doc.ydoc.get_update())
+                self.ydoc.apply_update(update)
                 self.files.record_file(file_state, path=self.file.path)
             self.files.loaded(file_state, file_content)
             self.history_id = await self._new_history_id()

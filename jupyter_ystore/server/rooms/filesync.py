@@ -23,9 +23,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from jupyter_ystore.core import threads
-from jupyter_ystore.core.content import file_document
 from jupyter_ystore.core.merge import MergeResult, merge_into
-from jupyter_ystore.server.rooms import fingerprints, save_slots
+from jupyter_ystore.server.rooms import file_convert, fingerprints, save_slots
 from jupyter_ystore.server.rooms.files import FileChanged, FileGone, FileMoved, FileState
 from jupyter_ystore.server.rooms.frozen_content import FrozenContent
 from jupyter_ystore.server.rooms.writer import Origin
@@ -193,7 +192,7 @@ class FileSync:
         if file_state.content is None:  # only its time and hash were read
             file_state = await self.file.load()
             self._seen(file_state)
-        file_content = file_document(self.file.file_type, file_state.content).get()
+        file_content = await file_convert.as_document(self.file.file_type, file_state.content)
         if _comparable(content) == _comparable(file_content):
             self._adopt_base(file_content, stored=base)
             if self.document.hash != file_state.hash or self.document.path != self.file.path:
@@ -466,7 +465,7 @@ class FileSync:
         """The file changed on disk behind our back: merge its change since the base."""
         state = await self.file.load()
         self._seen(state)
-        file_content = file_document(self.file.file_type, state.content).get()
+        file_content = await file_convert.as_document(self.file.file_type, state.content)
         base = self._base.content() if self._base is not None else None
         if _comparable(file_content) == _comparable(base):  # touched, or saved again
             with self._changes_by(SERVER_SAVE):
@@ -517,7 +516,7 @@ class FileSync:
         """Whether the file (at its path now) holds ``written``, a save of ours it was
         renamed after; if so it is remembered as saved, with no merge."""
         state = await self.file.load()
-        content = file_document(self.file.file_type, state.content).get()
+        content = await file_convert.as_document(self.file.file_type, state.content)
         if _comparable(content) != _comparable(written.content()):
             return False
         self._seen(state)
@@ -529,7 +528,7 @@ class FileSync:
         if our document differs (not the same content again)."""
         state = await self.file.load()
         self._seen(state)
-        self._base = FrozenContent(file_document(self.file.file_type, state.content).get())
+        self._base = FrozenContent(await file_convert.as_document(self.file.file_type, state.content))
         if not self._base.matches(self.document.get()):
             self.schedule_save()  # it saved before our latest changes reached it
 
