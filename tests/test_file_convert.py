@@ -1,5 +1,5 @@
-"""A room reads its file into a document away from the event loop (``file_convert``): at
-its first open (the store does not hold it) and when the file changed on disk."""
+"""A room reads its file into a document away from the event loop (``file_convert``) when it
+opens: the first time (the store does not hold it) and after the file changed on disk."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pycrdt import Doc
 from jupyter_ystore.server.rooms import file_convert
 from jupyter_ystore.stores import squash_helper
 from _server_helpers import read_sources, wait_until, write_notebook
-from test_rooms import ROOM, FakeClient, Setup, fresh_store_class, run_manager
+from test_rooms import ROOM, Setup, fresh_store_class, run_manager
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +34,10 @@ def recording_threads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
     return threads
 
 
-async def test_a_first_open_and_a_file_change_read_the_file_off_the_event_loop(
+async def test_a_first_open_and_an_open_after_a_change_on_disk_read_the_file_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    setup = Setup(tmp_path, fresh_store_class(), poll_interval=0.05)
+    setup = Setup(tmp_path, fresh_store_class())
     write_notebook(setup.nb, ["a = 1", "b = 2"])
     threads = recording_threads(monkeypatch)
     loop_thread = threading.get_ident()
@@ -45,14 +45,16 @@ async def test_a_first_open_and_a_file_change_read_the_file_off_the_event_loop(
     async with anyio.create_task_group() as tg:
         await run_manager(manager, tg)
         room = await manager.get_room(ROOM)
-        room.join(FakeClient("alice"))
         assert [cell["source"] for cell in room.document.get()["cells"]] == ["a = 1", "b = 2"]
         assert len(threads["load_update"]) == 1 and loop_thread not in threads["load_update"]
+        await room.close()
 
         await anyio.sleep(0.05)  # a later modification time
-        write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])  # changed on disk
-        await wait_until(lambda: len(room.document.get()["cells"]) == 3)
+        write_notebook(setup.nb, ["a = 1", "b = 2", "c = 3"])  # changed on disk while closed
+        room = await manager.get_room(ROOM)  # from the store, then compared with the file
+        assert [cell["source"] for cell in room.document.get()["cells"]] == ["a = 1", "b = 2", "c = 3"]
         assert threads["as_document_has_it"] and loop_thread not in threads["as_document_has_it"]
+        assert len(threads["load_update"]) == 1
         await manager.close_all()
         tg.cancel_scope.cancel()
     assert read_sources(setup.nb) == ["a = 1", "b = 2", "c = 3"]
@@ -76,6 +78,8 @@ async def test_a_server_reads_files_into_documents_in_its_helper_process(
     own = squash_helper._Helper()
     monkeypatch.setattr(squash_helper, "_HELPER", own)
     squash_helper.offload_compactions(True)
+    squash_helper.warm_up()
+    await wait_until(lambda: own._process is not None and not own._lock.locked(), timeout=30)
     setup = Setup(tmp_path, fresh_store_class())
     write_notebook(setup.nb, ["x = 1", "y = 2"])
     content = (await setup.contents.get("nb.ipynb", content=True))["content"]

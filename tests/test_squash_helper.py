@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,41 @@ def test_a_call_that_raises_there_raises_here_as_here(
     assert squash_helper.run(os.getpid) == alive.pid
     assert squash_helper.run(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle
     assert "cannot go to the helper process" in caplog.text
+
+
+def test_a_call_that_must_not_wait_runs_here_while_the_helper_is_busy_or_not_up(
+    helper: squash_helper._Helper,
+) -> None:
+    """``run_if_idle`` (a room reading its file) goes to the helper only when it is up and
+    free: never behind another call (a compaction's long squash), never waiting for it to
+    start; ``warm_up`` starts it without waiting."""
+    assert squash_helper.run_if_idle(os.getpid) == os.getpid()  # not offloading
+    squash_helper.offload_compactions(True)
+    assert squash_helper.run_if_idle(os.getpid) == os.getpid()  # not up, and not started
+    assert helper._process is None
+    squash_helper.warm_up()
+    deadline = time.monotonic() + 30
+    while (helper._process is None or helper._lock.locked()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert helper._process is not None
+    assert squash_helper.run_if_idle(os.getpid) == helper._process.pid  # up and free
+
+    started = threading.Event()
+
+    def long_call() -> None:
+        started.set()
+        squash_helper.run(time.sleep, 1.0)
+
+    busy = threading.Thread(target=long_call)
+    busy.start()
+    started.wait()
+    while not helper._lock.locked():
+        time.sleep(0.001)
+    begun = time.monotonic()
+    assert squash_helper.run_if_idle(os.getpid) == os.getpid()  # busy: here, at once
+    assert time.monotonic() - begun < 0.5
+    busy.join()
+    assert squash_helper.run_if_idle(os.getpid) == helper._process.pid
 
 
 def test_a_helper_killed_between_calls_is_replaced(helper: squash_helper._Helper) -> None:

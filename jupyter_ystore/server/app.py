@@ -231,6 +231,7 @@ class YStoreExtension(ExtensionApp):
         # Compactions squash and plan in the helper process: in a worker thread they would
         # keep the GIL from the event loop after each of its system calls.
         squash_helper.offload_compactions(True)
+        squash_helper.warm_up()  # (rooms reading their files use it only when it is up)
 
     def initialize_settings(self) -> None:
         # Our modules' own loggers (e.g. jupyter_ystore.sqlite, from database threads) write

@@ -91,6 +91,25 @@ def run(func: Callable[..., T], *args: Any) -> T:
     return func(*args)
 
 
+def run_if_idle(func: Callable[..., T], *args: Any) -> T:
+    """``run``, where it does not wait: in the helper process when it is up and free, else
+    here. For work someone is waiting on (a room reading its file): behind a compaction's
+    squash of a big history, or the helper's start (0.5 s and more), it would come later
+    than in this thread."""
+    if offloading():
+        answer = _HELPER.call(func, args, wait=False)
+        if answer is not None:
+            return answer[0]
+    return func(*args)
+
+
+def warm_up() -> None:
+    """Start the helper in a thread of its own and return (a server, at its start): the
+    first ``run_if_idle`` finds it up."""
+    if offloading():
+        threading.Thread(target=_HELPER.call, args=(os.getpid, ()), daemon=True, name="ystore-helper-start").start()
+
+
 class _Helper:
     """The child process and the lock that gives it one request at a time."""
 
@@ -99,34 +118,44 @@ class _Helper:
         self._process: subprocess.Popen[bytes] | None = None
         self._failures = 0
 
-    def call(self, func: Callable[..., T], args: tuple[Any, ...]) -> tuple[T] | None:
+    def call(self, func: Callable[..., T], args: tuple[Any, ...], *, wait: bool = True) -> tuple[T] | None:
         """``(func(*args),)`` computed by the helper, or None when it could not give one or
-        the call raised there (then run it here)."""
+        the call raised there (then run it here). ``wait=False``: None at once, too, when
+        the helper is busy with another call or not started."""
         try:
             payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # a programming error: say so, and run it here
             log.warning("jupyter_ystore: %s cannot go to the helper process (%s)", func, exc)
             return None
-        return self._request(lambda process: _ask_call(process, payload))
+        return self._request(lambda process: _ask_call(process, payload), wait=wait)
 
-    def _request(self, ask: Callable[[subprocess.Popen[bytes]], T]) -> T | None:
-        with self._lock:
-            if self._failures >= 3:  # it keeps dying: this host cannot run it
-                return None
-            for _attempt in range(2):
-                process = self._process or self._start()
-                if process is None:
-                    return None
-                try:
-                    answer = ask(process)
-                except (OSError, EOFError, struct.error, pickle.UnpicklingError) as exc:
-                    self._failures += 1
-                    log.warning("jupyter_ystore: the squash helper process failed (%s)", exc)
-                    self._stop()
-                    continue
-                self._failures = 0  # three failures in a row, not in a lifetime, turn it off
-                return answer
+    def _request(self, ask: Callable[[subprocess.Popen[bytes]], T], *, wait: bool = True) -> T | None:
+        if not self._lock.acquire(blocking=wait):
             return None
+        try:
+            if not wait and self._process is None:
+                return None
+            return self._ask(ask)
+        finally:
+            self._lock.release()
+
+    def _ask(self, ask: Callable[[subprocess.Popen[bytes]], T]) -> T | None:
+        if self._failures >= 3:  # it keeps dying: this host cannot run it
+            return None
+        for _attempt in range(2):
+            process = self._process or self._start()
+            if process is None:
+                return None
+            try:
+                answer = ask(process)
+            except (OSError, EOFError, struct.error, pickle.UnpicklingError) as exc:
+                self._failures += 1
+                log.warning("jupyter_ystore: the squash helper process failed (%s)", exc)
+                self._stop()
+                continue
+            self._failures = 0  # three failures in a row, not in a lifetime, turn it off
+            return answer
+        return None
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -402,7 +402,7 @@ class FileSync:
                     content_at, content, frozen, asked = taken
                 elif self._unchanged_since_base() and disk.hash == self.document.hash:
                     # (a close or a save request after an autosave: converting the notebook
-                    # again, at once, held the loop 12 ms for a 60-cell notebook)
+                    # again, at once, held the loop 7.6 ms for 61 cells, 51 ms for 410)
                     content_at, asked = self.room.changes, self._save_requests
                     state = disk
                     break
@@ -465,7 +465,9 @@ class FileSync:
         """The file changed on disk behind our back: merge its change since the base."""
         state = await self.file.load()
         self._seen(state)
-        file_content = await file_convert.as_document(self.file.file_type, state.content)
+        # Read here, without an await between the file's read and the merge: another server's
+        # import of the same change, coming through the store meanwhile, made both import.
+        file_content = file_convert.as_document_has_it(self.file.file_type, state.content)
         base = self._base.content() if self._base is not None else None
         if _comparable(file_content) == _comparable(base):  # touched, or saved again
             with self._changes_by(SERVER_SAVE):
@@ -516,7 +518,7 @@ class FileSync:
         """Whether the file (at its path now) holds ``written``, a save of ours it was
         renamed after; if so it is remembered as saved, with no merge."""
         state = await self.file.load()
-        content = await file_convert.as_document(self.file.file_type, state.content)
+        content = file_convert.as_document_has_it(self.file.file_type, state.content)
         if _comparable(content) != _comparable(written.content()):
             return False
         self._seen(state)
@@ -528,7 +530,7 @@ class FileSync:
         if our document differs (not the same content again)."""
         state = await self.file.load()
         self._seen(state)
-        self._base = FrozenContent(await file_convert.as_document(self.file.file_type, state.content))
+        self._base = FrozenContent(file_convert.as_document_has_it(self.file.file_type, state.content))
         if not self._base.matches(self.document.get()):
             self.schedule_save()  # it saved before our latest changes reached it
 
