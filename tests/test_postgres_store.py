@@ -621,8 +621,8 @@ async def test_a_servers_compactions_squash_in_the_helper_process(pg_config, mon
     asked: list[str] = []
     real_call = helper.call
 
-    def recording_call(func: Any, args: Any) -> Any:
-        answer = real_call(func, args)
+    def recording_call(func: Any, args: Any, **kwargs: Any) -> Any:
+        answer = real_call(func, args, **kwargs)
         asked.append(f"{getattr(func, '__name__', func)}:{'there' if answer is not None else 'here'}")
         return answer
 

@@ -140,7 +140,7 @@ def test_a_call_that_raises_there_raises_here_as_here(
     squash_helper.offload_compactions(True)
     asked: list[Any] = []
     real_call = helper.call
-    helper.call = lambda func, args: asked.append(real := real_call(func, args)) or real  # type: ignore[method-assign]
+    helper.call = lambda func, args, **kw: asked.append(real := real_call(func, args, **kw)) or real  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="invalid literal"):
         squash_helper.run(int, "not a number")
     assert asked == [None]  # it went there first, and raised there
@@ -185,6 +185,13 @@ def test_a_call_that_must_not_wait_runs_here_while_the_helper_is_busy_or_not_up(
     busy.join()
     assert squash_helper.run_if_idle(os.getpid) == helper._process.pid
 
+    helper._process.kill()  # died since: here, without waiting for a new one to start
+    helper._process.wait()
+    begun = time.monotonic()
+    assert squash_helper.run_if_idle(os.getpid) == os.getpid()
+    assert time.monotonic() - begun < 0.2
+    assert squash_helper.run(os.getpid) not in (os.getpid(), None)  # run starts a new one
+
 
 def test_a_helper_killed_between_calls_is_replaced(helper: squash_helper._Helper) -> None:
     squash_helper.offload_compactions(True)
@@ -219,7 +226,7 @@ async def test_a_sqlite_compaction_in_the_helper_writes_what_one_here_writes(
             await store.write(update)
     asked: list[str] = []
     real_call = helper.call
-    helper.call = lambda func, args: asked.append(func.__name__) or real_call(func, args)  # type: ignore[method-assign]
+    helper.call = lambda func, args, **kw: asked.append(func.__name__) or real_call(func, args, **kw)  # type: ignore[method-assign]
     results = {}
     for offloading in (False, True):
         db = tmp_path / f"offloading-{offloading}.db"

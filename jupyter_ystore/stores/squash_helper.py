@@ -84,11 +84,7 @@ def run(func: Callable[..., T], *args: Any) -> T:
     thread, not the GIL), else here. ``func`` and its arguments must pickle (``func`` a
     module-level function). Whenever the helper cannot answer, or the call raised there, it
     runs here: the same result, and the same exception as here."""
-    if offloading():
-        answer = _HELPER.call(func, args)
-        if answer is not None:
-            return answer[0]
-    return func(*args)
+    return _run(func, args, wait=True)
 
 
 def run_if_idle(func: Callable[..., T], *args: Any) -> T:
@@ -96,8 +92,12 @@ def run_if_idle(func: Callable[..., T], *args: Any) -> T:
     here. For work someone is waiting on (a room reading its file): behind a compaction's
     squash of a big history, or the helper's start (0.5 s and more), it would come later
     than in this thread."""
+    return _run(func, args, wait=False)
+
+
+def _run(func: Callable[..., T], args: tuple[Any, ...], *, wait: bool) -> T:
     if offloading():
-        answer = _HELPER.call(func, args, wait=False)
+        answer = _HELPER.call(func, args, wait=wait)
         if answer is not None:
             return answer[0]
     return func(*args)
@@ -133,8 +133,8 @@ class _Helper:
         if not self._lock.acquire(blocking=wait):
             return None
         try:
-            if not wait and self._process is None:
-                return None
+            if not wait and (self._process is None or self._process.poll() is not None):
+                return None  # not up (never started, or died since): no wait for a new one
             return self._ask(ask)
         finally:
             self._lock.release()

@@ -14,9 +14,10 @@ An open room that finds its file changed reads it on the loop still: an await be
 file's read and the merge let another server's import of the same change come in through the
 store, and both imported it (``test_an_edit_on_disk_is_imported_once``).
 
-The helper answers one call at a time: a class opening fifty notebooks at once would have
-fifty worker threads wait their turn there, and the file reads, stats and locks of every
-other room wait for a thread. ``AT_ONCE`` conversions of a loop take a thread at a time.
+While the helper is busy, conversions run in worker threads, where they hold the GIL against
+the loop (up to the switch interval after each of its system calls) and take threads the
+file reads, stats and locks of every room need: a class opening fifty notebooks at once
+converts ``AT_ONCE`` at a time.
 """
 
 from __future__ import annotations
