@@ -31,6 +31,7 @@ _LAZY = {
     "SQLiteYStore": ".stores.sqlite",
     "PostgresYStore": ".stores.postgres",
     "PostgresFileIdManager": ".server.fileids",
+    "OffLoopFileContentsManager": ".server.offloop_contents",
     "YStoreExtension": ".server.app",
 }
 

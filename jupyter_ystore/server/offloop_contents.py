@@ -1,0 +1,47 @@
+"""A file contents manager whose saves do all their file work in a worker thread.
+
+jupyter_server's asynchronous file contents manager writes the new content in a worker
+thread, but does the rest of an atomic save on the event loop: the backup copy of the old
+file before (``copy2_safe``, about ten system calls) and the flush, ``fsync`` and removal of
+the backup after. On a network home directory each of those can take from milliseconds to
+seconds, every collaborator of every room waiting. On a local disk the cost is the GIL: each
+system call gives it away, and while another save's ``nbformat.write`` (validation, JSON with
+``indent``, pure Python) runs in its thread, the loop waits up to a switch interval (5 ms) to
+get it back after each one. Those were the only turns of the loop over 20 ms while typing
+left at 32x10 (benchmarks/README.md, "Saves with nothing new convert nothing").
+
+This manager runs a save's whole atomic write (backup, write, fsync, restore on failure) in
+one worker thread call; everything else (hooks, signing, checkpoints, events) is
+jupyter_server's own. Opt in with::
+
+    c.ServerApp.contents_manager_class = "jupyter_ystore.OffLoopFileContentsManager"
+
+A deployment with its own contents manager keeps it; rooms save through whichever is set.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from anyio import to_thread
+from jupyter_server.services.contents.fileio import FileManagerMixin
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+
+
+class OffLoopFileContentsManager(AsyncLargeFileManager):
+    """``AsyncLargeFileManager`` whose notebook and file writes leave the event loop whole.
+
+    The thread call is not cancelled with its caller: a write once begun is finished (or
+    rolled back by ``atomic_writing``), never left half done by a closing room."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log.info("Contents: saves do their file writes off the event loop (%s)", type(self).__name__)
+
+    async def _save_notebook(self, os_path: str, nb: Any, capture_validation_error: dict | None = None) -> None:
+        write = partial(FileManagerMixin._save_notebook, self, os_path, nb, capture_validation_error=capture_validation_error)
+        await to_thread.run_sync(write)
+
+    async def _save_file(self, os_path: str, content: str, format: str | None) -> None:
+        await to_thread.run_sync(FileManagerMixin._save_file, self, os_path, content, format)

@@ -1,0 +1,178 @@
+"""``OffLoopFileContentsManager``: jupyter_server's saves, with all their file work in a
+worker thread (the backup copy and ``fsync`` of the stock manager run on the event loop)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nbformat
+import pytest
+from jupyter_server.services.contents import fileio
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+from tornado.web import HTTPError
+
+from _server_helpers import JupyterServerProcess, append, read_sources, wait_until, write_notebook, yclient
+from jupyter_ystore import OffLoopFileContentsManager
+
+pytestmark = pytest.mark.anyio
+
+
+def notebook_model(sources: list[str]) -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    return {"type": "notebook", "content": nb}
+
+
+class FileCallThreads:
+    """Which threads the atomic write's backup copy and ``fsync`` ran in."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[tuple[str, bool]] = []
+        copy, fsync = fileio.copy2_safe, os.fsync
+
+        def recording_copy(*args: Any, **kwargs: Any) -> Any:
+            self.names.append(("copy", threading.current_thread() is threading.main_thread()))
+            return copy(*args, **kwargs)
+
+        def recording_fsync(fd: int) -> None:
+            self.names.append(("fsync", threading.current_thread() is threading.main_thread()))
+            fsync(fd)
+
+        monkeypatch.setattr(fileio, "copy2_safe", recording_copy)
+        monkeypatch.setattr(fileio.os, "fsync", recording_fsync)
+
+    def on_loop(self) -> set[str]:
+        return {name for name, main in self.names if main}
+
+
+@pytest.mark.parametrize("manager_class", [OffLoopFileContentsManager, AsyncLargeFileManager])
+async def test_a_save_copies_and_syncs_off_the_loop_and_the_stock_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager_class: type
+) -> None:
+    write_notebook(tmp_path / "a.ipynb", ["a = 1"])
+    (tmp_path / "b.py").write_text("b = 1\n")
+    manager = manager_class(root_dir=str(tmp_path))
+    threads = FileCallThreads(monkeypatch)
+    await manager.save(notebook_model(["a = 2"]), "a.ipynb")
+    await manager.save({"type": "file", "format": "text", "content": "b = 2\n"}, "b.py")
+    assert [name for name, _ in threads.names] == ["copy", "fsync", "copy", "fsync"]
+    if manager_class is OffLoopFileContentsManager:
+        assert threads.on_loop() == set()
+    else:  # (what the subclass is for)
+        assert threads.on_loop() == {"copy", "fsync"}
+    assert read_sources(tmp_path / "a.ipynb") == ["a = 2"]
+    assert (tmp_path / "b.py").read_text() == "b = 2\n"
+
+
+async def test_a_save_is_jupyter_servers_own_signing_checkpoints_and_hooks(tmp_path: Path) -> None:
+    hooked: list[str] = []
+    manager = OffLoopFileContentsManager(root_dir=str(tmp_path))
+    manager.register_pre_save_hook(lambda model, path, **kw: hooked.append(f"pre {path}"))
+    manager.register_post_save_hook(lambda model, os_path, **kw: hooked.append("post"))
+    model = await manager.save(notebook_model(["x = 1"]), "new.ipynb")
+    assert model["type"] == "notebook" and model.get("content") is None
+    assert hooked == ["pre new.ipynb", "post"]
+    assert await manager.checkpoints.list_checkpoints("new.ipynb")
+    saved = nbformat.read(tmp_path / "new.ipynb", as_version=4)
+    assert manager.notary.check_signature(saved)  # signed: the server wrote it, outputs trusted
+    got = await manager.get("new.ipynb")
+    assert [c["source"] for c in got["content"]["cells"]] == ["x = 1"]
+
+
+async def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_notebook(tmp_path / "a.ipynb", ["kept = 1"])
+    manager = OffLoopFileContentsManager(root_dir=str(tmp_path))
+
+    def failing_write(nb: Any, fp: Any, **kwargs: Any) -> None:
+        fp.write('{"cells": [')  # half a notebook, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nbformat, "write", failing_write)
+    with pytest.raises(HTTPError) as failed:
+        await manager.save(notebook_model(["lost = 1"]), "a.ipynb")
+    assert failed.value.status_code == 500
+    assert read_sources(tmp_path / "a.ipynb") == ["kept = 1"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".ipynb")) == ["a.ipynb"]
+
+
+async def test_a_save_cancelled_midway_still_writes_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A room closing while its save writes: the write finishes, nothing is half written."""
+    write_notebook(tmp_path / "a.ipynb", ["old = 1"])
+    manager = OffLoopFileContentsManager(root_dir=str(tmp_path))
+    writing, real_write = threading.Event(), nbformat.write
+
+    def slow_write(nb: Any, fp: Any, **kwargs: Any) -> None:
+        writing.set()
+        threading.Event().wait(0.3)
+        real_write(nb, fp, **kwargs)
+
+    monkeypatch.setattr(nbformat, "write", slow_write)
+    with anyio.move_on_after(0.1):
+        await manager.save(notebook_model(["new = 1"]), "a.ipynb")
+    assert writing.is_set()
+    assert read_sources(tmp_path / "a.ipynb") == ["new = 1"]
+
+
+async def test_a_server_configured_with_it_saves_a_collaborative_edit(tmp_path: Path) -> None:
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    home.mkdir()
+    write_notebook(root / "a.ipynb", ["a = 1"])
+    config = {
+        "ServerApp": {"contents_manager_class": "jupyter_ystore.OffLoopFileContentsManager"},
+        "YStoreExtension": {"document_save_delay": 0.2, "document_cleanup_delay": 0.3},
+    }
+    server = JupyterServerProcess(root, home, config=config)
+    server.start()
+    try:
+        session = server.session("a.ipynb")
+        async with yclient(server.room_url(session)) as tab:
+            with anyio.fail_after(20):
+                await tab.synced.wait()
+            append(tab.document.ycells[0]["source"], "1")
+            await wait_until(lambda: read_sources(root / "a.ipynb") == ["a = 11"], timeout=20)
+        assert "saves do their file writes off the event loop (OffLoopFileContentsManager)" in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("manager_class", [OffLoopFileContentsManager, AsyncLargeFileManager])
+async def test_a_slow_disk_does_not_stall_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager_class: type
+) -> None:
+    """A network home directory whose ``fsync`` takes 0.4 s: every room waits that long on
+    the stock manager's save, on this one only the room that saves."""
+    import time
+
+    write_notebook(tmp_path / "a.ipynb", ["a = 1"])
+    manager = manager_class(root_dir=str(tmp_path))
+    fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.4)
+        fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", slow_fsync)
+    longest = 0.0
+
+    async def tick() -> None:
+        nonlocal longest
+        while True:
+            before = time.monotonic()
+            await anyio.sleep(0.01)
+            longest = max(longest, time.monotonic() - before)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.sleep(0.05)
+        await manager.save(notebook_model(["a = 2"]), "a.ipynb")
+        tg.cancel_scope.cancel()
+    assert read_sources(tmp_path / "a.ipynb") == ["a = 2"]
+    if manager_class is OffLoopFileContentsManager:
+        assert longest < 0.2
+    else:
+        assert longest >= 0.4
