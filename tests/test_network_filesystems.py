@@ -129,9 +129,30 @@ def test_a_server_on_nfs_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest
             server.terminate()
         server.kill()
     lines = [line for line in server.log().splitlines() if "network file system" in line]
-    assert len(lines) == 1, server.log()
+    assert len(lines) == 2, server.log()
     assert lines[0].startswith("[W ") and "SQLiteYStore.db_path" in lines[0], lines
     assert "PostgresYStore" in lines[0] and "local disk" in lines[0]
+    # the notebooks too: their saves' copy and fsync on the loop, and what to do about it
+    assert lines[1].startswith("[W ") and "the notebooks" in lines[1] and "nfs4" in lines[1], lines
+    assert "OffLoopFileContentsManager" in lines[1]
     con = sqlite3.connect(root / ".jupyter_ystore.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
+
+
+def test_notebooks_on_a_network_file_system_get_a_hint_unless_saved_off_the_loop(tmp_path: Path) -> None:
+    from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+
+    from jupyter_ystore import OffLoopFileContentsManager
+    from jupyter_ystore.server.offloop_contents import network_contents_hint
+
+    share, local = tmp_path / "share", tmp_path / "local"
+    share.mkdir()
+    local.mkdir()
+    mounts = parse_mountinfo(mountinfo(tmp_path, share, "nfs4").read_text())
+    line = network_contents_hint(AsyncLargeFileManager(root_dir=str(share)), mounts)
+    assert line is not None and "nfs4 (files:/export on" in line and "AsyncLargeFileManager" in line
+    assert "OffLoopFileContentsManager" in line
+    assert network_contents_hint(OffLoopFileContentsManager(root_dir=str(share)), mounts) is None
+    assert network_contents_hint(AsyncLargeFileManager(root_dir=str(local)), mounts) is None
+    assert network_contents_hint(object(), mounts) is None  # (not a file manager: none of ours to say)

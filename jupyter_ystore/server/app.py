@@ -27,6 +27,7 @@ from jupyter_ystore.server import gc_pauses, loop_lag, metrics
 from jupyter_ystore.server.full_collections import FullCollections
 from jupyter_ystore.server.fileids import choose_file_id_manager
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
+from jupyter_ystore.server.offloop_contents import network_contents_hint
 from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms.spill import Spill
@@ -225,6 +226,10 @@ class YStoreExtension(ExtensionApp):
         spilled during a store outage before a restart go back into the store at once."""
         if not self.yielded_to_server_ydoc:
             await self.rooms()
+            # Notebooks on NFS saved by jupyter_server's own manager: one line on what to do.
+            hint = await anyio.to_thread.run_sync(network_contents_hint, self.serverapp.contents_manager)
+            if hint:
+                self.serverapp.log.warning(hint)
         if self.freeze_startup_objects:
             gc_pauses.freeze_startup_objects(self.serverapp.log)
         gc_pauses.time_full_collections()

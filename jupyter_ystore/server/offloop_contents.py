@@ -28,6 +28,8 @@ from anyio import to_thread
 from jupyter_server.services.contents.fileio import FileManagerMixin
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
+from jupyter_ystore.stores.filesystems import Mount, network_mount
+
 
 class OffLoopFileContentsManager(AsyncLargeFileManager):
     """``AsyncLargeFileManager`` whose notebook and file writes leave the event loop whole.
@@ -45,3 +47,22 @@ class OffLoopFileContentsManager(AsyncLargeFileManager):
 
     async def _save_file(self, os_path: str, content: str, format: str | None) -> None:
         await to_thread.run_sync(FileManagerMixin._save_file, self, os_path, content, format)
+
+
+def network_contents_hint(contents_manager: object, mounts: list[Mount] | None = None) -> str | None:
+    """One line for the server's log when the notebooks are on a network or FUSE file system
+    and saved by a file manager that writes on the event loop (jupyter_server's own); None
+    otherwise. Touches the file system: not on the event loop."""
+    if not isinstance(contents_manager, FileManagerMixin) or isinstance(contents_manager, OffLoopFileContentsManager):
+        return None
+    root_dir = getattr(contents_manager, "root_dir", None)
+    mount = network_mount(root_dir, mounts) if isinstance(root_dir, str) and root_dir else None
+    if mount is None:
+        return None
+    return (
+        f"jupyter_ystore: the notebooks ({root_dir}) are on a network file system, {mount}, "
+        f"and {type(contents_manager).__name__} makes each save's backup copy and fsync on "
+        "the event loop, where every room waits for the file server. "
+        'c.ServerApp.contents_manager_class = "jupyter_ystore.OffLoopFileContentsManager" '
+        "makes them in a worker thread"
+    )
