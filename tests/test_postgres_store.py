@@ -11,7 +11,7 @@ import pycrdt
 import pytest
 from postgres_helpers import pg_config, pg_dsn, pg_schema, run_sql  # noqa: F401 (fixtures)
 
-from jupyter_ystore.core import ydoc as _ydoc
+from jupyter_ystore.stores import squash_helper
 from jupyter_ystore.errors import (
     YDocNotFound,
     YStoreConnectionError,
@@ -217,14 +217,16 @@ async def test_updates_during_compaction_are_kept(pg_config, pg_dsn, monkeypatch
     updates, expected = text_updates(120)
     squashing = threading.Event()
     release = threading.Event()
-    real_squash = _ydoc.squash
+    real_squash = _pg_compact.squash
 
-    def slow_squash(batch: list[bytes]) -> bytes:
+    def slow_squash(batch: list[bytes], *args: Any) -> tuple[bytes, bool]:
         squashing.set()
         assert release.wait(30)
-        return real_squash(batch)
+        return real_squash(batch, *args)
 
-    monkeypatch.setattr(_ydoc, "squash", slow_squash)
+    # (the compaction's own name for it, run in this process: a helper process would not see it)
+    monkeypatch.setattr(_pg_compact, "squash", slow_squash)
+    monkeypatch.setattr(squash_helper, "_offload", False)
     other = dict(pg_config, dsn=pg_dsn + "?application_name=writer")
     async with PostgresYStore("doc", compact_after_updates=0, **pg_config) as compactor, \
             PostgresYStore("doc", compact_after_updates=0, **other) as writer:
@@ -232,9 +234,9 @@ async def test_updates_during_compaction_are_kept(pg_config, pg_dsn, monkeypatch
             await writer.write(update)
         async with anyio.create_task_group() as tg:
             tg.start_soon(compactor.compact)
-            await anyio.to_thread.run_sync(squashing.wait, 30)
+            assert await anyio.to_thread.run_sync(squashing.wait, 30)
             for update in updates[80:]:
-                await writer.write(update)  # not blocked by the compaction
+                await writer.write(update)  # not blocked by the compaction, still squashing
             release.set()
         stored = await rows(compactor)
         assert stored[0]["snapshot"] and len(stored) == 41
