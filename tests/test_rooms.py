@@ -26,7 +26,8 @@ from _server_helpers import append, read_sources, wait_until, write_notebook
 from postgres_helpers import pg_config  # noqa: F401  (fixture)
 from jupyter_ystore import MemoryYStore, YStoreCorruptError
 from jupyter_ystore.server import protocol as sync
-from jupyter_ystore.server.rooms.files import DocumentFile, FileChanged
+from jupyter_ystore.server.rooms import filesync
+from jupyter_ystore.server.rooms.files import DocumentFile, FileChanged, FileGone
 from jupyter_ystore.server.rooms import RoomError, RoomManager, RoomSettings
 
 pytestmark = pytest.mark.anyio
@@ -714,6 +715,57 @@ async def test_a_room_whose_file_is_renamed_as_it_saves_keeps_its_save_and_merge
     assert "went away as it was saved; looking again" in caplog.text
     assert "changed on disk" not in caplog.text and "cannot save" not in caplog.text
     assert not setup.nb.exists()
+
+
+@pytest.mark.parametrize("how", ["autosave", "request"])
+async def test_a_file_renamed_by_another_server_is_saved_at_its_new_path_once_the_ids_know_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Another server renames the file on disk, then tells the shared file ids: for a
+    moment this server's id still names the old path, where no file is. A save in that
+    moment waits for the rename to arrive and saves at the new path, logging no error
+    (three servers on PostgreSQL logged "cannot save the file" for it, retried 2 s later)."""
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=0.05 if how == "autosave" else None)
+    write_notebook(setup.nb, ["a = 1", "b = 2"])
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    async with open_room(setup) as (room, alice, tg):
+        os.rename(setup.nb, setup.root / "moved.ipynb")
+
+        async def ids_learn_the_rename() -> None:
+            await anyio.sleep(0.3)
+            setup.ids.paths["id-1"] = "moved.ipynb"
+
+        tg.start_soon(ids_learn_the_rename)
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " # one"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        if how == "request":
+            assert await room.files.save(reason="test")
+        await wait_until(lambda: read_sources(tmp_path / "moved.ipynb") == ["a = 1 # one", "b = 2"])
+        assert room.files._save_failure is None
+    assert "nb.ipynb was renamed to moved.ipynb as it was saved; saving there" in caplog.text
+    assert "cannot save" not in caplog.text and "changed on disk" not in caplog.text
+    assert not setup.nb.exists()
+
+
+async def test_a_file_deleted_outside_jupyter_fails_its_save_after_the_wait_for_a_rename(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file removed outside Jupyter keeps its id and path: the wait for a rename ends
+    with nothing renamed, and the save fails as before, with one error and the edits kept."""
+    monkeypatch.setattr(filesync, "RENAME_WAIT", 0.2)
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=None)
+    write_notebook(setup.nb, ["a = 1", "b = 2"])
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    async with open_room(setup) as (room, alice, _tg):
+        setup.nb.unlink()
+        update = client_update(room, lambda nb: append(nb.ycells[0]["source"], " # kept"))
+        await room.handle(alice, sync.SyncUpdate(update))
+        started = time.monotonic()
+        with pytest.raises(FileGone):
+            await room.files.save(reason="test")
+        assert time.monotonic() - started >= 0.2
+        assert room.document.get()["cells"][0]["source"] == "a = 1 # kept"
+    assert "was renamed" not in caplog.text
 
 
 async def test_a_write_that_keeps_the_files_time_is_noticed_by_the_next_save(setup: Setup) -> None:

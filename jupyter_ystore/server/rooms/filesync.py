@@ -48,6 +48,12 @@ SYNCED_KEPT = 16
 #: How many times a save looks at the file again when it changed just before the write.
 SAVE_RACES = 5
 
+#: How long a save that found no file at its path waits for the file id manager to learn
+#: of a rename (seconds). Another server renames the file on disk first and tells the shared
+#: file ids after: for a few milliseconds (more when that server is busy), this server's
+#: file id still names the old path.
+RENAME_WAIT = 1.0
+
 SERVER_FILE = Origin("server", reason="file-changed")
 SERVER_SAVE = Origin("server", reason="save")
 
@@ -299,6 +305,7 @@ class FileSync:
                 # typing in, one after another).
                 continue
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
+            path = self.path_or_none()
             async with save_slots.save_slot():  # (converting the document is part of the save)
                 if self._nothing_to_save():
                     continue  # a save (by request) covered it while we waited for the slot
@@ -313,6 +320,10 @@ class FileSync:
                     await self._save(reason="auto", taken=taken)
                 except Exception as exc:
                     failure = exc
+            if isinstance(failure, FileGone) and await self.renamed_since(path):
+                self._log_renamed(path)  # another server's rename: save at the new path now
+                self._save_wakeup.set()
+                continue
             if failure is not None:
                 self.save_failed(failure, "autosave")
                 await anyio.sleep(retry)
@@ -369,10 +380,51 @@ class FileSync:
 
     async def save(self, *, reason: str = "auto", taken: Taken | None = None) -> bool:
         """Write the document to its file if it changed; whether the file was written.
-        Waits for one of the loop's save slots first (``save_slots``); see ``_save``."""
+        Waits for one of the loop's save slots first (``save_slots``); see ``_save``. A file
+        renamed by another server as it was saved is saved at its new path."""
         await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
+        path = self.path_or_none()
+        try:
+            async with save_slots.save_slot():
+                return await self._save(reason=reason, taken=taken)
+        except FileGone:
+            if not await self.renamed_since(path):
+                raise
+        self._log_renamed(path)
         async with save_slots.save_slot():
             return await self._save(reason=reason, taken=taken)
+
+    def path_or_none(self) -> str | None:
+        """The file's path as the file id manager knows it now; None if it knows none."""
+        try:
+            return self.file.path
+        except FileGone:
+            return None
+
+    async def renamed_since(self, path: str | None, within: float | None = None) -> bool:
+        """Whether the file id names another path than ``path`` now, or does within
+        ``within`` seconds (``RENAME_WAIT``): a save that found no file at ``path`` may
+        have raced a rename made by another server, which its file ids learn of just after."""
+        if path is None:
+            return False
+        deadline = time.monotonic() + (RENAME_WAIT if within is None else within)
+        while True:
+            now = self.path_or_none()
+            if now is None:
+                return False  # the id is gone: deleted, not renamed
+            if now != path:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(0.05)
+
+    def _log_renamed(self, path: str | None) -> None:
+        self.log.info(
+            "Room %s: %s was renamed to %s as it was saved; saving there",
+            self.room_id,
+            path,
+            self.path_or_none(),
+        )
 
     async def _save(self, *, reason: str = "auto", taken: Taken | None = None) -> bool:
         """``save`` in a save slot already taken.
