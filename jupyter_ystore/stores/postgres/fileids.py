@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from jupyter_ystore.errors import YStoreError
+from jupyter_ystore.stores.postgres.cancelled_connects import quiet_cancelled_connects
 from jupyter_ystore.stores.postgres.names import _key, check_identifier, describe_dsn
 
 log = logging.getLogger("jupyter_ystore.fileids")
@@ -350,6 +351,7 @@ class FileIdTable:
 
     async def _start(self, on_empty: Callable[[], Sequence[FileRecord]] | None) -> int:
         asyncpg = _asyncpg()
+        quiet_cancelled_connects()
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,

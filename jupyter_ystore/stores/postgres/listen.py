@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from jupyter_ystore.stores.postgres.cancelled_connects import quiet_cancelled_connects
 from jupyter_ystore.stores.postgres.names import Names
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Listener:
                 return True
             import asyncpg
 
+            quiet_cancelled_connects()
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 await conn.add_listener(self._names.channel, self._on_notify)

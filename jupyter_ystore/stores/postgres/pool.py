@@ -16,6 +16,7 @@ from typing import Any, Callable
 import anyio
 
 from jupyter_ystore.errors import YStoreConnectionError, YStoreError, YStoreVersionError
+from jupyter_ystore.stores.postgres.cancelled_connects import quiet_cancelled_connects
 from jupyter_ystore.stores.postgres.names import SCHEMA_VERSION, Names, describe_dsn
 from jupyter_ystore.stores.shared import SharedMap
 
@@ -99,6 +100,7 @@ class SharedPool:
             if self.pool is not None:
                 return
             asyncpg = _asyncpg()
+            quiet_cancelled_connects()
             try:
                 self.pool = await asyncpg.create_pool(
                     self.dsn,
