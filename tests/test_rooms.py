@@ -747,6 +747,23 @@ async def test_a_file_renamed_by_another_server_is_saved_at_its_new_path_once_th
     assert not setup.nb.exists()
 
 
+async def test_a_file_renamed_by_another_server_is_followed_by_the_poll_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file poll, looking in the moment between another server's rename on disk and
+    the shared file ids learning it, waits for the ids and follows the file: no warning."""
+    setup = Setup(tmp_path, fresh_store_class(), save_delay=None, poll_interval=0.05)
+    write_notebook(setup.nb, ["a = 1", "b = 2"])
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    async with open_room(setup) as (room, _alice, _tg):
+        await anyio.sleep(0.2)  # the poll is watching
+        os.rename(setup.nb, setup.root / "moved.ipynb")
+        await anyio.sleep(0.3)  # polls find the old path empty meanwhile
+        setup.ids.paths["id-1"] = "moved.ipynb"
+        await wait_until(lambda: room.document.ystate.get("path") == "moved.ipynb")
+    assert "cannot poll" not in caplog.text and "cannot save" not in caplog.text
+
+
 async def test_a_file_deleted_outside_jupyter_fails_its_save_after_the_wait_for_a_rename(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -616,6 +616,7 @@ class FileSync:
         compared with the time of that save."""
         watch = self._watch
         seen, fingerprint = found
+        looked_at = self.path_or_none()
         try:
             path = self.file.path
             async with self._save_lock:
@@ -638,6 +639,8 @@ class FileSync:
                         await self._apply_file_change()
             self._poll_failures = 0
         except Exception as exc:
+            if isinstance(exc, FileGone) and await self.renamed_since(looked_at):
+                return  # renamed by another server, as the file ids now say: the next look follows
             self._poll_failures += 1
             if self._poll_failures == 1:
                 self.log.warning("Room %s: cannot poll its file: %s", self.room_id, exc)
