@@ -1007,6 +1007,29 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(med(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
+#: The issue's target for the event loop's longest pause at the largest load held (ms).
+PAUSE_TARGET_MS = 20.0
+
+
+def pause_at(results: list[StepResult], server: str, step: tuple[int, int]) -> str:
+    """The longest event-loop pause of ``server``'s runs of ``step`` (the bucket holding it,
+    over every run and the whole window: rooms opening, typing, settling), and whether it
+    is within ``PAUSE_TARGET_MS``; empty when the server does not measure it (theirs)."""
+    pauses = [
+        r.data["loop_pause_max_ms"]
+        for r in results
+        if r.server == server and (r.rooms, r.clients) == step and r.data.get("loop_pause_max_ms")
+    ]
+    if not pauses:
+        return ""
+    low, high = max(pauses, key=lambda bucket: bucket[1])
+    verdict = "within" if high <= PAUSE_TARGET_MS else "over"
+    return (
+        f" (longest event-loop pause there {low:.0f}–{high:.0f} ms in {len(pauses)} run(s): "
+        f"{verdict} the {PAUSE_TARGET_MS:.0f} ms target)"
+    )
+
+
 def report(results: list[StepResult], servers: list[str], opens: dict[str, Any]) -> str:
     lines = []
     lines.append("| server | R×C | updates/s stored | relayed/s | p50 ms | p99 ms | CPU s / 1,000 upd | server CPU % | CPU at rest ms/s a room | RSS rest MiB | RSS / room MiB | clients CPU % | others CPU % | holds |")
@@ -1036,7 +1059,8 @@ def report(results: list[StepResult], servers: list[str], opens: dict[str, Any])
             )
     lines.append("")
     lines.append("Largest R×C held (p99 ≤ 100 ms, nothing lost, every round): " + ", ".join(
-        f"{s} {h[0]}×{h[1]} = {h[0] * h[1]} clients" if h else f"{s} none" for s, h in held.items()
+        f"{s} {h[0]}×{h[1]} = {h[0] * h[1]} clients{pause_at(results, s, h)}" if h else f"{s} none"
+        for s, h in held.items()
     ))
     if "collab" in servers:
         lines.append("")

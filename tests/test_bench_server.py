@@ -4,9 +4,11 @@ and prints its result line. The benchmark itself is run by hand (benchmarks/READ
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +29,36 @@ def test_bench_server_tiny_run_passes_its_invariants() -> None:
     result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT tiny: ")]
     assert result and result[-1].startswith("RESULT tiny: ok "), output[-4000:]
     assert "missing=0" in result[-1] and "diverged=0" in result[-1], result[-1]
+
+
+def _load_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_server_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_says_the_longest_pause_at_the_largest_load_held() -> None:
+    """Point 4's figure comes out of the summary line: the longest pause over every run of
+    the largest step held (not of a step past it), and whether it is within 20 ms."""
+    bench = _load_bench()
+
+    def run(rooms: int, p99: float, pause: list[float], ok: bool = True) -> Any:
+        data = {"p50_ms": 5.0, "p99_ms": p99, "loop_pause_max_ms": pause}
+        return bench.StepResult("ours-sqlite", rooms, 10, 1, ok=ok, data=data)
+
+    results = [
+        run(24, 40.0, [5.0, 10.0]),
+        run(24, 50.0, [10.0, 20.0]),
+        run(32, 300.0, [50.0, 100.0], ok=False),
+    ]
+    line = [x for x in bench.report(results, ["ours-sqlite"], {}).splitlines() if x.startswith("Largest")]
+    assert line == [
+        "Largest R×C held (p99 ≤ 100 ms, nothing lost, every round): ours-sqlite 24×10 = 240 "
+        "clients (longest event-loop pause there 10–20 ms in 2 run(s): within the 20 ms target)"
+    ]
+    results[0].data["loop_pause_max_ms"] = [20.0, 50.0]
+    line = [x for x in bench.report(results, ["ours-sqlite"], {}).splitlines() if x.startswith("Largest")]
+    assert line[0].endswith("(longest event-loop pause there 20–50 ms in 2 run(s): over the 20 ms target)")
