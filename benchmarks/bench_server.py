@@ -497,9 +497,12 @@ def loop_pauses(before: dict[float, float], after: dict[float, float]) -> dict[s
         if delta[bound] > below:
             longest = (bounds[i - 1] if i else 0.0, bound)
     over_20 = delta.get(float("inf"), 0.0) - delta.get(0.02, 0.0)
+    over_10 = delta.get(float("inf"), 0.0) - delta.get(0.01, 0.0)
     return {
         "loop_pause_max_ms": None if longest is None else [1000 * longest[0], 1000 * longest[1]],
         "loop_pauses_over_20ms": int(over_20),
+        # (more frequent than those over 20 ms: tells two settings apart in fewer runs)
+        "loop_pauses_over_10ms": int(over_10),
     }
 
 
@@ -579,6 +582,7 @@ def run_step(
             typing = loop_pauses(lag0, lag_typed)
             d["loop_pause_max_ms_typing"] = typing["loop_pause_max_ms"]
             d["loop_pauses_over_20ms_typing"] = typing["loop_pauses_over_20ms"]
+            d["loop_pauses_over_10ms_typing"] = typing["loop_pauses_over_10ms"]
             assert gc0 is not None and gc_typed is not None
             d.update(full_collections(gc0, full_collection_buckets(server)))
             typed = full_collections(gc0, gc_typed)
