@@ -36,7 +36,13 @@ _CONTENTS_TYPES = {"notebook", "file"}
 
 
 class FileGone(Exception):
-    """The room's file no longer exists (deleted, or its id is unknown)."""
+    """The room's file no longer exists (deleted, or its id is unknown). ``path``: where it
+    was looked for (None when the id names no path), so that the caller can tell whether the
+    id names another path since (a rename)."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class FileChanged(Exception):
@@ -125,7 +131,7 @@ class DocumentFile:
             )
         except HTTPError as exc:
             if exc.status_code == 404:
-                raise FileGone(f"{path} does not exist") from None
+                raise FileGone(f"{path} does not exist", path) from None
             raise
         content = model["content"]
         if self.contents_type == "file" and isinstance(content, str) and "\r\n" in content:
@@ -148,7 +154,7 @@ class DocumentFile:
             )
         except HTTPError as exc:
             if exc.status_code == 404:
-                raise FileGone(f"{path} does not exist") from None
+                raise FileGone(f"{path} does not exist", path) from None
             raise
         return FileState(_timestamp(model.get("last_modified")), model.get("hash"), size=model.get("size"))
 

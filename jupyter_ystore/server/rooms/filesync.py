@@ -305,7 +305,6 @@ class FileSync:
                 # typing in, one after another).
                 continue
             await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
-            path = self.path_or_none()
             async with save_slots.save_slot():  # (converting the document is part of the save)
                 if self._nothing_to_save():
                     continue  # a save (by request) covered it while we waited for the slot
@@ -320,8 +319,8 @@ class FileSync:
                     await self._save(reason="auto", taken=taken)
                 except Exception as exc:
                     failure = exc
-            if isinstance(failure, FileGone) and await self.renamed_since(path):
-                self._log_renamed(path)  # another server's rename: save at the new path now
+            if isinstance(failure, FileGone) and await self.renamed_since(failure.path):
+                self._log_renamed(failure.path)  # another server's rename: save at the new path now
                 self._save_wakeup.set()
                 continue
             if failure is not None:
@@ -383,33 +382,34 @@ class FileSync:
         Waits for one of the loop's save slots first (``save_slots``); see ``_save``. A file
         renamed by another server as it was saved is saved at its new path."""
         await self.writer.settle(self.settings.store_wait)  # (not holding a slot)
-        path = self.path_or_none()
         try:
             async with save_slots.save_slot():
                 return await self._save(reason=reason, taken=taken)
-        except FileGone:
-            if not await self.renamed_since(path):
+        except FileGone as exc:
+            if not await self.renamed_since(exc.path):
                 raise
-        self._log_renamed(path)
+            self._log_renamed(exc.path)
         async with save_slots.save_slot():
             return await self._save(reason=reason, taken=taken)
 
-    def path_or_none(self) -> str | None:
+    def _path_or_none(self) -> str | None:
         """The file's path as the file id manager knows it now; None if it knows none."""
         try:
             return self.file.path
         except FileGone:
             return None
 
-    async def renamed_since(self, path: str | None, within: float | None = None) -> bool:
+    async def renamed_since(self, path: str | None) -> bool:
         """Whether the file id names another path than ``path`` now, or does within
-        ``within`` seconds (``RENAME_WAIT``): a save that found no file at ``path`` may
-        have raced a rename made by another server, which its file ids learn of just after."""
+        ``RENAME_WAIT`` seconds: a save that found no file at ``path`` (``FileGone.path``) may
+        have raced a rename made by another server, which its file ids learn of just after.
+        Waited for outside the save slot and the save lock: a deleted file's room holds up
+        no other save."""
         if path is None:
             return False
-        deadline = time.monotonic() + (RENAME_WAIT if within is None else within)
+        deadline = time.monotonic() + RENAME_WAIT
         while True:
-            now = self.path_or_none()
+            now = self._path_or_none()
             if now is None:
                 return False  # the id is gone: deleted, not renamed
             if now != path:
@@ -423,7 +423,7 @@ class FileSync:
             "Room %s: %s was renamed to %s as it was saved; saving there",
             self.room_id,
             path,
-            self.path_or_none(),
+            self._path_or_none(),
         )
 
     async def _save(self, *, reason: str = "auto", taken: Taken | None = None) -> bool:
@@ -616,7 +616,6 @@ class FileSync:
         compared with the time of that save."""
         watch = self._watch
         seen, fingerprint = found
-        looked_at = self.path_or_none()
         try:
             path = self.file.path
             async with self._save_lock:
@@ -639,7 +638,7 @@ class FileSync:
                         await self._apply_file_change()
             self._poll_failures = 0
         except Exception as exc:
-            if isinstance(exc, FileGone) and await self.renamed_since(looked_at):
+            if isinstance(exc, FileGone) and await self.renamed_since(exc.path):
                 return  # renamed by another server, as the file ids now say: the next look follows
             self._poll_failures += 1
             if self._poll_failures == 1:

@@ -5,10 +5,10 @@ object that holds a future for the answer. When the connect is cancelled after t
 opened and before the answer came (a server shutting down while a pool grows or a LISTEN
 connection reconnects), asyncio closes the socket and asyncpg sets that future's exception,
 ``ConnectionError('unexpected connection_lost() call')``, that nobody awaits any more: at
-garbage collection asyncio prints "Future exception was never retrieved" and a traceback
-The caller has had its ``CancelledError`` already; nothing was
-lost, yet an operator reading the log sees a traceback at every such shutdown. (The
-same leftover is behind MagicStack/asyncpg#1211.)
+garbage collection asyncio prints "Future exception was never retrieved" and a traceback.
+The caller has had its ``CancelledError`` already; nothing was lost, yet an operator reading
+the log sees a traceback at every such shutdown. (The same leftover is behind
+MagicStack/asyncpg#1211.)
 
 ``quiet_cancelled_connects(loop)`` puts a filter in front of the loop's exception handler
 that drops exactly that report (logged at debug level) and hands every other one on.
