@@ -47,6 +47,15 @@ def test_the_helper_answers_what_a_squash_here_gives(helper: squash_helper._Help
     assert (snapshot, clean) == _ydoc.squash_clean(holed) and clean is False
 
 
+def test_the_helper_runs_at_a_lower_cpu_priority_than_the_server(
+    helper: squash_helper._Helper,
+) -> None:
+    """Compactions must not take a core from the event loop: the helper is niced."""
+    answer = helper.call(os.nice, (0,))
+    assert answer is not None
+    assert answer[0] == min(19, os.nice(0) + squash_helper.NICENESS)
+
+
 def test_an_update_that_is_not_yjs_raises_as_here(helper: squash_helper._Helper) -> None:
     with pytest.raises(YStoreCorruptError):
         compaction.squash([*typed(8), b"\x01\xff\xff\xff"], "doc")

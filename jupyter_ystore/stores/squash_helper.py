@@ -10,8 +10,10 @@ The helper is a plain ``python`` child reading requests on stdin (not ``multipro
 whose ``spawn`` imports the parent's main module: a user's script without a
 ``if __name__ == "__main__"`` guard would run again). One per process, started on first use,
 one squash at a time, started again if it dies; whenever it cannot answer, the squash runs in
-the calling thread as before. Only histories of at least ``MIN_BYTES`` go there (a small squash
-takes less than the trip). ``JUPYTER_YSTORE_SQUASH_HELPER=0`` turns it off.
+the calling thread as before. It runs ``NICENESS`` below the server's CPU priority: on a busy
+machine (a hub node with many servers) a big squash must not take a core from the event loops.
+Only histories of at least ``MIN_BYTES`` go there (a small squash takes less than the trip).
+``JUPYTER_YSTORE_SQUASH_HELPER=0`` turns it off.
 
 A server's compactions go there whole, whatever their size (``offload_compactions``, turned
 on by the server extension): a compaction of a small notebook (a squash, then planning its
@@ -45,6 +47,10 @@ log = logging.getLogger("jupyter_ystore")
 
 #: Bytes of updates from which a squash goes to the helper process.
 MIN_BYTES = 256 * 1024
+#: How much the helper lowers its CPU priority (``nice``). Its work (compactions, reading a
+#: file at a room's first open) can wait a few milliseconds; the server's event loop and its
+#: SQLite thread, which every keystroke goes through, should not wait for a core behind it.
+NICENESS = 10
 ENV = "JUPYTER_YSTORE_SQUASH_HELPER"
 
 _U32 = struct.Struct("<I")
@@ -217,12 +223,23 @@ def _read(stream: IO[bytes], size: int) -> bytes:
 def serve() -> None:
     """The helper's main loop: answer calls until stdin closes (the parent is gone)."""
     os.environ[ENV] = "0"  # squash here: this is the helper
+    _lower_priority()
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     while True:
         head = requests.read(4)
         if len(head) != 4:
             return
         _serve_call(_read(requests, _U32.unpack(head)[0]), replies)
+
+
+def _lower_priority() -> None:
+    """``NICENESS`` below the server (where the system has ``nice``; never fatal)."""
+    nice = getattr(os, "nice", None)
+    if nice is not None:
+        try:
+            nice(NICENESS)
+        except OSError:
+            pass
 
 
 def _serve_call(payload: bytes, replies: IO[bytes]) -> None:
