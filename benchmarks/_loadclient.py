@@ -18,6 +18,7 @@ backspaces, pastes, cell inserts and deletes, executions that replace outputs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import base64
 import bisect
 import json
@@ -633,6 +634,46 @@ async def read_line() -> str:
     return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
+class SelfCheck:
+    """The load client's own stalls while it types: its event loop waking late (a sampler
+    every 10 ms) and its full garbage collections. A frame the client reads late is timed
+    late, so these tell a late delivery that is the client's from one that is the server's."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.late: list[tuple[float, float]] = []  # (second of the window, ms) over 20 ms
+        self.full_gcs: list[tuple[float, float]] = []  # (second of the window, ms)
+        self._gc_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.ensure_future(self._sample())
+
+    def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _sample(self) -> None:
+        while True:
+            due = time.monotonic() + 0.01
+            await asyncio.sleep(0.01)
+            late = time.monotonic() - due
+            if late > 0.02:
+                self.late.append((round(due - self.t0, 2), round(1000 * late, 1)))
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            ms = 1000 * (time.perf_counter() - self._gc_started)
+            self.full_gcs.append((round(time.monotonic() - self.t0, 2), round(ms, 1)))
+
+
 async def run_worker(spec: dict[str, Any]) -> int:
     """Connect every client, plan, wait for "go", type for ``seconds``, drain, verify."""
     from jupyter_ydoc import YNotebook
@@ -690,6 +731,8 @@ async def run_worker(spec: dict[str, Any]) -> int:
     lags: list[float] = []
     cpu0 = cpu_seconds()
     t0 = time.monotonic() + 0.05
+    self_check = SelfCheck(t0)
+    self_check.start()
     for offset, r, c, n in schedule:
         due = t0 + offset
         now = time.monotonic()
@@ -704,6 +747,7 @@ async def run_worker(spec: dict[str, Any]) -> int:
         lags.append(now - due)
     t_end_send = time.monotonic()
     cpu_window = cpu_seconds() - cpu0
+    self_check.stop()
     emit("typed", {"window": t_end_send - t0})  # (the orchestrator reads the loop's pauses so far)
 
     # Attribution, incremental: each poll reads only the frames that arrived since the last
@@ -866,6 +910,9 @@ async def run_worker(spec: dict[str, Any]) -> int:
             "close_codes": sorted({str(cl.close_code) for room in rooms for cl in room["clients"] if cl.closed.done()}),
             "file_ids": [room["fileId"] for room in rooms],
             "kinds": kinds,
+            # the client's own stalls while it typed (SelfCheck): [second, ms] each
+            "client_late_wakeups": self_check.late,
+            "client_full_gcs": self_check.full_gcs,
         },
     )
     await asyncio.sleep(0.1)

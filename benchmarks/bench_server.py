@@ -759,6 +759,13 @@ def step_line(res: StepResult) -> str:
         f"clients {d['client_cpu_pct']:.0f}% CPU (send lag p99 {d['send_lag_p99_ms']} ms), "
         f"other processes {d.get('other_cpu_pct', 0):.0f}%"
         + (
+            f", the client's own stalls while typing: {len(d['client_late_wakeups'])} wake-ups over 20 ms late"
+            + (f" (worst {max(ms for _, ms in d['client_late_wakeups']):.0f} ms)" if d["client_late_wakeups"] else "")
+            + f", {len(d['client_full_gcs'])} full collections"
+            if "client_late_wakeups" in d
+            else ""
+        )
+        + (
             f", longest event-loop pause {d['loop_pause_max_ms'][0]:.0f}–{d['loop_pause_max_ms'][1]:.0f} ms "
             f"({d['loop_pauses_over_20ms']} over 20 ms"
             + (

@@ -62,3 +62,33 @@ def test_the_report_says_the_longest_pause_at_the_largest_load_held() -> None:
     results[0].data["loop_pause_max_ms"] = [20.0, 50.0]
     line = [x for x in bench.report(results, ["ours-sqlite"], {}).splitlines() if x.startswith("Largest")]
     assert line[0].endswith("(longest event-loop pause there 20–50 ms in 2 run(s): over the 20 ms target)")
+
+
+def test_the_load_client_records_its_own_stalls() -> None:
+    """A late delivery can be the client's (its loop busy, a full collection): it says so."""
+    import asyncio
+    import gc
+    import time
+
+    spec = importlib.util.spec_from_file_location(
+        "loadclient_under_test", SCRIPT.parent / "_loadclient.py"
+    )
+    assert spec is not None and spec.loader is not None
+    loadclient = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loadclient  # (its dataclasses look their module up)
+    spec.loader.exec_module(loadclient)
+
+    async def stall() -> Any:
+        check = loadclient.SelfCheck(time.monotonic())
+        check.start()
+        await asyncio.sleep(0.05)
+        time.sleep(0.08)  # the loop held: the sampler wakes late
+        gc.collect()
+        await asyncio.sleep(0.05)
+        check.stop()
+        return check
+
+    check = asyncio.run(stall())
+    assert check.late and max(ms for _, ms in check.late) >= 50, check.late
+    assert len(check.full_gcs) == 1, check.full_gcs
+    assert gc.callbacks.count(check._on_gc) == 0
