@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.request
 from contextlib import closing
 from pathlib import Path
@@ -285,6 +286,11 @@ def test_startup_objects_are_left_out_of_full_collections(tmp_path: Path, freeze
     )
     server.start()
     try:
+        # The extension's start goes on after the server answers: the freeze, then the
+        # helper process (its "started" line, at debug level, comes after the freeze).
+        deadline = time.monotonic() + 30
+        while "squash helper process" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
         found = re.search(r"(\d+) objects made at start-up left out of garbage collections", server.log())
         if freeze:
             assert found and int(found.group(1)) > 10_000, server.log()[-2000:]
