@@ -17,10 +17,12 @@ file's real path); its thread owns the connection and works through a queue:
 * **No loop-bound state.** The registry is process-global but each anyio test runs its own
   event loop, so nothing here belongs to a loop: jobs carry a ``Waiter`` made by the waiting
   task (see ``bridge``).
-* **Bounded WAL.** SQLite's own automatic checkpoint (every ``WAL_AUTOCHECKPOINT`` = 1000
-  WAL pages, see ``schema``) runs in this thread between commits, when no write of ours is
-  in flight, so it completes and the WAL restarts. (A checkpointer running beside a
-  continuous writer never catches up: the WAL then grows without bound.)
+* **Checkpoints beside it, bounded by its own.** A thread of its own copies the WAL back
+  into the file every half second while commits come (``checkpointer``), so a commit rarely
+  pays for a whole checkpoint. That thread cannot restart the WAL while writes keep
+  coming, so SQLite's automatic checkpoint (at ``WAL_AUTOCHECKPOINT`` pages, see ``schema``)
+  still runs in this thread between commits, when no write of ours is in flight: it
+  completes, the WAL restarts, and it finds nearly every page already copied.
 * **Other processes.** ``BEGIN IMMEDIATE`` takes the write lock up front and the busy timeout
   makes a second process wait for it; past the timeout the writer gets ``YStoreLockedError``
   and nothing is half-written.
@@ -51,6 +53,7 @@ from jupyter_ystore.stores.compaction import Policy
 from jupyter_ystore.stores.shared import SharedMap
 from jupyter_ystore.stores.sqlite import attributes, pending, queries
 from jupyter_ystore.stores.sqlite.bridge import CallbackWaiter, Waiter, deliver
+from jupyter_ystore.stores.sqlite.checkpointer import Checkpointer
 from jupyter_ystore.stores.sqlite.compact import Compactor, reclaim
 from jupyter_ystore.stores.sqlite.errors import map_error
 from jupyter_ystore.stores.sqlite.pacing import CommitPacer
@@ -157,6 +160,9 @@ class SharedDatabase:
         self.conn: sqlite3.Connection | None = None  # the database thread's
         self.schema: Schema | None = None
         self.compactor = Compactor(self)
+        # Set by the database thread once the file is open in WAL mode.
+        self.checkpointer: Checkpointer | None = None
+        self._changes = 0  # the connection's total_changes when the checkpointer last heard
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs, or lists of writes
         self._pacers: PerLoop[CommitPacer] = PerLoop(
             lambda loop: CommitPacer(loop, self.options.commit_interval, self._queue.put)
@@ -347,6 +353,9 @@ class SharedDatabase:
     def _main(self) -> None:
         try:
             self.conn, self.schema = open_database(self.db_path, self.options)
+            (mode,) = self.conn.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() == "wal" and self.db_path != ":memory:":
+                self.checkpointer = Checkpointer(self.db_path)
         except BaseException as exc:  # reported to every job
             self.failed = self.error(exc, "opening the database")
         hub = self.hub
@@ -393,6 +402,11 @@ class SharedDatabase:
                     self._fold_quietly()
                 if hub.active and self.conn is not None:
                     deliver(hub.poll(self.conn, self.fold_for_read))
+                if self.checkpointer is not None and self.conn is not None:
+                    changes = self.conn.total_changes
+                    if changes != self._changes:  # something was committed (or rolled back)
+                        self._changes = changes
+                        self.checkpointer.committed()
             except Exception:  # a bug: log it and keep serving (nothing was lost)
                 log.exception("SQLite thread for %s, between jobs", self.db_path)
                 self._rollback()
@@ -448,6 +462,8 @@ class SharedDatabase:
 
     def _shutdown(self) -> None:
         self.compactor.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # our connection closes last: it removes the WAL
         if self.conn is not None:
             self._rollback()
             self._fold_quietly()  # so that other libraries reading the file see every row

@@ -20,14 +20,14 @@ from jupyter_ystore.stores.sqlite import attributes, compat, history, pending
 log = logging.getLogger("jupyter_ystore.sqlite")
 
 
-#: WAL pages after which a commit of ours copies the WAL back into the database (SQLite's
-#: default). A checkpoint costs two fsyncs and one copy of every page changed since the last
-#: one, on the database thread, so the commits queued behind it wait for all of it: at 4000
-#: pages, 27-38 ms, and a server's slowest commits (48 rooms typing, as they compacted)
-#: took 37-38 ms; at 1000, 26-29 ms, none over 30. Writing costs 3-4% more at 1000 since
-#: keystrokes are committed as pending rows (once it was 25%, when every commit dirtied the
-#: index). The WAL peaks at ~4 MiB and is reused, not grown.
-WAL_AUTOCHECKPOINT = 1000
+#: WAL pages after which a commit of ours copies the WAL back into the database: the bound on
+#: the WAL (about 16 MiB; the file is reused, not grown). The checkpoint thread
+#: (``checkpointer``) copies pages back every half second, so this checkpoint, on the
+#: database thread, finds most of them copied. It must stay above what one compaction
+#: dirties (about 1,000 pages for a document of 1,000 rows typed among 40 others): at 1,000,
+#: nearly every compaction's commit paid for a whole checkpoint, two fsyncs and a copy of
+#: every page changed since the last one.
+WAL_AUTOCHECKPOINT = 4000
 
 
 @dataclass(frozen=True)
