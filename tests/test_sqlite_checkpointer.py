@@ -60,12 +60,17 @@ def rows_in_the_file_itself(db: Path) -> int | None:
         return None
 
 
+#: A file name no other test uses: the thread's name ends with it, so a store another test
+#: left open cannot be mistaken for ours.
+DB_NAME = "checkpointed.db"
+
+
 def checkpoint_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("ystore-checkpoint:")]
+    return [t for t in threading.enumerate() if t.name == f"ystore-checkpoint:{DB_NAME}"]
 
 
 async def test_commits_reach_the_database_file_while_the_store_runs(tmp_path: Path) -> None:
-    db = tmp_path / "y.db"
+    db = tmp_path / DB_NAME
     updates = typed(30)
     async with store(db) as st:
         for update in updates:
@@ -107,7 +112,7 @@ async def test_a_failing_checkpoint_is_logged_and_loses_nothing(
 
     # The module's name only: the database thread's own connection stays a real one.
     monkeypatch.setattr(_checkpointer, "sqlite3", SimpleNamespace(connect=connect, Error=sqlite3.Error))
-    db = tmp_path / "y.db"
+    db = tmp_path / DB_NAME
     updates = typed(10)
     caplog.set_level(logging.WARNING, logger="jupyter_ystore.sqlite")
     async with store(db) as st:
@@ -127,7 +132,7 @@ async def test_a_failing_checkpoint_is_logged_and_loses_nothing(
 
 
 async def test_no_checkpoint_thread_without_a_wal(tmp_path: Path) -> None:
-    db = tmp_path / "y.db"
+    db = tmp_path / DB_NAME
     async with store(db, journal_mode="DELETE") as st:
         for update in typed(5):
             await st.write(update)

@@ -353,11 +353,10 @@ class SharedDatabase:
     def _main(self) -> None:
         try:
             self.conn, self.schema = open_database(self.db_path, self.options)
-            (mode,) = self.conn.execute("PRAGMA journal_mode").fetchone()
-            if str(mode).lower() == "wal" and self.db_path != ":memory:":
-                self.checkpointer = Checkpointer(self.db_path)
         except BaseException as exc:  # reported to every job
             self.failed = self.error(exc, "opening the database")
+        else:
+            self.checkpointer = self._checkpointer()
         hub = self.hub
         while True:
             timeout = hub.timeout()  # None unless someone watches: then poll other processes
@@ -411,6 +410,19 @@ class SharedDatabase:
                 log.exception("SQLite thread for %s, between jobs", self.db_path)
                 self._rollback()
                 self._fold_retry_at = self._fold_at = time.monotonic() + pending.FOLD_RETRY
+
+    def _checkpointer(self) -> Checkpointer | None:
+        """A checkpoint thread for a file in WAL mode (none for ``:memory:``, a rollback
+        journal, or if the mode cannot be read: SQLite's own checkpoint then does it all)."""
+        assert self.conn is not None
+        if self.db_path == ":memory:":
+            return None
+        try:
+            (mode,) = self.conn.execute("PRAGMA journal_mode").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("%s: journal mode not read (%s): no checkpoint thread", self.db_path, exc)
+            return None
+        return Checkpointer(self.db_path) if str(mode).lower() == "wal" else None
 
     def _take(self, taken: list[Any]) -> list[Any]:
         """``taken`` and every job queued now, the held batches of writes unpacked."""
