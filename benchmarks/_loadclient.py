@@ -18,9 +18,9 @@ backspaces, pastes, cell inserts and deletes, executions that replace outputs.
 from __future__ import annotations
 
 import asyncio
-import gc
 import base64
 import bisect
+import gc
 import json
 import os
 import random

@@ -35,7 +35,6 @@ class Checkpointer:
 
     def __init__(self, db_path: str):
         self.db_path = db_path
-        self.checkpoints = 0  # completed ones (for diagnostics)
         self._dirty = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,14 +81,13 @@ class Checkpointer:
             if not self._failing:
                 log.warning(
                     "%s: copying the WAL back into the database file failed: %s (retried; "
-                    "commits still copy it back once it passes %s)",
+                    "commits still copy it back once it passes the automatic checkpoint's "
+                    "bound)",
                     self.db_path,
                     exc,
-                    "the automatic checkpoint's bound",
                 )
                 self._failing = True
             return
-        self.checkpoints += 1
         if self._failing:
             log.info("%s: copying the WAL back works again", self.db_path)
             self._failing = False
