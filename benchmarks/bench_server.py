@@ -454,12 +454,42 @@ class Worker:
             self.proc.wait(10)
 
 
-def histogram_buckets(server: Server, name: str) -> dict[float, float]:
-    """A histogram of our server's ``/metrics``: cumulative count per bound."""
+def metrics_text(server: Server) -> str:
+    """Our server's ``/metrics``."""
     req = urllib.request.Request(
         f"http://127.0.0.1:{server.port}/metrics", headers={"Authorization": f"token {TOKEN}"}
     )
-    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    return urllib.request.urlopen(req, timeout=10).read().decode()
+
+
+def labelled_counter(server: Server, name: str, label: str) -> dict[str, float]:
+    """A counter of our server's ``/metrics`` by the value of ``label``."""
+    found = {}
+    for line in metrics_text(server).splitlines():
+        if line.startswith(name + "{"):
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            found[value] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def paused_windows(server: Server) -> dict[str, float]:
+    """Our server's time in windows that ended in a pause over 20 ms, by what it went to."""
+    return labelled_counter(server, "jupyter_ystore_event_loop_paused_window_seconds_total", "cause")
+
+
+def pause_shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """What the windows that ended in a pause went to during a run (% of their time), or
+    None without such a window."""
+    delta = {cause: after.get(cause, 0.0) - before.get(cause, 0.0) for cause in after}
+    total = sum(delta.values())
+    if total <= 0:
+        return None
+    return {cause: round(100 * seconds / total, 1) for cause, seconds in delta.items()}
+
+
+def histogram_buckets(server: Server, name: str) -> dict[float, float]:
+    """A histogram of our server's ``/metrics``: cumulative count per bound."""
+    text = metrics_text(server)
     buckets = {}
     for line in text.splitlines():
         if line.startswith(name + "_bucket{"):
@@ -569,9 +599,11 @@ def run_step(
         t0 = time.monotonic()
         lag0 = loop_lag_buckets(server) if kind.store != "collab" else None
         gc0 = full_collection_buckets(server) if lag0 is not None else None
+        windows0 = paused_windows(server) if lag0 is not None else None
         worker.send("go")
         worker.expect("typed", seconds + 120)
         lag_typed = loop_lag_buckets(server) if lag0 is not None else None
+        windows_typed = paused_windows(server) if lag0 is not None else None
         gc_typed = full_collection_buckets(server) if lag0 is not None else None
         done = worker.expect("done", 120)
         elapsed = time.monotonic() - t0
@@ -583,6 +615,8 @@ def run_step(
             d["loop_pause_max_ms_typing"] = typing["loop_pause_max_ms"]
             d["loop_pauses_over_20ms_typing"] = typing["loop_pauses_over_20ms"]
             d["loop_pauses_over_10ms_typing"] = typing["loop_pauses_over_10ms"]
+            assert windows0 is not None and windows_typed is not None
+            d["paused_window_pct_typing"] = pause_shares(windows0, windows_typed)
             assert gc0 is not None and gc_typed is not None
             d.update(full_collections(gc0, full_collection_buckets(server)))
             typed = full_collections(gc0, gc_typed)
@@ -771,6 +805,15 @@ def step_line(res: StepResult) -> str:
             + (
                 f"; while typing {d['loop_pause_max_ms_typing'][0]:.0f}–{d['loop_pause_max_ms_typing'][1]:.0f} ms, "
                 f"{d['loop_pauses_over_20ms_typing']} over 20 ms"
+                + (
+                    ", their windows: "
+                    + ", ".join(
+                        f"{cause} {pct:.0f}%"
+                        for cause, pct in sorted(d["paused_window_pct_typing"].items(), key=lambda kv: -kv[1])
+                    )
+                    if d.get("paused_window_pct_typing")
+                    else ""
+                )
                 if d.get("loop_pause_max_ms_typing")
                 else ""
             )
