@@ -68,7 +68,7 @@ def reset_max() -> None:
 async def watch_loop(log: logging.Logger) -> None:
     """Measure the event loop's pauses for as long as the server runs."""
     global _max
-    warned_at = 0.0
+    warned_at = float("-inf")
     clocks = pause_causes.Clocks()  # here, in the loop's thread: its clocks are the ones read
     before = clocks.read()
     try:

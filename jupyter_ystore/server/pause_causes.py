@@ -121,8 +121,8 @@ def share(before: Reading, after: Reading, idle: float) -> dict[str, float]:
 
 def describe(parts: dict[str, float]) -> str:
     """``parts`` as a clause for a log line, largest first: "the event loop's own work 480 ms, ..."."""
-    ranked = sorted(((ms, cause) for cause, ms in parts.items() if ms >= 0.0005), reverse=True)
-    return ", ".join(f"{DESCRIPTIONS[cause]} {ms * 1000:.0f} ms" for ms, cause in ranked)
+    ranked = sorted(((s, cause) for cause, s in parts.items() if s >= 0.0005), reverse=True)
+    return ", ".join(f"{DESCRIPTIONS[cause]} {s * 1000:.0f} ms" for s, cause in ranked)
 
 
 def _open(path: str) -> int | None:
