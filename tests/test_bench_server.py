@@ -64,6 +64,17 @@ def test_the_report_says_the_longest_pause_at_the_largest_load_held() -> None:
     assert line[0].endswith("(longest event-loop pause there 20–50 ms in 2 run(s): over the 20 ms target)")
 
 
+def test_the_report_shares_out_the_pauses_while_typing() -> None:
+    """The server's counter of paused windows, read before and after typing, becomes the
+    shares of each cause in the step's line; no paused window, no shares."""
+    bench = _load_bench()
+    before = {"own_work": 1.0, "blocked": 0.5}
+    after = {"own_work": 1.3, "blocked": 0.6, "host": 0.0}
+    assert bench.pause_shares(before, after) == {"own_work": 75.0, "blocked": 25.0, "host": 0.0}
+    assert bench.pause_shares(after, after) is None
+    assert bench.pause_shares({}, {}) is None
+
+
 def test_the_load_client_records_its_own_stalls() -> None:
     """A late delivery can be the client's (its loop busy, a full collection): it says so."""
     import asyncio
