@@ -57,11 +57,12 @@ def test_a_blocking_call_is_named() -> None:
     clocks = Clocks()
     try:
         before = clocks.read()
-        time.sleep(0.3)
+        time.sleep(0.5)
         parts = share(before, clocks.read(), idle=0.05)
     finally:
         clocks.close()
-    assert parts["blocked"] >= 0.2, parts
+    # (the host's steal and other threads' CPU meanwhile are taken first: a margin for them)
+    assert parts["blocked"] >= 0.25, parts
     assert parts["own_work"] < 0.05, parts
 
 
@@ -113,7 +114,7 @@ async def test_the_watcher_logs_what_held_the_loop_and_counts_it(caplog) -> None
     async with anyio.create_task_group() as tg:
         tg.start_soon(loop_lag.watch_loop, log)
         await anyio.sleep(0.2)
-        time.sleep(0.7)  # a blocking call on the event loop
+        time.sleep(1.0)  # a blocking call on the event loop
         await anyio.sleep(0.2)
         tg.cancel_scope.cancel()
     loop_lag.reset_max()
