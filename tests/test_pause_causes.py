@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -39,28 +40,30 @@ def test_parts_never_add_up_to_more_than_the_window_nor_go_negative() -> None:
     assert sum(parts.values()) == pytest.approx(0.1)
 
 
-def test_the_loops_own_work_is_named() -> None:
+def shares_during(work: Callable[[], None]) -> dict[str, float]:
+    """The split of the time ``work`` took on this thread, read from real clocks."""
     clocks = Clocks()
     try:
         before = clocks.read()
+        work()
+        return share(before, clocks.read(), idle=0.05)
+    finally:
+        clocks.close()
+
+
+def test_the_loops_own_work_is_named() -> None:
+    def spin() -> None:
         end = time.monotonic() + 0.3
         while time.monotonic() < end:
             pass
-        parts = share(before, clocks.read(), idle=0.05)
-    finally:
-        clocks.close()
+
+    parts = shares_during(spin)
     assert parts["own_work"] >= 0.15, parts
     assert parts["blocked"] < 0.1, parts
 
 
 def test_a_blocking_call_is_named() -> None:
-    clocks = Clocks()
-    try:
-        before = clocks.read()
-        time.sleep(0.5)
-        parts = share(before, clocks.read(), idle=0.05)
-    finally:
-        clocks.close()
+    parts = shares_during(lambda: time.sleep(0.5))
     # (the host's steal and other threads' CPU meanwhile are taken first: a margin for them)
     assert parts["blocked"] >= 0.25, parts
     assert parts["own_work"] < 0.05, parts
@@ -75,17 +78,14 @@ def test_another_thread_holding_the_gil_is_named() -> None:
         started.set()
         sum(range(30_000_000))
 
-    clocks = Clocks()
-    try:
-        before = clocks.read()
+    def wait_for_it() -> None:
         worker = threading.Thread(target=hold_the_gil)
         worker.start()
         started.wait()
         time.sleep(0.001)  # gives the GIL away; getting it back waits for the sum
         worker.join()
-        parts = share(before, clocks.read(), idle=0.05)
-    finally:
-        clocks.close()
+
+    parts = shares_during(wait_for_it)
     assert parts["threads"] >= 0.1, parts
     assert parts["threads"] > parts["own_work"], parts
 
