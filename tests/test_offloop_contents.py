@@ -4,6 +4,7 @@ worker thread (the backup copy and ``fsync`` of the stock manager run on the eve
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import anyio
 import nbformat
 import pytest
 from jupyter_server.services.contents import fileio
+from nbformat.sign import MemorySignatureStore, SQLiteSignatureStore
+from traitlets.config import Config
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 from tornado.web import HTTPError
 
@@ -180,3 +183,142 @@ async def test_a_slow_disk_does_not_stall_the_event_loop(
         assert longest < 0.2
     else:
         assert longest >= 0.4
+
+
+# ---------------------------------------------------------------------- signing and trust
+
+
+def trusted_notebook(source: str = "x = 1") -> Any:
+    """A notebook whose code cell has an HTML output the user trusted (signed on save)."""
+    cell = nbformat.v4.new_code_cell(
+        source, outputs=[nbformat.v4.new_output("execute_result", {"text/html": "<b>1</b>"}, execution_count=1)]
+    )
+    cell.metadata["trusted"] = True
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+def trust_flags(model: dict[str, Any]) -> list[Any]:
+    return [cell["metadata"].get("trusted") for cell in model["content"]["cells"]]
+
+
+class ThreadRecordingStore(SQLiteSignatureStore):
+    """nbformat's SQLite signature store, noting the thread of every use (and of its opening)."""
+
+    threads: list[str] = []
+
+    def _connect_db(self, db_file: str) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return super()._connect_db(db_file)
+
+    def check_signature(self, digest: Any, algorithm: Any) -> bool:
+        self.threads.append(threading.current_thread().name)
+        return super().check_signature(digest, algorithm)
+
+    def store_signature(self, digest: Any, algorithm: Any) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().store_signature(digest, algorithm)
+
+
+def notary_config(tmp_path: Path, **notary: Any) -> Config:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return Config({"NotebookNotary": {"data_dir": str(tmp_path / "data"), **notary}})
+
+
+@pytest.mark.parametrize("manager_class", [OffLoopFileContentsManager, AsyncLargeFileManager])
+async def test_signatures_are_stored_and_checked_in_one_thread_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager_class: type
+) -> None:
+    """Saves sign, opens check, in the notary's own thread (an SQLite connection is its
+    thread's); the stock manager does both on the event loop."""
+    monkeypatch.setattr(ThreadRecordingStore, "threads", [])
+    db_file = str(tmp_path / "data" / "nbsignatures.db")
+    config = notary_config(tmp_path, store_factory=lambda: ThreadRecordingStore(db_file))
+    manager = manager_class(root_dir=str(tmp_path), config=config)
+    await manager.save({"type": "notebook", "content": trusted_notebook()}, "a.ipynb")
+    assert trust_flags(await manager.get("a.ipynb")) == [True]
+    # A new server (a new manager, the same database) trusts what this one signed.
+    again = manager_class(root_dir=str(tmp_path), config=notary_config(tmp_path))
+    assert trust_flags(await again.get("a.ipynb")) == [True]
+    used = ThreadRecordingStore.threads
+    assert len(used) >= 4  # opened, checked and stored on save, checked on open
+    if manager_class is OffLoopFileContentsManager:
+        assert set(used) == {"ystore-signatures_0"}
+    else:
+        assert set(used) == {"MainThread"}
+
+
+async def test_a_notebook_nobody_trusted_opens_untrusted_and_the_trust_endpoint_signs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = OffLoopFileContentsManager(root_dir=str(tmp_path), config=notary_config(tmp_path))
+    nb = trusted_notebook()
+    del nb.cells[0].metadata["trusted"]  # an output from elsewhere: not signed on save
+    await manager.save({"type": "notebook", "content": nb}, "a.ipynb")
+    with caplog.at_level("WARNING"):
+        assert trust_flags(await manager.get("a.ipynb")) == [False]
+    assert "Notebook a.ipynb is not trusted" in caplog.text
+    await manager.trust_notebook("a.ipynb")  # jupyter_server's own, calling it synchronously
+    assert trust_flags(await manager.get("a.ipynb")) == [True]
+
+
+async def test_a_signature_store_that_fails_is_made_again_in_its_thread(tmp_path: Path) -> None:
+    """jupyter_server remakes a failing store and signs again, from inside the signing call:
+    that must not wait for its own thread."""
+    made: list[str] = []
+
+    class FailsOnce(MemorySignatureStore):
+        def store_signature(self, digest: Any, algorithm: Any) -> None:
+            if len(made) == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+            super().store_signature(digest, algorithm)
+
+    def factory() -> MemorySignatureStore:
+        made.append(threading.current_thread().name)
+        return FailsOnce()
+
+    manager = OffLoopFileContentsManager(root_dir=str(tmp_path), config=notary_config(tmp_path, store_factory=factory))
+    with anyio.fail_after(10):
+        await manager.save({"type": "notebook", "content": trusted_notebook("x = 1")}, "a.ipynb")
+        assert made == ["ystore-signatures_0", "ystore-signatures_0"]  # failed, remade
+        assert read_sources(tmp_path / "a.ipynb") == ["x = 1"]  # the save itself went on
+        # (jupyter_server's retry finds the trust flags it took off: that save stays unsigned)
+        await manager.save({"type": "notebook", "content": trusted_notebook("x = 2")}, "a.ipynb")
+        assert trust_flags(await manager.get("a.ipynb")) == [True]  # signed in the new store
+
+
+@pytest.mark.parametrize("manager_class", [OffLoopFileContentsManager, AsyncLargeFileManager])
+async def test_a_slow_signature_database_does_not_stall_the_event_loop(tmp_path: Path, manager_class: type) -> None:
+    """The signatures in a home directory on a file server: a commit there is several fsyncs.
+    Each save and each open waits for them; with the stock manager every room does."""
+    import time
+
+    class Slow(MemorySignatureStore):
+        def check_signature(self, digest: Any, algorithm: Any) -> bool:
+            time.sleep(0.3)
+            return super().check_signature(digest, algorithm)
+
+        def store_signature(self, digest: Any, algorithm: Any) -> None:
+            time.sleep(0.3)
+            super().store_signature(digest, algorithm)
+
+    manager = manager_class(root_dir=str(tmp_path), config=notary_config(tmp_path, store_factory=Slow))
+    manager.notary  # (made ahead: its making is not what is measured)
+    longest = 0.0
+
+    async def tick() -> None:
+        nonlocal longest
+        while True:
+            before = time.monotonic()
+            await anyio.sleep(0.01)
+            longest = max(longest, time.monotonic() - before)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.sleep(0.05)
+        await manager.save({"type": "notebook", "content": trusted_notebook()}, "a.ipynb")
+        assert trust_flags(await manager.get("a.ipynb")) == [True]
+        tg.cancel_scope.cancel()
+    if manager_class is OffLoopFileContentsManager:
+        assert longest < 0.2
+    else:
+        assert longest >= 0.3

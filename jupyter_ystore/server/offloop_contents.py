@@ -23,17 +23,20 @@ says at start when the notebooks are on a network file system and this one would
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
 from anyio import to_thread
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.services.contents.fileio import FileManagerMixin
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
+from jupyter_ystore.server.signature_thread import SignaturesOffLoop
 from jupyter_ystore.stores.filesystems import Mount, network_mount
 
 
-class OffLoopFileContentsManager(AsyncLargeFileManager):
+class OffLoopFileContentsManager(SignaturesOffLoop, AsyncLargeFileManager):
     """``AsyncLargeFileManager`` whose notebook and file writes leave the event loop whole.
 
     The thread call is not cancelled with its caller: a write once begun is finished (or
@@ -44,6 +47,7 @@ class OffLoopFileContentsManager(AsyncLargeFileManager):
         self.log.info("Contents: saves do their file writes off the event loop (%s)", type(self).__name__)
 
     async def _save_notebook(self, os_path: str, nb: Any, capture_validation_error: dict | None = None) -> None:
+        await self._sign_before_write(nb)
         write = partial(FileManagerMixin._save_notebook, self, os_path, nb, capture_validation_error=capture_validation_error)
         await to_thread.run_sync(write)
 
@@ -52,19 +56,48 @@ class OffLoopFileContentsManager(AsyncLargeFileManager):
 
 
 def network_contents_hint(contents_manager: object, mounts: list[Mount] | None = None) -> str | None:
-    """One line for the server's log when the notebooks are on a network or FUSE file system
-    and saved by a file manager that writes on the event loop (jupyter_server's own); None
-    otherwise. Touches the file system: not on the event loop."""
+    """One line for the server's log when the notebooks, or the notary's signature database,
+    are on a network or FUSE file system and the file manager works with them on the event
+    loop (jupyter_server's own); None otherwise. Touches the file system: not on the event
+    loop."""
     if not isinstance(contents_manager, FileManagerMixin) or isinstance(contents_manager, OffLoopFileContentsManager):
         return None
+    found = []
     root_dir = getattr(contents_manager, "root_dir", None)
     mount = network_mount(root_dir, mounts) if isinstance(root_dir, str) and root_dir else None
-    if mount is None:
+    if mount is not None:
+        found.append(
+            f"the notebooks ({root_dir}) are on a network file system, {mount}, "
+            f"and {type(contents_manager).__name__} makes each save's backup copy and fsync on "
+            "the event loop"
+        )
+    db_file = signature_db_file(contents_manager)
+    mount = network_mount(db_file, mounts) if db_file else None
+    if mount is not None:
+        found.append(
+            f"the notebook signatures ({db_file}) are on a network file system, {mount}, "
+            "and each save and each open of a notebook commits there (SQLite, a few fsyncs "
+            "each) on the event loop"
+        )
+    if not found:
         return None
     return (
-        f"jupyter_ystore: the notebooks ({root_dir}) are on a network file system, {mount}, "
-        f"and {type(contents_manager).__name__} makes each save's backup copy and fsync on "
-        "the event loop, where every room waits for the file server. "
+        "jupyter_ystore: " + "; ".join(found) + ", where every room waits for the file server. "
         'c.ServerApp.contents_manager_class = "jupyter_ystore.OffLoopFileContentsManager" '
-        "makes them in a worker thread"
+        "does that work in threads of its own"
     )
+
+
+def signature_db_file(contents_manager: Any) -> str | None:
+    """Where the contents manager's notary keeps its signatures (None: in memory), read from
+    the notary if it exists, else from the configuration: never made here (its store would
+    open its database in this thread, and SQLite connections belong to theirs)."""
+    try:
+        if contents_manager.trait_has_value("notary"):
+            db_file = contents_manager.notary.db_file
+        else:
+            config = contents_manager.config.get("NotebookNotary") or {}
+            db_file = config.get("db_file") or os.path.join(config.get("data_dir") or jupyter_data_dir(), "nbsignatures.db")
+    except Exception:  # an unusual notary or config: nothing to say
+        return None
+    return db_file if isinstance(db_file, str) and db_file and db_file != ":memory:" else None
