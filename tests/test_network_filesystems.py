@@ -156,3 +156,30 @@ def test_notebooks_on_a_network_file_system_get_a_hint_unless_saved_off_the_loop
     assert network_contents_hint(OffLoopFileContentsManager(root_dir=str(share)), mounts) is None
     assert network_contents_hint(AsyncLargeFileManager(root_dir=str(local)), mounts) is None
     assert network_contents_hint(object(), mounts) is None  # (not a file manager: none of ours to say)
+
+
+def test_notebook_signatures_on_a_network_file_system_get_a_hint_unless_signed_off_the_loop(tmp_path: Path) -> None:
+    """Local notebooks, but the notary's database in a home directory on a file server:
+    each save and open commits there on the event loop. The hint reads where it is from
+    the configuration, without making the notary (whose database would open here)."""
+    from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+    from traitlets.config import Config
+
+    from jupyter_ystore import OffLoopFileContentsManager
+    from jupyter_ystore.server.offloop_contents import network_contents_hint
+
+    share, local = tmp_path / "share", tmp_path / "local"
+    share.mkdir()
+    local.mkdir()
+    mounts = parse_mountinfo(mountinfo(tmp_path, share, "nfs4").read_text())
+    on_share = Config({"NotebookNotary": {"data_dir": str(share / "jupyter")}})
+    manager = AsyncLargeFileManager(root_dir=str(local), config=on_share)
+    line = network_contents_hint(manager, mounts)
+    assert line is not None and f"notebook signatures ({share / 'jupyter' / 'nbsignatures.db'})" in line
+    assert "the notebooks (" not in line and "OffLoopFileContentsManager" in line
+    assert not manager.trait_has_value("notary")
+    assert network_contents_hint(OffLoopFileContentsManager(root_dir=str(local), config=on_share), mounts) is None
+    in_memory = Config({"NotebookNotary": {"db_file": ":memory:"}})
+    assert network_contents_hint(AsyncLargeFileManager(root_dir=str(local), config=in_memory), mounts) is None
+    both = network_contents_hint(AsyncLargeFileManager(root_dir=str(share), config=on_share), mounts)
+    assert both is not None and "the notebooks (" in both and "notebook signatures" in both
