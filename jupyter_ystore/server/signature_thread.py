@@ -58,6 +58,8 @@ class ThreadBoundStore(SignatureStore):
         self._run(self.store.close)
 
     def __getattr__(self, name: str) -> Any:  # its settings (``db_file``, ``cache_size``)
+        if name == "store":  # (not set yet)
+            raise AttributeError(name)
         return getattr(self.store, name)
 
 
