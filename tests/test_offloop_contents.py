@@ -13,7 +13,7 @@ import anyio
 import nbformat
 import pytest
 from jupyter_server.services.contents import fileio
-from nbformat.sign import MemorySignatureStore, SQLiteSignatureStore
+from nbformat.sign import MemorySignatureStore, NotebookNotary, SQLiteSignatureStore
 from traitlets.config import Config
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 from tornado.web import HTTPError
@@ -143,6 +143,13 @@ async def test_a_server_configured_with_it_saves_a_collaborative_edit(tmp_path: 
             await wait_until(lambda: read_sources(root / "a.ipynb") == ["a = 11"], timeout=20)
         assert "saves do their file writes off the event loop (OffLoopFileContentsManager)" in server.log()
         assert "Traceback" not in server.log()
+        assert "Signature store" not in server.log()  # (its "corrupted or unavailable; recreating")
+        # Signed in the server's signature thread, into its data directory's database.
+        notary = NotebookNotary(data_dir=str(home / "data"))
+        try:
+            assert notary.check_signature(nbformat.read(root / "a.ipynb", as_version=4))
+        finally:
+            notary.store.close()
     finally:
         server.kill()
 
