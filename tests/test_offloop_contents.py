@@ -329,3 +329,33 @@ async def test_a_slow_signature_database_does_not_stall_the_event_loop(tmp_path:
         assert longest < 0.2
     else:
         assert longest >= 0.3
+
+
+@pytest.mark.parametrize("configured", [None, "jupyter_server.services.contents.largefilemanager.AsyncLargeFileManager"])
+async def test_a_server_uses_it_unless_another_contents_manager_is_configured(
+    tmp_path: Path, configured: str | None
+) -> None:
+    """With the extension enabled and no contents manager configured, the server's is ours;
+    one the user configured (even jupyter_server's own, by name) is kept."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    home.mkdir()
+    write_notebook(root / "a.ipynb", ["a = 1"])
+    config: dict[str, Any] = {"YStoreExtension": {"document_save_delay": 0.2, "document_cleanup_delay": 0.3}}
+    if configured:
+        config["ServerApp"] = {"contents_manager_class": configured}
+    server = JupyterServerProcess(root, home, config=config)
+    server.start()
+    try:
+        session = server.session("a.ipynb")
+        async with yclient(server.room_url(session)) as tab:
+            with anyio.fail_after(20):
+                await tab.synced.wait()
+            append(tab.document.ycells[0]["source"], "1")
+            await wait_until(lambda: read_sources(root / "a.ipynb") == ["a = 11"], timeout=20)
+        chosen = "saves do their file writes off the event loop (OffLoopFileContentsManager)" in server.log()
+        assert chosen is (configured is None)
+        assert ("set c.ServerApp.contents_manager_class to choose another" in server.log()) is (configured is None)
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()

@@ -27,7 +27,7 @@ from jupyter_ystore.server import gc_pauses, loop_lag, metrics
 from jupyter_ystore.server.full_collections import FullCollections
 from jupyter_ystore.server.fileids import choose_file_id_manager
 from jupyter_ystore.server.handlers import RoomHandler, SessionHandler
-from jupyter_ystore.server.offloop_contents import network_contents_hint
+from jupyter_ystore.server.offloop_contents import choose_contents_manager, network_contents_hint
 from jupyter_ystore.server.rooms import RoomManager, RoomSettings
 from jupyter_ystore.server.rooms.files import DocumentFile
 from jupyter_ystore.server.rooms.spill import Spill
@@ -186,6 +186,7 @@ class YStoreExtension(ExtensionApp):
         if not self._server_ydoc_enabled():
             self._probe_store(serverapp)
             choose_file_id_manager(serverapp, cls)
+            choose_contents_manager(serverapp)
 
     def _probe_store(self, serverapp: Any) -> None:
         """Open and close one store (a key no file id can take) before the server starts, so
