@@ -115,11 +115,16 @@ def test_file_store_folder_on_smb_is_named(tmp_path: Path, monkeypatch: pytest.M
     assert line is not None and "cifs (//nas/home" in line and "root_dir" in line
 
 
-def test_a_server_on_nfs_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stock_contents", [False, True])
+def test_a_server_on_nfs_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stock_contents: bool) -> None:
+    """The store's line; and with jupyter_server's own contents manager configured (ours is
+    the default), one for the notebooks."""
     root = tmp_path / "root"
     write_notebook(root / "a.ipynb", ["x = 1"])
     monkeypatch.setenv(MOUNTINFO_ENV, str(mountinfo(tmp_path, root, "nfs4")))
-    server = JupyterServerProcess(root, tmp_path / "home")
+    stock = "jupyter_server.services.contents.largefilemanager.AsyncLargeFileManager"
+    config = {"ServerApp": {"contents_manager_class": stock}} if stock_contents else None
+    server = JupyterServerProcess(root, tmp_path / "home", config=config)
     try:
         server.start()
         status, _ = server.request("GET", "/api/status")
@@ -129,12 +134,15 @@ def test_a_server_on_nfs_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest
             server.terminate()
         server.kill()
     lines = [line for line in server.log().splitlines() if "network file system" in line]
-    assert len(lines) == 2, server.log()
+    assert len(lines) == (2 if stock_contents else 1), server.log()
     assert lines[0].startswith("[W ") and "SQLiteYStore.db_path" in lines[0], lines
     assert "PostgresYStore" in lines[0] and "local disk" in lines[0]
-    # the notebooks too: their saves' copy and fsync on the loop, and what to do about it
-    assert lines[1].startswith("[W ") and "the notebooks" in lines[1] and "nfs4" in lines[1], lines
-    assert "OffLoopFileContentsManager" in lines[1]
+    if stock_contents:
+        # the notebooks too: their saves' copy and fsync on the loop, and what to do about it
+        assert lines[1].startswith("[W ") and "the notebooks" in lines[1] and "nfs4" in lines[1], lines
+        assert "OffLoopFileContentsManager" in lines[1]
+    else:
+        assert "saves do their file writes off the event loop (OffLoopFileContentsManager)" in server.log()
     con = sqlite3.connect(root / ".jupyter_ystore.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
