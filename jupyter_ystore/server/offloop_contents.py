@@ -33,7 +33,7 @@ from jupyter_server.services.contents.fileio import FileManagerMixin
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
 from jupyter_ystore.server.signature_thread import SignaturesOffLoop
-from jupyter_ystore.stores.filesystems import Mount, network_mount
+from jupyter_ystore.stores.filesystems import Mount, network_mount, read_mounts
 
 
 class OffLoopFileContentsManager(SignaturesOffLoop, AsyncLargeFileManager):
@@ -63,6 +63,7 @@ def network_contents_hint(contents_manager: object, mounts: list[Mount] | None =
     if not isinstance(contents_manager, FileManagerMixin) or isinstance(contents_manager, OffLoopFileContentsManager):
         return None
     found = []
+    mounts = read_mounts() if mounts is None else mounts  # (read once for both paths)
     root_dir = getattr(contents_manager, "root_dir", None)
     mount = network_mount(root_dir, mounts) if isinstance(root_dir, str) and root_dir else None
     if mount is not None:
